@@ -1,0 +1,228 @@
+"""The array engine: the one module that knows NumPy from CuPy.
+
+Everything else asks it for `xp` (the array module of a device or of an array), for the
+default float dtype, and for random numbers, so that CPU and GPU code paths are the same code.
+CuPy stays optional: it is imported the first time a GPU is asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import numpy
+
+from .errors import DeviceError
+
+# Host-side NumPy, for code that works on host arrays (file formats, metrics, plots).
+np = numpy
+
+DEVICES = ("cpu", "gpu", "auto")
+
+_cupy = None  # the cupy module once imported successfully
+_cupy_error: str | None = None  # why importing or using cupy failed
+_default_dtype = numpy.dtype(numpy.float32)
+_host_rng = numpy.random.Generator(numpy.random.PCG64(0))
+_device_rngs: dict[str, object] = {}
+
+
+# ---------------------------------------------------------------- devices
+
+
+def _load_cupy():
+    """Import cupy and check that a GPU answers; remember why not otherwise."""
+    global _cupy, _cupy_error
+    if _cupy is not None or _cupy_error is not None:
+        return _cupy
+    try:
+        import cupy  # noqa: PLC0415 (optional dependency, imported on demand)
+    except ImportError as exc:
+        _cupy_error = f"CuPy is not installed ({exc}); install it with: pip install 'dltrain[gpu]'"
+        return None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDA raises its own error types; all mean "no usable GPU"
+        text = str(exc)
+        if "insufficient" in text or "driver" in text.lower():
+            text = f"no NVIDIA driver usable by CuPy ({text})"
+        _cupy_error = f"CuPy is installed but no GPU is usable: {text}"
+        return None
+    if count < 1:
+        _cupy_error = "CuPy is installed but found no GPU"
+        return None
+    _cupy = cupy
+    return cupy
+
+
+def gpu_available() -> bool:
+    return _load_cupy() is not None
+
+
+def gpu_unavailable_reason() -> str | None:
+    _load_cupy()
+    return _cupy_error
+
+
+def resolve_device(name: str) -> str:
+    """'cpu' | 'gpu' | 'auto' -> 'cpu' or 'gpu'; a clear error when the GPU is not there."""
+    if name not in DEVICES:
+        raise DeviceError(f"unknown device {name!r}: expected one of {', '.join(DEVICES)}")
+    if name == "auto":
+        return "gpu" if gpu_available() else "cpu"
+    if name == "gpu" and not gpu_available():
+        raise DeviceError(f"device 'gpu' was asked for but {_cupy_error}")
+    return name
+
+
+def xp_for(device: str):
+    """The array module of a resolved device name."""
+    return _load_cupy() if device == "gpu" else numpy
+
+
+def array_module(array):
+    """numpy or cupy, whichever owns `array` (host scalars and lists count as numpy)."""
+    if _cupy is not None and isinstance(array, _cupy.ndarray):
+        return _cupy
+    return numpy
+
+
+def device_of(array) -> str:
+    return "gpu" if array_module(array) is not numpy else "cpu"
+
+
+def to_device(array, device: str):
+    """Copy an array to 'cpu' or 'gpu' (no copy when it is already there)."""
+    if device == "gpu":
+        return xp_for("gpu").asarray(array)
+    return to_numpy(array)
+
+
+def to_numpy(array):
+    """A host NumPy array from a NumPy or CuPy array."""
+    if _cupy is not None and isinstance(array, _cupy.ndarray):
+        return _cupy.asnumpy(array)
+    return numpy.asarray(array)
+
+
+def synchronize(device: str) -> None:
+    """Wait for queued GPU work (for timing); nothing to do on CPU."""
+    if device == "gpu":
+        _cupy.cuda.Device().synchronize()
+
+
+# ---------------------------------------------------------------- dtypes
+
+
+def default_dtype():
+    return _default_dtype
+
+
+def set_default_dtype(dtype) -> None:
+    global _default_dtype
+    dtype = numpy.dtype(dtype)
+    if dtype not in (numpy.float32, numpy.float64):
+        raise ValueError(f"default dtype must be float32 or float64, got {dtype}")
+    _default_dtype = dtype
+
+
+@contextlib.contextmanager
+def default_dtype_as(dtype):
+    """Temporarily build parameters and constants in `dtype` (gradient checks use float64)."""
+    previous = _default_dtype
+    set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        set_default_dtype(previous)
+
+
+def is_floating(array) -> bool:
+    return array.dtype.kind == "f"
+
+
+# ---------------------------------------------------------------- randomness
+
+
+def manual_seed(seed: int) -> None:
+    """One seed governs initialisation, shuffling and dropout."""
+    global _host_rng
+    _host_rng = numpy.random.Generator(numpy.random.PCG64(seed))
+    _device_rngs.clear()
+
+
+def host_rng() -> numpy.random.Generator:
+    """The run's generator for initial weights and shuffling (host arrays)."""
+    return _host_rng
+
+
+def _device_rng(device: str):
+    if device == "cpu":
+        return _host_rng
+    if device not in _device_rngs:
+        # Seeded from the host generator, so the one run seed still decides it.
+        seed = int(_host_rng.integers(0, 2**63 - 1))
+        _device_rngs[device] = _load_cupy().random.default_rng(seed)
+    return _device_rngs[device]
+
+
+def uniform_like(array, shape=None):
+    """Uniform [0, 1) numbers in `array`'s dtype on `array`'s device (dropout masks)."""
+    shape = array.shape if shape is None else shape
+    dtype = array.dtype if is_floating(array) else _default_dtype
+    return _device_rng(device_of(array)).random(shape, dtype=dtype)
+
+
+def get_rng_state() -> dict:
+    """JSON-able state of the host generator (checkpoints store it)."""
+    return _host_rng.bit_generator.state
+
+
+def set_rng_state(state: dict) -> None:
+    _host_rng.bit_generator.state = state
+    _device_rngs.clear()
+
+
+# ---------------------------------------------------------------- kernels numpy and cupy spell differently
+
+
+def scatter_add(target, indices, values) -> None:
+    """target[indices] += values, accumulating repeated indices (in place)."""
+    xp = array_module(target)
+    if xp is numpy:
+        numpy.add.at(target, indices, values)
+    else:
+        import cupyx  # noqa: PLC0415
+
+        cupyx.scatter_add(target, indices, values)
+
+
+_SQRT_PI = math.sqrt(math.pi)
+
+
+def erf(array):
+    """Error function, accurate to ~1e-15 in float64 (numpy has none built in)."""
+    xp = array_module(array)
+    if xp is not numpy:
+        import cupyx.scipy.special  # noqa: PLC0415
+
+        return cupyx.scipy.special.erf(array)
+    x = numpy.asarray(array, dtype=numpy.float64)
+    ax = numpy.abs(x)
+    small = ax < 2.5
+    # |x| < 2.5: erf = 2/sqrt(pi) exp(-x^2) sum 2^n x^(2n+1) / (1*3*...*(2n+1)), all terms positive.
+    xs = numpy.where(small, ax, 0.0)
+    x2 = xs * xs
+    term = xs.copy()
+    total = xs.copy()
+    for n in range(1, 60):
+        term *= 2.0 * x2 / (2 * n + 1)
+        total += term
+    erf_small = 2.0 / _SQRT_PI * numpy.exp(-x2) * total
+    # |x| >= 2.5: erfc from its continued fraction, evaluated bottom-up at a fixed depth.
+    xl = numpy.where(small, 2.5, ax)
+    frac = xl.copy()
+    for k in range(60, 0, -1):
+        frac = xl + (k / 2.0) / frac
+    erf_large = 1.0 - numpy.exp(-xl * xl) / (_SQRT_PI * frac)
+    result = numpy.sign(x) * numpy.where(small, erf_small, erf_large)
+    return result.astype(array.dtype if is_floating(numpy.asarray(array)) else numpy.float64, copy=False)

@@ -1,0 +1,28 @@
+"""The fully connected layer's op: y = x W^T + b, fused so its backward is three products."""
+
+from __future__ import annotations
+
+from ..autograd import Tensor, as_tensor, make_result
+from ..errors import ShapeError
+
+
+def linear(input, weight, bias=None) -> Tensor:
+    """x @ weight.T + bias, with weight shaped (out_features, in_features) as in torch."""
+    x = as_tensor(input)
+    w = as_tensor(weight, like=x)
+    b = None if bias is None else as_tensor(bias, like=x)
+    if x.shape[-1] != w.shape[1]:
+        raise ShapeError(f"linear: expected input (..., {w.shape[1]}) for weight {w.shape}; got input {x.shape}")
+    out = x.data @ w.data.T
+    if b is not None:
+        out += b.data
+
+    def backward(g):
+        g2 = g.reshape(-1, g.shape[-1])  # leading axes act as one batch axis
+        grad_x = (g @ w.data) if x.requires_grad else None
+        grad_w = (g2.T @ x.data.reshape(-1, x.shape[-1])) if w.requires_grad else None
+        grad_b = g2.sum(axis=0) if b is not None and b.requires_grad else None
+        return grad_x, grad_w, grad_b
+
+    parents = (x, w) if b is None else (x, w, b)
+    return make_result(out, parents, backward, "linear")

@@ -1,0 +1,31 @@
+"""Layers, the Module base and building a model from specs such as a config's `model:` list."""
+
+from __future__ import annotations
+
+from ..registry import layers as registry
+from .core import GELU, BatchNorm, Dropout, Flatten, LeakyReLU, Linear, ReLU, Sequential, Sigmoid, Softmax, Tanh
+from .module import Module, Parameter
+
+__all__ = ["GELU", "BatchNorm", "Dropout", "Flatten", "LeakyReLU", "Linear", "Module", "Parameter", "ReLU",
+           "Sequential", "Sigmoid", "Softmax", "Tanh", "build_layer", "build_model"]
+
+
+def build_layer(spec) -> Module:
+    """A layer from `'relu'` or `{'linear': {'units': 10}}`; containers take their `layers` as specs."""
+    if isinstance(spec, str):
+        name, options = spec, {}
+    else:
+        ((name, options),) = spec.items()
+        options = dict(options or {})
+    cls = registry.get(name)
+    if "layers" in options:
+        options["layers"] = [build_layer(s) for s in options["layers"]]
+    return cls(**options)
+
+
+def build_model(specs: list, input_shape: tuple[int, ...]) -> Sequential:
+    """A built Sequential model for per-sample `input_shape` (the batch axis left out)."""
+    model = Sequential([build_layer(s) for s in specs])
+    model.path = "model"
+    model.build(tuple(input_shape))
+    return model

@@ -1,0 +1,213 @@
+"""The basic layers: linear, activations, dropout, flatten, batchnorm and the sequential container.
+
+Each is registered under the name a config uses; its constructor's typed signature is its
+parameter list (see dltrain/registry.py).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from .. import backend
+from .. import functional as F
+from ..autograd import Tensor
+from ..registry import NonNegativeFloat, PositiveFloat, PositiveInt, Probability, initializers, layers
+from .init import INIT_NAMES
+from .module import Module
+
+InitName = Literal[INIT_NAMES]
+
+
+@layers.register("linear")
+class Linear(Module):
+    """Fully connected: y = x W^T + b, W shaped (units, in_features) as in torch.nn.Linear."""
+
+    def __init__(self, units: PositiveInt, bias: bool = True, init: InitName = "he_uniform"):
+        super().__init__()
+        self.units = units
+        self.use_bias = bias
+        self.init = init
+
+    def build_shape(self, input_shape):
+        if len(input_shape) != 1:
+            raise self.shape_error("(batch, features): flatten first", f"per-sample shape {input_shape}")
+        self.weight = self.add_parameter("weight", initializers.get(self.init)((self.units, input_shape[0])))
+        self.bias = None
+        if self.use_bias:
+            self.bias = self.add_parameter("bias", initializers.get("zeros")((self.units,)), decay=False)
+        return (self.units,)
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+    def describe(self):
+        return f"units={self.units}" + ("" if self.use_bias else ", bias=False")
+
+
+class _Activation(Module):
+    """An elementwise function with no parameters."""
+
+    function = None
+
+    def forward(self, x):
+        return type(self).function(x)
+
+
+@layers.register("relu")
+class ReLU(_Activation):
+    """max(x, 0)."""
+
+    function = staticmethod(F.relu)
+
+
+@layers.register("tanh")
+class Tanh(_Activation):
+    """Hyperbolic tangent."""
+
+    function = staticmethod(F.tanh)
+
+
+@layers.register("sigmoid")
+class Sigmoid(_Activation):
+    """1 / (1 + exp(-x))."""
+
+    function = staticmethod(F.sigmoid)
+
+
+@layers.register("leaky_relu")
+class LeakyReLU(Module):
+    """x for x > 0, negative_slope * x otherwise."""
+
+    def __init__(self, negative_slope: NonNegativeFloat = 0.01):
+        super().__init__()
+        self.negative_slope = negative_slope
+
+    def forward(self, x):
+        return F.leaky_relu(x, self.negative_slope)
+
+
+@layers.register("gelu")
+class GELU(Module):
+    """x * Phi(x), exact ('none') or with the tanh approximation."""
+
+    def __init__(self, approximate: Literal["none", "tanh"] = "none"):
+        super().__init__()
+        self.approximate = approximate
+
+    def forward(self, x):
+        return F.gelu(x, self.approximate)
+
+
+@layers.register("softmax")
+class Softmax(Module):
+    """Probabilities over the last axis. Before a cross_entropy loss, training uses its logits."""
+
+    def forward(self, x):
+        return F.softmax(x, dim=-1)
+
+
+@layers.register("dropout")
+class Dropout(Module):
+    """Zero each value with probability `rate` in training (kept ones scaled by 1/(1-rate)); identity in eval."""
+
+    def __init__(self, rate: Probability = 0.5):
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x):
+        return F.dropout(x, self.rate, self.training)
+
+    def describe(self):
+        return f"rate={self.rate}"
+
+
+@layers.register("flatten")
+class Flatten(Module):
+    """(batch, d1, d2, ...) -> (batch, d1 * d2 * ...)."""
+
+    def build_shape(self, input_shape):
+        return (math.prod(input_shape),)
+
+    def forward(self, x):
+        return F.flatten(x)
+
+
+@layers.register("batchnorm")
+class BatchNorm(Module):
+    """Normalize each feature (axis 1) by batch statistics in training, running ones in eval; then scale and shift.
+
+    momentum follows torch: running = (1 - momentum) * running + momentum * batch.
+    """
+
+    def __init__(self, momentum: Probability = 0.1, eps: PositiveFloat = 1e-5, affine: bool = True):
+        super().__init__()
+        self.momentum = momentum
+        self.eps = eps
+        self.affine = affine
+
+    def build_shape(self, input_shape):
+        features = input_shape[0]
+        dtype = backend.default_dtype()
+        if self.affine:
+            self.weight = self.add_parameter("weight", initializers.get("ones")((features,)), decay=False)
+            self.bias = self.add_parameter("bias", initializers.get("zeros")((features,)), decay=False)
+        else:
+            self.weight = self.bias = None
+        self.add_buffer("running_mean", backend.np.zeros(features, dtype=dtype))
+        self.add_buffer("running_var", backend.np.ones(features, dtype=dtype))
+        return input_shape
+
+    def forward(self, x):
+        return F.batch_norm(x, self._buffers["running_mean"], self._buffers["running_var"], self.weight, self.bias,
+                            training=self.training, momentum=self.momentum, eps=self.eps)
+
+
+def format_shape(shape) -> str:
+    """A per-sample shape shown with its batch axis: (batch, 28, 28)."""
+    return "(" + ", ".join(["batch", *map(str, shape)]) + ")"
+
+
+@layers.register("sequential")
+class Sequential(Module):
+    """Layers applied in order; the output shape of each is the input shape of the next."""
+
+    def __init__(self, layers: list):  # noqa: A002 (the config key)
+        super().__init__()
+        self.layers = list(layers)
+
+    def children(self):
+        return [(str(i), layer) for i, layer in enumerate(self.layers)]
+
+    def build_shape(self, input_shape):
+        shape = input_shape
+        for i, layer in enumerate(self.layers):
+            layer.path = f"{self.path}[{i}].{layer.registry_name}"
+            shape = layer.build(shape)
+        return shape
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def summary_rows(self, depth: int = 0) -> list[tuple[str, str, tuple, int]]:
+        """(indented name, options, output shape, parameter count) per layer, nested ones indented."""
+        rows = []
+        for layer in self.layers:
+            rows.append(("  " * depth + layer.registry_name, layer.describe(), layer.output_shape,
+                         layer.num_parameters()))
+            if isinstance(layer, Sequential):
+                rows.extend(layer.summary_rows(depth + 1))
+        return rows
+
+    def summary(self) -> str:
+        """A plain-text table: each layer's output shape and parameter count, then the total."""
+        header = ("layer", "options", "output shape", "params")
+        body = [(name, opts, format_shape(shape), f"{count:,}")
+                for name, opts, shape, count in self.summary_rows()]
+        body.append(("total", "", "", f"{self.num_parameters():,}"))
+        widths = [max(len(r[i]) for r in [header, *body]) for i in range(4)]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *body]]
+        lines.insert(1, "-" * len(lines[0]))
+        return "\n".join(lines)

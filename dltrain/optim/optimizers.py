@@ -1,0 +1,158 @@
+"""Optimizers: SGD (momentum, Nesterov), Adam and AdamW, plus gradient clipping by global norm.
+
+Formulas follow torch.optim. Weight decay applies to parameters whose `decay` flag is set
+(weights), not to biases or normalization parameters, unless `decay_all: true`.
+Optimizer state is a plain dict of arrays (checkpointable as is).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated
+
+from annotated_types import Ge, Lt
+
+from .. import backend
+from ..registry import NonNegativeFloat, PositiveFloat, optimizers
+
+Beta = Annotated[float, Ge(0), Lt(1)]
+
+
+def clip_grad_norm(params, max_norm: float) -> float:
+    """Scale all gradients together so their global L2 norm is at most max_norm; return the norm before."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    xp = backend.array_module(grads[0])
+    total = float(xp.sqrt(sum((g.astype(xp.float64) ** 2).sum() for g in grads)))
+    if total > max_norm:
+        scale = max_norm / (total + 1e-6)
+        for g in grads:
+            g *= scale
+    return total
+
+
+def global_grad_norm(params) -> float:
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    xp = backend.array_module(grads[0])
+    return float(xp.sqrt(sum((g.astype(xp.float64) ** 2).sum() for g in grads)))
+
+
+class Optimizer:
+    """Base: holds the parameters, the learning rate (set by the schedule) and named state slots."""
+
+    slot_names: tuple[str, ...] = ()
+    config_skip = ("params",)
+
+    def __init__(self, params, lr: float, weight_decay: float = 0.0, decay_all: bool = False):
+        self.params = list(params)
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.decay_all = decay_all
+        self.steps = 0
+        self.slots = {name: [None] * len(self.params) for name in self.slot_names}
+
+    def decays(self, param) -> bool:
+        return self.weight_decay > 0 and (self.decay_all or param.decay)
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def step(self) -> None:
+        self.steps += 1
+        for i, p in enumerate(self.params):
+            if p.grad is not None:
+                self.update(i, p, p.grad)
+
+    def update(self, index: int, param, grad) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must define update()")
+
+    def slot(self, name: str, index: int, like):
+        """A zero-initialised state array (e.g. momentum) for parameter `index`."""
+        array = self.slots[name][index]
+        if array is None:
+            array = self.slots[name][index] = backend.array_module(like).zeros_like(like)
+        return array
+
+    def state_dict(self) -> dict:
+        """{'steps': n, 'slots': {'velocity/0': array, ...}}; missing slots are not yet created."""
+        arrays = {f"{name}/{i}": a for name, per_param in self.slots.items()
+                  for i, a in enumerate(per_param) if a is not None}
+        return {"steps": self.steps, "slots": arrays}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = int(state["steps"])
+        self.slots = {name: [None] * len(self.params) for name in self.slot_names}
+        for key, array in state["slots"].items():
+            name, index = key.rsplit("/", 1)
+            like = self.params[int(index)].data
+            self.slots[name][int(index)] = backend.to_device(array, backend.device_of(like)).astype(like.dtype)
+
+
+@optimizers.register("sgd")
+class SGD(Optimizer):
+    """Stochastic gradient descent: v = momentum * v + g; p -= lr * v (Nesterov: p -= lr * (g + momentum * v))."""
+
+    slot_names = ("velocity",)
+
+    def __init__(self, params, lr: PositiveFloat = 0.1, momentum: Beta = 0.0, nesterov: bool = False,
+                 weight_decay: NonNegativeFloat = 0.0, decay_all: bool = False):
+        super().__init__(params, lr, weight_decay, decay_all)
+        if nesterov and momentum == 0:
+            raise ValueError("nesterov momentum needs momentum > 0")
+        self.momentum = momentum
+        self.nesterov = nesterov
+
+    def update(self, index, param, grad):
+        if self.decays(param):
+            grad = grad + self.weight_decay * param.data
+        if self.momentum:
+            velocity = self.slot("velocity", index, param.data)
+            velocity *= self.momentum
+            velocity += grad
+            grad = grad + self.momentum * velocity if self.nesterov else velocity
+        param.data -= self.lr * grad
+
+
+@optimizers.register("adam")
+class Adam(Optimizer):
+    """Adam (Kingma & Ba): moments of g and g^2, bias-corrected; weight decay added to g (L2)."""
+
+    slot_names = ("m", "v")
+    decoupled = False
+
+    def __init__(self, params, lr: PositiveFloat = 0.001, beta1: Beta = 0.9, beta2: Beta = 0.999,
+                 eps: PositiveFloat = 1e-8, weight_decay: NonNegativeFloat = 0.0, decay_all: bool = False):
+        super().__init__(params, lr, weight_decay, decay_all)
+        self.beta1, self.beta2, self.eps = beta1, beta2, eps
+
+    def update(self, index, param, grad):
+        if self.decays(param):
+            if self.decoupled:
+                param.data *= 1 - self.lr * self.weight_decay
+            else:
+                grad = grad + self.weight_decay * param.data
+        m = self.slot("m", index, param.data)
+        v = self.slot("v", index, param.data)
+        m *= self.beta1
+        m += (1 - self.beta1) * grad
+        v *= self.beta2
+        v += (1 - self.beta2) * grad * grad
+        xp = backend.array_module(param.data)
+        step_size = self.lr / (1 - self.beta1 ** self.steps)
+        denom = xp.sqrt(v) / math.sqrt(1 - self.beta2 ** self.steps) + self.eps
+        param.data -= step_size * m / denom
+
+
+@optimizers.register("adamw")
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter): p *= 1 - lr * weight_decay before the step."""
+
+    decoupled = True
+
+    def __init__(self, params, lr: PositiveFloat = 0.001, beta1: Beta = 0.9, beta2: Beta = 0.999,
+                 eps: PositiveFloat = 1e-8, weight_decay: NonNegativeFloat = 0.01, decay_all: bool = False):
+        super().__init__(params, lr, beta1, beta2, eps, weight_decay, decay_all)
