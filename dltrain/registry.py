@@ -49,8 +49,11 @@ def did_you_mean(name: str, options) -> str:
 
 
 class Registry:
-    def __init__(self, kind: str):
+    """Named entries of one kind; `skip` names constructor arguments supplied by code, not by configs."""
+
+    def __init__(self, kind: str, skip: tuple[str, ...] = ()):
         self.kind = kind
+        self.skip = ("self", *skip)
         self._entries: dict[str, Any] = {}
 
     def register(self, name: str):
@@ -82,11 +85,10 @@ class Registry:
         hints = typing.get_type_hints(target, include_extras=True)
         found = []
         for p in inspect.signature(target).parameters.values():
-            if p.name in ("self",) or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            if p.name in self.skip or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
                 continue
             found.append(Param(p.name, hints.get(p.name, Any), p.default))
-        skip = getattr(entry, "config_skip", ())
-        return [p for p in found if p.name not in skip]
+        return found
 
     def doc(self, name: str) -> str:
         text = inspect.getdoc(self.get(name)) or ""
@@ -95,7 +97,7 @@ class Registry:
 
 layers = Registry("layer")
 losses = Registry("loss")
-optimizers = Registry("optimizer")
-schedules = Registry("schedule")
-initializers = Registry("initializer")
-datasets = Registry("dataset")
+optimizers = Registry("optimizer", skip=("params",))
+schedules = Registry("schedule", skip=("base_lr", "total_epochs", "steps_per_epoch", "batch_size"))
+initializers = Registry("initializer", skip=("shape",))
+datasets = Registry("dataset", skip=("path", "rng"))

@@ -44,7 +44,6 @@ class Optimizer:
     """Base: holds the parameters, the learning rate (set by the schedule) and named state slots."""
 
     slot_names: tuple[str, ...] = ()
-    config_skip = ("params",)
 
     def __init__(self, params, lr: float, weight_decay: float = 0.0, decay_all: bool = False):
         self.params = list(params)

@@ -16,17 +16,17 @@ from typing import Annotated, Literal
 
 from annotated_types import Gt, Le
 
-from ..registry import PositiveInt, UnitInterval, schedules
+from ..registry import NonNegativeFloat, PositiveInt, UnitInterval, schedules
 
 Gamma = Annotated[float, Gt(0), Le(1)]
 
 
 class Schedule:
-    config_skip = ("base_lr", "total_epochs", "steps_per_epoch", "batch_size")
+    """Options shared by every schedule: warmup, per-epoch or per-step updates, the linear scaling rule."""
 
     def __init__(self, base_lr: float, total_epochs: int, steps_per_epoch: int, batch_size: int | None = None,
-                 warmup_epochs: float = 0.0, warmup_start_factor: float = 0.0,
-                 interval: Literal["epoch", "step"] = "epoch", base_batch_size: int | None = None):
+                 warmup_epochs: NonNegativeFloat = 0.0, warmup_start_factor: UnitInterval = 0.0,
+                 interval: Literal["epoch", "step"] = "epoch", base_batch_size: PositiveInt | None = None):
         self.base_lr = base_lr
         self.total_epochs = total_epochs
         self.steps_per_epoch = max(1, steps_per_epoch)

@@ -1,0 +1,58 @@
+"""The `dltrain` command. Each command lives in its own module and imports its work lazily,
+so `dltrain --help` answers at once.
+
+Exit codes: 0 done, 1 run failed (diverged), 2 bad usage / config / data / files, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train, evaluate and plot deep learning models described by one YAML file.")
+
+_state = {"debug": False}
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks for errors.")) -> None:
+    _state["debug"] = debug
+
+
+def reports_errors(command):
+    """Turn dltrain's errors into one clear line on stderr and the error's exit code (tracebacks with --debug)."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from ..errors import DltrainError  # noqa: PLC0415
+
+        try:
+            return command(*args, **kwargs)
+        except DltrainError as exc:
+            if _state["debug"]:
+                raise
+            print(f"error: {exc}" if exc.exit_code != 130 else str(exc), file=sys.stderr)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            if _state["debug"]:
+                raise
+            print("interrupted", file=sys.stderr)
+            raise typer.Exit(130) from None
+    return wrapper
+
+
+def _register_commands() -> None:
+    from . import eval as eval_command  # noqa: PLC0415
+    from . import info, plot, train  # noqa: PLC0415
+
+    for module in (train, eval_command, plot, info):
+        module.register(app, reports_errors)
+
+
+_register_commands()
+
+
+def main() -> None:
+    app()

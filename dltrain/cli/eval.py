@@ -1,0 +1,61 @@
+"""dltrain eval CHECKPOINT_OR_RUN_DIR [--split test|val|train] [--data PATH] [--json]"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+
+def evaluate(
+    checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint, or a run directory (uses its best)."),
+    split: str = typer.Option("test", "--split", help="Which split to evaluate: test, val or train."),
+    data: Path | None = typer.Option(None, "--data", help="Evaluate on this data path instead of the config's."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object and nothing else."),
+    device: str = typer.Option("cpu", "--device", help="cpu, gpu or auto."),
+) -> None:
+    """Test metrics from a self-contained checkpoint: loss, accuracy, per-class scores, confusion matrix."""
+    from .. import backend  # noqa: PLC0415
+    from ..errors import ConfigError  # noqa: PLC0415
+    from ..training.evaluate import SPLITS, evaluate_checkpoint  # noqa: PLC0415
+
+    if split not in SPLITS:
+        raise ConfigError(f"--split: expected one of {', '.join(SPLITS)}, got {split!r}")
+    report = evaluate_checkpoint(checkpoint, split, data, backend.resolve_device(device))
+    if as_json:
+        print(json.dumps(report))
+        return
+    _print_report(report)
+
+
+def _print_report(report: dict) -> None:
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    console = Console()
+    head = f"{report['checkpoint']}  split {report['split']}  n {report['n']}  loss {report['loss']:.4f}"
+    if "accuracy" in report:
+        head += f"  accuracy {report['accuracy']:.4f}"
+    console.print(head, highlight=False)
+    if "per_class" not in report:
+        return
+    scores = Table(title="per class")
+    for column in ("class", "precision", "recall", "f1", "support"):
+        scores.add_column(column, justify="left" if column == "class" else "right")
+    for row in report["per_class"]:
+        scores.add_row(row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
+                       str(row["support"]))
+    console.print(scores)
+    matrix = Table(title="confusion matrix (rows: true class, columns: predicted)")
+    matrix.add_column("")
+    names = [row["class"] for row in report["per_class"]]
+    for i in range(len(names)):
+        matrix.add_column(str(i), justify="right")
+    for i, counts in enumerate(report["confusion_matrix"]):
+        matrix.add_row(f"{i} {names[i]}", *(str(c) for c in counts))
+    console.print(matrix)
+
+
+def register(app: typer.Typer, reports_errors) -> None:
+    app.command("eval")(reports_errors(evaluate))

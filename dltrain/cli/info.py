@@ -1,0 +1,93 @@
+"""dltrain layers | losses | optimizers | schedules | datasets, and dltrain check CONFIG."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import typer
+
+
+def _show_registry(kind: str, extra_note: str = "") -> None:
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    from .. import registry  # noqa: PLC0415
+    from ..config.schema import _import_registries, describe  # noqa: PLC0415
+
+    _import_registries()
+    reg = getattr(registry, kind)
+    table = Table(title=f"{reg.kind}s", show_lines=False)
+    table.add_column("name", style="bold")
+    table.add_column("parameters (type = default)")
+    table.add_column("what it does")
+    for name in reg.names():
+        params = []
+        for p in reg.params(name):
+            default = "required" if p.default is inspect.Parameter.empty else repr(p.default)
+            params.append(f"{p.name}: {describe(p.annotation)} = {default}")
+        table.add_row(name, "\n".join(params) or "-", reg.doc(name))
+    console = Console()
+    console.print(table)
+    if extra_note:
+        console.print(extra_note, highlight=False)
+
+
+def layers() -> None:
+    """The layers a config's model list can use, with their parameters."""
+    _show_registry("layers", "Input sizes are never given: each layer learns its input shape when the model is built.")
+
+
+def losses() -> None:
+    """The losses a config can name."""
+    _show_registry("losses")
+
+
+def optimizers() -> None:
+    """The optimizers a config can name."""
+    _show_registry("optimizers")
+
+
+def schedules() -> None:
+    """The learning-rate schedules, and the options every schedule takes."""
+    from .. import registry  # noqa: PLC0415
+    from ..config.schema import describe  # noqa: PLC0415
+
+    common = ", ".join(f"{p.name} ({describe(p.annotation)}, default {p.default!r})"
+                       for p in registry.schedules.params("constant"))
+    _show_registry("schedules", f"Every schedule also takes: {common}.")
+
+
+def datasets() -> None:
+    """The built-in datasets, and the options every dataset takes."""
+    from ..config.schema import DataConfig, dataclass_params, describe  # noqa: PLC0415
+
+    common = ", ".join(f"{p.name} ({describe(p.annotation)}, default {p.default!r})"
+                       for p in dataclass_params(DataConfig) if p.name != "name")
+    _show_registry("datasets", f"Every dataset also takes: {common}.")
+
+
+def check(
+    config: Path = typer.Argument(..., help="The YAML config to check."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key (repeatable)."),
+) -> None:
+    """Validate a config, load its data and print the model summary, without training."""
+    from ..config import load_config  # noqa: PLC0415
+    from ..data import prepare  # noqa: PLC0415
+    from ..training.trainer import Model  # noqa: PLC0415
+
+    cfg = load_config(config, set_)
+    task = Model.task_of(cfg)
+    splits = prepare(cfg.data, task, cfg.seed, "cpu")
+    model = Model(cfg, splits.input_shape, splits.classes,
+                  None if task == "classification" else int(splits.train.y.shape[1]))
+    sizes = ", ".join(f"{name} {len(s)}" for name, s in (("train", splits.train), ("val", splits.val),
+                                                          ("test", splits.test)) if s is not None)
+    print(f"{config}: valid. data {cfg.data['name']}: {sizes}; per-sample input {splits.input_shape}")
+    print(model.network.summary())
+
+
+def register(app: typer.Typer, reports_errors) -> None:
+    for command in (layers, losses, optimizers, schedules, datasets):
+        app.command(command.__name__)(reports_errors(command))
+    app.command("check")(reports_errors(check))

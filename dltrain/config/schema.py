@@ -1,0 +1,368 @@
+"""The config schema and its validation.
+
+A run's YAML has these top-level keys (only `data` and `model` are required):
+
+    seed: 0                      # one seed: initialisation, shuffling, dropout, validation split
+    device: cpu                  # cpu | gpu | auto
+    data: {name: fashion-mnist, val_fraction: 0.1, ...}     # or just: data: xor
+    model: [{linear: {units: 128}}, relu, {linear: {units: 10}}]
+    loss: cross_entropy          # or {name: cross_entropy, label_smoothing: 0.1}
+    optimizer: {name: sgd, lr: 0.1, momentum: 0.9}
+    schedule: {name: exponential, gamma: 0.98, warmup_epochs: 1}
+    training: {epochs: 20, batch_size: 128, early_stopping: {patience: 5}}
+
+Layers, losses, optimizers, schedules and datasets take exactly the parameters of their
+registered constructor (dltrain/registry.py); the sections below are typed the same way.
+Validation reports every problem at once, each as `FILE:LINE: key.path: expected ..., got ...`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import TypeAdapter, ValidationError
+
+from .. import registry
+from ..errors import ConfigError
+from ..registry import NonNegativeFloat, NonNegativeInt, Param, PositiveFloat, PositiveInt, did_you_mean
+from .loader import format_path
+
+MONITORS = ("val_loss", "val_accuracy", "train_loss", "train_accuracy")
+
+
+@dataclass
+class EarlyStoppingConfig:
+    """Stop when `monitor` has not improved by `min_delta` for `patience` epochs; `false` turns it off.
+
+    The monitor also decides which epoch is `best` (saved as best.safetensors, restored at the end).
+    """
+
+    enabled: bool = True
+    monitor: Literal[MONITORS] = "val_loss"
+    mode: Literal["auto", "min", "max"] = "auto"  # auto: max for accuracies, min for losses
+    patience: NonNegativeInt = 5
+    min_delta: NonNegativeFloat = 0.0
+    start_from_epoch: NonNegativeInt = 0  # epochs before this never count towards patience
+    restore_best: bool = True
+
+
+@dataclass
+class TrainingConfig:
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 32
+    eval_batch_size: PositiveInt = 1024
+    shuffle: bool = True
+    grad_clip: PositiveFloat | None = None  # max global L2 norm of the gradients
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+
+
+@dataclass
+class DataConfig:
+    """Options every dataset takes; a dataset's own options follow its registered signature."""
+
+    name: str
+    path: str | None = None  # IDX directory, or the .npz / .csv file
+    val_fraction: Annotated[float, Ge(0), Lt(1)] = 0.1  # held out from train (stratified) unless val_path
+    val_path: str | None = None
+    test_path: str | None = None
+    normalize: Literal["auto", "global", "feature", "none"] = "auto"  # statistics from the training split
+
+
+@dataclass
+class Config:
+    data: dict
+    model: list
+    seed: int = 0
+    device: Literal["cpu", "gpu", "auto"] = "cpu"
+    loss: dict = field(default_factory=lambda: {"name": "cross_entropy"})
+    optimizer: dict = field(default_factory=lambda: {"name": "adam"})
+    schedule: dict = field(default_factory=lambda: {"name": "constant"})
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def to_dict(self) -> dict:
+        """The resolved config as plain values (written to the run and into checkpoints)."""
+        return dataclasses.asdict(self)
+
+    @property
+    def monitor_mode(self) -> str:
+        es = self.training.early_stopping
+        if es.mode != "auto":
+            return es.mode
+        return "max" if es.monitor.endswith("accuracy") else "min"
+
+
+TOP_LEVEL_ORDER = ("seed", "device", "data", "model", "loss", "optimizer", "schedule", "training")
+
+
+# ---------------------------------------------------------------- describing types for messages
+
+
+def describe(annotation) -> str:
+    """A type in words: 'a positive integer', "one of 'min', 'max'", 'a number in [0, 1)'."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        base, *meta = typing.get_args(annotation)
+        return _describe_bounded(base, meta)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        text = " or ".join(describe(a) for a in args)
+        return text + " or null" if len(args) < len(typing.get_args(annotation)) else text
+    if origin is list or annotation is list:
+        return "a list"
+    if dataclasses.is_dataclass(annotation):
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "text"}.get(annotation, str(annotation))
+
+
+def _describe_bounded(base, meta) -> str:
+    lower = upper = None
+    for m in meta:
+        if isinstance(m, Gt):
+            lower = ("(", m.gt)
+        elif isinstance(m, Ge):
+            lower = ("[", m.ge)
+        elif isinstance(m, Lt):
+            upper = (")", m.lt)
+        elif isinstance(m, Le):
+            upper = ("]", m.le)
+    noun = "integer" if base is int else "number"
+    if upper is None and lower == ("(", 0):
+        return f"a positive {noun}"
+    if upper is None and lower == ("[", 0):
+        return f"a non-negative {noun}"
+    if lower and upper:
+        return f"a {noun} in {lower[0]}{lower[1]}, {upper[1]}{upper[0]}"
+    if lower:
+        return f"a {noun} {'>' if lower[0] == '(' else '>='} {lower[1]}"
+    if upper:
+        return f"a {noun} {'<' if upper[0] == ')' else '<='} {upper[1]}"
+    return describe(base)
+
+
+@functools.cache
+def _adapter(annotation) -> TypeAdapter:
+    return TypeAdapter(annotation)
+
+
+def dataclass_params(cls) -> list[Param]:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    params = []
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = inspect.Parameter.empty
+        params.append(Param(f.name, hints[f.name], default))
+    return params
+
+
+# ---------------------------------------------------------------- validation
+
+
+class Validator:
+    """Collects every problem with its location instead of stopping at the first."""
+
+    def __init__(self, filename: str, positions: dict, overrides: dict):
+        self.filename = filename
+        self.positions = positions
+        self.overrides = overrides  # key path -> the --set expression that wrote it
+        self.problems: list[tuple[str, str]] = []
+
+    def where(self, path: tuple) -> str:
+        for end in range(len(path), -1, -1):
+            if path[:end] in self.overrides:
+                return f"--set {self.overrides[path[:end]]}"
+            if path[:end] in self.positions:
+                return f"{self.filename}:{self.positions[path[:end]]}"
+        return self.filename
+
+    def error(self, path: tuple, message: str) -> None:
+        self.problems.append((self.where(path), f"{format_path(path)}: {message}"))
+
+    def raise_if_any(self) -> None:
+        if self.problems:
+            lines = [f"{where}: {message}" for where, message in self.problems]
+            raise ConfigError("\n".join(lines))
+
+    # ------------------------------------------------------------ values
+
+    def value(self, raw, annotation, path: tuple):
+        """Check one value against its type; on failure record 'expected ..., got ...'."""
+        if dataclasses.is_dataclass(annotation):
+            return self.section(raw, annotation, path)
+        try:
+            return _adapter(annotation).validate_python(raw, strict=True)
+        except ValidationError:
+            self.error(path, f"expected {describe(annotation)}, got {raw!r}")
+            return None
+
+    def mapping(self, raw, params: list[Param], path: tuple, what: str) -> dict:
+        """Validate a mapping against named, typed parameters; fill defaults; reject unknown keys."""
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            self.error(path, f"expected a mapping of {what} options, got {raw!r}")
+            return {}
+        known = {p.name: p for p in params}
+        result = {}
+        for key in raw:
+            if key not in known:
+                allowed = ", ".join(known) or "none"
+                self.error(path + (key,), f"unknown key {key!r} for {what}{did_you_mean(key, known)}; "
+                                          f"allowed: {allowed}")
+        for p in params:
+            if p.name in raw:
+                result[p.name] = self.value(raw[p.name], p.annotation, path + (p.name,))
+            elif p.required:
+                self.error(path, f"missing required key {p.name!r} ({describe(p.annotation)}) for {what}")
+            else:
+                result[p.name] = p.default
+        return result
+
+    def section(self, raw, cls, path: tuple):
+        if cls is EarlyStoppingConfig and raw is False:
+            return EarlyStoppingConfig(enabled=False)
+        values = self.mapping(raw, dataclass_params(cls), path, format_path(path))
+        try:
+            return cls(**values)
+        except TypeError:  # required fields missing: already reported
+            return None
+
+    def named(self, raw, reg: registry.Registry, path: tuple, extra: list[Param] = (),
+              default: str | None = None) -> dict | None:
+        """A registry entry given as 'name' or {name: ..., options...} (`default` when the name is left out)."""
+        if isinstance(raw, str):
+            raw = {"name": raw}
+        if isinstance(raw, dict) and "name" not in raw and default is not None:
+            raw = {"name": default, **raw}
+        if not isinstance(raw, dict) or "name" not in raw:
+            self.error(path, f"expected the name of a {reg.kind} or a mapping with 'name', got {raw!r}; "
+                             f"available: {', '.join(reg.names())}")
+            return None
+        name = raw["name"]
+        if not isinstance(name, str) or name not in reg:
+            self.error(path + ("name",), f"unknown {reg.kind} {name!r}{did_you_mean(name, reg.names())}; "
+                                         f"available: {', '.join(reg.names())}")
+            return None
+        options = {k: v for k, v in raw.items() if k != "name"}
+        params = list(extra) + [p for p in reg.params(name) if p.name not in {e.name for e in extra}]
+        return {"name": name, **self.mapping(options, params, path, f"{reg.kind} {name!r}")}
+
+    def layers(self, raw, path: tuple) -> list:
+        """A list of layer specs: `relu` or `{linear: {units: 10}}`; containers nest."""
+        if not isinstance(raw, list) or not raw:
+            self.error(path, f"expected a non-empty list of layers, got {raw!r}")
+            return []
+        return [self.layer(item, path + (i,)) for i, item in enumerate(raw)]
+
+    def layer(self, raw, path: tuple) -> dict | None:
+        if isinstance(raw, str):
+            name, options = raw, {}
+        elif isinstance(raw, dict) and len(raw) == 1:
+            ((name, options),) = raw.items()
+        else:
+            self.error(path, f"expected a layer name or a one-key mapping like {{linear: {{units: 10}}}}, got {raw!r}")
+            return None
+        if name not in registry.layers:
+            self.error(path, f"unknown layer {name!r}{did_you_mean(name, registry.layers.names())}; "
+                             f"available: {', '.join(registry.layers.names())}")
+            return None
+        if isinstance(options, list) and any(p.name == "layers" for p in registry.layers.params(name)):
+            options = {"layers": options}  # `- sequential: [...]` shorthand
+        params = registry.layers.params(name)
+        nested = {p.name for p in params if p.name == "layers"}
+        flat = [p for p in params if p.name not in nested]
+        if options is not None and not isinstance(options, dict):
+            self.error(path + (name,), f"expected a mapping of layer {name!r} options, got {options!r}")
+            return None
+        options = dict(options or {})
+        inner = options.pop("layers", None) if nested else None
+        result = self.mapping(options, flat, path + (name,), f"layer {name!r}")
+        if nested:
+            result["layers"] = self.layers(inner, path + (name, "layers"))
+        return {name: result}
+
+
+def _import_registries() -> None:
+    """Importing these modules fills the registries the schema checks against."""
+    from .. import data, layers, losses, optim  # noqa: F401, PLC0415
+
+
+def validate(values, positions: dict, filename: str, overrides: dict | None = None) -> Config:
+    """A typed Config from loaded YAML values, or one ConfigError listing every problem."""
+    _import_registries()
+    v = Validator(filename, positions, overrides or {})
+    if not isinstance(values, dict):
+        v.error((), f"expected a mapping of config sections ({', '.join(TOP_LEVEL_ORDER)}), got {values!r}")
+        v.raise_if_any()
+    for key in values:
+        if key not in TOP_LEVEL_ORDER:
+            v.error((key,), f"unknown key {key!r}{did_you_mean(key, TOP_LEVEL_ORDER)}; "
+                            f"allowed: {', '.join(TOP_LEVEL_ORDER)}")
+    for key in ("data", "model"):
+        if key not in values:
+            v.error((), f"missing required section {key!r}")
+    params = {p.name: p for p in dataclass_params(Config)}
+    seed = v.value(values.get("seed", 0), params["seed"].annotation, ("seed",))
+    device = v.value(values.get("device", "cpu"), params["device"].annotation, ("device",))
+    data = None
+    if "data" in values:
+        common = [p for p in dataclass_params(DataConfig) if p.name != "name"]
+        data = v.named(values["data"], registry.datasets, ("data",), extra=common)
+    model = v.layers(values["model"], ("model",)) if "model" in values else []
+    loss = v.named(values.get("loss", "cross_entropy"), registry.losses, ("loss",), default="cross_entropy")
+    optimizer = v.named(values.get("optimizer", "adam"), registry.optimizers, ("optimizer",), default="adam")
+    schedule_common = [Param(p.name, p.annotation, p.default) for p in registry.schedules.params("constant")]
+    schedule = v.named(values.get("schedule", "constant"), registry.schedules, ("schedule",), extra=schedule_common,
+                       default="constant")
+    training = v.section(values.get("training", {}), TrainingConfig, ("training",))
+    v.raise_if_any()
+
+    config = Config(data=data, model=model, seed=seed, device=device, loss=loss, optimizer=optimizer,
+                    schedule=schedule, training=training)
+    _cross_checks(config, v)
+    v.raise_if_any()
+    return config
+
+
+def _cross_checks(config: Config, v: Validator) -> None:
+    """Rules that involve two keys; each message names both."""
+    es = config.training.early_stopping
+    has_val = config.data["val_fraction"] > 0 or config.data["val_path"] is not None
+    if es.monitor.startswith("val_") and not has_val:
+        v.error(("training", "early_stopping", "monitor"),
+                f"monitors {es.monitor!r} but there is no validation split (data.val_fraction is 0 and "
+                "data.val_path is not set); monitor a train_ metric or hold out validation data")
+    task = registry.losses.get(config.loss["name"]).task
+    if es.monitor.endswith("accuracy") and task == "regression":
+        v.error(("training", "early_stopping", "monitor"),
+                f"monitors {es.monitor!r} but loss {config.loss['name']!r} is a regression loss with no accuracy; "
+                "monitor val_loss or train_loss")
+    schedule = config.schedule
+    if schedule.get("warmup_epochs", 0) > config.training.epochs:
+        v.error(("schedule", "warmup_epochs"), f"warmup of {schedule['warmup_epochs']} epochs is longer than "
+                                               f"training.epochs = {config.training.epochs}")
+
+
+def config_from_dict(values: dict, source: str = "checkpoint") -> Config:
+    """Re-validate a resolved config (from a checkpoint or a run directory): data, never code."""
+    return validate(values, {}, source)
+
+
+def schema_params(kind: str) -> list[Param]:
+    """Parameters of a top-level section, for `dltrain` help listings."""
+    return dataclass_params({"training": TrainingConfig, "early_stopping": EarlyStoppingConfig,
+                             "data": DataConfig}[kind])
+
+

@@ -1,0 +1,241 @@
+"""Built-in datasets by name: IDX image sets, generated toy sets, and the user's .npz / .csv files.
+
+Every entry returns RawData (host arrays, before splitting and normalization). Generated sets
+draw from `rng`, which the run's seed decides.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import backend
+from ..errors import DataError
+from ..registry import NonNegativeFloat, PositiveInt, datasets
+from .download import fetch
+from .files import read_csv, read_idx, read_npz
+
+np = backend.np
+
+
+@dataclass
+class RawData:
+    x_train: object
+    y_train: object
+    x_test: object = None
+    y_test: object = None
+    x_val: object = None  # a separately given validation split (data.val_path)
+    y_val: object = None
+    classes: int | None = None  # known number of classes (None: from the labels)
+    class_names: list[str] | None = None
+    normalize: str = "feature"  # what normalize: auto means here ('global' for images)
+
+
+# ---------------------------------------------------------------- IDX image sets
+
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+@dataclass(frozen=True)
+class IdxSource:
+    base_url: str
+    checksums: dict  # file name (.gz) -> (kind, hex digest)
+    class_names: tuple[str, ...]
+
+
+IDX_SOURCES = {
+    # Content SHA-256s of the IDX payloads (independent of how the .gz was compressed).
+    "fashion-mnist": IdxSource(
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        {
+            "train-images-idx3-ubyte.gz":
+                ("sha256", "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
+            "train-labels-idx1-ubyte.gz":
+                ("sha256", "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
+            "t10k-images-idx3-ubyte.gz": ("sha256", "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
+            "t10k-labels-idx1-ubyte.gz": ("sha256", "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
+        },
+        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    ),
+    # MNIST's publishers give MD5s of the .gz files; those are what a download is checked against.
+    "mnist": IdxSource(
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        {
+            "train-images-idx3-ubyte.gz": ("md5", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+            "train-labels-idx1-ubyte.gz": ("md5", "d53e105ee54ea40749a09fcbcd1e9432"),
+            "t10k-images-idx3-ubyte.gz": ("md5", "9fb629c4189551a2d022fa330f9573f3"),
+            "t10k-labels-idx1-ubyte.gz": ("md5", "ec29112dd5afa0611ce80d1b7f02629c"),
+        },
+        tuple(str(d) for d in range(10)),
+    ),
+}
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "dltrain"
+
+
+def search_dirs(name: str, path: str | None) -> list[Path]:
+    """Where IDX files are looked for, in order."""
+    dirs = []
+    if path:
+        dirs.append(Path(path).expanduser())
+    if os.environ.get("DLTRAIN_DATA"):
+        dirs.append(Path(os.environ["DLTRAIN_DATA"]) / name)
+    dirs.append(cache_dir() / name)
+    dirs.append(Path("/usr/share/datasets") / name)
+    return dirs
+
+
+def _find_idx(directory: Path, stem: str) -> Path | None:
+    for candidate in (directory / f"{stem}.gz", directory / stem):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_idx_dataset(name: str, path: str | None, download: bool, mirror: str | None) -> RawData:
+    source = IDX_SOURCES[name]
+    searched = search_dirs(name, path)
+    for directory in searched:
+        found = [_find_idx(directory, stem) for stem in IDX_FILES]
+        if all(found):
+            break
+    else:
+        if path:  # an explicit path that lacks the files is a mistake, not a reason to download
+            raise DataError(f"data.path {path}: expected the four {name} IDX files ({', '.join(IDX_FILES)}, "
+                            f"optionally .gz) there")
+        if not download:
+            raise DataError(f"{name} not found in {', '.join(map(str, searched))} and data.download is false")
+        found = _download_idx(name, source, mirror or source.base_url, cache_dir() / name)
+    x_train, y_train, x_test, y_test = (read_idx(f) for f in found)
+    for images, labels, split in ((x_train, y_train, "train"), (x_test, y_test, "t10k")):
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(f"{name}: {split} images {images.shape} and labels {labels.shape} do not match "
+                            "(expected (N, rows, cols) and (N,))")
+    return RawData(x_train[:, None], y_train.astype(np.int64), x_test[:, None], y_test.astype(np.int64),
+                   classes=len(source.class_names), class_names=list(source.class_names), normalize="global")
+
+
+def _download_idx(name: str, source: IdxSource, base_url: str, directory: Path) -> list[Path]:
+    base_url = base_url if base_url.endswith("/") else base_url + "/"
+    hint = (f"To get the files by hand, download {', '.join(f + '.gz' for f in IDX_FILES)} from {base_url} "
+            f"into {directory} (or set data.path to a folder that has them"
+            + ("; on Debian or Ubuntu: apt-get install dataset-fashion-mnist)" if name == "fashion-mnist" else ")"))
+    paths = []
+    for stem in IDX_FILES:
+        target = directory / f"{stem}.gz"
+        if not target.is_file():
+            fetch(base_url + target.name, target, source.checksums[target.name], hint)
+        paths.append(target)
+    return paths
+
+
+@datasets.register("fashion-mnist")
+def fashion_mnist(path: str | None = None, rng=None, download: bool = True, mirror: str | None = None) -> RawData:
+    """Zalando's Fashion-MNIST: 28x28 grey images of 10 kinds of clothing; 60,000 train, 10,000 test."""
+    return load_idx_dataset("fashion-mnist", path, download, mirror)
+
+
+@datasets.register("mnist")
+def mnist(path: str | None = None, rng=None, download: bool = True, mirror: str | None = None) -> RawData:
+    """Handwritten digits: 28x28 grey images; 60,000 train, 10,000 test."""
+    return load_idx_dataset("mnist", path, download, mirror)
+
+
+# ---------------------------------------------------------------- generated sets
+
+
+def _generated(make, rng, n_samples: int) -> RawData:
+    """Train and test sets (a quarter the size) from the same generator."""
+    x, y = make(rng, n_samples)
+    x_test, y_test = make(rng, max(1, n_samples // 4))
+    classes = int(max(y.max(), y_test.max())) + 1
+    return RawData(x.astype(np.float32), y.astype(np.int64), x_test.astype(np.float32), y_test.astype(np.int64),
+                   classes=classes, normalize="none")
+
+
+@datasets.register("xor")
+def xor(path: str | None = None, rng=None, n_samples: PositiveInt = 400, noise: NonNegativeFloat = 0.15) -> RawData:
+    """Points around the corners of the unit square; label 1 where exactly one coordinate is 1 (tutorial slide 36)."""
+    def make(rng, n):
+        corners = rng.integers(0, 2, size=(n, 2))
+        return corners + rng.normal(0, noise, size=(n, 2)), corners[:, 0] ^ corners[:, 1]
+    return _generated(make, rng, n_samples)
+
+
+@datasets.register("spirals")
+def spirals(path: str | None = None, rng=None, n_samples: PositiveInt = 600, classes: PositiveInt = 3,
+            noise: NonNegativeFloat = 0.2, turns: NonNegativeFloat = 1.0) -> RawData:
+    """Interleaved 2-D spiral arms, one class each: easy to overfit, impossible for a linear model."""
+    def make(rng, n):
+        labels = rng.integers(0, classes, size=n)
+        radius = rng.uniform(0.05, 1.0, size=n)
+        angle = 2 * math.pi * (turns * radius + labels / classes) + rng.normal(0, noise * 0.5, size=n)
+        return np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1) * 2, labels
+    return _generated(make, rng, n_samples)
+
+
+@datasets.register("moons")
+def moons(path: str | None = None, rng=None, n_samples: PositiveInt = 400, noise: NonNegativeFloat = 0.1) -> RawData:
+    """Two interleaving half circles."""
+    def make(rng, n):
+        labels = rng.integers(0, 2, size=n)
+        t = rng.uniform(0, math.pi, size=n)
+        x = np.where(labels == 0, np.cos(t), 1 - np.cos(t))
+        y = np.where(labels == 0, np.sin(t), 0.5 - np.sin(t))
+        return np.stack([x, y], axis=1) + rng.normal(0, noise, size=(n, 2)), labels
+    return _generated(make, rng, n_samples)
+
+
+@datasets.register("blobs")
+def blobs(path: str | None = None, rng=None, n_samples: PositiveInt = 500, classes: PositiveInt = 3,
+          features: PositiveInt = 2, spread: NonNegativeFloat = 1.0) -> RawData:
+    """Gaussian clusters, one per class, with centres fixed by the seed."""
+    centres = rng.uniform(-5, 5, size=(classes, features))
+
+    def make(rng, n):
+        labels = rng.integers(0, classes, size=n)
+        return centres[labels] + rng.normal(0, spread, size=(n, features)), labels
+    return _generated(make, rng, n_samples)
+
+
+# ---------------------------------------------------------------- the user's files
+
+
+def _npz_arrays(path: Path, prefix: str = "") -> tuple:
+    arrays = read_npz(path)
+    for key in ("x", "y"):
+        if key not in arrays:
+            raise DataError(f"{path}: expected arrays 'x' and 'y' in the .npz, found {', '.join(arrays) or 'none'}")
+    test = (arrays.get("x_test"), arrays.get("y_test"))
+    return arrays["x"], arrays["y"], test
+
+
+@datasets.register("npz")
+def npz(path: str | None = None, rng=None) -> RawData:
+    """Your own arrays: an .npz file with 'x' (samples first) and 'y'; optional 'x_test' and 'y_test'."""
+    if not path:
+        raise DataError("data.path: the npz dataset needs the path of an .npz file")
+    x, y, (x_test, y_test) = _npz_arrays(Path(path))
+    return RawData(x, y, x_test, y_test)
+
+
+@datasets.register("csv")
+def csv(path: str | None = None, rng=None, label_column: str = "label") -> RawData:
+    """Your own table: a .csv with a header row, numeric feature columns and a label column."""
+    if not path:
+        raise DataError("data.path: the csv dataset needs the path of a .csv file")
+    x, y = read_csv(Path(path), label_column)
+    return RawData(x, y)
+
+
+def read_extra_split(path: str, dataset: str, options: dict) -> tuple:
+    """(x, y) of a separately given validation or test file, in the dataset's file format."""
+    if dataset == "csv":
+        return read_csv(Path(path), options.get("label_column", "label"))
+    x, y, _ = _npz_arrays(Path(path))
+    return x, y

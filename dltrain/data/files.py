@@ -1,0 +1,100 @@
+"""Reading data files: IDX (MNIST's format, optionally gzipped), .npz and .csv.
+
+Each reader checks what it reads and says what was expected, what was found and where.
+Nothing here unpickles: .npz files are opened with allow_pickle=False.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import zipfile
+from pathlib import Path
+
+from .. import backend
+from ..errors import DataError
+
+np = backend.np
+
+# IDX type codes (third byte of the magic number) -> dtype, big-endian as the format says.
+_IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: Path):
+    """An IDX file (e.g. train-images-idx3-ubyte[.gz]) as a NumPy array."""
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            payload = f.read()
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise DataError(f"{path}: cannot read IDX file ({exc})") from None
+    if len(payload) < 4 or payload[0] != 0 or payload[1] != 0 or payload[2] not in _IDX_TYPES:
+        raise DataError(f"{path}: not an IDX file (expected magic bytes 00 00 <type> <ndim>, "
+                        f"got {payload[:4].hex(' ') or 'an empty file'})")
+    dtype = np.dtype(_IDX_TYPES[payload[2]])
+    ndim = payload[3]
+    header = 4 + 4 * ndim
+    if len(payload) < header:
+        raise DataError(f"{path}: truncated IDX header ({len(payload)} bytes)")
+    shape = tuple(int.from_bytes(payload[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    expected = header + int(np.prod(shape)) * dtype.itemsize
+    if len(payload) != expected:
+        raise DataError(f"{path}: IDX header says shape {shape} ({expected} bytes) but the file has "
+                        f"{len(payload)} bytes (truncated or corrupt download?)")
+    return np.frombuffer(payload, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def read_npz(path: Path) -> dict:
+    """Arrays of an .npz file; refuses object arrays (they would need pickle)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except FileNotFoundError:
+        raise DataError(f"{path}: data file not found") from None
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise DataError(f"{path}: holds Python objects (pickled arrays); only plain numeric arrays are "
+                            "accepted, since loading pickles can run code") from None
+        raise DataError(f"{path}: not a valid .npz file ({exc})") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"{path}: not a valid .npz file ({exc})") from None
+
+
+def read_csv(path: Path, label_column: str) -> tuple:
+    """(features, labels) from a CSV with a header row; every other column must be numeric."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except FileNotFoundError:
+        raise DataError(f"{path}: data file not found") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: cannot read CSV ({exc})") from None
+    if not rows:
+        raise DataError(f"{path}: empty CSV file (expected a header row and data rows)")
+    header = [h.strip() for h in rows[0]]
+    if label_column not in header:
+        raise DataError(f"{path}:1: no label column {label_column!r} in the header; columns: {', '.join(header)} "
+                        "(set data.label_column)")
+    label_index = header.index(label_column)
+    features, labels = [], []
+    for line_number, row in enumerate(rows[1:], start=2):
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            raise DataError(f"{path}:{line_number}: expected {len(header)} columns as in the header, got {len(row)}")
+        try:
+            values = [float(cell) for cell in row]
+        except ValueError:
+            bad = next(c for c in row if not _is_number(c))
+            raise DataError(f"{path}:{line_number}: expected numbers, got {bad!r}") from None
+        labels.append(values[label_index])
+        features.append(values[:label_index] + values[label_index + 1:])
+    return np.asarray(features, dtype=np.float64).reshape(len(features), len(header) - 1), np.asarray(labels)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False

@@ -1,0 +1,169 @@
+"""From a config's `data:` section to train / val / test splits on the device, normalized.
+
+Checks run before any training: shapes, NaN/Inf, labels (integers within range for
+classification), empty splits. The validation split is held out from train, stratified by
+class and decided by the seed, unless `val_path` gives one. Normalization statistics come from
+the training split alone and travel in the checkpoint, so `eval` applies the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import backend
+from ..errors import DataError
+from ..registry import datasets
+from .datasets import RawData, read_extra_split
+
+np = backend.np
+
+
+@dataclass
+class Split:
+    x: object  # device array, samples first, default float dtype
+    y: object  # device array: int64 class labels, or float targets (N, k)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+@dataclass
+class Splits:
+    train: Split
+    val: Split | None
+    test: Split | None
+    input_shape: tuple[int, ...]
+    classes: int | None
+    class_names: list[str] | None
+    normalization: dict  # {'mean': array, 'std': array}, broadcastable to one sample
+
+
+def load_raw(data: dict, seed: int) -> RawData:
+    """Call the dataset's registered loader with its own options."""
+    loader = datasets.get(data["name"])
+    own = {p.name for p in datasets.params(data["name"])}
+    rng = np.random.default_rng([seed, 1])  # data has its own stream: splits do not shift training randomness
+    raw = loader(path=data.get("path"), rng=rng, **{k: v for k, v in data.items() if k in own})
+    if data.get("val_path"):
+        raw.x_val, raw.y_val = read_extra_split(data["val_path"], data["name"], data)
+    if data.get("test_path"):
+        raw.x_test, raw.y_test = read_extra_split(data["test_path"], data["name"], data)
+    return raw
+
+
+def _check_arrays(name: str, x, y, task: str) -> tuple:
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"{name} inputs: expected numbers, got dtype {x.dtype}")
+    if len(x) == 0:
+        raise DataError(f"{name} split is empty (0 samples)")
+    if len(x) != len(y):
+        raise DataError(f"{name}: {len(x)} inputs but {len(y)} labels (expected one label per sample)")
+    if x.ndim < 2:
+        x = x.reshape(len(x), 1)
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        bad = np.argwhere(~np.isfinite(x))[0]
+        raise DataError(f"{name} inputs contain NaN or Inf (first at index {tuple(int(i) for i in bad)})")
+    if task == "classification":
+        if y.ndim != 1:
+            raise DataError(f"{name} labels: expected one integer class per sample, shape (N,); got shape {y.shape}")
+        if y.dtype.kind == "f":
+            if not np.isfinite(y).all() or (y != np.round(y)).any():
+                bad = int(np.argwhere(~np.isfinite(y) | (y != np.round(y)))[0][0])
+                raise DataError(f"{name} labels: expected integer classes, got {y[bad].item()!r} at index {bad}")
+        elif y.dtype.kind not in "iub":
+            raise DataError(f"{name} labels: expected integer classes, got dtype {y.dtype}")
+        y = y.astype(np.int64)
+        if (y < 0).any():
+            raise DataError(f"{name} labels: expected classes >= 0, got {int(y.min())}")
+    else:
+        y = y.astype(np.float64)
+        if not np.isfinite(y).all():
+            raise DataError(f"{name} targets contain NaN or Inf")
+        if y.ndim == 1:
+            y = y[:, None]  # one target per sample, shaped like a (N, 1) model output
+        if task == "binary" and ((y != 0) & (y != 1)).any():
+            raise DataError(f"{name} targets: binary_cross_entropy expects 0/1 targets, got values like "
+                            f"{float(y[(y != 0) & (y != 1)][0])!r}")
+    return x, y
+
+
+def stratified_split(labels, fraction: float, rng, classification: bool):
+    """Indices (train, val): `fraction` of each class held out (of all samples for regression)."""
+    n = len(labels)
+    if not classification:
+        order = rng.permutation(n)
+        n_val = max(1, round(n * fraction))
+        return np.sort(order[n_val:]), np.sort(order[:n_val])
+    val = []
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        rng.shuffle(members)
+        val.append(members[:round(len(members) * fraction)])
+    val_idx = np.sort(np.concatenate(val))
+    mask = np.ones(n, dtype=bool)
+    mask[val_idx] = False
+    return np.flatnonzero(mask), val_idx
+
+
+def normalization_stats(x_train, mode: str) -> dict:
+    """mean/std over the training split: one pair ('global'), per feature ('feature'), or identity ('none')."""
+    shape = (1,) * (x_train.ndim - 1)
+    if mode == "none":
+        return {"mean": np.zeros(shape, np.float64), "std": np.ones(shape, np.float64)}
+    x = x_train.astype(np.float64)
+    if mode == "global":
+        return {"mean": np.full(shape, x.mean()), "std": np.full(shape, max(x.std(), 1e-12))}
+    std = x.std(axis=0)
+    return {"mean": x.mean(axis=0), "std": np.where(std < 1e-6, 1.0, std)}  # constant features stay 0, not inf
+
+
+def to_split(x, y, stats: dict, device: str) -> Split:
+    dtype = backend.default_dtype()
+    normalized = ((x.astype(np.float64) - stats["mean"]) / stats["std"]).astype(dtype)
+    y = y if y.dtype.kind == "i" else y.astype(dtype)
+    return Split(backend.to_device(normalized, device), backend.to_device(y, device))
+
+
+def prepare(data: dict, task: str, seed: int, device: str, stats: dict | None = None) -> Splits:
+    """Load, check, split and normalize; `stats` from a checkpoint replace the training split's."""
+    raw = load_raw(data, seed)
+    x_train, y_train = _check_arrays("train", raw.x_train, raw.y_train, task)
+    val = test = None
+    if raw.x_val is not None:
+        val = _check_arrays("val", raw.x_val, raw.y_val, task)
+    elif data.get("val_fraction", 0) > 0:
+        rng = np.random.default_rng([seed, 2])
+        train_idx, val_idx = stratified_split(y_train, data["val_fraction"], rng, task == "classification")
+        if len(val_idx) == 0 or len(train_idx) == 0:
+            raise DataError(f"data.val_fraction {data['val_fraction']} of {len(y_train)} samples leaves an empty "
+                            "split; use a fraction that keeps samples on both sides")
+        val = (x_train[val_idx], y_train[val_idx])
+        x_train, y_train = x_train[train_idx], y_train[train_idx]
+    if raw.x_test is not None:
+        test = _check_arrays("test", raw.x_test, raw.y_test, task)
+
+    for name, pair in (("val", val), ("test", test)):
+        if pair is not None and pair[0].shape[1:] != x_train.shape[1:]:
+            raise DataError(f"{name} inputs have per-sample shape {pair[0].shape[1:]}, train has {x_train.shape[1:]}")
+
+    classes = None
+    if task == "classification":
+        seen = max(int(p[1].max()) for p in ((x_train, y_train), val, test) if p is not None) + 1
+        classes = raw.classes or seen
+        if seen > classes:
+            raise DataError(f"labels go up to {seen - 1} but {data['name']} has {classes} classes (0..{classes - 1})")
+
+    if stats is None:
+        mode = raw.normalize if data.get("normalize", "auto") == "auto" else data["normalize"]
+        stats = normalization_stats(x_train, mode)
+    return Splits(
+        train=to_split(x_train, y_train, stats, device),
+        val=None if val is None else to_split(*val, stats, device),
+        test=None if test is None else to_split(*test, stats, device),
+        input_shape=tuple(x_train.shape[1:]),
+        classes=classes,
+        class_names=raw.class_names,
+        normalization=stats,
+    )

@@ -1,0 +1,1 @@
+"""Training runs: the loop, early stopping, checkpoints, the run directory, reporting and plots."""

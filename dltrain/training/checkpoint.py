@@ -1,0 +1,115 @@
+"""Checkpoints: safetensors for the arrays, JSON in its metadata for everything else. No pickle.
+
+Tensor names:
+    model/<layer index>.<parameter>     e.g. model/0.weight (out, in), model/0.bias, model/3.running_mean
+    optimizer/<slot>/<parameter index>  e.g. optimizer/velocity/0, optimizer/m/2
+    normalization/mean, normalization/std   (broadcast against one sample)
+Metadata (all strings): format, format_version, dltrain_version, config (JSON: the resolved config),
+state (JSON: epoch, global_step, optimizer_steps, rng, early_stopping), data (JSON: input_shape, classes).
+A checkpoint is self-contained: `dltrain eval` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import __version__, backend
+from ..errors import CheckpointError
+from .rundir import atomic_write
+
+np = backend.np
+
+FORMAT = "dltrain-checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    config: dict
+    state: dict
+    data: dict
+    model: dict  # name -> host array
+    optimizer: dict  # {'steps': n, 'slots': {...}}
+    normalization: dict
+    path: Path | None = None
+
+
+def save_checkpoint(path: Path, model, optimizer, normalization: dict, config: dict, state: dict,
+                    data_info: dict) -> None:
+    tensors = {f"model/{name}": backend.to_numpy(a) for name, a in model.state_dict().items()}
+    opt_state = optimizer.state_dict()
+    tensors.update({f"optimizer/{key}": backend.to_numpy(a) for key, a in opt_state["slots"].items()})
+    tensors.update({f"normalization/{key}": np.asarray(a) for key, a in normalization.items()})
+    tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    state = dict(state, optimizer_steps=opt_state["steps"])
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "dltrain_version": __version__,
+        "config": json.dumps(config),
+        "state": json.dumps(state),
+        "data": json.dumps(data_info),
+    }
+    from safetensors.numpy import save  # noqa: PLC0415 (imported when first needed)
+
+    atomic_write(Path(path), save(tensors, metadata=metadata))
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read and check a checkpoint; every way it can be wrong ends in CheckpointError."""
+    from safetensors import SafetensorError  # noqa: PLC0415
+    from safetensors.numpy import load  # noqa: PLC0415
+
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: checkpoint not found") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: expected a .safetensors checkpoint file or a run directory") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({exc.strerror or exc})") from None
+    try:
+        tensors = load(raw)
+        metadata = _metadata(raw)
+    except (SafetensorError, ValueError, OverflowError, MemoryError) as exc:
+        raise CheckpointError(f"{path}: not a valid safetensors checkpoint (truncated, corrupt or another "
+                              f"format: {exc})") from None
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: a safetensors file, but not a dltrain checkpoint (no format={FORMAT!r} in "
+                              "its metadata)")
+    version = metadata.get("format_version")
+    if version != str(FORMAT_VERSION):
+        raise CheckpointError(f"{path}: checkpoint format version {version!r}; this dltrain reads version "
+                              f"{FORMAT_VERSION}")
+    try:
+        config = json.loads(metadata["config"])
+        state = json.loads(metadata["state"])
+        data = json.loads(metadata["data"])
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path}: checkpoint metadata is incomplete or not JSON ({exc})") from None
+    if not all(isinstance(v, dict) for v in (config, state, data)):
+        raise CheckpointError(f"{path}: checkpoint metadata has the wrong structure")
+
+    def group(prefix):
+        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    return Checkpoint(config=config, state=state, data=data, model=group("model/"),
+                      optimizer={"steps": state.get("optimizer_steps", 0), "slots": group("optimizer/")},
+                      normalization=group("normalization/"), path=path)
+
+
+def _metadata(raw: bytes) -> dict:
+    """The __metadata__ of a safetensors byte string (its header is 8 bytes of length, then JSON)."""
+    if len(raw) < 8:
+        raise ValueError("file shorter than the safetensors header")
+    size = int.from_bytes(raw[:8], "little")
+    if size > len(raw) - 8:
+        raise ValueError("header length beyond the end of the file")
+    header = json.loads(raw[8:8 + size])
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict):
+        raise ValueError("metadata is not a mapping")
+    return metadata

@@ -1,0 +1,93 @@
+"""Learning curves from metrics.csv: loss, accuracy and learning rate against epoch.
+
+Reads only what runs wrote; copes with runs that have no validation, no accuracy or one epoch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import DltrainError
+from .rundir import CURVES, RunDir, atomic_write
+
+FIGSIZE = (15, 4.5)  # inches; at DPI this gives a 1500 x 450 PNG
+DPI = 100
+
+
+def _column(rows: list[dict], key: str) -> list[float | None]:
+    return [float(r[key]) if r.get(key) not in (None, "") else None for r in rows]
+
+
+def plot_runs(run_dirs: list, out: Path | None = None) -> Path:
+    """Draw every run's curves (overlaid, one colour per run) into one PNG; return its path."""
+    import matplotlib  # noqa: PLC0415 (slow import, only for plotting)
+
+    matplotlib.use("Agg")
+    import io  # noqa: PLC0415
+
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    runs = []
+    for path in run_dirs:
+        run = RunDir(path)
+        if not run.path.is_dir():
+            raise DltrainError(f"{path}: not a run directory")
+        rows = run.read_metrics()
+        if not rows:
+            raise DltrainError(f"{run.file('metrics.csv')}: no epochs recorded yet (missing or empty metrics.csv)")
+        runs.append((run, rows, run.read_summary() or {}))
+    out = Path(out) if out else runs[0][0].file(CURVES)
+
+    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=FIGSIZE, dpi=DPI)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    any_accuracy = False
+    for i, (run, rows, summary) in enumerate(runs):
+        colour = colours[i % len(colours)]
+        label = run.path.name if len(runs) > 1 else ""
+        epochs = [int(r["epoch"]) for r in rows]
+        for ax, metric in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+            for split, style in (("train", "-"), ("val", "--")):
+                values = _column(rows, f"{split}_{metric}")
+                points = [(e, v) for e, v in zip(epochs, values) if v is not None]
+                if points:
+                    any_accuracy |= metric == "accuracy"
+                    ax.plot(*zip(*points), style, color=colour, marker="o" if len(points) == 1 else None,
+                            label=f"{label} {split}".strip())
+        lrs = [(e, v) for e, v in zip(epochs, _column(rows, "lr")) if v is not None]
+        if lrs:
+            ax_lr.plot(*zip(*lrs), color=colour, label=label or None)
+        _mark_best(summary, rows, epochs, ax_loss, ax_acc, colour)
+    ax_loss.set_title("loss")
+    ax_acc.set_title("accuracy")
+    ax_lr.set_title("learning rate")
+    if not any_accuracy:
+        ax_acc.text(0.5, 0.5, "no accuracy recorded\n(regression loss)", ha="center", va="center",
+                    transform=ax_acc.transAxes, color="grey")
+    for ax in (ax_loss, ax_acc, ax_lr):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    plt.close(fig)
+    try:
+        atomic_write(out, buffer.getvalue())
+    except OSError as exc:
+        raise DltrainError(f"cannot write {out}: {exc.strerror or exc}") from None
+    return out
+
+
+def _mark_best(summary: dict, rows, epochs, ax_loss, ax_acc, colour) -> None:
+    """A star on the monitored curve at the best epoch, and a dotted line across the loss panel."""
+    best, monitor = summary.get("best_epoch"), summary.get("monitor")
+    if best is None or monitor is None or best not in epochs:
+        return
+    value = _column(rows, monitor)[epochs.index(best)]
+    if value is None:
+        return
+    ax = ax_acc if monitor.endswith("accuracy") else ax_loss
+    ax.plot([best], [value], marker="*", markersize=14, color=colour, linestyle="none",
+            label=f"best ({monitor}, epoch {best})")
+    ax_loss.axvline(best, color=colour, linestyle=":", alpha=0.6)

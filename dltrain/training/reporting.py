@@ -1,0 +1,93 @@
+"""What the user sees while training: a rich progress bar on a terminal, plain lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+
+
+def format_row(row: dict, epochs: int) -> str:
+    parts = [f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}"]
+    for key, label in (("train_loss", "loss"), ("train_accuracy", "acc"), ("val_loss", "val_loss"),
+                       ("val_accuracy", "val_acc")):
+        if row.get(key) not in (None, ""):
+            parts.append(f"{label} {float(row[key]):.4f}")
+    parts.append(f"lr {float(row['lr']):.4g}")
+    parts.append(f"{float(row['seconds']):.1f}s")
+    return "  ".join(parts)
+
+
+class PlainReporter:
+    """One line per epoch, no control characters (CI logs, pipes)."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stdout
+
+    def start(self, epochs: int, steps_per_epoch: int) -> None:
+        self.epochs = epochs
+
+    def batch(self, epoch: int, step: int, running_loss: float, samples_per_second: float) -> None:
+        pass
+
+    def epoch_end(self, row: dict, is_best: bool) -> None:
+        print(format_row(row, self.epochs) + ("  *" if is_best else ""), file=self.stream, flush=True)
+
+    def message(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+class RichReporter(PlainReporter):
+    """A live progress bar for the current epoch (batch, running loss, samples/s, ETA) above the epoch lines."""
+
+    def __init__(self, console: Console | None = None):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn  # noqa: PLC0415
+
+        self.console = console or Console()
+        self.progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("loss {task.fields[loss]:.4f}  {task.fields[speed]:,.0f} samples/s"),
+                                 TimeRemainingColumn(), console=self.console, transient=True)
+        self.task = None
+
+    def start(self, epochs: int, steps_per_epoch: int) -> None:
+        self.epochs = epochs
+        self.steps = steps_per_epoch
+        self.progress.start()
+
+    def batch(self, epoch: int, step: int, running_loss: float, samples_per_second: float) -> None:
+        label = f"{epoch}/{self.epochs}"
+        if self.task is None or self.progress.tasks[self.task].fields["epoch"] != label:
+            if self.task is not None:
+                self.progress.remove_task(self.task)
+            self.task = self.progress.add_task("train", total=self.steps, epoch=label, loss=0.0, speed=0.0)
+        self.progress.update(self.task, completed=step, loss=running_loss, speed=samples_per_second)
+
+    def epoch_end(self, row: dict, is_best: bool) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+            self.task = None
+        self.console.print(format_row(row, self.epochs) + ("  [green]*best[/green]" if is_best else ""),
+                           highlight=False)
+
+    def message(self, text: str) -> None:
+        self.console.print(text, highlight=False)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def make_reporter(quiet: bool = False):
+    if quiet:
+        return SilentReporter()
+    return RichReporter() if sys.stdout.isatty() else PlainReporter()
+
+
+class SilentReporter(PlainReporter):
+    def epoch_end(self, row: dict, is_best: bool) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass

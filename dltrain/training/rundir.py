@@ -1,0 +1,144 @@
+"""The run directory: every artifact's file name, and writes that are never left half-done.
+
+    runs/<config name>-<timestamp>/
+        config.yaml                  the resolved config (defaults filled in)
+        metrics.csv                  one row per epoch
+        summary.json                 how the run ended, best epoch, test metrics, speed
+        checkpoints/best.safetensors checkpoints/last.safetensors
+        curves.png                   learning curves (dltrain plot)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from ..errors import DltrainError
+
+CONFIG = "config.yaml"
+METRICS = "metrics.csv"
+SUMMARY = "summary.json"
+CHECKPOINTS = "checkpoints"
+BEST = "checkpoints/best.safetensors"
+LAST = "checkpoints/last.safetensors"
+CURVES = "curves.png"
+METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
+
+
+class RunDirError(DltrainError):
+    """A run directory that cannot be created, written or read."""
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename over it: readers see old or new, never half."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def default_run_dir(config_path: str | Path, root: str | Path = "runs") -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = Path(config_path).stem or "run"
+    candidate = Path(root) / f"{name}-{stamp}"
+    suffix = 1
+    while candidate.exists():
+        suffix += 1
+        candidate = Path(root) / f"{name}-{stamp}-{suffix}"
+    return candidate
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def create(self) -> None:
+        """Make a new run directory; an existing non-empty one is never overwritten."""
+        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+            raise RunDirError(f"run directory {self.path} already exists and is not empty; choose another "
+                              "--run-dir or continue it with --resume")
+        try:
+            (self.path / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunDirError(f"cannot create run directory {self.path}: {exc.strerror or exc}") from None
+
+    def write_config(self, config: dict) -> None:
+        text = yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
+        self._write(CONFIG, text.encode())
+
+    def write_summary(self, summary: dict) -> None:
+        self._write(SUMMARY, (json.dumps(summary, indent=2) + "\n").encode())
+
+    def _write(self, name: str, data: bytes) -> None:
+        try:
+            atomic_write(self.file(name), data)
+        except OSError as exc:
+            raise RunDirError(f"cannot write {self.file(name)}: {exc.strerror or exc}") from None
+
+    # ------------------------------------------------------------ metrics.csv
+
+    def start_metrics(self, keep_epochs: int = 0) -> None:
+        """A metrics.csv with the header and the rows of the first `keep_epochs` epochs (a torn line is dropped)."""
+        rows = [r for r in self.read_metrics() if int(r["epoch"]) <= keep_epochs] if keep_epochs else []
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        self._write(METRICS, buffer.getvalue().encode())
+
+    def append_metrics(self, row: dict) -> None:
+        line = io.StringIO()
+        csv.DictWriter(line, fieldnames=METRIC_COLUMNS, lineterminator="\n").writerow(row)
+        try:
+            with open(self.file(METRICS), "a", encoding="utf-8") as f:
+                f.write(line.getvalue())
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise RunDirError(f"cannot write {self.file(METRICS)}: {exc.strerror or exc}") from None
+
+    def read_metrics(self) -> list[dict]:
+        """Rows of metrics.csv as dicts of strings; an incomplete last line (a crash mid-write) is skipped."""
+        path = self.file(METRICS)
+        if not path.is_file():
+            return []
+        text = path.read_text(encoding="utf-8")
+        lines = text.splitlines()
+        if text and not text.endswith("\n"):
+            lines = lines[:-1]
+        rows = list(csv.DictReader(lines))
+        return [r for r in rows if None not in r.values() and r.get("epoch", "").isdigit()]
+
+    def read_summary(self) -> dict | None:
+        path = self.file(SUMMARY)
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None

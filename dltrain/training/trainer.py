@@ -1,0 +1,285 @@
+"""The training loop: epochs of shuffled minibatches, validation, early stopping, checkpoints, metrics.
+
+    for each epoch:  shuffle -> for each batch: forward -> loss -> backward -> (clip) -> step
+                     validate -> metrics row -> early stopping -> last (and best) checkpoint
+    at the end:      restore the best weights, test metrics, summary.json
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from .. import __version__, backend
+from ..autograd import Tensor, no_grad
+from ..config import Config
+from ..data import Split, Splits, prepare
+from ..errors import DltrainError, ShapeError
+from ..layers import Sequential, Softmax, build_model
+from ..layers.core import format_shape
+from ..optim import clip_grad_norm
+from ..registry import losses, optimizers, schedules
+from . import rundir as files
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .early_stopping import EarlyStopping
+from .rundir import RunDir
+
+np = backend.np
+
+
+class Diverged(DltrainError):
+    """The loss became NaN or infinite."""
+
+    exit_code = 1
+
+
+class Interrupted(DltrainError):
+    """Ctrl-C: the run stopped with its files complete."""
+
+    exit_code = 130
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    accuracy: float | None
+    predictions: object  # host array
+    targets: object  # host array
+
+
+class Model:
+    """A built network plus the loss it trains with: one place that knows how outputs become losses and predictions.
+
+    A final softmax layer before a cross_entropy loss is skipped for training and prediction
+    (cross_entropy takes logits, and argmax is the same), so the tutorial's
+    Linear-ReLU-Linear-Softmax model trains stably.
+    """
+
+    def __init__(self, config: Config, input_shape: tuple[int, ...], classes: int | None, target_width: int | None):
+        self.network: Sequential = build_model(config.model, input_shape)
+        self.loss = losses.get(config.loss["name"])(**{k: v for k, v in config.loss.items() if k != "name"})
+        self.task = self.loss.task
+        last = self.network.layers[-1]
+        self.skips_softmax = isinstance(last, Softmax) and config.loss["name"] == "cross_entropy"
+        self._check_output(classes, target_width)
+
+    @staticmethod
+    def task_of(config: Config) -> str:
+        """'classification', 'binary' or 'regression': what the config's loss trains."""
+        return losses.get(config.loss["name"]).task
+
+    def _check_output(self, classes, target_width) -> None:
+        out = self.network.output_shape
+        last = self.network.layers[-1]
+        expected = (classes,) if self.task == "classification" else (target_width,)
+        if out != expected:
+            what = f"{classes} classes" if self.task == "classification" else f"targets of width {target_width}"
+            raise ShapeError(f"{last.path}: the model's output {format_shape(out)} does not fit the data's {what}; "
+                             f"loss {self.loss.registry_name!r} expects {format_shape(expected)}")
+
+    def outputs(self, x: Tensor) -> Tensor:
+        layers = self.network.layers[:-1] if self.skips_softmax else self.network.layers
+        for layer in layers:
+            x = layer(x)
+        return x
+
+    def evaluate(self, split: Split, batch_size: int) -> Evaluation:
+        """Loss (sample-weighted mean), accuracy and predictions on a whole split, in eval mode."""
+        was_training = self.network.training
+        self.network.eval()
+        total_loss = 0.0
+        predictions = []
+        try:
+            with no_grad():
+                for start in range(0, len(split), batch_size):
+                    x, y = split.x[start:start + batch_size], split.y[start:start + batch_size]
+                    out = self.outputs(Tensor(x))
+                    total_loss += float(self.loss(out, y).data) * len(x)
+                    predictions.append(backend.to_numpy(self.loss.predict(out.data)))
+        finally:
+            self.network.train(was_training)
+        predictions = np.concatenate(predictions)
+        targets = backend.to_numpy(split.y)
+        accuracy = None if self.task == "regression" else float((predictions == targets).mean())
+        return Evaluation(total_loss / len(split), accuracy, predictions, targets)
+
+
+def data_info(splits: Splits, task: str) -> dict:
+    target_width = None if task == "classification" else int(splits.train.y.shape[1])
+    return {"input_shape": list(splits.input_shape), "classes": splits.classes, "class_names": splits.class_names,
+            "target_width": target_width}
+
+
+def _fmt(value) -> str:
+    """Exact, shortest text of a float (so resumed and uninterrupted runs compare bit for bit)."""
+    return "" if value is None else repr(float(value))
+
+
+class Trainer:
+    def __init__(self, config: Config, run: RunDir, device: str, reporter, resume: Checkpoint | None = None):
+        self.config = config
+        self.run = run
+        self.device = device
+        self.reporter = reporter
+        self.resume = resume
+
+    # ------------------------------------------------------------ setup
+
+    def setup(self) -> None:
+        cfg = self.config
+        backend.manual_seed(cfg.seed)
+        task = Model.task_of(cfg)
+        stats = self.resume.normalization if self.resume else None
+        self.splits = prepare(cfg.data, task, cfg.seed, self.device, stats=stats)
+        train = self.splits.train
+        if cfg.training.batch_size > len(train):
+            raise DltrainError(f"training.batch_size {cfg.training.batch_size} is larger than the training split "
+                               f"({len(train)} samples); use a smaller batch or more data")
+        self.info = data_info(self.splits, task)
+        self.model = Model(cfg, self.splits.input_shape, self.splits.classes, self.info["target_width"])
+        self.model.network.to(self.device)
+        opt_options = {k: v for k, v in cfg.optimizer.items() if k != "name"}
+        self.optimizer = optimizers.get(cfg.optimizer["name"])(self.model.network.parameters(), **opt_options)
+        self.steps_per_epoch = math.ceil(len(train) / cfg.training.batch_size)
+        self.schedule = schedules.get(cfg.schedule["name"])(
+            base_lr=self.optimizer.lr, total_epochs=cfg.training.epochs, steps_per_epoch=self.steps_per_epoch,
+            batch_size=cfg.training.batch_size, **{k: v for k, v in cfg.schedule.items() if k != "name"})
+        es = cfg.training.early_stopping
+        self.early = EarlyStopping(es.monitor, cfg.monitor_mode, es.patience, es.min_delta, es.start_from_epoch,
+                                   es.enabled)
+        self.start_epoch = 0
+        self.global_step = 0
+        if self.resume:
+            self._restore(self.resume)
+
+    def _restore(self, ckpt: Checkpoint) -> None:
+        self.model.network.load_state_dict(ckpt.model)
+        self.optimizer.load_state_dict(ckpt.optimizer)
+        backend.set_rng_state(ckpt.state["rng"])
+        self.early.load_state_dict(ckpt.state["early_stopping"])
+        self.start_epoch = int(ckpt.state["epoch"])
+        self.global_step = int(ckpt.state["global_step"])
+
+    def _save(self, name: str, epoch: int) -> None:
+        state = {"epoch": epoch, "global_step": self.global_step, "rng": backend.get_rng_state(),
+                 "early_stopping": self.early.state_dict()}
+        save_checkpoint(self.run.file(name), self.model.network, self.optimizer, self.splits.normalization,
+                        self.config.to_dict(), state, self.info)
+
+    # ------------------------------------------------------------ the loop
+
+    def train_epoch(self, epoch: int) -> tuple[float, float | None, float]:
+        """One pass over shuffled training data; returns (mean loss, accuracy, lr at the last step)."""
+        cfg = self.config.training
+        train = self.splits.train
+        n = len(train)
+        order = backend.host_rng().permutation(n) if cfg.shuffle else np.arange(n)
+        order = backend.to_device(order, self.device)
+        self.model.network.train()
+        params = self.model.network.parameters()
+        loss_sum = 0.0
+        correct = 0
+        seen = 0
+        started = time.perf_counter()
+        for step in range(self.steps_per_epoch):
+            lr = self.schedule.lr(epoch, step)
+            self.optimizer.lr = lr
+            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            x, y = train.x[idx], train.y[idx]
+            out = self.model.outputs(Tensor(x))
+            loss = self.model.loss(out, y)
+            value = float(loss.data)
+            if not math.isfinite(value):
+                raise Diverged(f"loss became {value} at epoch {epoch + 1}, step {step + 1} "
+                               f"(lr {lr:.4g}); stopped, the last good checkpoint is kept")
+            self.optimizer.zero_grad()
+            loss.backward()
+            if cfg.grad_clip:
+                clip_grad_norm(params, cfg.grad_clip)
+            self.optimizer.step()
+            self.global_step += 1
+            loss_sum += value * len(idx)
+            if self.model.task != "regression":
+                correct += int((self.model.loss.predict(out.data) == y).sum())
+            seen += len(idx)
+            self.reporter.batch(epoch + 1, step + 1, loss_sum / seen, seen / (time.perf_counter() - started))
+        width = 1 if self.model.task == "classification" else train.y.shape[1]
+        accuracy = None if self.model.task == "regression" else correct / (seen * width)
+        return loss_sum / seen, accuracy, lr
+
+    def fit(self) -> dict:
+        cfg = self.config.training
+        started = time.perf_counter()
+        self.run.start_metrics(keep_epochs=self.start_epoch)
+        stop_reason = "completed"
+        trained_samples = 0
+        train_seconds = 0.0
+        error = None
+        epoch = self.start_epoch
+        self.reporter.start(cfg.epochs, self.steps_per_epoch)
+        try:
+            for epoch in range(self.start_epoch, cfg.epochs):
+                epoch_start = time.perf_counter()
+                with np.errstate(over="ignore", invalid="ignore"):  # caught as a non-finite loss instead
+                    train_loss, train_acc, lr = self.train_epoch(epoch)
+                train_seconds += time.perf_counter() - epoch_start
+                trained_samples += len(self.splits.train)
+                val = self.model.evaluate(self.splits.val, cfg.eval_batch_size) if self.splits.val else None
+                row = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
+                       "val_loss": val.loss if val else None, "val_accuracy": val.accuracy if val else None,
+                       "lr": lr, "seconds": time.perf_counter() - epoch_start}
+                is_best, stop = self.early.update(epoch + 1, row)
+                self._save(files.LAST, epoch + 1)
+                if is_best:
+                    self._save(files.BEST, epoch + 1)
+                self.run.append_metrics({k: (_fmt(v) if k not in ("epoch",) else v) for k, v in row.items()})
+                self.reporter.epoch_end(row, is_best)
+                if stop:
+                    stop_reason = "early_stopping"
+                    self.reporter.message(f"early stopping: {self.early.monitor} has not improved for "
+                                          f"{self.early.wait} epochs (best {self.early.best:.6g} at epoch "
+                                          f"{self.early.best_epoch})")
+                    epoch += 1
+                    break
+            else:
+                epoch = cfg.epochs
+        except Diverged as exc:
+            stop_reason, error = "diverged", exc
+        except KeyboardInterrupt:
+            stop_reason, error = "interrupted", Interrupted("interrupted: stopped at the end of the last complete "
+                                                            "epoch; continue with --resume")
+        finally:
+            self.reporter.close()
+        summary = self._finish(stop_reason, epoch, time.perf_counter() - started, trained_samples, train_seconds)
+        if error:
+            summary["error"] = str(error)
+            self.run.write_summary(summary)
+            raise error
+        return summary
+
+    def _finish(self, stop_reason: str, epochs_run: int, seconds: float, samples: int, train_seconds: float) -> dict:
+        best = self.run.file(files.BEST)
+        # Diverged weights are useless, so the best ones come back even when restore_best is off.
+        restored = best.is_file() and (self.config.training.early_stopping.restore_best or stop_reason == "diverged")
+        if restored:
+            self.model.network.load_state_dict(load_checkpoint(best).model)
+        summary = {
+            "stop_reason": stop_reason,
+            "epochs_run": epochs_run,
+            "best_epoch": self.early.best_epoch,
+            "monitor": self.early.monitor,
+            "best_value": self.early.best,
+            "total_seconds": round(seconds, 3),
+            "train_samples_per_second": round(samples / train_seconds, 1) if train_seconds else None,
+            "dltrain_version": __version__,
+            "seed": self.config.seed,
+            "device": self.device,
+        }
+        if self.splits.test is not None and (restored or stop_reason != "diverged"):
+            test = self.model.evaluate(self.splits.test, self.config.training.eval_batch_size)
+            summary["test_loss"] = test.loss
+            if test.accuracy is not None:
+                summary["test_accuracy"] = test.accuracy
+        self.run.write_summary(summary)
+        return summary

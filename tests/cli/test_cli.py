@@ -1,0 +1,211 @@
+"""End to end through the real `dltrain` executable (subprocess) and Typer's runner."""
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from dltrain.cli import app
+
+DLTRAIN = str(Path(sys.executable).parent / "dltrain")
+TINY = """\
+seed: 0
+data: {name: blobs, n_samples: 200, classes: 3}
+model:
+  - linear: {units: 8}
+  - relu
+  - linear: {units: 3}
+optimizer: {name: adam, lr: 0.05}
+training: {epochs: 3, batch_size: 16}
+"""
+
+
+def dltrain(*args, cwd=None):
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([DLTRAIN, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+
+
+def write(tmp_path, text, name="tiny.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", header[16:24])
+
+
+def test_train_eval_plot_end_to_end(tmp_path):
+    config = write(tmp_path, TINY)
+    run = tmp_path / "run"
+    result = dltrain("train", config, "--run-dir", run)
+    assert result.returncode == 0, result.stderr
+    assert f"run directory: {run}" in result.stdout
+    assert "\x1b" not in result.stdout  # no TTY: plain lines, no control characters
+    assert result.stdout.count("epoch ") >= 3
+    for name in ("config.yaml", "metrics.csv", "summary.json", "checkpoints/best.safetensors",
+                 "checkpoints/last.safetensors", "curves.png"):
+        assert (run / name).is_file(), name
+
+    result = dltrain("eval", run, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)  # nothing else on stdout
+    assert set(report) >= {"loss", "accuracy", "per_class", "confusion_matrix", "n"}
+    assert report["n"] == 50 and sum(map(sum, report["confusion_matrix"])) == 50
+    summary = json.loads((run / "summary.json").read_text())
+    assert report["accuracy"] == pytest.approx(summary["test_accuracy"])
+
+    result = dltrain("eval", run)
+    assert result.returncode == 0 and "precision" in result.stdout and "confusion matrix" in result.stdout
+
+    out = tmp_path / "curves.png"
+    result = dltrain("plot", run, "--out", out)
+    assert result.returncode == 0 and result.stdout.strip() == str(out)
+    assert png_size(out) == (1500, 450)
+
+
+def test_eval_from_another_working_directory(tmp_path):
+    config = write(tmp_path, TINY)
+    dltrain("train", config, "--run-dir", tmp_path / "run")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = dltrain("eval", tmp_path / "run" / "checkpoints" / "best.safetensors", "--split", "val", "--json",
+                     cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["split"] == "val"
+
+
+def test_existing_run_directory_is_never_overwritten(tmp_path):
+    config = write(tmp_path, TINY)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "keep.txt").write_text("precious")
+    result = dltrain("train", config, "--run-dir", run)
+    assert result.returncode == 2
+    assert "already exists and is not empty" in result.stderr
+    assert (run / "keep.txt").read_text() == "precious"
+
+
+def test_resume_through_the_cli(tmp_path):
+    config = write(tmp_path, TINY)
+    run = tmp_path / "run"
+    assert dltrain("train", config, "--run-dir", run).returncode == 0
+    result = dltrain("train", "--resume", run, "--set", "training.epochs=5")
+    assert result.returncode == 0, result.stderr
+    assert "resuming after epoch 3 of 5" in result.stdout
+    assert len((run / "metrics.csv").read_text().splitlines()) == 6
+
+
+def test_resume_refuses_a_different_model(tmp_path):
+    config = write(tmp_path, TINY)
+    run = tmp_path / "run"
+    dltrain("train", config, "--run-dir", run)
+    other = write(tmp_path, TINY.replace("units: 8", "units: 9"), "other.yaml")
+    result = dltrain("train", other, "--resume", run)
+    assert result.returncode == 2
+    assert "differs from the run's config in model" in result.stderr
+
+
+BAD_CONFIGS = {
+    "wrong type": ("units: 8", "units: eight", "tiny.yaml:4: model[0].linear.units: expected a positive integer"),
+    "unknown key": ("batch_size: 16", "batchsize: 16", "tiny.yaml:8: training.batchsize: unknown key 'batchsize'"),
+    "unknown layer": ("- relu", "- relux", "tiny.yaml:5: model[1]: unknown layer 'relux' (did you mean 'relu'?)"),
+    "unknown optimizer": ("name: adam", "name: adan", "tiny.yaml:7: optimizer.name: unknown optimizer 'adan'"),
+    "negative lr": ("lr: 0.05", "lr: -0.05", "tiny.yaml:7: optimizer.lr: expected a positive number, got -0.05"),
+    "dropout rate 1": ("- relu", "- dropout: {rate: 1}", "tiny.yaml:5: model[1].dropout.rate: expected a number in"),
+    "patience < 0": ("epochs: 3,", "epochs: 3, early_stopping: {patience: -2},",
+                     "tiny.yaml:8: training.early_stopping.patience: expected a non-negative integer, got -2"),
+    "unknown dataset": ("name: blobs", "name: blob", "tiny.yaml:2: data.name: unknown dataset 'blob'"),
+    "unknown top-level key": ("seed: 0", "sead: 0", "tiny.yaml:1: sead: unknown key 'sead' (did you mean 'seed'?)"),
+    "malformed yaml": ("model:", "model: [", "tiny.yaml:"),
+    "output does not fit classes": ("units: 3}", "units: 4}", "model[2].linear: the model's output (batch, 4) does "
+                                                             "not fit the data's 3 classes"),
+    "batch larger than split": ("batch_size: 16", "batch_size: 1000",
+                                "training.batch_size 1000 is larger than the training split (180 samples)"),
+    "python tag": ("seed: 0", "seed: !!python/object/apply:os.system ['true']", "tiny.yaml:1"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CONFIGS))
+def test_bad_config_exits_2_naming_key_and_line(tmp_path, name):
+    old, new, expected = BAD_CONFIGS[name]
+    assert old in TINY
+    config = write(tmp_path, TINY.replace(old, new, 1))
+    result = CliRunner().invoke(app, ["train", str(config), "--run-dir", str(tmp_path / "run")])
+    output = result.output.replace(str(tmp_path) + "/", "")
+    assert result.exit_code == 2, output
+    assert expected in output
+    assert "Traceback" not in output
+    assert not (tmp_path / "run").exists()  # nothing written for a run that never started
+
+
+def test_bad_config_through_the_executable_has_no_traceback(tmp_path):
+    config = write(tmp_path, TINY.replace("units: 8", "units: 0"))
+    result = dltrain("train", config)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {config}:4: model[0].linear.units: expected a positive integer, got 0"
+
+
+def test_debug_flag_shows_the_traceback(tmp_path):
+    config = write(tmp_path, TINY.replace("units: 8", "units: 0"))
+    result = dltrain("--debug", "train", config)
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_diverging_run_exits_1(tmp_path):
+    text = TINY.replace("lr: 0.05", "lr: 1.0e+4").replace("name: adam", "name: sgd").replace("units: 3}", "units: 1}")
+    config = write(tmp_path, text + "loss: mse\n")
+    result = dltrain("train", config, "--run-dir", tmp_path / "run")
+    assert result.returncode == 1, result.stderr
+    assert "error: loss became" in result.stderr and "at epoch 1, step" in result.stderr
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["stop_reason"] == "diverged"
+
+
+def test_eval_of_a_missing_or_broken_checkpoint(tmp_path):
+    result = dltrain("eval", tmp_path / "nothing.safetensors")
+    assert result.returncode == 2 and "checkpoint not found" in result.stderr
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x00" * 100)
+    result = dltrain("eval", broken)
+    assert result.returncode == 2 and "not a valid safetensors checkpoint" in result.stderr
+
+
+def test_check_prints_the_model_summary(tmp_path):
+    result = CliRunner().invoke(app, ["check", str(write(tmp_path, TINY))])
+    assert result.exit_code == 0
+    assert "(batch, 8)" in result.output and "total" in result.output and "train 180, val 20, test 50" in result.output
+
+
+@pytest.mark.parametrize("command, expected", [
+    ("layers", "units: a positive integer = required"),
+    ("optimizers", "momentum"),
+    ("losses", "cross_entropy"),
+    ("schedules", "warmup_epochs"),
+    ("datasets", "fashion-mnist"),
+])
+def test_registry_listings(command, expected):
+    result = CliRunner().invoke(app, [command], env={"COLUMNS": "250"})
+    assert result.exit_code == 0 and expected in result.output
+
+
+REAL_DATA = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(not (REAL_DATA / "t10k-images-idx3-ubyte.gz").is_file(),
+                    reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+def test_short_run_on_real_fashion_mnist(tmp_path):
+    config = Path(__file__).parents[2] / "configs" / "fashion_mlp.yaml"
+    run = tmp_path / "run"
+    result = dltrain("train", config, "--run-dir", run, "--set", "training.epochs=1",
+                     "--set", "model[1].linear.units=128")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["test_accuracy"] > 0.8

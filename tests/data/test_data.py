@@ -1,0 +1,224 @@
+import gzip
+import http.server
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dltrain.data import datasets, prepare
+from dltrain.data.download import content_sha256
+from dltrain.data.files import read_idx
+from dltrain.data.splits import normalization_stats, stratified_split
+from dltrain.errors import DataError
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    code = {np.uint8: 0x08, np.int32: 0x0C}[array.dtype.type]
+    header = bytes([0, 0, code, array.ndim]) + b"".join(n.to_bytes(4, "big") for n in array.shape)
+    return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
+
+
+def make_idx_set(directory: Path, n_train=60, n_test=20, compress=True) -> dict:
+    """A tiny MNIST-shaped dataset in IDX files; returns {file name: bytes written}."""
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte": (np.arange(n_train) % 10).astype(np.uint8),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": (np.arange(n_test) % 10).astype(np.uint8),
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for stem, array in arrays.items():
+        name = stem + (".gz" if compress else "")
+        data = gzip.compress(idx_bytes(array)) if compress else idx_bytes(array)
+        (directory / name).write_bytes(data)
+        written[name] = data
+    return written
+
+
+def test_idx_round_trip(tmp_path):
+    make_idx_set(tmp_path)
+    images = read_idx(tmp_path / "train-images-idx3-ubyte.gz")
+    assert images.shape == (60, 28, 28) and images.dtype == np.uint8
+
+
+def test_truncated_idx_is_refused_with_sizes(tmp_path):
+    make_idx_set(tmp_path, compress=False)
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(DataError, match=r"header says shape \(60, 28, 28\) \(47056 bytes\) but the file has 47046"):
+        read_idx(path)
+
+
+def test_not_an_idx_file(tmp_path):
+    path = tmp_path / "x"
+    path.write_bytes(b"hello world")
+    with pytest.raises(DataError, match="not an IDX file"):
+        read_idx(path)
+
+
+@pytest.fixture
+def isolated_data_dirs(tmp_path, monkeypatch):
+    """Point the cache and $DLTRAIN_DATA at empty temporary folders."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("DLTRAIN_DATA", raising=False)
+    return tmp_path
+
+
+def test_dltrain_data_environment_variable_is_searched(isolated_data_dirs, monkeypatch):
+    make_idx_set(isolated_data_dirs / "data" / "mnist")
+    monkeypatch.setenv("DLTRAIN_DATA", str(isolated_data_dirs / "data"))
+    raw = datasets.mnist(rng=None, download=False)
+    assert raw.x_train.shape == (60, 1, 28, 28) and raw.classes == 10
+
+
+def test_explicit_path_without_files_is_an_error(isolated_data_dirs):
+    with pytest.raises(DataError, match="data.path .*: expected the four mnist IDX files"):
+        datasets.mnist(path=str(isolated_data_dirs), rng=None)
+
+
+class _Server:
+    """A local HTTP server on 127.0.0.1 serving a dict of path -> bytes."""
+
+    def __init__(self, files: dict):
+        handler_files = files
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                body = handler_files.get(self.path.lstrip("/"))
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def served_mnist(tmp_path, monkeypatch):
+    files = make_idx_set(tmp_path / "source")
+    checksums = {name: ("sha256", content_sha256(tmp_path / "source" / name, gzipped=True)) for name in files}
+    monkeypatch.setitem(datasets.IDX_SOURCES, "mnist",
+                        datasets.IdxSource("unused", checksums, tuple(str(d) for d in range(10))))
+    server = _Server(files)
+    yield server, files
+    server.close()
+
+
+def test_download_into_the_cache_with_checksums(isolated_data_dirs, served_mnist):
+    server, files = served_mnist
+    raw = datasets.mnist(rng=None, mirror=server.url)
+    cached = isolated_data_dirs / "cache" / "dltrain" / "mnist"
+    assert sorted(p.name for p in cached.iterdir()) == sorted(files)
+    assert raw.x_test.shape == (20, 1, 28, 28)
+
+
+def test_corrupt_download_leaves_nothing_and_says_how_to_fix(isolated_data_dirs, served_mnist):
+    server, files = served_mnist
+    files["t10k-images-idx3-ubyte.gz"] = gzip.compress(b"\x00\x00\x08\x03garbage")
+    with pytest.raises(DataError) as info:
+        datasets.mnist(rng=None, mirror=server.url)
+    message = str(info.value)
+    assert "t10k-images-idx3-ubyte.gz is corrupt: its sha256 is" in message
+    assert "To get the files by hand, download" in message
+    cached = isolated_data_dirs / "cache" / "dltrain" / "mnist"
+    assert "t10k-images-idx3-ubyte.gz" not in [p.name for p in cached.iterdir()]
+    assert not [p for p in cached.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_unreachable_server(isolated_data_dirs, served_mnist):
+    server, _ = served_mnist
+    with pytest.raises(DataError, match=r"cannot download .*: HTTP 404 Not Found. To get the files by hand"):
+        datasets.mnist(rng=None, mirror=server.url + "missing/")
+
+
+def test_stratified_split_is_deterministic_and_keeps_class_balance():
+    labels = np.repeat(np.arange(4), [100, 50, 30, 20])
+    a = stratified_split(labels, 0.1, np.random.default_rng(3), classification=True)
+    b = stratified_split(labels, 0.1, np.random.default_rng(3), classification=True)
+    np.testing.assert_array_equal(a[1], b[1])
+    assert np.bincount(labels[a[1]]).tolist() == [10, 5, 3, 2]
+    assert len(np.intersect1d(a[0], a[1])) == 0 and len(a[0]) + len(a[1]) == len(labels)
+
+
+def test_normalization_statistics_come_from_the_training_split(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(5.0, 3.0, size=(200, 4))
+    x[:, 3] = 7.0  # a constant feature
+    y = rng.integers(0, 2, 200)
+    np.savez(tmp_path / "d.npz", x=x, y=y, x_test=x[:10] + 100, y_test=y[:10])
+    splits = prepare({"name": "npz", "path": str(tmp_path / "d.npz"), "val_fraction": 0.25, "normalize": "feature"},
+                     "classification", 0, "cpu")
+    train = splits.train.x
+    np.testing.assert_allclose(train[:, :3].mean(axis=0), 0, atol=1e-5)
+    np.testing.assert_allclose(train[:, :3].std(axis=0), 1, atol=1e-4)
+    assert (train[:, 3] == 0).all()
+    assert splits.test.x[:, :3].mean() > 20  # test data is scaled with train's statistics, not its own
+    assert len(splits.train) == 150 and len(splits.val) == 50
+
+
+def test_global_normalization_uses_one_mean_and_std():
+    stats = normalization_stats(np.arange(12.0).reshape(3, 1, 2, 2), "global")
+    assert stats["mean"].shape == (1, 1, 1) and stats["mean"].item() == 5.5
+
+
+@pytest.mark.parametrize("x, y, message", [
+    (np.full((10, 2), np.nan), np.zeros(10, int), r"train inputs contain NaN or Inf \(first at index \(0, 0\)\)"),
+    (np.zeros((10, 2)), np.zeros(9, int), "train: 10 inputs but 9 labels"),
+    (np.zeros((10, 2)), np.full(10, 0.5), "train labels: expected integer classes, got 0.5 at index 0"),
+    (np.zeros((10, 2)), -np.ones(10, int), "train labels: expected classes >= 0, got -1"),
+    (np.zeros((0, 2)), np.zeros(0, int), "train split is empty"),
+])
+def test_bad_data_is_refused_before_training(tmp_path, x, y, message):
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    with pytest.raises(DataError, match=message):
+        prepare({"name": "npz", "path": str(tmp_path / "d.npz"), "val_fraction": 0.0}, "classification", 0, "cpu")
+
+
+def test_pickled_npz_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    np.savez(tmp_path / "evil.npz", x=np.array([Exploit()], dtype=object), y=np.zeros(1))
+    with pytest.raises(DataError, match="holds Python objects"):
+        datasets.npz(path=str(tmp_path / "evil.npz"), rng=None)
+    assert not marker.exists()
+
+
+def test_csv_with_a_label_column(tmp_path):
+    (tmp_path / "d.csv").write_text("a,b,label\n1,2,0\n3,4,1\n5,6,1\n")
+    raw = datasets.csv(path=str(tmp_path / "d.csv"), rng=None)
+    np.testing.assert_array_equal(raw.x_train, [[1, 2], [3, 4], [5, 6]])
+    np.testing.assert_array_equal(raw.y_train, [0, 1, 1])
+
+
+def test_csv_errors_name_the_line(tmp_path):
+    (tmp_path / "d.csv").write_text("a,b,label\n1,2,0\n3,x,1\n")
+    with pytest.raises(DataError, match=r"d.csv:3: expected numbers, got 'x'"):
+        datasets.csv(path=str(tmp_path / "d.csv"), rng=None)
+    with pytest.raises(DataError, match=r"d.csv:1: no label column 'y' in the header; columns: a, b, label"):
+        datasets.csv(path=str(tmp_path / "d.csv"), rng=None, label_column="y")
+
+
+def test_labels_beyond_the_known_classes(tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 2)), y=np.array([0, 1, 2, 3]))
+    splits = prepare({"name": "npz", "path": str(tmp_path / "d.npz"), "val_fraction": 0.0}, "classification", 0,
+                     "cpu")
+    assert splits.classes == 4

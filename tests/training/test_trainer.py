@@ -1,0 +1,159 @@
+"""The training loop through the Python API: early stopping, best weights, resume, reproducibility, divergence."""
+
+import json
+
+import numpy as np
+import pytest
+
+from dltrain.config import validate
+from dltrain.errors import CheckpointError
+from dltrain.training import rundir as files
+from dltrain.training.checkpoint import load_checkpoint
+from dltrain.training.reporting import SilentReporter
+from dltrain.training.trainer import Diverged, Trainer
+
+BLOBS = {
+    "seed": 3,
+    "data": {"name": "blobs", "n_samples": 300, "classes": 3, "spread": 2.0},
+    "model": [{"linear": {"units": 16}}, "relu", {"dropout": {"rate": 0.3}}, {"linear": {"units": 3}}],
+    "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+    "training": {"epochs": 6, "batch_size": 32, "early_stopping": False},
+}
+
+
+def config(base=BLOBS, **changes):
+    values = json.loads(json.dumps(base))
+    for dotted, value in changes.items():
+        target = values
+        *parents, last = dotted.split("__")
+        for key in parents:
+            target = target.setdefault(key, {})
+        target[last] = value
+    return validate(values, {}, "test")
+
+
+def train(cfg, run_dir, resume=None):
+    run = files.RunDir(run_dir)
+    trainer = Trainer(cfg, run, "cpu", SilentReporter(), resume=resume)
+    trainer.setup()
+    if resume is None:
+        run.create()
+    return trainer, trainer.fit()
+
+
+def metrics_without_time(run_dir):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in files.RunDir(run_dir).read_metrics()]
+
+
+def test_metrics_header_and_files(tmp_path):
+    _, summary = train(config(), tmp_path / "run")
+    header = (tmp_path / "run" / files.METRICS).read_text().splitlines()[0]
+    assert header == "epoch,train_loss,train_accuracy,val_loss,val_accuracy,lr,seconds"
+    assert (tmp_path / "run" / files.BEST).is_file() and (tmp_path / "run" / files.LAST).is_file()
+    assert summary["stop_reason"] == "completed" and summary["epochs_run"] == 6
+    assert set(summary) >= {"best_epoch", "best_value", "test_accuracy", "total_seconds", "train_samples_per_second",
+                            "dltrain_version", "seed", "device"}
+
+
+def test_same_config_and_seed_give_identical_metrics(tmp_path):
+    train(config(), tmp_path / "a")
+    train(config(), tmp_path / "b")
+    assert metrics_without_time(tmp_path / "a") == metrics_without_time(tmp_path / "b")
+    train(config(seed=4), tmp_path / "c")
+    assert metrics_without_time(tmp_path / "a") != metrics_without_time(tmp_path / "c")
+
+
+def test_resume_continues_bit_for_bit(tmp_path):
+    """'3 epochs, stop, resume to 6' writes the same metrics.csv as '6 epochs' (timing aside)."""
+    train(config(training__epochs=6), tmp_path / "full")
+    train(config(training__epochs=3), tmp_path / "split")
+    checkpoint = load_checkpoint(tmp_path / "split" / files.LAST)
+    assert checkpoint.state["epoch"] == 3
+    train(config(training__epochs=6), tmp_path / "split", resume=checkpoint)
+    assert metrics_without_time(tmp_path / "split") == metrics_without_time(tmp_path / "full")
+    full = load_checkpoint(tmp_path / "full" / files.LAST)
+    resumed = load_checkpoint(tmp_path / "split" / files.LAST)
+    for name, array in full.model.items():
+        np.testing.assert_array_equal(resumed.model[name], array)
+
+
+def test_resume_keeps_early_stopping_state(tmp_path):
+    overfit = config(data={"name": "spirals", "n_samples": 60, "noise": 1.5}, training={
+        "epochs": 60, "batch_size": 8, "early_stopping": {"patience": 3}},
+        model=[{"linear": {"units": 128}}, "relu", {"linear": {"units": 128}}, "relu", {"linear": {"units": 3}}],
+        optimizer={"name": "adam", "lr": 0.03})
+    _, full = train(overfit, tmp_path / "full")
+    assert full["stop_reason"] == "early_stopping"
+    stop_epoch = full["epochs_run"]
+    # Stop two epochs before the early stop, then resume: it must stop at the same epoch.
+    partial_cfg = validate({**overfit.to_dict(), "training": {**overfit.to_dict()["training"],
+                                                              "epochs": stop_epoch - 2}}, {}, "test")
+    train(partial_cfg, tmp_path / "split")
+    _, resumed = train(overfit, tmp_path / "split", resume=load_checkpoint(tmp_path / "split" / files.LAST))
+    assert resumed["stop_reason"] == "early_stopping" and resumed["epochs_run"] == stop_epoch
+    assert metrics_without_time(tmp_path / "split") == metrics_without_time(tmp_path / "full")
+
+
+def test_early_stopping_fires_and_best_weights_are_restored(tmp_path):
+    overfit = config(data={"name": "spirals", "n_samples": 60, "noise": 1.5}, training={
+        "epochs": 80, "batch_size": 8, "early_stopping": {"patience": 4}},
+        model=[{"linear": {"units": 128}}, "relu", {"linear": {"units": 128}}, "relu", {"linear": {"units": 3}}],
+        optimizer={"name": "adam", "lr": 0.03})
+    trainer, summary = train(overfit, tmp_path / "run")
+    rows = files.RunDir(tmp_path / "run").read_metrics()
+    val_losses = [float(r["val_loss"]) for r in rows]
+    assert summary["stop_reason"] == "early_stopping"
+    assert summary["epochs_run"] == len(rows) < 80
+    assert summary["best_epoch"] == 1 + int(np.argmin(val_losses))
+    assert summary["epochs_run"] - summary["best_epoch"] == 4  # patience
+    best = load_checkpoint(tmp_path / "run" / files.BEST)
+    for name, param in trainer.model.network.named_parameters():
+        np.testing.assert_array_equal(param.data, best.model[name])  # the model in memory is the best one
+    val = trainer.model.evaluate(trainer.splits.val, 1024)
+    assert val.loss == pytest.approx(min(val_losses), rel=1e-6)
+
+
+def test_divergence_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(tmp_path):
+    diverging = config(loss="mse", model=[{"linear": {"units": 1}}], optimizer={"name": "sgd", "lr": 0.05},
+                       training={"epochs": 3, "batch_size": 10, "early_stopping": False})
+    train(diverging, tmp_path / "run")  # stable at this rate: leaves good checkpoints
+    good = (tmp_path / "run" / files.LAST).read_bytes()
+    exploding = validate({**diverging.to_dict(), "optimizer": {"name": "sgd", "lr": 50.0},
+                          "training": {**diverging.to_dict()["training"], "epochs": 5}}, {}, "test")
+    with pytest.raises(Diverged, match=r"loss became (nan|inf) at epoch 4, step \d+"):
+        train(exploding, tmp_path / "run", resume=load_checkpoint(tmp_path / "run" / files.LAST))
+    assert (tmp_path / "run" / files.LAST).read_bytes() == good
+    summary = json.loads((tmp_path / "run" / files.SUMMARY).read_text())
+    assert summary["stop_reason"] == "diverged" and "epoch 4" in summary["error"]
+
+
+def test_checkpoint_is_self_contained_and_pickle_free(tmp_path):
+    train(config(), tmp_path / "run")
+    raw = (tmp_path / "run" / files.BEST).read_bytes()
+    assert b"pickle" not in raw and raw[8:9] == b"{"  # safetensors: 8-byte length, then a JSON header
+    ckpt = load_checkpoint(tmp_path / "run" / files.BEST)
+    assert ckpt.config["model"][0]["linear"]["units"] == 16
+    assert set(ckpt.state) >= {"epoch", "global_step", "rng", "early_stopping", "optimizer_steps"}
+    assert set(ckpt.normalization) == {"mean", "std"}
+    assert ckpt.data["input_shape"] == [2] and ckpt.data["classes"] == 3
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: b[:len(b) // 2], "not a valid safetensors checkpoint"),
+    (lambda b: b"", "not a valid safetensors checkpoint"),
+    (lambda b: b"\x80\x04\x95pickle-ish bytes", "not a valid safetensors checkpoint"),
+])
+def test_damaged_checkpoints_are_refused(tmp_path, damage, message):
+    train(config(training__epochs=1), tmp_path / "run")
+    path = tmp_path / "run" / files.LAST
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)
+
+
+def test_safetensors_file_that_is_not_ours(tmp_path):
+    from safetensors.numpy import save_file
+
+    save_file({"w": np.zeros(3, np.float32)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(CheckpointError, match="not a dltrain checkpoint"):
+        load_checkpoint(tmp_path / "other.safetensors")
