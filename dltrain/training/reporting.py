@@ -41,7 +41,7 @@ class PlainReporter:
 
 
 class RichReporter(PlainReporter):
-    """A live progress bar for the current epoch (batch, running loss, samples/s, ETA) above the epoch lines."""
+    """A live progress bar for the current epoch (batch, running loss, samples/s, ETA) below the epoch lines."""
 
     def __init__(self, console: Console | None = None):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn  # noqa: PLC0415
@@ -51,29 +51,26 @@ class RichReporter(PlainReporter):
                                  TextColumn("loss {task.fields[loss]:.4f}  {task.fields[speed]:,.0f} samples/s"),
                                  TimeRemainingColumn(), console=self.console, transient=True)
         self.task = None
+        self.current_epoch = None
 
     def start(self, epochs: int, steps_per_epoch: int) -> None:
         self.epochs = epochs
         self.steps = steps_per_epoch
+        self.task = self.progress.add_task("train", total=steps_per_epoch, epoch="", loss=0.0, speed=0.0)
         self.progress.start()
 
     def batch(self, epoch: int, step: int, running_loss: float, samples_per_second: float) -> None:
-        label = f"{epoch}/{self.epochs}"
-        if self.task is None or self.progress.tasks[self.task].fields["epoch"] != label:
-            if self.task is not None:
-                self.progress.remove_task(self.task)
-            self.task = self.progress.add_task("train", total=self.steps, epoch=label, loss=0.0, speed=0.0)
+        if epoch != self.current_epoch:
+            self.current_epoch = epoch
+            self.progress.reset(self.task, total=self.steps, epoch=f"{epoch}/{self.epochs}", loss=0.0, speed=0.0)
         self.progress.update(self.task, completed=step, loss=running_loss, speed=samples_per_second)
 
     def epoch_end(self, row: dict, is_best: bool) -> None:
-        if self.task is not None:
-            self.progress.remove_task(self.task)
-            self.task = None
-        self.console.print(format_row(row, self.epochs) + ("  [green]*best[/green]" if is_best else ""),
-                           highlight=False)
+        self.progress.console.print(format_row(row, self.epochs) + ("  [green]*best[/green]" if is_best else ""),
+                                    highlight=False)
 
     def message(self, text: str) -> None:
-        self.console.print(text, highlight=False)
+        self.progress.console.print(text, highlight=False)
 
     def close(self) -> None:
         self.progress.stop()
