@@ -209,3 +209,39 @@ def test_short_run_on_real_fashion_mnist(tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert summary["test_accuracy"] > 0.8
+
+
+def test_plot_copes_with_no_validation_and_no_accuracy(tmp_path):
+    text = (TINY.replace("units: 3}", "units: 1}") + "loss: mse\n").replace(
+        "data: {name: blobs, n_samples: 200, classes: 3}", "data: {name: blobs, n_samples: 200, val_fraction: 0}")
+    text = text.replace("batch_size: 16}", "batch_size: 16, early_stopping: {monitor: train_loss}}")
+    config = write(tmp_path, text)
+    run = tmp_path / "run"
+    result = dltrain("train", config, "--run-dir", run)
+    assert result.returncode == 0, result.stderr
+    row = (run / "metrics.csv").read_text().splitlines()[1].split(",")
+    assert row[2] == row[3] == row[4] == ""  # no train accuracy, no validation
+    result = dltrain("plot", run)
+    assert result.returncode == 0, result.stderr
+    assert png_size(run / "curves.png") == (1500, 450)
+
+
+def test_ctrl_c_stops_with_complete_files_and_exit_130(tmp_path):
+    import signal
+
+    text = TINY.replace("epochs: 3", "epochs: 100000")
+    config = write(tmp_path, text.replace("batch_size: 16}", "batch_size: 16, early_stopping: false}"))
+    run = tmp_path / "run"
+    process = subprocess.Popen([DLTRAIN, "train", str(config), "--run-dir", str(run)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:
+        if line.startswith("epoch") and "/100000" in line:
+            break
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stop_reason"] == "interrupted"
+    result = dltrain("eval", run, "--json")
+    assert result.returncode == 0, result.stderr
