@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .. import backend
 from ..autograd import Tensor, as_tensor, make_result
 from ..errors import ShapeError
 
@@ -26,3 +27,24 @@ def linear(input, weight, bias=None) -> Tensor:
 
     parents = (x, w) if b is None else (x, w, b)
     return make_result(out, parents, backward, "linear")
+
+
+def embedding(input, weight) -> Tensor:  # noqa: A002
+    """Rows of weight (num_embeddings, dim) picked by integer indices: the linear map of a one-hot input.
+    Float indices (data that went through the float pipeline) are rounded to integers."""
+    w = as_tensor(weight)
+    raw = input.data if isinstance(input, Tensor) else input
+    xp = backend.array_module(w.data)
+    indices = xp.asarray(raw)
+    if indices.dtype.kind == "f":
+        indices = xp.rint(indices).astype(xp.int64)
+    if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= w.shape[0]):
+        raise ShapeError(f"embedding: indices must be in [0, {w.shape[0] - 1}], got values from {int(indices.min())} "
+                         f"to {int(indices.max())}")
+
+    def backward(g):
+        grad = xp.zeros_like(w.data)
+        backend.scatter_add(grad, indices.reshape(-1), g.reshape(-1, w.shape[1]))
+        return (grad,)
+
+    return make_result(w.data[indices], (w,), backward, "embedding")

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from ..registry import layers as registry
+from .conv import AvgPool2D, Conv2D, GlobalAvgPool, MaxPool2D
 from .core import GELU, BatchNorm, Dropout, Flatten, LeakyReLU, Linear, ReLU, Sequential, Sigmoid, Softmax, Tanh
 from .module import Module, Parameter
+from .recurrent import GRU, LSTM, RNN, Embedding
+from .structure import Reshape, Residual
 
-__all__ = ["GELU", "BatchNorm", "Dropout", "Flatten", "LeakyReLU", "Linear", "Module", "Parameter", "ReLU",
+__all__ = ["GELU", "GRU", "LSTM", "RNN", "AvgPool2D", "BatchNorm", "Conv2D", "Dropout", "Embedding", "Flatten",
+           "GlobalAvgPool", "LeakyReLU", "Linear", "MaxPool2D", "Module", "Parameter", "ReLU", "Reshape", "Residual",
            "Sequential", "Sigmoid", "Softmax", "Tanh", "build_layer", "build_model"]
 
 

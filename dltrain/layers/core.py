@@ -180,9 +180,11 @@ class Sequential(Module):
         return [(str(i), layer) for i, layer in enumerate(self.layers)]
 
     def build_shape(self, input_shape):
+        # Paths as the config spells them: model[2].linear, model[3].residual.layers[0].conv2d
+        prefix = self.path if self.path == "model" else f"{self.path}.layers"
         shape = input_shape
         for i, layer in enumerate(self.layers):
-            layer.path = f"{self.path}[{i}].{layer.registry_name}"
+            layer.path = f"{prefix}[{i}].{layer.registry_name}"
             shape = layer.build(shape)
         return shape
 

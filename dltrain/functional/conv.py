@@ -1,0 +1,188 @@
+"""Convolution and pooling over NCHW images, with torch.nn.functional's names and defaults.
+
+conv2d is im2col on a strided view plus ONE matrix product per batch chunk; its input gradient
+(col2im) adds one strided slice per kernel offset, so no scatter (np.add.at) is needed.
+Pooling also works on strided views: each output reads a window, each kernel offset writes back.
+"""
+
+from __future__ import annotations
+
+from .. import backend
+from ..autograd import Tensor, as_tensor, make_result
+from ..errors import ShapeError
+
+# Largest im2col matrix built at once (elements); bigger batches are processed in chunks.
+COLUMN_BUDGET = 1 << 24
+
+
+def _pair(value, name: str) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    value = tuple(value)
+    if len(value) != 2:
+        raise ValueError(f"{name} must be an int or a pair, got {value!r}")
+    return value
+
+
+def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int = 1) -> int:
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _windows(xp_padded, kernel, stride, dilation, out_hw):
+    """A (N, C, KH, KW, OH, OW) view: element [n, c, i, j, oh, ow] is input pixel
+    (oh * stride + i * dilation, ow * stride + j * dilation) of the padded image. No copy."""
+    xp = backend.array_module(xp_padded)
+    n_stride, c_stride, h_stride, w_stride = xp_padded.strides
+    shape = xp_padded.shape[:2] + kernel + out_hw
+    strides = (n_stride, c_stride, h_stride * dilation[0], w_stride * dilation[1],
+               h_stride * stride[0], w_stride * stride[1])
+    return xp.lib.stride_tricks.as_strided(xp_padded, shape=shape, strides=strides)
+
+
+def _pad(x, padding, value=0.0):
+    if padding == (0, 0):
+        return x
+    xp = backend.array_module(x)
+    return xp.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2), constant_values=value)
+
+
+def _check_4d(name: str, x: Tensor) -> None:
+    if x.ndim != 4:
+        raise ShapeError(f"{name}: expected input (N, C, H, W), got shape {x.shape}")
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 1) -> Tensor:
+    """Cross-correlation of (N, C, H, W) input with (F, C, KH, KW) weight, plus bias (F,)."""
+    if groups != 1:
+        raise NotImplementedError("conv2d: groups other than 1 are not supported")
+    x = as_tensor(input)
+    w = as_tensor(weight, like=x)
+    b = None if bias is None else as_tensor(bias, like=x)
+    _check_4d("conv2d", x)
+    stride, padding, dilation = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+    n, c, h, width = x.shape
+    filters, wc, kh, kw = w.shape
+    if wc != c:
+        raise ShapeError(f"conv2d: weight {w.shape} expects {wc} input channels, got input {x.shape}")
+    oh = output_size(h, kh, stride[0], padding[0], dilation[0])
+    ow = output_size(width, kw, stride[1], padding[1], dilation[1])
+    if oh < 1 or ow < 1:
+        raise ShapeError(f"conv2d: kernel {(kh, kw)} (dilation {dilation}) is larger than the padded input "
+                         f"{(h + 2 * padding[0], width + 2 * padding[1])}")
+    xp = backend.array_module(x.data)
+    padded = _pad(x.data, padding)
+    w2 = w.data.reshape(filters, c * kh * kw)
+    chunk = max(1, COLUMN_BUDGET // max(1, c * kh * kw * oh * ow))
+    out = xp.empty((n, filters, oh, ow), dtype=x.dtype)
+    columns = []  # per chunk: (C*KH*KW, chunk*OH*OW), kept for the weight gradient
+    for start in range(0, n, chunk):
+        view = _windows(padded[start:start + chunk], (kh, kw), stride, dilation, (oh, ow))
+        m = view.shape[0]
+        # (C, KH, KW, N, OH, OW): the copy reads each window row contiguously.
+        cols = xp.ascontiguousarray(view.transpose(1, 2, 3, 0, 4, 5)).reshape(c * kh * kw, m * oh * ow)
+        out[start:start + m] = (w2 @ cols).reshape(filters, m, oh, ow).transpose(1, 0, 2, 3)
+        columns.append(cols)
+    if b is not None:
+        out += b.data.reshape(1, filters, 1, 1)
+
+    def backward(g):
+        grad_x = xp.zeros((c, n) + padded.shape[2:], dtype=g.dtype) if x.requires_grad else None
+        grad_w = xp.zeros_like(w2) if w.requires_grad else None
+        for index, start in enumerate(range(0, n, chunk)):
+            g_chunk = g[start:start + chunk]
+            m = g_chunk.shape[0]
+            g2 = xp.ascontiguousarray(g_chunk.transpose(1, 0, 2, 3)).reshape(filters, m * oh * ow)
+            if grad_w is not None:
+                grad_w += g2 @ columns[index].T
+            if grad_x is not None:
+                dcols = (w2.T @ g2).reshape(c, kh, kw, m, oh, ow)
+                for i in range(kh):  # col2im: each kernel offset adds back one strided slice
+                    hs = slice(i * dilation[0], i * dilation[0] + stride[0] * (oh - 1) + 1, stride[0])
+                    for j in range(kw):
+                        ws = slice(j * dilation[1], j * dilation[1] + stride[1] * (ow - 1) + 1, stride[1])
+                        grad_x[:, start:start + m, hs, ws] += dcols[:, i, j]
+        if grad_x is not None:
+            grad_x = grad_x[:, :, padding[0]:padding[0] + h, padding[1]:padding[1] + width].transpose(1, 0, 2, 3)
+            grad_x = xp.ascontiguousarray(grad_x)
+        grads = [grad_x, None if grad_w is None else grad_w.reshape(w.shape)]
+        if b is not None:
+            grads.append(g.sum(axis=(0, 2, 3)) if b.requires_grad else None)
+        return grads
+
+    parents = (x, w) if b is None else (x, w, b)
+    return make_result(out, parents, backward, "conv2d")
+
+
+def _pool_geometry(name, x, kernel_size, stride, padding):
+    _check_4d(name, x)
+    kernel = _pair(kernel_size, "kernel_size")
+    stride = kernel if stride is None else _pair(stride, "stride")
+    padding = _pair(padding, "padding")
+    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
+        raise ValueError(f"{name}: padding {padding} must be at most half the kernel {kernel}")
+    oh = output_size(x.shape[2], kernel[0], stride[0], padding[0])
+    ow = output_size(x.shape[3], kernel[1], stride[1], padding[1])
+    if oh < 1 or ow < 1:
+        raise ShapeError(f"{name}: kernel {kernel} is larger than the padded input "
+                         f"{(x.shape[2] + 2 * padding[0], x.shape[3] + 2 * padding[1])}")
+    return kernel, stride, padding, (oh, ow)
+
+
+def _scatter_windows(xp, grad_padded, per_offset, kernel, stride, out_hw):
+    """grad_padded[window offset (i, j)] += per_offset(i, j) for every kernel offset: the pools' backward."""
+    oh, ow = out_hw
+    for i in range(kernel[0]):
+        hs = slice(i, i + stride[0] * (oh - 1) + 1, stride[0])
+        for j in range(kernel[1]):
+            ws = slice(j, j + stride[1] * (ow - 1) + 1, stride[1])
+            grad_padded[:, :, hs, ws] += per_offset(i, j)
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0) -> Tensor:
+    """Largest value per window; padding counts as -inf. The gradient goes to one input per window
+    (the first maximum in row-major order when several tie)."""
+    x = as_tensor(input)
+    kernel, stride, padding, out_hw = _pool_geometry("max_pool2d", x, kernel_size, stride, padding)
+    xp = backend.array_module(x.data)
+    padded = _pad(x.data, padding, value=-xp.inf)
+    view = _windows(padded, kernel, stride, (1, 1), out_hw)  # (N, C, KH, KW, OH, OW)
+    flat = view.reshape(view.shape[:2] + (kernel[0] * kernel[1],) + out_hw)  # copies: windows overlap in general
+    winner = flat.argmax(axis=2)
+    out = xp.take_along_axis(flat, winner[:, :, None], axis=2)[:, :, 0]
+
+    def backward(g):
+        grad_padded = xp.zeros(padded.shape, dtype=g.dtype)
+        _scatter_windows(xp, grad_padded, lambda i, j: g * (winner == i * kernel[1] + j), kernel, stride, out_hw)
+        return (grad_padded[:, :, padding[0]:padding[0] + x.shape[2], padding[1]:padding[1] + x.shape[3]],)
+
+    return make_result(out, (x,), backward, "max_pool2d")
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, count_include_pad: bool = True) -> Tensor:
+    """Mean per window (padding zeros counted, as torch's default)."""
+    x = as_tensor(input)
+    kernel, stride, padding, out_hw = _pool_geometry("avg_pool2d", x, kernel_size, stride, padding)
+    xp = backend.array_module(x.data)
+    padded = _pad(x.data, padding)
+    view = _windows(padded, kernel, stride, (1, 1), out_hw)
+    if count_include_pad or padding == (0, 0):
+        counts = kernel[0] * kernel[1]
+    else:
+        ones = _pad(xp.ones((1, 1) + x.shape[2:], dtype=x.dtype), padding)
+        counts = _windows(ones, kernel, stride, (1, 1), out_hw).sum(axis=(2, 3))
+    out = view.sum(axis=(2, 3)) / counts
+
+    def backward(g):
+        grad_padded = xp.zeros(padded.shape, dtype=g.dtype)
+        share = g / counts
+        _scatter_windows(xp, grad_padded, lambda i, j: share, kernel, stride, out_hw)
+        return (grad_padded[:, :, padding[0]:padding[0] + x.shape[2], padding[1]:padding[1] + x.shape[3]],)
+
+    return make_result(out, (x,), backward, "avg_pool2d")
+
+
+def global_avg_pool(input) -> Tensor:
+    """(N, C, H, W) -> (N, C): the mean of each channel."""
+    x = as_tensor(input)
+    _check_4d("global_avg_pool", x)
+    return x.mean(axis=(2, 3))

@@ -1,0 +1,130 @@
+import numpy as np
+import pytest
+
+import dltrain
+import dltrain.functional as F
+from dltrain import backend, no_grad, optim
+from dltrain.errors import ShapeError
+from dltrain.gradcheck import check_gradients, check_layer
+from dltrain.layers import build_layer, build_model
+
+R = np.random.default_rng(8)
+
+LAYER_CASES = {  # spec, input shape (batch first)
+    "conv2d": ({"conv2d": {"filters": 3, "kernel_size": 3, "stride": 2, "padding": 1}}, (2, 2, 5, 6)),
+    "conv2d_same_batch1": ({"conv2d": {"filters": 2, "kernel_size": 3, "padding": "same"}}, (1, 1, 5, 5)),
+    "conv2d_dilated_no_bias": ({"conv2d": {"filters": 2, "kernel_size": 2, "dilation": 2, "bias": False}},
+                               (2, 2, 5, 5)),
+    "max_pool2d": ({"max_pool2d": {"kernel_size": 2}}, (2, 2, 5, 4)),
+    "avg_pool2d_overlapping": ({"avg_pool2d": {"kernel_size": 3, "stride": 1, "padding": 1}}, (1, 2, 4, 5)),
+    "global_avg_pool": ("global_avg_pool", (2, 3, 3, 4)),
+    "batchnorm_4d": ("batchnorm", (3, 2, 3, 3)),
+    "dropout_4d": ({"dropout": {"rate": 0.4}}, (2, 2, 3, 3)),
+    "rnn": ({"rnn": {"units": 3}}, (2, 4, 3)),
+    "rnn_sequences": ({"rnn": {"units": 3, "return_sequences": True}}, (2, 3, 2)),
+    "lstm": ({"lstm": {"units": 3}}, (2, 4, 2)),
+    "lstm_sequences_batch1": ({"lstm": {"units": 2, "return_sequences": True}}, (1, 3, 3)),
+    "gru": ({"gru": {"units": 3}}, (2, 4, 2)),
+    "gru_sequences": ({"gru": {"units": 2, "return_sequences": True}}, (2, 3, 3)),
+    "reshape": ({"reshape": {"shape": [3, -1]}}, (2, 1, 3, 4)),
+    "residual_identity": ({"residual": {"layers": [{"linear": {"units": 4}}, "tanh"]}}, (3, 4)),
+    "residual_projection_vector": ({"residual": {"layers": [{"linear": {"units": 5}}, "tanh"]}}, (3, 4)),
+    "residual_projection_image": ({"residual": {"layers": [
+        {"conv2d": {"filters": 3, "kernel_size": 3, "stride": 2, "padding": 1}}, "tanh",
+        {"conv2d": {"filters": 3, "kernel_size": 3, "padding": "same"}}]}}, (2, 2, 5, 5)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAYER_CASES))
+def test_layer_gradients(name):
+    spec, shape = LAYER_CASES[name]
+    x = R.standard_normal(shape)
+    if name.startswith("max_pool"):
+        x = R.permutation(x.size).reshape(shape) * 0.01  # distinct values, no ties
+    check_layer(build_layer(spec), x)
+
+
+def test_embedding_gradient_accumulates_repeated_tokens():
+    layer = build_layer({"embedding": {"vocab_size": 5, "units": 3}})
+    tokens = np.array([[0, 2, 2], [4, 2, 0]])
+    with backend.default_dtype_as(np.float64):
+        layer.build((3,))
+    check_gradients(lambda w: F.embedding(tokens, w), [layer.weight.data.copy()])
+    out = layer(dltrain.tensor(tokens.astype(np.float32)))
+    assert out.shape == (2, 3, 3)
+
+
+def test_output_shapes_of_a_small_cnn():
+    model = build_model([{"conv2d": {"filters": 8, "kernel_size": 3, "padding": 1}}, "relu", "max_pool2d",
+                         {"conv2d": {"filters": 16, "kernel_size": 3}}, "max_pool2d", "flatten",
+                         {"linear": {"units": 10}}], (1, 28, 28))
+    shapes = [layer.output_shape for layer in model.layers]
+    assert shapes == [(8, 28, 28), (8, 28, 28), (8, 14, 14), (16, 12, 12), (16, 6, 6), (576,), (10,)]
+    assert model.num_parameters() == (8 * 9 + 8) + (16 * 8 * 9 + 16) + (576 * 10 + 10)
+
+
+def test_kernel_larger_than_input_names_the_layer_and_shapes():
+    with pytest.raises(ShapeError, match=r"model\[1\].conv2d: expected input at least 5x5 pixels .* got 4x4"):
+        build_model(["relu", {"conv2d": {"filters": 2, "kernel_size": 5}}], (1, 4, 4))
+
+
+def test_recurrent_layer_refuses_images_and_says_how_to_fix():
+    with pytest.raises(ShapeError, match="model.0..gru: expected input .batch, time, features.; a reshape layer"):
+        build_model([{"gru": {"units": 4}}], (1, 28, 28))
+
+
+def test_nested_layer_paths_follow_the_config():
+    with pytest.raises(ShapeError, match=r"model\[1\].residual.layers\[0\].linear: expected input"):
+        build_model(["relu", {"residual": {"layers": [{"linear": {"units": 2}}]}}], (2, 3))
+
+
+def test_reshape_refuses_a_shape_that_does_not_fit():
+    with pytest.raises(ShapeError, match=r"model\[0\].reshape: expected input 784 values per sample to fit shape "
+                                         r"\[27, -1\]"):
+        build_model([{"reshape": {"shape": [27, -1]}}], (1, 28, 28))
+
+
+def test_gru_and_lstm_match_torch():
+    torch = pytest.importorskip("torch", reason="torch is not installed (pip install torch==2.13.0)")
+    x = R.standard_normal((3, 5, 4)).astype(np.float32)
+    for name, module in (("gru", torch.nn.GRU), ("lstm", torch.nn.LSTM), ("rnn", torch.nn.RNN)):
+        layer = build_layer({name: {"units": 6, "return_sequences": True}})
+        layer.build((5, 4))
+        ref = module(4, 6, batch_first=True)
+        with torch.no_grad():
+            for ours, theirs in (("weight_ih", "weight_ih_l0"), ("weight_hh", "weight_hh_l0"),
+                                 ("bias_ih", "bias_ih_l0"), ("bias_hh", "bias_hh_l0")):
+                getattr(ref, theirs).copy_(torch.tensor(layer._parameters[ours].data))
+        xt = dltrain.tensor(x, requires_grad=True)
+        out = layer(xt)
+        xr = torch.tensor(x, requires_grad=True)
+        expected, _ = ref(xr)
+        np.testing.assert_allclose(out.numpy(), expected.detach().numpy(), atol=1e-5)
+        upstream = R.standard_normal(out.shape).astype(np.float32)
+        out.backward(upstream)
+        expected.backward(torch.tensor(upstream))
+        np.testing.assert_allclose(xt.grad, xr.grad.numpy(), atol=1e-5)
+        np.testing.assert_allclose(layer._parameters["weight_hh"].grad, ref.weight_hh_l0.grad.numpy(), atol=1e-4)
+
+
+def test_gru_remembers_the_first_token_over_20_steps():
+    """Only a model with memory solves it: the label is the sign of step 0, followed by 19 noise steps."""
+    rng = np.random.default_rng(0)
+    n, steps = 512, 20
+    labels = rng.integers(0, 2, n)
+    x = rng.normal(0, 1, (n, steps, 1)).astype(np.float32)
+    x[:, 0, 0] = np.where(labels == 1, 1.0, -1.0)
+    backend.manual_seed(0)
+    model = build_model([{"gru": {"units": 16}}, {"linear": {"units": 2}}], (steps, 1))
+    opt = optim.Adam(model.parameters(), lr=0.01)
+    for epoch in range(30):
+        for start in range(0, n, 64):
+            opt.zero_grad()
+            F.cross_entropy(model(dltrain.tensor(x[start:start + 64])), labels[start:start + 64]).backward()
+            opt.step()
+    test_labels = rng.integers(0, 2, 256)
+    test_x = rng.normal(0, 1, (256, steps, 1)).astype(np.float32)
+    test_x[:, 0, 0] = np.where(test_labels == 1, 1.0, -1.0)
+    with no_grad():
+        accuracy = (model(dltrain.tensor(test_x)).numpy().argmax(axis=1) == test_labels).mean()
+    assert accuracy > 0.95
