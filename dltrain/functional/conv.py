@@ -128,14 +128,12 @@ def _pool_geometry(name, x, kernel_size, stride, padding):
     return kernel, stride, padding, (oh, ow)
 
 
-def _scatter_windows(xp, grad_padded, per_offset, kernel, stride, out_hw):
-    """grad_padded[window offset (i, j)] += per_offset(i, j) for every kernel offset: the pools' backward."""
+def _window_slices(padded, kernel, stride, out_hw):
+    """For each kernel offset (i, j): the (N, C, OH, OW) strided view of the inputs at that offset."""
     oh, ow = out_hw
     for i in range(kernel[0]):
-        hs = slice(i, i + stride[0] * (oh - 1) + 1, stride[0])
         for j in range(kernel[1]):
-            ws = slice(j, j + stride[1] * (ow - 1) + 1, stride[1])
-            grad_padded[:, :, hs, ws] += per_offset(i, j)
+            yield padded[:, :, i:i + stride[0] * (oh - 1) + 1:stride[0], j:j + stride[1] * (ow - 1) + 1:stride[1]]
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0) -> Tensor:
@@ -145,14 +143,19 @@ def max_pool2d(input, kernel_size, stride=None, padding=0) -> Tensor:
     kernel, stride, padding, out_hw = _pool_geometry("max_pool2d", x, kernel_size, stride, padding)
     xp = backend.array_module(x.data)
     padded = _pad(x.data, padding, value=-xp.inf)
-    view = _windows(padded, kernel, stride, (1, 1), out_hw)  # (N, C, KH, KW, OH, OW)
-    flat = view.reshape(view.shape[:2] + (kernel[0] * kernel[1],) + out_hw)  # copies: windows overlap in general
-    winner = flat.argmax(axis=2)
-    out = xp.take_along_axis(flat, winner[:, :, None], axis=2)[:, :, 0]
+    offsets = _window_slices(padded, kernel, stride, out_hw)
+    out = next(offsets).copy()
+    for view in offsets:  # a running maximum over the kernel offsets: elementwise, no window copies
+        xp.maximum(out, view, out=out)
 
     def backward(g):
         grad_padded = xp.zeros(padded.shape, dtype=g.dtype)
-        _scatter_windows(xp, grad_padded, lambda i, j: g * (winner == i * kernel[1] + j), kernel, stride, out_hw)
+        taken = xp.zeros(out.shape, dtype=bool)
+        grads = _window_slices(grad_padded, kernel, stride, out_hw)
+        for view, grad_view in zip(_window_slices(padded, kernel, stride, out_hw), grads):
+            winner = (view == out) & ~taken  # first offset holding the maximum wins the window
+            taken |= winner
+            grad_view += g * winner
         return (grad_padded[:, :, padding[0]:padding[0] + x.shape[2], padding[1]:padding[1] + x.shape[3]],)
 
     return make_result(out, (x,), backward, "max_pool2d")
@@ -164,18 +167,22 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, count_include_pad: bo
     kernel, stride, padding, out_hw = _pool_geometry("avg_pool2d", x, kernel_size, stride, padding)
     xp = backend.array_module(x.data)
     padded = _pad(x.data, padding)
-    view = _windows(padded, kernel, stride, (1, 1), out_hw)
     if count_include_pad or padding == (0, 0):
         counts = kernel[0] * kernel[1]
     else:
         ones = _pad(xp.ones((1, 1) + x.shape[2:], dtype=x.dtype), padding)
-        counts = _windows(ones, kernel, stride, (1, 1), out_hw).sum(axis=(2, 3))
-    out = view.sum(axis=(2, 3)) / counts
+        counts = sum(v.copy() for v in _window_slices(ones, kernel, stride, out_hw))
+    offsets = _window_slices(padded, kernel, stride, out_hw)
+    total = next(offsets).copy()
+    for view in offsets:
+        total += view
+    out = total / counts
 
     def backward(g):
         grad_padded = xp.zeros(padded.shape, dtype=g.dtype)
         share = g / counts
-        _scatter_windows(xp, grad_padded, lambda i, j: share, kernel, stride, out_hw)
+        for grad_view in _window_slices(grad_padded, kernel, stride, out_hw):
+            grad_view += share
         return (grad_padded[:, :, padding[0]:padding[0] + x.shape[2], padding[1]:padding[1] + x.shape[3]],)
 
     return make_result(out, (x,), backward, "avg_pool2d")

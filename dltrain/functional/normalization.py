@@ -19,53 +19,53 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     if x.ndim < 2:
         raise ShapeError(f"batch_norm: expected input (N, C, ...), got shape {x.shape}")
     channels = x.shape[1]
-    axes = (0,) + tuple(range(2, x.ndim))
     param_shape = (1, channels) + (1,) * (x.ndim - 2)
     gamma = None if weight is None else as_tensor(weight, like=x)
     beta = None if bias is None else as_tensor(bias, like=x)
     r_mean = running_mean.data if isinstance(running_mean, Tensor) else running_mean
     r_var = running_var.data if isinstance(running_var, Tensor) else running_var
     count = x.size // channels
+    # Per-channel sums as einsum contractions: much faster than sum(axis=(0, 2, 3)) on NCHW arrays.
+    letters = "nc" + "hwdxyz"[:x.ndim - 2]
+
+    def channel_sum(a, b=None):
+        return xp.einsum(f"{letters}->c", a) if b is None else xp.einsum(f"{letters},{letters}->c", a, b)
 
     if training:
         if count < 2:
             raise ShapeError(f"batch_norm: training needs more than one value per channel, got input {x.shape}")
-        mean = x.data.mean(axis=axes, keepdims=True)
-        centered = x.data - mean
-        var = (centered * centered).mean(axis=axes, keepdims=True)
+        mean = channel_sum(x.data) / count
+        centered = x.data - mean.reshape(param_shape)
+        var = channel_sum(centered, centered) / count
         if r_mean is not None:
             r_mean *= 1 - momentum
-            r_mean += momentum * mean.reshape(channels)
+            r_mean += momentum * mean
         if r_var is not None:
             r_var *= 1 - momentum
-            r_var += momentum * var.reshape(channels) * (count / (count - 1))
+            r_var += momentum * var * (count / (count - 1))
     else:
-        mean = r_mean.reshape(param_shape)
-        var = r_var.reshape(param_shape)
-        centered = x.data - mean
-    inv_std = 1 / xp.sqrt(var + eps)
-    normalized = centered * inv_std
-    scale = 1 if gamma is None else gamma.data.reshape(param_shape)
-    out = normalized * scale
+        mean, var = r_mean, r_var
+        centered = x.data - mean.reshape(param_shape)
+    inv_std = 1 / xp.sqrt(var + eps)  # (C,)
+    scale = inv_std if gamma is None else gamma.data * inv_std  # out = centered * scale + beta
+    out = centered * scale.reshape(param_shape)
     if beta is not None:
-        out = out + beta.data.reshape(param_shape)
+        out += beta.data.reshape(param_shape)
 
     def backward(g):
-        grad_gamma = (g * normalized).sum(axis=axes) if gamma is not None and gamma.requires_grad else None
-        grad_beta = g.sum(axis=axes) if beta is not None and beta.requires_grad else None
-        grad_x = None
+        grads = [None]  # one per parent, in the order of `parents`
+        sum_g = channel_sum(g)
+        sum_g_centered = channel_sum(g, centered)
         if x.requires_grad:
-            g_norm = g * scale
+            grad_x = g * scale.reshape(param_shape)
             if training:  # the batch statistics depend on x too
-                grad_x = inv_std * (g_norm - g_norm.mean(axis=axes, keepdims=True)
-                                    - normalized * (g_norm * normalized).mean(axis=axes, keepdims=True))
-            else:
-                grad_x = g_norm * inv_std
-        grads = [grad_x]  # one per parent, in the order of `parents`
+                grad_x += centered * (-scale * inv_std * inv_std * sum_g_centered / count).reshape(param_shape)
+                grad_x -= (scale * sum_g / count).reshape(param_shape)
+            grads[0] = grad_x
         if gamma is not None:
-            grads.append(grad_gamma)
+            grads.append(sum_g_centered * inv_std if gamma.requires_grad else None)
         if beta is not None:
-            grads.append(grad_beta)
+            grads.append(sum_g if beta.requires_grad else None)
         return grads
 
     parents = (x,) + tuple(t for t in (gamma, beta) if t is not None)
