@@ -116,6 +116,7 @@ class Tensor:
 
         order = _topological_order(self)
         grads = {id(self): grad}
+        owned: set[int] = set()  # nodes whose gradient buffer was made here (safe to add into in place)
         given_to_leaves: set[int] = set()  # arrays already stored in a leaf's .grad (copy on reuse)
         for node in reversed(order):
             g = grads.pop(id(node), None)
@@ -133,11 +134,41 @@ class Tensor:
                     continue
                 key = id(parent)
                 previous = grads.get(key)
-                grads[key] = parent_grad if previous is None else previous + parent_grad
+                if isinstance(parent_grad, SliceGrad):
+                    # A gradient for part of the parent (x[i]) is added into one buffer, not into a
+                    # fresh full-size array per slice: slicing a sequence step by step stays linear.
+                    if key not in owned:
+                        previous = parent_grad.zeros() if previous is None else previous.copy()
+                        owned.add(key)
+                    parent_grad.add_into(previous)
+                    grads[key] = previous
+                elif previous is None:
+                    grads[key] = parent_grad
+                else:
+                    grads[key] = previous + parent_grad
+                    owned.add(key)
         if not retain_graph:
             for node in order:
                 node.parents = ()
                 node.backward_fn = None
+
+
+class SliceGrad:
+    """The gradient of x[index]: `values` belong at `index` of an array shaped like x, zeros elsewhere."""
+
+    __slots__ = ("index", "values", "like", "basic")
+
+    def __init__(self, index, values, like, basic: bool):
+        self.index, self.values, self.like, self.basic = index, values, like, basic
+
+    def zeros(self):
+        return backend.array_module(self.like).zeros(self.like.shape, dtype=self.values.dtype)
+
+    def add_into(self, buffer) -> None:
+        if self.basic:  # slices select each element once: plain in-place add
+            buffer[self.index] += self.values
+        else:  # integer arrays may repeat an index: every occurrence must add
+            backend.scatter_add(buffer, self.index, self.values)
 
 
 def _topological_order(root: Tensor) -> list[Tensor]:

@@ -123,3 +123,21 @@ def test_two_layer_mlp_fits_xor(activation):
 def test_linear_model_cannot_fit_xor():
     # No line separates XOR: the best linear classifier gets at most 3 of the 4 points right.
     assert fit_xor([{"linear": {"units": 2}}]) <= 0.75
+
+
+def test_slice_gradients_mix_with_whole_gradients():
+    """x feeds a full op and several slices: the slices add into one buffer without touching other arrays."""
+    x = dltrain.tensor(np.arange(6.0).reshape(2, 3), requires_grad=True)
+    whole = x * 2
+    y = (whole.sum() + x[0].sum() * 3 + x[:, 1].sum() + x[np.array([1, 1])].sum())
+    y.backward()
+    np.testing.assert_allclose(x.grad, [[5, 6, 5], [4, 5, 4]])
+
+
+def test_stepping_through_a_sequence_backpropagates_each_step():
+    x = dltrain.tensor(np.ones((2, 50, 3)), requires_grad=True)
+    total = x[:, 0]
+    for t in range(1, 50):
+        total = total + x[:, t] * t
+    total.sum().backward()
+    np.testing.assert_allclose(x.grad[0, :, 0], np.maximum(np.arange(50), 1))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .. import backend
-from ..autograd import Tensor, as_tensor, make_result
+from ..autograd import SliceGrad, Tensor, as_tensor, make_result
 
 
 def reshape(x, shape) -> Tensor:
@@ -42,17 +42,8 @@ def getitem(x, index) -> Tensor:
         index = index.data
     elif isinstance(index, tuple):
         index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
-    xp = backend.array_module(x.data)
-
-    def backward(g):
-        grad = xp.zeros_like(x.data)
-        if _is_basic_index(index):
-            grad[index] = g
-        else:
-            backend.scatter_add(grad, index, g)
-        return (grad,)
-
-    return make_result(x.data[index], (x,), backward, "getitem")
+    basic = _is_basic_index(index)
+    return make_result(x.data[index], (x,), lambda g: (SliceGrad(index, g, x.data, basic),), "getitem")
 
 
 def concatenate(tensors, axis: int = 0) -> Tensor:
@@ -77,7 +68,9 @@ def stack(tensors, axis: int = 0) -> Tensor:
     xp = backend.array_module(tensors[0].data)
     out = xp.stack([t.data for t in tensors], axis=axis)
 
+    prefix = (slice(None),) * (axis % out.ndim)
+
     def backward(g):
-        return tuple(xp.take(g, i, axis=axis) for i in range(len(tensors)))
+        return tuple(g[prefix + (i,)] for i in range(len(tensors)))  # views, no copies
 
     return make_result(out, tuple(tensors), backward, "stack")

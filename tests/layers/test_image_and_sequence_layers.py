@@ -128,3 +128,31 @@ def test_gru_remembers_the_first_token_over_20_steps():
     with no_grad():
         accuracy = (model(dltrain.tensor(test_x)).numpy().argmax(axis=1) == test_labels).mean()
     assert accuracy > 0.95
+
+
+def composed_gru_step(step_in, h, w_hh, b_hh):
+    """The same GRU step written with separate ops: the reference for the fused gru_cell."""
+    hidden = h.shape[1]
+    gh = F.linear(h, w_hh, b_hh)
+    r = F.sigmoid(step_in[:, :hidden] + gh[:, :hidden])
+    z = F.sigmoid(step_in[:, hidden:2 * hidden] + gh[:, hidden:2 * hidden])
+    n = F.tanh(step_in[:, 2 * hidden:] + r * gh[:, 2 * hidden:])
+    return (1 - z) * n + z * h
+
+
+def test_fused_gru_cell_matches_the_composed_ops_and_finite_differences():
+    from dltrain.functional.recurrent import gru_cell
+
+    arrays = [R.standard_normal((3, 12)), R.standard_normal((3, 4)), R.standard_normal((12, 4)), R.standard_normal(12)]
+    check_gradients(gru_cell, arrays)
+    with backend.default_dtype_as(np.float64):
+        fused_inputs = [dltrain.tensor(a, requires_grad=True) for a in arrays]
+        composed_inputs = [dltrain.tensor(a, requires_grad=True) for a in arrays]
+        fused = gru_cell(*fused_inputs)
+        composed = composed_gru_step(*composed_inputs)
+        np.testing.assert_allclose(fused.numpy(), composed.numpy(), atol=1e-12)
+        upstream = R.standard_normal(fused.shape)
+        fused.backward(upstream)
+        composed.backward(upstream)
+    for a, b in zip(fused_inputs, composed_inputs):
+        np.testing.assert_allclose(a.grad, b.grad, atol=1e-12)

@@ -1,0 +1,289 @@
+"""CPU training speed and memory: dltrain against PyTorch (and a hand-written NumPy MLP), same run.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/cpu.py            # all cases, RESULTS.md
+    python benchmarks/cpu.py --cases mlp128,cnn128 --reps 3                          # a subset
+
+Each (case, framework) runs in its own process, so peak resident memory is that framework's
+alone; the frameworks alternate within each repetition so that both see the same machine state.
+Same model, data (Fashion-MNIST when installed, else random data of its shape), batch size, plain
+SGD, number of steps and threads (2) on both sides, float32. Reported: median training
+samples/second, dltrain / PyTorch, peak RSS, and the hardware ceiling (FLOPs of one training step
+divided by the measured float32 GEMM rate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+THREADS = 2
+HERE = Path(__file__).resolve().parent
+
+# name -> (model, batch size, steps timed per repetition)
+CASES = {
+    "mlp32": ("mlp", 32, 300),
+    "mlp128": ("mlp", 128, 150),
+    "mlp512": ("mlp", 512, 50),
+    "cnn128": ("cnn", 128, 12),
+    "gru128": ("gru", 128, 15),
+    "tiny16": ("tiny", 16, 1500),
+}
+
+
+def load_data(n: int = 4096):
+    """Fashion-MNIST images and labels (the first n), scaled; random data of the same shape without it."""
+    import numpy as np
+
+    try:
+        from dltrain.data.datasets import fashion_mnist
+
+        raw = fashion_mnist(download=False)
+        x = raw.x_train[:n].astype(np.float32) / 255.0
+        y = raw.y_train[:n].astype(np.int64)
+    except Exception:  # noqa: BLE001 (no data installed: throughput does not depend on the values)
+        rng = np.random.default_rng(0)
+        x = rng.random((n, 1, 28, 28), dtype=np.float32)
+        y = rng.integers(0, 10, n)
+    return (x - x.mean()) / x.std(), y
+
+
+# ---------------------------------------------------------------- FLOPs of one training step
+
+
+def step_flops(model: str, batch: int) -> float:
+    """Multiply-adds x 2 of forward, and x 2 more for backward (input and weight gradients)."""
+    if model in ("mlp", "tiny"):
+        hidden = 1024 if model == "mlp" else 32
+        forward = 2 * batch * (784 * hidden + hidden * 10)
+    elif model == "cnn":
+        forward = 2 * batch * (28 * 28 * 32 * 9 + 14 * 14 * 64 * 32 * 9 + 3136 * 128 + 128 * 10)
+    else:  # gru: input projection, 28 hidden-state products, head
+        forward = 2 * batch * (28 * 28 * 384 + 28 * 128 * 384 + 128 * 10)
+    return 3 * forward
+
+
+def gemm_rate() -> float:
+    """Measured float32 GEMM FLOP/s (1024^3 products, best of 10)."""
+    import numpy as np
+
+    a = np.random.rand(1024, 1024).astype(np.float32)
+    b = np.random.rand(1024, 1024).astype(np.float32)
+    best = float("inf")
+    for _ in range(10):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * 1024 ** 3 / best
+
+
+# ---------------------------------------------------------------- workers (one process each)
+
+
+def run_dltrain(model: str, batch: int, steps: int, x, y) -> float:
+    import dltrain
+    import dltrain.functional as F
+    from dltrain import backend, optim
+    from dltrain.config import load_config
+    from dltrain.layers import build_model
+
+    backend.manual_seed(0)
+    if model in ("mlp", "tiny"):
+        hidden = 1024 if model == "mlp" else 32
+        specs = ["flatten", {"linear": {"units": hidden}}, "relu", {"linear": {"units": 10}}]
+    else:
+        specs = load_config(HERE.parent / "configs" / f"fashion_{model}.yaml").model
+    net = build_model(specs, x.shape[1:])
+    opt = optim.SGD(net.parameters(), lr=0.01)
+
+    def step(i):
+        start = (i * batch) % (len(x) - batch)
+        opt.zero_grad()
+        loss = F.cross_entropy(net(dltrain.tensor(x[start:start + batch])), y[start:start + batch])
+        loss.backward()
+        opt.step()
+        return loss
+
+    return _timed(step, steps)
+
+
+def run_torch(model: str, batch: int, steps: int, x, y) -> float:
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(0)
+    if model in ("mlp", "tiny"):
+        hidden = 1024 if model == "mlp" else 32
+        net = nn.Sequential(nn.Flatten(), nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+    elif model == "cnn":
+        net = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+                            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+                            nn.Flatten(), nn.Linear(3136, 128), nn.ReLU(), nn.Dropout(0.3), nn.Linear(128, 10))
+    else:
+        class GRUNet(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.gru = nn.GRU(28, 128, batch_first=True)
+                self.head = nn.Linear(128, 10)
+
+            def forward(self, images):
+                _, h = self.gru(images.reshape(-1, 28, 28))
+                return self.head(h[0])
+        net = GRUNet()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step(i):
+        start = (i * batch) % (len(x) - batch)
+        opt.zero_grad()
+        loss = loss_fn(net(xt[start:start + batch]), yt[start:start + batch])
+        loss.backward()
+        opt.step()
+        return loss
+
+    return _timed(step, steps)
+
+
+def run_numpy(model: str, batch: int, steps: int, x, y) -> float:
+    """The 784-1024-10 MLP by hand: forward, hand-derived backward, in-place SGD. No framework."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    hidden = 1024 if model == "mlp" else 32
+    w1 = (rng.standard_normal((784, hidden)) * np.sqrt(2 / 784)).astype(np.float32)
+    b1 = np.zeros(hidden, np.float32)
+    w2 = (rng.standard_normal((hidden, 10)) * np.sqrt(2 / hidden)).astype(np.float32)
+    b2 = np.zeros(10, np.float32)
+    flat = x.reshape(len(x), -1)
+    lr = np.float32(0.01)
+
+    def step(i):
+        start = (i * batch) % (len(x) - batch)
+        xb, yb = flat[start:start + batch], y[start:start + batch]
+        h = xb @ w1
+        h += b1
+        np.maximum(h, 0, out=h)
+        z = h @ w2
+        z += b2
+        z -= z.max(axis=1, keepdims=True)
+        np.exp(z, out=z)
+        z /= z.sum(axis=1, keepdims=True)
+        z[np.arange(batch), yb] -= 1
+        z /= batch
+        dh = z @ w2.T
+        dh *= h > 0
+        np.subtract(w2, lr * (h.T @ z), out=w2)
+        np.subtract(b2, lr * z.sum(axis=0), out=b2)
+        np.subtract(w1, lr * (xb.T @ dh), out=w1)
+        np.subtract(b1, lr * dh.sum(axis=0), out=b1)
+
+    return _timed(step, steps)
+
+
+def _timed(step, steps: int) -> float:
+    for i in range(max(3, steps // 10)):  # warm-up: allocations, caches, thread pools
+        step(i)
+    start = time.perf_counter()
+    for i in range(steps):
+        step(i)
+    return time.perf_counter() - start
+
+
+def worker(framework: str, case: str) -> None:
+    import resource
+
+    model, batch, steps = CASES[case]
+    x, y = load_data()
+    runner = {"dltrain": run_dltrain, "torch": run_torch, "numpy": run_numpy}[framework]
+    seconds = runner(model, batch, steps, x, y)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"samples_per_second": batch * steps / seconds, "peak_mb": peak_mb}))
+
+
+def blas_kernel() -> str:
+    try:
+        from threadpoolctl import threadpool_info
+
+        return ", ".join(f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')}"
+                         for i in threadpool_info() if i.get("user_api") == "blas")
+    except ImportError:
+        return "unknown (pip install threadpoolctl)"
+
+
+# ---------------------------------------------------------------- orchestration
+
+
+def measure(framework: str, case: str) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "OPENBLAS_NUM_THREADS": str(THREADS),
+           "MKL_NUM_THREADS": str(THREADS)}
+    out = subprocess.run([sys.executable, __file__, "--worker", framework, case], capture_output=True, text=True,
+                         env=env, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    parser.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "CASE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(*args.worker)
+        return
+    cases = args.cases.split(",")
+    rate = gemm_rate()
+    results = {}
+    for case in cases:
+        frameworks = ["dltrain", "torch"] + (["numpy"] if CASES[case][0] == "mlp" else [])
+        runs = {f: [] for f in frameworks}
+        for rep in range(args.reps):
+            for framework in (frameworks if rep % 2 == 0 else frameworks[::-1]):
+                runs[framework].append(measure(framework, case))
+        results[case] = runs
+        print(case, {f: round(statistics.median(r["samples_per_second"] for r in v)) for f, v in runs.items()},
+              flush=True)
+    write_results(Path(args.out), results, rate, args)
+
+
+def write_results(path: Path, results: dict, rate: float, args) -> None:
+    import platform
+
+    lines = [
+        "# CPU benchmark: dltrain against PyTorch",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {THREADS} threads per side; "
+        f"BLAS: {blas_kernel()}; float32 GEMM {rate / 1e9:.1f} GFLOP/s (measured).",
+        f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}, "
+        f"date {time.strftime('%Y-%m-%d')}, {args.reps} repetitions, medians.",
+        "",
+        "Command: `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/cpu.py`",
+        "",
+        "| case | batch | dltrain samples/s | PyTorch samples/s | ratio | NumPy by hand | dltrain / NumPy "
+        "| ceiling samples/s | dltrain peak MB | PyTorch peak MB | memory ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for case, runs in results.items():
+        model, batch, _ = CASES[case]
+        speed = {f: statistics.median(r["samples_per_second"] for r in v) for f, v in runs.items()}
+        memory = {f: statistics.median(r["peak_mb"] for r in v) for f, v in runs.items()}
+        ceiling = rate / step_flops(model, batch) * batch
+        numpy_cells = (f"{speed['numpy']:,.0f}", f"{speed['dltrain'] / speed['numpy']:.2f}") if "numpy" in speed \
+            else ("", "")
+        lines.append(f"| {case} | {batch} | {speed['dltrain']:,.0f} | {speed['torch']:,.0f} | "
+                     f"{speed['dltrain'] / speed['torch']:.2f} | {numpy_cells[0]} | {numpy_cells[1]} | "
+                     f"{ceiling:,.0f} | {memory['dltrain']:.0f} | {memory['torch']:.0f} | "
+                     f"{memory['dltrain'] / memory['torch']:.2f} |")
+    path.write_text("\n".join(lines) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
