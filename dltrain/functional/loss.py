@@ -36,6 +36,9 @@ def cross_entropy(input, target, weight=None, ignore_index: int = -100, reductio
         raise ShapeError(f"cross_entropy: expected logits (N, C, ...) and targets (N, ...); "
                          f"got logits {x.shape} and targets {labels.shape}")
     classes = x.shape[1]
+    if weight is None and not label_smoothing and reduction == "mean" and x.ndim == 2 and labels.size:
+        if int(labels.min()) >= 0 and int(labels.max()) < classes:
+            return _mean_cross_entropy(x, labels)
     # Classes on the last axis, samples flattened: logits (M, C), labels (M,).
     logits = xp.moveaxis(x.data, 1, -1).reshape(-1, classes)
     labels = labels.reshape(-1)
@@ -79,6 +82,22 @@ def cross_entropy(input, target, weight=None, ignore_index: int = -100, reductio
         grad *= scale
         moved = grad.reshape(x.shape[:1] + x.shape[2:] + (classes,))
         return (xp.moveaxis(moved, -1, 1),)
+
+    return make_result(out, (x,), backward, "cross_entropy")
+
+
+def _mean_cross_entropy(x: Tensor, labels) -> Tensor:
+    """The training case: (N, C) logits, valid labels, mean over samples. Gradient: (softmax - onehot) / N."""
+    xp = backend.array_module(x.data)
+    log_p = _stable_log_softmax(x.data, 1)
+    rows = xp.arange(len(labels))
+    out = -log_p[rows, labels].mean()
+
+    def backward(g):
+        grad = xp.exp(log_p)
+        grad[rows, labels] -= 1
+        grad *= g / len(labels)
+        return (grad,)
 
     return make_result(out, (x,), backward, "cross_entropy")
 
