@@ -8,7 +8,9 @@ CuPy stays optional: it is imported the first time a GPU is asked for.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
+import sys
 
 import numpy
 
@@ -24,6 +26,29 @@ _cupy_error: str | None = None  # why importing or using cupy failed
 _default_dtype = numpy.dtype(numpy.float32)
 _host_rng = numpy.random.Generator(numpy.random.PCG64(0))
 _device_rngs: dict[str, object] = {}
+
+
+# ---------------------------------------------------------------- host memory
+
+
+def _reuse_freed_memory() -> bool:
+    """Ask glibc to keep large freed blocks for reuse instead of returning them to the OS.
+
+    By default each array over 128 KiB is a fresh mmap: the kernel zeroes and page-faults it on
+    first touch and unmaps it on free. A training step allocates the same sizes every time, so
+    that churn cost about a third of a CNN step and half of a GRU step here (measured).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+
+
+HOST_MEMORY_REUSE = _reuse_freed_memory()
 
 
 # ---------------------------------------------------------------- devices

@@ -1,6 +1,6 @@
 """Convolution and pooling over NCHW images, with torch.nn.functional's names and defaults.
 
-conv2d is im2col on a strided view plus ONE matrix product per batch chunk; its input gradient
+conv2d is im2col on a strided view plus one (batched) matrix product per batch chunk; its input gradient
 (col2im) adds one strided slice per kernel offset, so no scatter (np.add.at) is needed.
 Pooling also works on strided views: each output reads a window, each kernel offset writes back.
 """
@@ -72,38 +72,40 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups: in
     xp = backend.array_module(x.data)
     padded = _pad(x.data, padding)
     w2 = w.data.reshape(filters, c * kh * kw)
-    chunk = max(1, COLUMN_BUDGET // max(1, c * kh * kw * oh * ow))
-    out = xp.empty((n, filters, oh, ow), dtype=x.dtype)
-    columns = []  # per chunk: (C*KH*KW, chunk*OH*OW), kept for the weight gradient
+    ckk, pixels = c * kh * kw, oh * ow
+    chunk = max(1, COLUMN_BUDGET // max(1, ckk * pixels))
+    out = xp.empty((n, filters, pixels), dtype=x.dtype)
+    columns = []  # per chunk: (chunk, C*KH*KW, OH*OW), kept for the weight gradient
     for start in range(0, n, chunk):
         view = _windows(padded[start:start + chunk], (kh, kw), stride, dilation, (oh, ow))
-        m = view.shape[0]
-        # (C, KH, KW, N, OH, OW): the copy reads each window row contiguously.
-        cols = xp.ascontiguousarray(view.transpose(1, 2, 3, 0, 4, 5)).reshape(c * kh * kw, m * oh * ow)
-        out[start:start + m] = (w2 @ cols).reshape(filters, m, oh, ow).transpose(1, 0, 2, 3)
+        # The one copy: (N, C, KH, KW, OH, OW) windows -> per-sample column matrices, read row by row.
+        cols = view.reshape(view.shape[0], ckk, pixels)
+        # One matrix product per sample, straight into NCHW order: no transpose of the output.
+        xp.matmul(w2, cols, out=out[start:start + len(cols)])
         columns.append(cols)
+    out = out.reshape(n, filters, oh, ow)
     if b is not None:
         out += b.data.reshape(1, filters, 1, 1)
 
     def backward(g):
-        grad_x = xp.zeros((c, n) + padded.shape[2:], dtype=g.dtype) if x.requires_grad else None
+        g3 = g.reshape(n, filters, pixels)
+        grad_x = xp.zeros(padded.shape, dtype=g.dtype) if x.requires_grad else None
         grad_w = xp.zeros_like(w2) if w.requires_grad else None
         for index, start in enumerate(range(0, n, chunk)):
-            g_chunk = g[start:start + chunk]
-            m = g_chunk.shape[0]
-            g2 = xp.ascontiguousarray(g_chunk.transpose(1, 0, 2, 3)).reshape(filters, m * oh * ow)
+            cols = columns[index]
+            g_chunk = g3[start:start + len(cols)]
             if grad_w is not None:
-                grad_w += g2 @ columns[index].T
+                grad_w += (g_chunk @ cols.transpose(0, 2, 1)).sum(axis=0)
             if grad_x is not None:
-                dcols = (w2.T @ g2).reshape(c, kh, kw, m, oh, ow)
+                dcols = (w2.T @ g_chunk).reshape(len(cols), c, kh, kw, oh, ow)
+                target = grad_x[start:start + len(cols)]
                 for i in range(kh):  # col2im: each kernel offset adds back one strided slice
                     hs = slice(i * dilation[0], i * dilation[0] + stride[0] * (oh - 1) + 1, stride[0])
                     for j in range(kw):
                         ws = slice(j * dilation[1], j * dilation[1] + stride[1] * (ow - 1) + 1, stride[1])
-                        grad_x[:, start:start + m, hs, ws] += dcols[:, i, j]
+                        target[:, :, hs, ws] += dcols[:, :, i, j]
         if grad_x is not None:
-            grad_x = grad_x[:, :, padding[0]:padding[0] + h, padding[1]:padding[1] + width].transpose(1, 0, 2, 3)
-            grad_x = xp.ascontiguousarray(grad_x)
+            grad_x = grad_x[:, :, padding[0]:padding[0] + h, padding[1]:padding[1] + width]
         grads = [grad_x, None if grad_w is None else grad_w.reshape(w.shape)]
         if b is not None:
             grads.append(g.sum(axis=(0, 2, 3)) if b.requires_grad else None)
