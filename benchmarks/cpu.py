@@ -282,6 +282,18 @@ def write_results(path: Path, results: dict, rate: float, args) -> None:
                      f"{speed['dltrain'] / speed['torch']:.2f} | {numpy_cells[0]} | {numpy_cells[1]} | "
                      f"{ceiling:,.0f} | {memory['dltrain']:.0f} | {memory['torch']:.0f} | "
                      f"{memory['dltrain'] / memory['torch']:.2f} |")
+    lines += [
+        "",
+        "ratio = dltrain / PyTorch samples/s; ceiling = measured GEMM FLOP/s / FLOPs of one step's matrix "
+        "products (forward, weight gradients, input gradients except the first layer's); peak MB = the "
+        "process's maximum resident set (data included, the same on both sides).",
+        "",
+        "Every repetition, samples/s (to show the spread; the table gives medians):",
+        "",
+    ]
+    for case, runs in results.items():
+        for framework, values in runs.items():
+            lines.append(f"- {case} {framework}: " + ", ".join(f"{r['samples_per_second']:,.0f}" for r in values))
     path.write_text("\n".join(lines) + "\n")
     print(f"wrote {path}")
 
