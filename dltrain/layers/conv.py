@@ -6,7 +6,7 @@ from typing import Literal
 
 from .. import functional as F
 from ..functional.conv import output_size
-from ..registry import NonNegativeInt, PositiveInt, initializers, layers
+from ..registry import NonNegativeInt, PositiveInt, layers
 from .core import InitName
 from .module import Module
 
@@ -49,10 +49,7 @@ class Conv2D(_Spatial):
             self.padding = self.dilation * (self.kernel_size - 1) // 2
         oh, ow = self.spatial_output(input_shape, self.kernel_size, self.stride, self.padding, self.dilation)
         shape = (self.filters, channels, self.kernel_size, self.kernel_size)
-        self.weight = self.add_parameter("weight", initializers.get(self.init)(shape))
-        self.bias = None
-        if self.use_bias:
-            self.bias = self.add_parameter("bias", initializers.get("zeros")((self.filters,)), decay=False)
+        self.weight, self.bias = self.add_weight_and_bias(shape, self.init, self.use_bias)
         return (self.filters, oh, ow)
 
     def forward(self, x):

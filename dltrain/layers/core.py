@@ -32,10 +32,7 @@ class Linear(Module):
     def build_shape(self, input_shape):
         if len(input_shape) != 1:
             raise self.shape_error("(batch, features): flatten first", f"per-sample shape {input_shape}")
-        self.weight = self.add_parameter("weight", initializers.get(self.init)((self.units, input_shape[0])))
-        self.bias = None
-        if self.use_bias:
-            self.bias = self.add_parameter("bias", initializers.get("zeros")((self.units,)), decay=False)
+        self.weight, self.bias = self.add_weight_and_bias((self.units, input_shape[0]), self.init, self.use_bias)
         return (self.units,)
 
     def forward(self, x):

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from .. import backend
 from ..autograd import Tensor
 from ..errors import ShapeError
+from ..registry import initializers
 
 
 class Parameter(Tensor):
@@ -53,6 +54,14 @@ class Module:
         param = Parameter(array, decay=decay, name=name)
         self._parameters[name] = param
         return param
+
+    def add_weight_and_bias(self, weight_shape: tuple, init: str, bias: bool):
+        """'weight' drawn by the named initializer (decayed), and a zero 'bias' of weight_shape[0] (not decayed)."""
+        weight = self.add_parameter("weight", initializers.get(init)(weight_shape))
+        bias_param = None
+        if bias:
+            bias_param = self.add_parameter("bias", initializers.get("zeros")(weight_shape[:1]), decay=False)
+        return weight, bias_param
 
     def add_buffer(self, name: str, array):
         """State that is saved and moved with the model but not trained (batchnorm statistics)."""

@@ -77,11 +77,16 @@ def test_resume_continues_bit_for_bit(tmp_path):
         np.testing.assert_array_equal(resumed.model[name], array)
 
 
-def test_resume_keeps_early_stopping_state(tmp_path):
-    overfit = config(data={"name": "spirals", "n_samples": 60, "noise": 1.5}, training={
-        "epochs": 60, "batch_size": 8, "early_stopping": {"patience": 3}},
+def overfitting(epochs, patience):
+    """Few noisy points, a big network, a high learning rate: validation loss turns up within a few epochs."""
+    return config(data={"name": "spirals", "n_samples": 60, "noise": 1.5}, training={
+        "epochs": epochs, "batch_size": 8, "early_stopping": {"patience": patience}},
         model=[{"linear": {"units": 128}}, "relu", {"linear": {"units": 128}}, "relu", {"linear": {"units": 3}}],
         optimizer={"name": "adam", "lr": 0.03})
+
+
+def test_resume_keeps_early_stopping_state(tmp_path):
+    overfit = overfitting(epochs=60, patience=3)
     _, full = train(overfit, tmp_path / "full")
     assert full["stop_reason"] == "early_stopping"
     stop_epoch = full["epochs_run"]
@@ -95,11 +100,7 @@ def test_resume_keeps_early_stopping_state(tmp_path):
 
 
 def test_early_stopping_fires_and_best_weights_are_restored(tmp_path):
-    overfit = config(data={"name": "spirals", "n_samples": 60, "noise": 1.5}, training={
-        "epochs": 80, "batch_size": 8, "early_stopping": {"patience": 4}},
-        model=[{"linear": {"units": 128}}, "relu", {"linear": {"units": 128}}, "relu", {"linear": {"units": 3}}],
-        optimizer={"name": "adam", "lr": 0.03})
-    trainer, summary = train(overfit, tmp_path / "run")
+    trainer, summary = train(overfitting(epochs=80, patience=4), tmp_path / "run")
     rows = files.RunDir(tmp_path / "run").read_metrics()
     val_losses = [float(r["val_loss"]) for r in rows]
     assert summary["stop_reason"] == "early_stopping"
