@@ -32,6 +32,7 @@ def train(
         run = files.RunDir(resume)
         if not run.path.is_dir():
             raise ConfigError(f"--resume {resume}: not a run directory")
+        run.remove_stale_temporaries()
         checkpoint = load_checkpoint(run.file(files.LAST))
         cfg = _resumed_config(checkpoint, config, set_)
     else:

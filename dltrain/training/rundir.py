@@ -87,6 +87,11 @@ class RunDir:
         except OSError as exc:
             raise RunDirError(f"cannot create run directory {self.path}: {exc.strerror or exc}") from None
 
+    def remove_stale_temporaries(self) -> None:
+        """Temporary files of writes a killed process never finished (the real files are intact)."""
+        for path in self.path.rglob(".*.tmp"):
+            path.unlink(missing_ok=True)
+
     def write_config(self, config: dict) -> None:
         text = yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
         self._write(CONFIG, text.encode())

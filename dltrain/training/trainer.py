@@ -7,7 +7,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass
 
@@ -35,9 +38,32 @@ class Diverged(DltrainError):
 
 
 class Interrupted(DltrainError):
-    """Ctrl-C: the run stopped with its files complete."""
+    """Ctrl-C (exit 130) or SIGTERM (exit 143): the run stopped with its files complete."""
 
-    exit_code = 130
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Terminated(BaseException):
+    """Raised in the training loop by SIGTERM, as KeyboardInterrupt is by SIGINT."""
+
+
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """Within this block SIGTERM stops training like Ctrl-C (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass
@@ -209,56 +235,61 @@ class Trainer:
         return loss_sum / seen, accuracy, lr
 
     def fit(self) -> dict:
-        cfg = self.config.training
         started = time.perf_counter()
         self.run.start_metrics(keep_epochs=self.start_epoch)
-        stop_reason = "completed"
-        trained_samples = 0
-        train_seconds = 0.0
-        error = None
-        epoch = self.start_epoch
-        self.reporter.start(cfg.epochs, self.steps_per_epoch)
+        self.completed = self.start_epoch  # epochs whose checkpoint is on disk
+        self.trained_samples, self.train_seconds = 0, 0.0
+        stop_reason, error = "completed", None
+        self.reporter.start(self.config.training.epochs, self.steps_per_epoch)
         try:
-            for epoch in range(self.start_epoch, cfg.epochs):
-                epoch_start = time.perf_counter()
-                with np.errstate(over="ignore", invalid="ignore"):  # caught as a non-finite loss instead
-                    train_loss, train_acc, lr = self.train_epoch(epoch)
-                train_seconds += time.perf_counter() - epoch_start
-                trained_samples += len(self.splits.train)
-                val = self.model.evaluate(self.splits.val, cfg.eval_batch_size) if self.splits.val else None
-                row = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
-                       "val_loss": val.loss if val else None, "val_accuracy": val.accuracy if val else None,
-                       "lr": lr, "seconds": time.perf_counter() - epoch_start}
-                is_best, stop = self.early.update(epoch + 1, row)
-                self._save(files.LAST, epoch + 1)
-                if is_best:
-                    self._save(files.BEST, epoch + 1)
-                self.run.append_metrics({k: (_fmt(v) if k not in ("epoch",) else v) for k, v in row.items()})
-                self.reporter.epoch_end(row, is_best)
-                if stop:
-                    stop_reason = "early_stopping"
-                    self.reporter.message(f"early stopping: {self.early.monitor} has not improved for "
-                                          f"{self.early.wait} epochs (best {self.early.best:.6g} at epoch "
-                                          f"{self.early.best_epoch})")
-                    epoch += 1
-                    break
-            else:
-                epoch = cfg.epochs
+            with sigterm_interrupts():
+                stop_reason = self._run_epochs()
         except Diverged as exc:
             stop_reason, error = "diverged", exc
-        except KeyboardInterrupt:
-            stop_reason, error = "interrupted", Interrupted("interrupted: stopped at the end of the last complete "
-                                                            "epoch; continue with --resume")
+        except (KeyboardInterrupt, Terminated) as exc:
+            signal_name, code = ("SIGTERM", 143) if isinstance(exc, Terminated) else ("Ctrl-C", 130)
+            stop_reason = "interrupted"
+            error = Interrupted(f"interrupted ({signal_name}): the checkpoint of the last complete epoch "
+                                f"({self.completed}) is kept; continue with --resume {self.run.path}", code)
         finally:
             self.reporter.close()
-        summary = self._finish(stop_reason, epoch, time.perf_counter() - started, trained_samples, train_seconds)
+        summary = self._finish(stop_reason, self.completed, time.perf_counter() - started)
         if error:
             summary["error"] = str(error)
             self.run.write_summary(summary)
             raise error
         return summary
 
-    def _finish(self, stop_reason: str, epochs_run: int, seconds: float, samples: int, train_seconds: float) -> dict:
+    def _run_epochs(self) -> str:
+        """Train from start_epoch on; returns 'completed' or 'early_stopping'."""
+        cfg = self.config.training
+        for epoch in range(self.start_epoch, cfg.epochs):
+            epoch_start = time.perf_counter()
+            with np.errstate(over="ignore", invalid="ignore"):  # caught as a non-finite loss instead
+                train_loss, train_acc, lr = self.train_epoch(epoch)
+            self.train_seconds += time.perf_counter() - epoch_start
+            self.trained_samples += len(self.splits.train)
+            val = self.model.evaluate(self.splits.val, cfg.eval_batch_size) if self.splits.val else None
+            row = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
+                   "val_loss": val.loss if val else None, "val_accuracy": val.accuracy if val else None,
+                   "lr": lr, "seconds": time.perf_counter() - epoch_start}
+            is_best, stop = self.early.update(epoch + 1, row)
+            # This order keeps a crash between any two writes resumable: a metrics row or a best
+            # checkpoint ahead of `last` is simply redone (identically) by the resumed run.
+            self.run.append_metrics({k: (v if k == "epoch" else _fmt(v)) for k, v in row.items()})
+            if is_best:
+                self._save(files.BEST, epoch + 1)
+            self._save(files.LAST, epoch + 1)
+            self.completed = epoch + 1
+            self.reporter.epoch_end(row, is_best)
+            if stop:
+                self.reporter.message(f"early stopping: {self.early.monitor} has not improved for "
+                                      f"{self.early.wait} epochs (best {self.early.best:.6g} at epoch "
+                                      f"{self.early.best_epoch})")
+                return "early_stopping"
+        return "completed"
+
+    def _finish(self, stop_reason: str, epochs_run: int, seconds: float) -> dict:
         best = self.run.file(files.BEST)
         # Diverged weights are useless, so the best ones come back even when restore_best is off.
         restored = best.is_file() and (self.config.training.early_stopping.restore_best or stop_reason == "diverged")
@@ -271,7 +302,8 @@ class Trainer:
             "monitor": self.early.monitor,
             "best_value": self.early.best,
             "total_seconds": round(seconds, 3),
-            "train_samples_per_second": round(samples / train_seconds, 1) if train_seconds else None,
+            "train_samples_per_second": (round(self.trained_samples / self.train_seconds, 1)
+                                         if self.train_seconds else None),
             "dltrain_version": __version__,
             "seed": self.config.seed,
             "device": self.device,

@@ -226,7 +226,8 @@ def test_plot_copes_with_no_validation_and_no_accuracy(tmp_path):
     assert png_size(run / "curves.png") == (1500, 450)
 
 
-def test_ctrl_c_stops_with_complete_files_and_exit_130(tmp_path):
+@pytest.mark.parametrize("signal_name, exit_code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_interrupt_stops_with_complete_files(tmp_path, signal_name, exit_code):
     import signal
 
     text = TINY.replace("epochs: 3", "epochs: 100000")
@@ -237,11 +238,47 @@ def test_ctrl_c_stops_with_complete_files_and_exit_130(tmp_path):
     for line in process.stdout:
         if line.startswith("epoch") and "/100000" in line:
             break
-    process.send_signal(signal.SIGINT)
+    process.send_signal(getattr(signal, signal_name))
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130, stderr
-    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert process.returncode == exit_code, stderr
+    assert "interrupted" in stderr and "continue with --resume" in stderr and "Traceback" not in stderr
     summary = json.loads((run / "summary.json").read_text())
     assert summary["stop_reason"] == "interrupted"
     result = dltrain("eval", run, "--json")
     assert result.returncode == 0, result.stderr
+    done = summary["epochs_run"]
+    result = dltrain("train", "--resume", run, "--set", f"training.epochs={done + 2}")
+    assert result.returncode == 0, result.stderr
+    assert len((run / "metrics.csv").read_text().splitlines()) == 1 + done + 2
+
+
+def test_kill_9_at_random_moments_leaves_resumable_runs(tmp_path):
+    """SIGKILL gives no chance to clean up: whatever is on disk must be complete, and --resume must finish."""
+    import random
+    import signal
+    import time
+
+    from dltrain.training.checkpoint import load_checkpoint
+
+    text = TINY.replace("n_samples: 200", "n_samples: 3000").replace("epochs: 3", "epochs: 40")
+    config = write(tmp_path, text.replace("batch_size: 16}", "batch_size: 16, early_stopping: false}"))
+    rng = random.Random(0)
+    for attempt in range(4):
+        run = tmp_path / f"run{attempt}"
+        process = subprocess.Popen([DLTRAIN, "train", str(config), "--run-dir", str(run)], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(1.0, 3.0))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        for name in ("best.safetensors", "last.safetensors"):
+            path = run / "checkpoints" / name
+            if path.exists():
+                load_checkpoint(path)  # complete, or this raises
+        if not (run / "checkpoints" / "last.safetensors").exists():
+            continue  # killed before the first epoch ended: nothing to resume
+        result = dltrain("train", "--resume", run)
+        assert result.returncode == 0, result.stderr
+        rows = (run / "metrics.csv").read_text().splitlines()
+        assert len(rows) == 41 and all(len(r.split(",")) == 7 for r in rows)
+        leftovers = [p.name for p in run.rglob(".*.tmp")]
+        assert leftovers == []  # temporary files of the killed writes are cleared on resume
