@@ -14,6 +14,8 @@ def train(
                                         help="The run directory to create (default runs/<config>-<time>)."),
     device: str | None = typer.Option(None, "--device", help="cpu, gpu or auto (overrides the config's device)."),
     resume: Path | None = typer.Option(None, "--resume", help="Continue this run directory from its last checkpoint."),
+    init_from: Path | None = typer.Option(None, "--init-from",
+                                          help="Start from these weights (checkpoint or run dir), fresh optimizer."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the run directory and the final summary."),
 ) -> None:
     """Train a model from a YAML config; writes metrics, checkpoints and curves into a run directory."""
@@ -47,6 +49,11 @@ def train(
     reporter = make_reporter(quiet)
     trainer = Trainer(cfg, run, resolved_device, reporter, resume=checkpoint)
     trainer.setup()  # data and model first: a bad dataset leaves no empty run directory behind
+    if init_from is not None:
+        if checkpoint is not None:
+            raise ConfigError("--init-from starts a new run from a checkpoint's weights; --resume continues a run: "
+                              "use one of them")
+        trainer.load_weights(init_from)
     if checkpoint is None:
         run.create()
         run.write_config(cfg.to_dict())
@@ -77,10 +84,26 @@ def _resumed_config(checkpoint, config_path, overrides):
         stored = cfg.to_dict()
         changed = [key for key in ("model", "loss", "optimizer", "data", "seed") if given[key] != stored[key]]
         if changed:
-            diff = "; ".join(f"{key}: run has {stored[key]!r}, {config_path} has {given[key]!r}" for key in changed)
-            raise ConfigError(f"--resume: {config_path} differs from the run's config in {', '.join(changed)} "
-                              f"({diff}); resume with the run's config, or start a new run")
+            diff = "\n".join(f"  {path}: run has {old!r}, {config_path} has {new!r}"
+                             for key in changed for path, old, new in _differences(stored[key], given[key], (key,)))
+            raise ConfigError(f"--resume: {config_path} differs from the run's config in {', '.join(changed)}; "
+                              f"resume with the run's config, or use --init-from to start a new run from its "
+                              f"weights:\n{diff}")
     return cfg
+
+
+def _differences(old, new, path: tuple):
+    """(key path, old, new) for every leaf where two resolved configs differ."""
+    from ..config import format_path  # noqa: PLC0415
+
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in list(old) + [k for k in new if k not in old]:
+            yield from _differences(old.get(key), new.get(key), path + (key,))
+    elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new)):
+            yield from _differences(a, b, path + (i,))
+    elif old != new:
+        yield format_path(path), old, new
 
 
 def _plot_quietly(path) -> None:

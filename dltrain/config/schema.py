@@ -59,7 +59,9 @@ class TrainingConfig:
     batch_size: PositiveInt = 32
     eval_batch_size: PositiveInt = 1024
     shuffle: bool = True
-    grad_clip: PositiveFloat | None = None  # max global L2 norm of the gradients
+    grad_clip: PositiveFloat | None = None  # max global L2 norm of the gradients (also checks them for NaN/Inf)
+    on_nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/Inf loss (or gradient): stop, or skip the batch
+    max_nonfinite_skips: NonNegativeInt = 10  # with skip: stop after this many skipped batches
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 

@@ -18,7 +18,7 @@ from .. import __version__, backend
 from ..autograd import Tensor, no_grad
 from ..config import Config
 from ..data import Split, Splits, prepare
-from ..errors import DltrainError, ShapeError
+from ..errors import CheckpointError, DltrainError, ShapeError
 from ..layers import Sequential, Softmax, build_model
 from ..layers.core import format_shape
 from ..optim import clip_grad_norm
@@ -176,6 +176,7 @@ class Trainer:
                                    es.enabled)
         self.start_epoch = 0
         self.global_step = 0
+        self.skipped = 0  # batches skipped for non-finite values (training.on_nonfinite: skip)
         if self.resume:
             self._restore(self.resume)
 
@@ -187,6 +188,16 @@ class Trainer:
         self.start_epoch = int(ckpt.state["epoch"])
         self.global_step = int(ckpt.state["global_step"])
 
+    def load_weights(self, path) -> None:
+        """Start from another checkpoint's weights (fine-tuning); the optimizer and schedule start fresh."""
+        from .evaluate import resolve_checkpoint  # noqa: PLC0415 (evaluate imports this module)
+
+        source = load_checkpoint(resolve_checkpoint(path))
+        try:
+            self.model.network.load_state_dict(source.model)
+        except ShapeError as exc:
+            raise CheckpointError(f"--init-from {path}: its weights do not fit this config's model ({exc})") from None
+
     def _save(self, name: str, epoch: int) -> None:
         state = {"epoch": epoch, "global_step": self.global_step, "rng": backend.get_rng_state(),
                  "early_stopping": self.early.state_dict()}
@@ -194,6 +205,40 @@ class Trainer:
                         self.config.to_dict(), state, self.info)
 
     # ------------------------------------------------------------ the loop
+
+    def _nonfinite(self, what: str, where: str, epoch: int, step: int, lr: float) -> None:
+        """Stop (default), or skip this batch while the config allows more skips."""
+        cfg = self.config.training
+        message = f"{what} at epoch {epoch + 1}, step {step + 1} (lr {lr:.4g}); first non-finite: {where}"
+        if cfg.on_nonfinite == "skip" and self.skipped < cfg.max_nonfinite_skips:
+            self.skipped += 1
+            self.reporter.message(f"skipped a batch: {message} ({self.skipped} of at most "
+                                  f"{cfg.max_nonfinite_skips} skips)")
+            return
+        raise Diverged(f"{message}; stopped, the last good checkpoint is kept")
+
+    def _first_nonfinite_output(self, x) -> str:
+        """Run the batch again layer by layer and name the first layer whose output is NaN or infinite."""
+        xp = backend.xp_for(self.device)
+        buffers = {name: array.copy() for name, array in self.model.network.named_buffers()}
+        try:
+            with no_grad():
+                h = Tensor(x)
+                for layer in self.model.network.layers:
+                    h = layer(h)
+                    if not bool(xp.isfinite(h.data).all()):
+                        return f"the output of {layer.path}"
+            return "the loss (every layer's output is finite)"
+        finally:  # the diagnosis must not move batchnorm's running statistics
+            for name, array in self.model.network.named_buffers():
+                array[...] = buffers[name]
+
+    def _first_nonfinite_gradient(self) -> str:
+        xp = backend.xp_for(self.device)
+        for name, param in reversed(list(self.model.network.named_parameters())):  # backward order
+            if param.grad is not None and not bool(xp.isfinite(param.grad).all()):
+                return f"the gradient of parameter {name}"
+        return "the gradients"
 
     def train_epoch(self, epoch: int) -> tuple[float, float | None, float]:
         """One pass over shuffled training data; returns (mean loss, accuracy, lr at the last step)."""
@@ -217,12 +262,15 @@ class Trainer:
             loss = self.model.loss(out, y)
             value = float(loss.data)
             if not math.isfinite(value):
-                raise Diverged(f"loss became {value} at epoch {epoch + 1}, step {step + 1} "
-                               f"(lr {lr:.4g}); stopped, the last good checkpoint is kept")
+                self._nonfinite(f"loss became {value}", self._first_nonfinite_output(x), epoch, step, lr)
+                continue
             self.optimizer.zero_grad()
             loss.backward()
             if cfg.grad_clip:
-                clip_grad_norm(params, cfg.grad_clip)
+                norm = clip_grad_norm(params, cfg.grad_clip)
+                if not math.isfinite(norm):
+                    self._nonfinite("gradients became non-finite", self._first_nonfinite_gradient(), epoch, step, lr)
+                    continue
             self.optimizer.step()
             self.global_step += 1
             loss_sum += value * len(idx)
@@ -230,6 +278,8 @@ class Trainer:
                 correct += int((self.model.loss.predict(out.data) == y).sum())
             seen += len(idx)
             self.reporter.batch(epoch + 1, step + 1, loss_sum / seen, seen / (time.perf_counter() - started))
+        if seen == 0:
+            raise Diverged(f"every batch of epoch {epoch + 1} was skipped for non-finite values; stopped")
         width = 1 if self.model.task == "classification" else train.y.shape[1]
         accuracy = None if self.model.task == "regression" else correct / (seen * width)
         return loss_sum / seen, accuracy, lr

@@ -112,6 +112,27 @@ def test_resume_refuses_a_different_model(tmp_path):
     result = dltrain("train", other, "--resume", run)
     assert result.returncode == 2
     assert "differs from the run's config in model" in result.stderr
+    assert f"  model[0].linear.units: run has 8, {other} has 9" in result.stderr
+
+
+def test_init_from_starts_a_new_run_from_trained_weights(tmp_path):
+    config = write(tmp_path, TINY)
+    assert dltrain("train", config, "--run-dir", tmp_path / "first").returncode == 0
+    result = dltrain("train", config, "--run-dir", tmp_path / "tuned", "--init-from", tmp_path / "first")
+    assert result.returncode == 0, result.stderr
+    first = (tmp_path / "first" / "metrics.csv").read_text().splitlines()[1].split(",")
+    tuned = (tmp_path / "tuned" / "metrics.csv").read_text().splitlines()[1].split(",")
+    assert float(tuned[1]) < float(first[1])  # epoch 1 starts from trained weights: lower loss
+    other = write(tmp_path, TINY.replace("units: 8", "units: 9"), "other.yaml")
+    result = dltrain("train", other, "--run-dir", tmp_path / "bad", "--init-from", tmp_path / "first")
+    assert result.returncode == 2
+    assert "weights do not fit this config's model" in result.stderr and "0.weight" in result.stderr
+
+
+def test_run_directory_that_cannot_be_created(tmp_path):
+    result = dltrain("train", write(tmp_path, TINY), "--run-dir", "/dev/null/run")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: cannot create run directory /dev/null/run")
 
 
 BAD_CONFIGS = {

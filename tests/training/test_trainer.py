@@ -158,3 +158,31 @@ def test_safetensors_file_that_is_not_ours(tmp_path):
     save_file({"w": np.zeros(3, np.float32)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(CheckpointError, match="not a dltrain checkpoint"):
         load_checkpoint(tmp_path / "other.safetensors")
+
+
+def test_nonfinite_loss_names_the_first_layer_that_overflowed(tmp_path):
+    huge = config(loss="mse", model=[{"linear": {"units": 4}}, "relu", {"linear": {"units": 1}}],
+                  optimizer={"name": "sgd", "lr": 1.0e+6}, training={"epochs": 3, "batch_size": 10,
+                                                                     "early_stopping": False})
+    with pytest.raises(Diverged, match=r"at epoch 1, step \d+ .*first non-finite: the output of model\[\d\]\.linear"):
+        train(huge, tmp_path / "run")
+
+
+@pytest.mark.parametrize("bad_rows, max_skips, finishes, skipped", [
+    (1, 100, True, 2),  # one infinite sample: its batch is skipped once per epoch, training goes on
+    (20, 3, False, 3),  # 20 of 180 samples: more bad batches than allowed skips, so it stops
+])
+def test_skip_policy_skips_a_bounded_number_of_batches(tmp_path, bad_rows, max_skips, finishes, skipped):
+    values = config(loss="mse", model=[{"linear": {"units": 1}}], optimizer={"name": "sgd", "lr": 0.05},
+                    training={"epochs": 2, "batch_size": 10, "early_stopping": False,
+                              "on_nonfinite": "skip", "max_nonfinite_skips": max_skips}).to_dict()
+    trainer = Trainer(validate(values, {}, "test"), files.RunDir(tmp_path / "run"), "cpu", SilentReporter())
+    trainer.setup()
+    trainer.run.create()
+    trainer.splits.train.x[:bad_rows] = np.inf
+    if finishes:
+        assert trainer.fit()["stop_reason"] == "completed"
+    else:
+        with pytest.raises(Diverged, match="first non-finite: the output of model"):
+            trainer.fit()
+    assert trainer.skipped == skipped
