@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import backend
-from ..errors import DataError
+from ..errors import DataError, ShapeError
 from ..registry import datasets
 from .datasets import RawData, read_extra_split
 
@@ -126,10 +126,15 @@ def to_split(x, y, stats: dict, device: str) -> Split:
     return Split(backend.to_device(normalized, device), backend.to_device(y, device))
 
 
-def prepare(data: dict, task: str, seed: int, device: str, stats: dict | None = None) -> Splits:
-    """Load, check, split and normalize; `stats` from a checkpoint replace the training split's."""
+def prepare(data: dict, task: str, seed: int, device: str, stats: dict | None = None,
+            expected_shape: tuple | None = None) -> Splits:
+    """Load, check, split and normalize; `stats` (and the per-sample `expected_shape`) come from a
+    checkpoint when one is evaluated or resumed."""
     raw = load_raw(data, seed)
     x_train, y_train = _check_arrays("train", raw.x_train, raw.y_train, task)
+    if expected_shape is not None and tuple(x_train.shape[1:]) != tuple(expected_shape):
+        raise ShapeError(f"the model was trained on inputs of per-sample shape {tuple(expected_shape)}, but the "
+                         f"data has shape {tuple(x_train.shape[1:])}")
     val = test = None
     if raw.x_val is not None:
         val = _check_arrays("val", raw.x_val, raw.y_val, task)

@@ -92,6 +92,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path}: checkpoint metadata is incomplete or not JSON ({exc})") from None
     if not all(isinstance(v, dict) for v in (config, state, data)):
         raise CheckpointError(f"{path}: checkpoint metadata has the wrong structure")
+    problem = _metadata_problem(state, data)
+    if problem:
+        raise CheckpointError(f"{path}: checkpoint metadata is damaged ({problem})")
 
     def group(prefix):
         return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -99,6 +102,22 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(config=config, state=state, data=data, model=group("model/"),
                       optimizer={"steps": state.get("optimizer_steps", 0), "slots": group("optimizer/")},
                       normalization=group("normalization/"), path=path)
+
+
+def _metadata_problem(state: dict, data: dict) -> str | None:
+    """What is wrong with the JSON parts, or None: metadata is data and is checked like data."""
+    for key in ("epoch", "global_step", "optimizer_steps"):
+        if not isinstance(state.get(key), int) or state[key] < 0:
+            return f"state.{key} should be a non-negative integer, got {state.get(key)!r}"
+    if not isinstance(state.get("rng"), dict) or not isinstance(state.get("early_stopping"), dict):
+        return "state.rng and state.early_stopping should be mappings"
+    shape = data.get("input_shape")
+    if not isinstance(shape, list) or not shape or not all(isinstance(n, int) and n > 0 for n in shape):
+        return f"data.input_shape should be a list of positive integers, got {shape!r}"
+    classes = data.get("classes")
+    if classes is not None and (not isinstance(classes, int) or classes < 1):
+        return f"data.classes should be a positive integer or null, got {classes!r}"
+    return None
 
 
 def _metadata(raw: bytes) -> dict:

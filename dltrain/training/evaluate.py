@@ -56,11 +56,11 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", data_path: str | 
     if data_path is not None:
         config.data["path"] = str(data_path)
     task = Model.task_of(config)
-    splits = prepare(config.data, task, config.seed, device, stats=ckpt.normalization)
-    stored_shape = tuple(ckpt.data.get("input_shape", ()))
-    if splits.input_shape != stored_shape:
-        raise ShapeError(f"{ckpt.path}: the model was trained on inputs of per-sample shape {stored_shape}, "
-                         f"but the data has shape {splits.input_shape}")
+    try:
+        splits = prepare(config.data, task, config.seed, device, stats=ckpt.normalization,
+                         expected_shape=tuple(ckpt.data.get("input_shape", ())))
+    except ShapeError as exc:
+        raise ShapeError(f"{ckpt.path}: {exc}") from None
     chosen = getattr(splits, split)
     if chosen is None:
         available = [s for s in SPLITS if getattr(splits, s) is not None]

@@ -157,7 +157,8 @@ class Trainer:
         backend.manual_seed(cfg.seed)
         task = Model.task_of(cfg)
         stats = self.resume.normalization if self.resume else None
-        self.splits = prepare(cfg.data, task, cfg.seed, self.device, stats=stats)
+        shape = tuple(self.resume.data["input_shape"]) if self.resume else None
+        self.splits = prepare(cfg.data, task, cfg.seed, self.device, stats=stats, expected_shape=shape)
         train = self.splits.train
         if cfg.training.batch_size > len(train):
             raise DltrainError(f"training.batch_size {cfg.training.batch_size} is larger than the training split "
@@ -181,10 +182,13 @@ class Trainer:
             self._restore(self.resume)
 
     def _restore(self, ckpt: Checkpoint) -> None:
-        self.model.network.load_state_dict(ckpt.model)
-        self.optimizer.load_state_dict(ckpt.optimizer)
-        backend.set_rng_state(ckpt.state["rng"])
-        self.early.load_state_dict(ckpt.state["early_stopping"])
+        try:
+            self.model.network.load_state_dict(ckpt.model)
+            self.optimizer.load_state_dict(ckpt.optimizer)
+            backend.set_rng_state(ckpt.state["rng"])
+            self.early.load_state_dict(ckpt.state["early_stopping"])
+        except (ShapeError, KeyError, TypeError, ValueError, IndexError) as exc:
+            raise CheckpointError(f"{ckpt.path}: cannot resume from this checkpoint ({exc})") from None
         self.start_epoch = int(ckpt.state["epoch"])
         self.global_step = int(ckpt.state["global_step"])
 

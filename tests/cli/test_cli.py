@@ -303,3 +303,19 @@ def test_kill_9_at_random_moments_leaves_resumable_runs(tmp_path):
         assert len(rows) == 41 and all(len(r.split(",")) == 7 for r in rows)
         leftovers = [p.name for p in run.rglob(".*.tmp")]
         assert leftovers == []  # temporary files of the killed writes are cleared on resume
+
+
+def test_eval_with_data_of_another_shape_names_both_shapes(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "two.npz", x=rng.normal(size=(100, 2)), y=rng.integers(0, 3, 100),
+             x_test=rng.normal(size=(20, 2)), y_test=rng.integers(0, 3, 20))
+    np.savez(tmp_path / "three.npz", x=rng.normal(size=(100, 3)), y=rng.integers(0, 3, 100),
+             x_test=rng.normal(size=(20, 3)), y_test=rng.integers(0, 3, 20))
+    config = write(tmp_path, TINY.replace("{name: blobs, n_samples: 200, classes: 3}",
+                                          f"{{name: npz, path: {tmp_path / 'two.npz'}}}"))
+    assert dltrain("train", config, "--run-dir", tmp_path / "run").returncode == 0
+    result = dltrain("eval", tmp_path / "run", "--data", tmp_path / "three.npz")
+    assert result.returncode == 2
+    assert "trained on inputs of per-sample shape (2,), but the data has shape (3,)" in result.stderr
