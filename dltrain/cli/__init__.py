@@ -33,7 +33,7 @@ def reports_errors(command):
         except DltrainError as exc:
             if _state["debug"]:
                 raise
-            print(f"error: {exc}" if exc.exit_code != 130 else str(exc), file=sys.stderr)
+            print(str(exc) if exc.exit_code in (130, 143) else f"error: {exc}", file=sys.stderr)  # 130/143: stopped
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             if _state["debug"]:

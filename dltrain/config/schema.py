@@ -81,7 +81,7 @@ class DataConfig:
 class Config:
     data: dict
     model: list
-    seed: int = 0
+    seed: Annotated[int, Ge(0), Lt(2**63)] = 0
     device: Literal["cpu", "gpu", "auto"] = "cpu"
     loss: dict = field(default_factory=lambda: {"name": "cross_entropy"})
     optimizer: dict = field(default_factory=lambda: {"name": "adam"})

@@ -10,6 +10,9 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
+
+from annotated_types import Gt, Le
 
 from .. import backend
 from ..errors import DataError
@@ -18,6 +21,9 @@ from .download import fetch
 from .files import read_csv, read_idx, read_npz
 
 np = backend.np
+
+# Generated sets are for learning and tests: up to ten million points.
+SampleCount = Annotated[int, Gt(0), Le(10_000_000)]
 
 
 @dataclass
@@ -159,7 +165,8 @@ def _generated(make, rng, n_samples: int) -> RawData:
 
 
 @datasets.register("xor")
-def xor(path: str | None = None, rng=None, n_samples: PositiveInt = 400, noise: NonNegativeFloat = 0.15) -> RawData:
+def xor(path: str | None = None, rng=None, n_samples: SampleCount = 400,
+        noise: NonNegativeFloat = 0.15) -> RawData:
     """Points around the corners of the unit square; label 1 where exactly one coordinate is 1 (tutorial slide 36)."""
     def make(rng, n):
         corners = rng.integers(0, 2, size=(n, 2))
@@ -168,7 +175,7 @@ def xor(path: str | None = None, rng=None, n_samples: PositiveInt = 400, noise: 
 
 
 @datasets.register("spirals")
-def spirals(path: str | None = None, rng=None, n_samples: PositiveInt = 600, classes: PositiveInt = 3,
+def spirals(path: str | None = None, rng=None, n_samples: SampleCount = 600, classes: PositiveInt = 3,
             noise: NonNegativeFloat = 0.2, turns: NonNegativeFloat = 1.0) -> RawData:
     """Interleaved 2-D spiral arms, one class each: easy to overfit, impossible for a linear model."""
     def make(rng, n):
@@ -180,7 +187,8 @@ def spirals(path: str | None = None, rng=None, n_samples: PositiveInt = 600, cla
 
 
 @datasets.register("moons")
-def moons(path: str | None = None, rng=None, n_samples: PositiveInt = 400, noise: NonNegativeFloat = 0.1) -> RawData:
+def moons(path: str | None = None, rng=None, n_samples: SampleCount = 400,
+          noise: NonNegativeFloat = 0.1) -> RawData:
     """Two interleaving half circles."""
     def make(rng, n):
         labels = rng.integers(0, 2, size=n)
@@ -192,7 +200,7 @@ def moons(path: str | None = None, rng=None, n_samples: PositiveInt = 400, noise
 
 
 @datasets.register("blobs")
-def blobs(path: str | None = None, rng=None, n_samples: PositiveInt = 500, classes: PositiveInt = 3,
+def blobs(path: str | None = None, rng=None, n_samples: SampleCount = 500, classes: PositiveInt = 3,
           features: PositiveInt = 2, spread: NonNegativeFloat = 1.0) -> RawData:
     """Gaussian clusters, one per class, with centres fixed by the seed."""
     centres = rng.uniform(-5, 5, size=(classes, features))

@@ -7,12 +7,15 @@ batch axis left out) creates the parameters and returns the output shape.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 from .. import backend
 from ..autograd import Tensor
 from ..errors import ShapeError
 from ..registry import initializers
+
+MAX_PARAMETER_VALUES = 1 << 31
 
 
 class Parameter(Tensor):
@@ -55,8 +58,17 @@ class Module:
         self._parameters[name] = param
         return param
 
+    def check_size(self, shape: tuple) -> tuple:
+        """Refuse, naming the layer, a parameter too large to allocate (a typo like units: 10000000)."""
+        values = math.prod(shape)
+        if values > MAX_PARAMETER_VALUES:
+            raise ShapeError(f"{self.path}: a parameter of shape {tuple(shape)} would hold {values:,} values; "
+                             f"at most {MAX_PARAMETER_VALUES:,} are allowed per parameter")
+        return shape
+
     def add_weight_and_bias(self, weight_shape: tuple, init: str, bias: bool):
         """'weight' drawn by the named initializer (decayed), and a zero 'bias' of weight_shape[0] (not decayed)."""
+        self.check_size(weight_shape)
         weight = self.add_parameter("weight", initializers.get(init)(weight_shape))
         bias_param = None
         if bias:

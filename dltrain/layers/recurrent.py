@@ -28,6 +28,7 @@ class _Recurrent(Module):
         bound = 1 / math.sqrt(self.units)  # torch's initialisation: U(-1/sqrt(H), 1/sqrt(H)) for all weights
 
         def uniform(shape):
+            self.check_size(shape)
             return backend.host_rng().uniform(-bound, bound, shape).astype(backend.default_dtype())
 
         self.w_ih = self.add_parameter("weight_ih", uniform((size, features)))
@@ -78,7 +79,8 @@ class Embedding(Module):
         self.vocab_size, self.units = vocab_size, units
 
     def build_shape(self, input_shape):
-        table = backend.host_rng().standard_normal((self.vocab_size, self.units)).astype(backend.default_dtype())
+        shape = self.check_size((self.vocab_size, self.units))
+        table = backend.host_rng().standard_normal(shape).astype(backend.default_dtype())
         self.weight = self.add_parameter("weight", table, decay=False)
         return tuple(input_shape) + (self.units,)
 

@@ -34,7 +34,7 @@ class Residual(Sequential):
         else:
             raise self.shape_error(f"a block that keeps the number of axes (its output is {output_shape})",
                                    f"input {tuple(input_shape)}")
-        self.projection = self.add_parameter("projection", initializers.get("he_uniform")(shape))
+        self.projection = self.add_parameter("projection", initializers.get("he_uniform")(self.check_size(shape)))
         return output_shape
 
     def forward(self, x):

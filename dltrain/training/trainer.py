@@ -26,7 +26,7 @@ from ..registry import losses, optimizers, schedules
 from . import rundir as files
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .early_stopping import EarlyStopping
-from .rundir import RunDir
+from .rundir import RunDir, RunDirError
 
 np = backend.np
 
@@ -205,8 +205,11 @@ class Trainer:
     def _save(self, name: str, epoch: int) -> None:
         state = {"epoch": epoch, "global_step": self.global_step, "rng": backend.get_rng_state(),
                  "early_stopping": self.early.state_dict()}
-        save_checkpoint(self.run.file(name), self.model.network, self.optimizer, self.splits.normalization,
-                        self.config.to_dict(), state, self.info)
+        try:
+            save_checkpoint(self.run.file(name), self.model.network, self.optimizer, self.splits.normalization,
+                            self.config.to_dict(), state, self.info)
+        except OSError as exc:  # the previous checkpoint of that name is still intact (atomic write)
+            raise RunDirError(f"cannot write {self.run.file(name)}: {exc.strerror or exc}") from None
 
     # ------------------------------------------------------------ the loop
 

@@ -319,3 +319,26 @@ def test_eval_with_data_of_another_shape_names_both_shapes(tmp_path):
     result = dltrain("eval", tmp_path / "run", "--data", tmp_path / "three.npz")
     assert result.returncode == 2
     assert "trained on inputs of per-sample shape (2,), but the data has shape (3,)" in result.stderr
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path):
+    """A 32 KiB tmpfs: room for the config and metrics, not for a checkpoint of a wide layer."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=False)
+
+
+def test_full_disk_ends_with_a_message_and_no_partial_files(tmp_path, tiny_filesystem):
+    config = write(tmp_path, TINY.replace("units: 8", "units: 3000"))
+    run = tiny_filesystem / "run"
+    result = dltrain("train", config, "--run-dir", run)
+    assert result.returncode == 2, result.stderr
+    assert "No space left on device" in result.stderr and "Traceback" not in result.stderr
+    leftovers = [p.name for p in run.rglob("*") if p.is_file() and p.suffix in (".tmp", ".safetensors")]
+    assert leftovers == []  # neither a temporary nor a truncated checkpoint

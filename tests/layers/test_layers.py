@@ -162,3 +162,9 @@ def test_train_eval_switch_reaches_nested_layers():
     assert not model.layers[0].layers[0].training
     model.train()
     assert model.layers[0].layers[0].training
+
+
+def test_a_parameter_too_large_to_allocate_is_refused_by_name():
+    with pytest.raises(ShapeError, match=r"model\[1\].linear: a parameter of shape \(10000000000, 4\) would hold "
+                                         r"40,000,000,000 values; at most 2,147,483,648 are allowed"):
+        build_model(["relu", {"linear": {"units": 10 ** 10}}], (4,))
