@@ -20,7 +20,7 @@ def build_layer(spec) -> Module:
         name, options = spec, {}
     else:
         ((name, options),) = spec.items()
-        options = dict(options or {})
+        options = {"layers": options} if isinstance(options, list) else dict(options or {})
     cls = registry.get(name)
     if "layers" in options:
         options["layers"] = [build_layer(s) for s in options["layers"]]

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import backend
+from ..autograd import Tensor
 from ..config import config_from_dict
 from ..data import prepare
 from ..errors import CheckpointError, DltrainError, ShapeError
+from ..registry import losses
 from . import rundir as files
 from .checkpoint import load_checkpoint
 from .trainer import Model
@@ -48,9 +50,66 @@ def per_class_scores(matrix, class_names: list[str] | None) -> list[dict]:
     return scores
 
 
+def _report(path, split: str, n: int, loss: float, predictions, targets, task: str, data: dict) -> dict:
+    report = {"checkpoint": str(path), "split": split, "n": int(n), "loss": float(loss)}
+    if task == "classification":
+        matrix = confusion_matrix(predictions, targets, data["classes"])
+        report["accuracy"] = float((predictions == targets).mean())
+        report["per_class"] = per_class_scores(matrix, data.get("class_names"))
+        report["confusion_matrix"] = matrix.tolist()
+    elif task == "binary":
+        report["accuracy"] = float((predictions == targets).mean())
+    return report
+
+
+def _choose_split(splits, split: str):
+    chosen = getattr(splits, split)
+    if chosen is None:
+        available = [s for s in SPLITS if getattr(splits, s) is not None]
+        raise DltrainError(f"--split {split}: this data has no {split} split; available: {', '.join(available)}")
+    return chosen
+
+
+def evaluate_onnx(path: Path, split: str = "test", data_path: str | None = None) -> dict:
+    """The same report for an exported model, run by onnxruntime on raw (unnormalized) inputs."""
+    import json  # noqa: PLC0415
+
+    try:
+        import onnx  # noqa: PLC0415
+        import onnxruntime  # noqa: PLC0415
+    except ImportError:
+        raise DltrainError("evaluating an ONNX model needs onnx and onnxruntime: pip install 'dltrain[onnx]'") from None
+    try:
+        props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnx and onnxruntime raise many kinds for unreadable files
+        raise CheckpointError(f"{path}: not a loadable ONNX model ({exc})") from None
+    if "dltrain_config" not in props:
+        raise CheckpointError(f"{path}: an ONNX model without dltrain's metadata (export it with dltrain export)")
+    config = config_from_dict(json.loads(props["dltrain_config"]), f"{path} (config)")
+    data = json.loads(props["dltrain_data"])
+    if data_path is not None:
+        config.data["path"] = str(data_path)
+    task = Model.task_of(config)
+    identity = {"mean": np.zeros((1,) * len(data["input_shape"])), "std": np.ones((1,) * len(data["input_shape"]))}
+    splits = prepare(config.data, task, config.seed, "cpu", stats=identity,
+                     expected_shape=tuple(data["input_shape"]))
+    chosen = _choose_split(splits, split)
+    batch = config.training.eval_batch_size
+    outputs = np.concatenate([session.run(None, {"input": np.asarray(chosen.x[i:i + batch], np.float32)})[0]
+                              for i in range(0, len(chosen), batch)])
+    loss_fn = losses.get(config.loss["name"])(**{k: v for k, v in config.loss.items() if k != "name"})
+    if props.get("dltrain_outputs") == "probabilities":
+        outputs = np.log(np.clip(outputs, 1e-30, None))  # log-probabilities act as logits for cross-entropy
+    loss = float(loss_fn(Tensor(outputs.astype(np.float32)), chosen.y).data)
+    return _report(path, split, len(chosen), loss, loss_fn.predict(outputs), chosen.y, task, data)
+
+
 def evaluate_checkpoint(path: str | Path, split: str = "test", data_path: str | None = None,
                         device: str = "cpu", batch_size: int | None = None) -> dict:
     """The report `dltrain eval` prints (and --json writes)."""
+    if Path(path).suffix == ".onnx":
+        return evaluate_onnx(Path(path), split, data_path)
     ckpt = load_checkpoint(resolve_checkpoint(path))
     config = config_from_dict(ckpt.config, f"{ckpt.path} (config)")
     if data_path is not None:
@@ -61,10 +120,7 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", data_path: str | 
                          expected_shape=tuple(ckpt.data.get("input_shape", ())))
     except ShapeError as exc:
         raise ShapeError(f"{ckpt.path}: {exc}") from None
-    chosen = getattr(splits, split)
-    if chosen is None:
-        available = [s for s in SPLITS if getattr(splits, s) is not None]
-        raise DltrainError(f"--split {split}: this data has no {split} split; available: {', '.join(available)}")
+    chosen = _choose_split(splits, split)
     model = Model(config, splits.input_shape, ckpt.data.get("classes"), ckpt.data.get("target_width"))
     try:
         model.network.load_state_dict(ckpt.model)
@@ -72,12 +128,4 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", data_path: str | 
         raise CheckpointError(f"{ckpt.path}: weights do not fit the model in its config ({exc})") from None
     model.network.to(device)
     result = model.evaluate(chosen, batch_size or config.training.eval_batch_size)
-    report = {"checkpoint": str(ckpt.path), "split": split, "n": int(len(chosen)), "loss": result.loss}
-    if task == "classification":
-        matrix = confusion_matrix(result.predictions, result.targets, ckpt.data["classes"])
-        report["accuracy"] = result.accuracy
-        report["per_class"] = per_class_scores(matrix, ckpt.data.get("class_names"))
-        report["confusion_matrix"] = matrix.tolist()
-    elif result.accuracy is not None:
-        report["accuracy"] = result.accuracy
-    return report
+    return _report(ckpt.path, split, len(chosen), result.loss, result.predictions, result.targets, task, ckpt.data)

@@ -1,0 +1,26 @@
+"""dltrain export CHECKPOINT_OR_RUN_DIR [--format onnx] [--out model.onnx] [--opset N]"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def export(
+    checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint, or a run directory (uses its best)."),
+    format_: str = typer.Option("onnx", "--format", help="Export format: onnx."),
+    out: Path | None = typer.Option(None, "--out", help="The file to write (default: the checkpoint's name, .onnx)."),
+    opset: int = typer.Option(17, "--opset", help="ONNX operator set version (13 or newer)."),
+) -> None:
+    """Export a trained model to ONNX (normalization folded in, dynamic batch), checked by onnx's checker."""
+    from ..errors import ConfigError  # noqa: PLC0415
+    from ..export.onnx import export_checkpoint  # noqa: PLC0415
+
+    if format_ != "onnx":
+        raise ConfigError(f"--format: expected 'onnx', got {format_!r}")
+    print(export_checkpoint(checkpoint, out, opset))
+
+
+def register(app: typer.Typer, reports_errors) -> None:
+    app.command("export")(reports_errors(export))

@@ -1,0 +1,134 @@
+"""ONNX export checked by onnx's checker and onnxruntime, and weights loaded into PyTorch modules."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import dltrain
+from dltrain import backend, no_grad
+from dltrain.config import load_config
+from dltrain.export.onnx import ExportError, export_onnx
+from dltrain.layers import Module, build_model
+
+onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install 'dltrain[onnx]')")
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'dltrain[onnx]')")
+
+CONFIGS = Path(__file__).parents[2] / "configs"
+R = np.random.default_rng(3)
+
+MODELS = {  # name -> (layer specs or a shipped config, per-sample input shape)
+    "fashion_mlp": ("fashion_mlp.yaml", (1, 28, 28)),
+    "fashion_cnn": ("fashion_cnn.yaml", (1, 28, 28)),
+    "fashion_gru": ("fashion_gru.yaml", (1, 28, 28)),
+    "fashion_resnet": ("fashion_resnet.yaml", (1, 28, 28)),
+    "quickstart": ("quickstart.yaml", (2,)),
+    "lstm_rnn_sequences": ([{"lstm": {"units": 6, "return_sequences": True}}, {"rnn": {"units": 5}},
+                            {"linear": {"units": 3}}], (7, 4)),
+    "gru_sequences": ([{"gru": {"units": 4, "return_sequences": True}}, "flatten", {"linear": {"units": 2}}], (5, 3)),
+    "activations_and_norms": ([{"linear": {"units": 8}}, "batchnorm", "gelu", {"linear": {"units": 8}},
+                               {"gelu": {"approximate": "tanh"}}, {"leaky_relu": {"negative_slope": 0.2}},
+                               "sigmoid", {"dropout": {"rate": 0.5}}, {"residual": [{"linear": {"units": 5}}, "tanh"]},
+                               {"linear": {"units": 3}}, "softmax"], (6,)),
+    "pools": ([{"conv2d": {"filters": 3, "kernel_size": 3, "stride": 2, "padding": 1, "dilation": 1}},
+               {"avg_pool2d": {"kernel_size": 3, "stride": 1, "padding": 1}},
+               {"max_pool2d": {"kernel_size": 3, "stride": 2, "padding": 1}}, "global_avg_pool"], (2, 9, 9)),
+    "embedding": ([{"embedding": {"vocab_size": 11, "units": 4}}, {"gru": {"units": 3}}], (6,)),
+}
+
+
+def build(name):
+    spec, shape = MODELS[name]
+    specs = load_config(CONFIGS / spec).model if isinstance(spec, str) else spec
+    backend.manual_seed(1)
+    model = build_model(specs, shape)
+    for _, array in model.named_buffers():  # non-trivial batchnorm statistics
+        array[...] = R.uniform(0.5, 1.5, array.shape)
+    return model.eval(), shape
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_exported_model_matches_dltrain_inference(tmp_path, name):
+    model, shape = build(name)
+    stats = {"mean": R.normal(size=shape), "std": R.uniform(0.5, 2, size=shape)}
+    path = export_onnx(model, stats, shape, tmp_path / "m.onnx")  # runs onnx.checker (full_check) itself
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 7):  # the batch dimension is dynamic
+        if name == "embedding":
+            raw = R.integers(0, 11, (batch,) + shape).astype(np.float32)
+            stats_used = {"mean": np.zeros(shape), "std": np.ones(shape)}
+            path = export_onnx(model, stats_used, shape, tmp_path / "m.onnx")
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            normalized = raw
+        else:
+            raw = R.normal(size=(batch,) + shape).astype(np.float32)
+            normalized = ((raw - stats["mean"]) / stats["std"]).astype(np.float32)
+        with no_grad():
+            expected = model(dltrain.tensor(normalized)).numpy()
+        actual = session.run(None, {"input": raw})[0]
+        assert actual.shape == expected.shape
+        assert np.abs(actual - expected).max() <= 1e-4
+
+
+def test_a_layer_without_an_exporter_is_named(tmp_path):
+    class Mystery(Module):
+        registry_name = "mystery"
+
+    model = build_model([{"linear": {"units": 2}}], (3,))
+    odd = Mystery()
+    odd.path = "model[1].mystery"
+    model.layers.append(odd)
+    with pytest.raises(ExportError, match=r"model\[1\].mystery: layer 'mystery' has no ONNX export"):
+        export_onnx(model, {"mean": np.zeros(1), "std": np.ones(1)}, (3,), tmp_path / "m.onnx")
+
+
+def run_cli(*args):
+    import subprocess
+    import sys
+
+    dltrain_exe = Path(sys.executable).parent / "dltrain"
+    return subprocess.run([str(dltrain_exe), *map(str, args)], capture_output=True, text=True, timeout=120)
+
+
+def test_export_then_eval_the_onnx_file_gives_the_checkpoints_report(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text("data: {name: blobs, n_samples: 200, classes: 3}\n"
+                      "model: [{linear: {units: 8}}, relu, {linear: {units: 3}}, softmax]\n"
+                      "training: {epochs: 2, batch_size: 16}\n")
+    run = tmp_path / "run"
+    assert run_cli("train", config, "--run-dir", run).returncode == 0
+    result = run_cli("export", run, "--out", tmp_path / "model.onnx")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(tmp_path / "model.onnx")
+    from_onnx = json.loads(run_cli("eval", tmp_path / "model.onnx", "--json").stdout)
+    from_checkpoint = json.loads(run_cli("eval", run, "--json").stdout)
+    assert from_onnx["accuracy"] == from_checkpoint["accuracy"]
+    assert from_onnx["confusion_matrix"] == from_checkpoint["confusion_matrix"]
+    assert abs(from_onnx["loss"] - from_checkpoint["loss"]) < 1e-5
+
+
+def test_safetensors_weights_load_into_equivalent_torch_modules(tmp_path):
+    torch = pytest.importorskip("torch", reason="torch is not installed (pip install torch==2.13.0)")
+    from safetensors.numpy import save_file
+    from safetensors.torch import load_file
+
+    model, _ = build("fashion_cnn")
+    save_file({f"model/{k}": np.ascontiguousarray(v) for k, v in model.state_dict().items()},
+              str(tmp_path / "w.safetensors"))
+    tensors = load_file(str(tmp_path / "w.safetensors"))
+    nn = torch.nn
+    net = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Flatten(), nn.Linear(3136, 128), nn.ReLU(), nn.Dropout(0.3), nn.Linear(128, 10))
+    # The README's mapping: model/<index>.<name> is torch's '<index>.<name>' for the same layer order.
+    missing, unexpected = net.load_state_dict({k[len("model/"):]: v for k, v in tensors.items()}, strict=False)
+    assert unexpected == [] and all(name.endswith("num_batches_tracked") for name in missing)
+    net.eval()
+    x = R.normal(size=(4, 1, 28, 28)).astype(np.float32)
+    with no_grad():
+        ours = model(dltrain.tensor(x)).numpy()
+    with torch.no_grad():
+        theirs = net(torch.tensor(x)).numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+
