@@ -62,6 +62,7 @@ class TrainingConfig:
     grad_clip: PositiveFloat | None = None  # max global L2 norm of the gradients (also checks them for NaN/Inf)
     on_nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/Inf loss (or gradient): stop, or skip the batch
     max_nonfinite_skips: NonNegativeInt = 10  # with skip: stop after this many skipped batches
+    log_gradients: bool = False  # per-layer gradient norms each epoch -> gradients.csv (dltrain plot --gradients)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 

@@ -91,3 +91,47 @@ def _mark_best(summary: dict, rows, epochs, ax_loss, ax_acc, colour) -> None:
     ax.plot([best], [value], marker="*", markersize=14, color=colour, linestyle="none",
             label=f"best ({monitor}, epoch {best})")
     ax_loss.axvline(best, color=colour, linestyle=":", alpha=0.6)
+
+
+def plot_gradients(run_dirs: list, out: Path | None = None) -> Path:
+    """Weight-gradient norm of every layer against its depth, log scale, one line per epoch (gradients.csv)."""
+    import io  # noqa: PLC0415
+
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    from .rundir import GRADIENT_PLOT, GRADIENTS  # noqa: PLC0415
+
+    fig, axes = plt.subplots(1, len(run_dirs), figsize=(6.5 * len(run_dirs), 4.5), dpi=DPI, squeeze=False)
+    for ax, path in zip(axes[0], run_dirs):
+        run = RunDir(path)
+        rows = run.read_table(GRADIENTS)
+        if not rows:
+            raise DltrainError(f"{run.file(GRADIENTS)}: no gradient norms recorded (train with "
+                               "training.log_gradients: true)")
+        columns = [c for c in rows[0] if c.endswith(".weight_grad")]
+        depth = list(range(1, len(columns) + 1))
+        colours = plt.get_cmap("viridis")
+        for i, row in enumerate(rows):
+            values = [max(float(row[c]), 1e-30) for c in columns]
+            ax.plot(depth, values, marker="o", markersize=3, color=colours(i / max(len(rows) - 1, 1)),
+                    label=f"epoch {row['epoch']}" if i in (0, len(rows) - 1) else None)
+        ax.set_yscale("log")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_xlabel("layer with a weight matrix or kernel (input side = 1)")
+        ax.set_ylabel("mean L2 norm of the weight gradient")
+        ax.set_title(run.path.name)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    out = Path(out) if out else RunDir(run_dirs[0]).file(GRADIENT_PLOT)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    plt.close(fig)
+    try:
+        atomic_write(out, buffer.getvalue())
+    except OSError as exc:
+        raise DltrainError(f"cannot write {out}: {exc.strerror or exc}") from None
+    return out

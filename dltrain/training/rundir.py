@@ -29,7 +29,13 @@ CHECKPOINTS = "checkpoints"
 BEST = "checkpoints/best.safetensors"
 LAST = "checkpoints/last.safetensors"
 CURVES = "curves.png"
+GRADIENTS = "gradients.csv"  # with training.log_gradients
+GRADIENT_PLOT = "gradients.png"
 METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 class RunDirError(DltrainError):
@@ -41,6 +47,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results should read like any other file
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -109,27 +116,37 @@ class RunDir:
 
     def start_metrics(self, keep_epochs: int = 0) -> None:
         """A metrics.csv with the header and the rows of the first `keep_epochs` epochs (a torn line is dropped)."""
-        rows = [r for r in self.read_metrics() if int(r["epoch"]) <= keep_epochs] if keep_epochs else []
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        self._write(METRICS, buffer.getvalue().encode())
+        self.start_table(METRICS, METRIC_COLUMNS, keep_epochs)
 
     def append_metrics(self, row: dict) -> None:
+        self.append_row(METRICS, METRIC_COLUMNS, row)
+
+    def read_metrics(self) -> list[dict]:
+        return self.read_table(METRICS)
+
+    def start_table(self, name: str, columns, keep_epochs: int = 0) -> None:
+        """Write a per-epoch CSV anew: its header, then the kept rows of an earlier (resumed) run."""
+        rows = [r for r in self.read_table(name) if int(r["epoch"]) <= keep_epochs] if keep_epochs else []
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        self._write(name, buffer.getvalue().encode())
+
+    def append_row(self, name: str, columns, row: dict) -> None:
         line = io.StringIO()
-        csv.DictWriter(line, fieldnames=METRIC_COLUMNS, lineterminator="\n").writerow(row)
+        csv.DictWriter(line, fieldnames=list(columns), lineterminator="\n").writerow(row)
         try:
-            with open(self.file(METRICS), "a", encoding="utf-8") as f:
+            with open(self.file(name), "a", encoding="utf-8") as f:
                 f.write(line.getvalue())
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as exc:
-            raise RunDirError(f"cannot write {self.file(METRICS)}: {exc.strerror or exc}") from None
+            raise RunDirError(f"cannot write {self.file(name)}: {exc.strerror or exc}") from None
 
-    def read_metrics(self) -> list[dict]:
-        """Rows of metrics.csv as dicts of strings; an incomplete last line (a crash mid-write) is skipped."""
-        path = self.file(METRICS)
+    def read_table(self, name: str) -> list[dict]:
+        """Rows of a per-epoch CSV as dicts of strings; an incomplete last line (a crash mid-write) is skipped."""
+        path = self.file(name)
         if not path.is_file():
             return []
         text = path.read_text(encoding="utf-8")

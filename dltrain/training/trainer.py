@@ -26,6 +26,7 @@ from ..registry import losses, optimizers, schedules
 from . import rundir as files
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .early_stopping import EarlyStopping
+from .gradients import GradientMonitor
 from .rundir import RunDir, RunDirError
 
 np = backend.np
@@ -104,10 +105,13 @@ class Model:
             raise ShapeError(f"{last.path}: the model's output {format_shape(out)} does not fit the data's {what}; "
                              f"loss {self.loss.registry_name!r} expects {format_shape(expected)}")
 
-    def outputs(self, x: Tensor) -> Tensor:
+    def outputs(self, x: Tensor, watch=None) -> Tensor:
+        """The outputs the loss takes; `watch(layer, output)` sees every layer's output (gradient logging)."""
         layers = self.network.layers[:-1] if self.skips_softmax else self.network.layers
         for layer in layers:
             x = layer(x)
+            if watch is not None:
+                watch(layer, x)
         return x
 
     def evaluate(self, split: Split, batch_size: int) -> Evaluation:
@@ -178,6 +182,7 @@ class Trainer:
         self.start_epoch = 0
         self.global_step = 0
         self.skipped = 0  # batches skipped for non-finite values (training.on_nonfinite: skip)
+        self.gradients = GradientMonitor(self.model.network.layers) if cfg.training.log_gradients else None
         if self.resume:
             self._restore(self.resume)
 
@@ -256,6 +261,8 @@ class Trainer:
         order = backend.to_device(order, self.device)
         self.model.network.train()
         params = self.model.network.parameters()
+        if self.gradients:
+            self.gradients.start_epoch()
         loss_sum = 0.0
         correct = 0
         seen = 0
@@ -265,7 +272,7 @@ class Trainer:
             self.optimizer.lr = lr
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             x, y = train.x[idx], train.y[idx]
-            out = self.model.outputs(Tensor(x))
+            out = self.model.outputs(Tensor(x), watch=self.gradients.watch if self.gradients else None)
             loss = self.model.loss(out, y)
             value = float(loss.data)
             if not math.isfinite(value):
@@ -273,6 +280,8 @@ class Trainer:
                 continue
             self.optimizer.zero_grad()
             loss.backward()
+            if self.gradients:
+                self.gradients.after_backward()
             if cfg.grad_clip:
                 norm = clip_grad_norm(params, cfg.grad_clip)
                 if not math.isfinite(norm):
@@ -294,6 +303,8 @@ class Trainer:
     def fit(self) -> dict:
         started = time.perf_counter()
         self.run.start_metrics(keep_epochs=self.start_epoch)
+        if self.gradients:
+            self.run.start_table(files.GRADIENTS, self.gradients.header(), keep_epochs=self.start_epoch)
         self.completed = self.start_epoch  # epochs whose checkpoint is on disk
         self.trained_samples, self.train_seconds = 0, 0.0
         stop_reason, error = "completed", None
@@ -334,6 +345,8 @@ class Trainer:
             # This order keeps a crash between any two writes resumable: a metrics row or a best
             # checkpoint ahead of `last` is simply redone (identically) by the resumed run.
             self.run.append_metrics({k: (v if k == "epoch" else _fmt(v)) for k, v in row.items()})
+            if self.gradients:
+                self.run.append_row(files.GRADIENTS, self.gradients.header(), self.gradients.epoch_row(epoch + 1))
             if is_best:
                 self._save(files.BEST, epoch + 1)
             self._save(files.LAST, epoch + 1)

@@ -1,6 +1,7 @@
 """The training loop through the Python API: early stopping, best weights, resume, reproducibility, divergence."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -50,6 +51,10 @@ def test_metrics_header_and_files(tmp_path):
     header = (tmp_path / "run" / files.METRICS).read_text().splitlines()[0]
     assert header == "epoch,train_loss,train_accuracy,val_loss,val_accuracy,lr,seconds"
     assert (tmp_path / "run" / files.BEST).is_file() and (tmp_path / "run" / files.LAST).is_file()
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in (files.BEST, files.SUMMARY, files.METRICS):  # atomic writes keep the usual permissions
+        assert (tmp_path / "run" / name).stat().st_mode & 0o777 == 0o666 & ~umask
     assert summary["stop_reason"] == "completed" and summary["epochs_run"] == 6
     assert set(summary) >= {"best_epoch", "best_value", "test_accuracy", "total_seconds", "train_samples_per_second",
                             "dltrain_version", "seed", "device"}
