@@ -63,7 +63,7 @@ KEYS = [("seed",), ("data", "n_samples"), ("model", 0, "linear", "units"), ("mod
         ("data", "classes"), ("data", "name"), ("model",), ("model", 0),
         ("optimizer", "lr"), ("optimizer", "name"), ("training", "epochs"), ("training", "batch_size"),
         ("training",), ("loss",), ("device",)]
-VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.integers(10**9, 10**19),
+VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**4, 10**4), st.integers(10**9, 10**19),
                    st.floats(allow_nan=True),
                    st.text(max_size=8), st.lists(st.integers(-3, 3), max_size=3),
                    st.dictionaries(st.text(max_size=5), st.integers(0, 5), max_size=2))

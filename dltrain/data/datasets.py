@@ -16,14 +16,15 @@ from annotated_types import Gt, Le
 
 from .. import backend
 from ..errors import DataError
-from ..registry import NonNegativeFloat, PositiveInt, datasets
+from ..registry import NonNegativeFloat, datasets
 from .download import fetch
 from .files import read_csv, read_idx, read_npz
 
 np = backend.np
 
-# Generated sets are for learning and tests: up to ten million points.
+# Generated sets are for learning and tests: bounded so that a typo cannot exhaust memory.
 SampleCount = Annotated[int, Gt(0), Le(10_000_000)]
+SmallCount = Annotated[int, Gt(0), Le(10_000)]
 
 
 @dataclass
@@ -175,7 +176,7 @@ def xor(path: str | None = None, rng=None, n_samples: SampleCount = 400,
 
 
 @datasets.register("spirals")
-def spirals(path: str | None = None, rng=None, n_samples: SampleCount = 600, classes: PositiveInt = 3,
+def spirals(path: str | None = None, rng=None, n_samples: SampleCount = 600, classes: SmallCount = 3,
             noise: NonNegativeFloat = 0.2, turns: NonNegativeFloat = 1.0) -> RawData:
     """Interleaved 2-D spiral arms, one class each: easy to overfit, impossible for a linear model."""
     def make(rng, n):
@@ -200,8 +201,8 @@ def moons(path: str | None = None, rng=None, n_samples: SampleCount = 400,
 
 
 @datasets.register("blobs")
-def blobs(path: str | None = None, rng=None, n_samples: SampleCount = 500, classes: PositiveInt = 3,
-          features: PositiveInt = 2, spread: NonNegativeFloat = 1.0) -> RawData:
+def blobs(path: str | None = None, rng=None, n_samples: SampleCount = 500, classes: SmallCount = 3,
+          features: SmallCount = 2, spread: NonNegativeFloat = 1.0) -> RawData:
     """Gaussian clusters, one per class, with centres fixed by the seed."""
     centres = rng.uniform(-5, 5, size=(classes, features))
 

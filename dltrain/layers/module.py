@@ -15,7 +15,7 @@ from ..autograd import Tensor
 from ..errors import ShapeError
 from ..registry import initializers
 
-MAX_PARAMETER_VALUES = 1 << 31
+MAX_PARAMETER_VALUES = 1 << 28  # 268M values (1 GiB in float32) per parameter
 
 
 class Parameter(Tensor):

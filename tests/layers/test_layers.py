@@ -166,5 +166,5 @@ def test_train_eval_switch_reaches_nested_layers():
 
 def test_a_parameter_too_large_to_allocate_is_refused_by_name():
     with pytest.raises(ShapeError, match=r"model\[1\].linear: a parameter of shape \(10000000000, 4\) would hold "
-                                         r"40,000,000,000 values; at most 2,147,483,648 are allowed"):
+                                         r"40,000,000,000 values; at most 268,435,456 are allowed"):
         build_model(["relu", {"linear": {"units": 10 ** 10}}], (4,))
