@@ -294,7 +294,10 @@ def write_results(path: Path, results: dict, rate: float, args) -> None:
     for case, runs in results.items():
         for framework, values in runs.items():
             lines.append(f"- {case} {framework}: " + ", ".join(f"{r['samples_per_second']:,.0f}" for r in values))
-    path.write_text("\n".join(lines) + "\n")
+    kept = ""  # sections other scripts own (benchmarks/mpi_scaling.py) stay
+    if path.exists() and "\n## " in path.read_text():
+        kept = "\n## " + path.read_text().split("\n## ", 1)[1]
+    path.write_text("\n".join(lines) + "\n" + kept)
     print(f"wrote {path}")
 
 

@@ -91,11 +91,13 @@ def test_fuzzed_configs_exit_2_with_a_message_or_run(tmp_path, path, value, drop
     if run.exists():
         import shutil
         shutil.rmtree(run)
-    assert result.exit_code in (0, 2), result.output
+    assert result.exit_code in (0, 1, 2), result.output  # 1: a valid config whose run diverged (e.g. lr 705)
     assert not isinstance(result.exception, BaseException) or isinstance(result.exception, SystemExit), \
         repr(result.exception)
     if result.exit_code == 2:
         assert result.output.startswith("error: ") and "Traceback" not in result.output
+    if result.exit_code == 1:
+        assert "error: loss became" in result.output and "Traceback" not in result.output
 
 
 def _valid_checkpoint(directory: Path) -> bytes:

@@ -14,7 +14,7 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, evaluate and plot deep learning models described by one YAML file.")
 
-_state = {"debug": False}
+_state = {"debug": False, "silent": False}
 
 
 @app.callback()
@@ -33,7 +33,8 @@ def reports_errors(command):
         except DltrainError as exc:
             if _state["debug"]:
                 raise
-            print(str(exc) if exc.exit_code in (130, 143) else f"error: {exc}", file=sys.stderr)  # 130/143: stopped
+            if not _state["silent"]:
+                print(str(exc) if exc.exit_code in (130, 143) else f"error: {exc}", file=sys.stderr)  # 130/143: stopped
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             if _state["debug"]:

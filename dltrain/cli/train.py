@@ -21,17 +21,22 @@ def train(
     """Train a model from a YAML config; writes metrics, checkpoints and curves into a run directory."""
     from .. import backend  # noqa: PLC0415
     from ..config import load_config  # noqa: PLC0415
-    from ..errors import ConfigError  # noqa: PLC0415
+    from ..distributed import communicator  # noqa: PLC0415
+    from ..errors import ConfigError, DltrainError  # noqa: PLC0415
     from ..training import rundir as files  # noqa: PLC0415
     from ..training.checkpoint import load_checkpoint  # noqa: PLC0415
-    from ..training.reporting import make_reporter  # noqa: PLC0415
+    from ..training.reporting import SilentReporter, make_reporter  # noqa: PLC0415
     from ..training.trainer import Trainer  # noqa: PLC0415
 
+    comm = communicator()  # one rank without MPI; under mpiexec, rank 0 alone writes and prints
+    main = comm.rank == 0
+    if not main:
+        silence_errors()
     checkpoint = None
     if resume is not None:
         if run_dir is not None:
             raise ConfigError("--resume continues RUN_DIR itself; it cannot be combined with --run-dir")
-        run = files.RunDir(resume)
+        run = files.RunDir(resume, writable=main)
         if not run.path.is_dir():
             raise ConfigError(f"--resume {resume}: not a run directory")
         run.remove_stale_temporaries()
@@ -41,30 +46,47 @@ def train(
         if config is None:
             raise ConfigError("missing CONFIG: give a YAML config file (or --resume RUN_DIR)")
         cfg = load_config(config, set_)
-        run = files.RunDir(run_dir or files.default_run_dir(config))
+        path = comm.broadcast(run_dir or files.default_run_dir(config))  # one name, whatever each rank's clock
+        run = files.RunDir(path, writable=main)
     if device is not None:
         cfg.device = device
     resolved_device = backend.resolve_device(cfg.device)
 
-    reporter = make_reporter(quiet)
-    trainer = Trainer(cfg, run, resolved_device, reporter, resume=checkpoint)
+    reporter = make_reporter(quiet) if main else SilentReporter()
+    trainer = Trainer(cfg, run, resolved_device, reporter, resume=checkpoint, comm=comm)
     trainer.setup()  # data and model first: a bad dataset leaves no empty run directory behind
     if init_from is not None:
         if checkpoint is not None:
             raise ConfigError("--init-from starts a new run from a checkpoint's weights; --resume continues a run: "
                               "use one of them")
         trainer.load_weights(init_from)
-    if checkpoint is None:
-        run.create()
-        run.write_config(cfg.to_dict())
-    print(f"run directory: {run.path}", flush=True)
-    if checkpoint is not None:
-        print(f"resuming after epoch {trainer.start_epoch} of {cfg.training.epochs}", flush=True)
+    problem = None
+    if checkpoint is None and main:
+        try:
+            run.create()
+            run.write_config(cfg.to_dict())
+        except DltrainError as exc:
+            problem = exc
+    if comm.broadcast(problem is not None):  # every rank stops if rank 0 cannot write
+        raise problem or DltrainError("rank 0 could not create the run directory")
+    if main:
+        print(f"run directory: {run.path}" + (f" ({comm.size} ranks)" if comm.size > 1 else ""), flush=True)
+        if checkpoint is not None:
+            print(f"resuming after epoch {trainer.start_epoch} of {cfg.training.epochs}", flush=True)
     try:
         summary = trainer.fit()
     finally:
-        _plot_quietly(run.path)
-    _print_summary(summary)
+        if main:
+            _plot_quietly(run.path)
+    if main:
+        _print_summary(summary)
+
+
+def silence_errors() -> None:
+    """MPI ranks other than 0 exit with the same codes but leave the messages to rank 0."""
+    from . import _state  # noqa: PLC0415
+
+    _state["silent"] = True
 
 
 def _resumed_config(checkpoint, config_path, overrides):

@@ -78,14 +78,19 @@ def default_run_dir(config_path: str | Path, root: str | Path = "runs") -> Path:
 
 
 class RunDir:
-    def __init__(self, path: str | Path):
+    """The files of one run. With writable=False (MPI ranks other than 0) every write is skipped."""
+
+    def __init__(self, path: str | Path, writable: bool = True):
         self.path = Path(path)
+        self.writable = writable
 
     def file(self, name: str) -> Path:
         return self.path / name
 
     def create(self) -> None:
         """Make a new run directory; an existing non-empty one is never overwritten."""
+        if not self.writable:
+            return
         if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
             raise RunDirError(f"run directory {self.path} already exists and is not empty; choose another "
                               "--run-dir or continue it with --resume")
@@ -96,6 +101,8 @@ class RunDir:
 
     def remove_stale_temporaries(self) -> None:
         """Temporary files of writes a killed process never finished (the real files are intact)."""
+        if not self.writable:
+            return
         for path in self.path.rglob(".*.tmp"):
             path.unlink(missing_ok=True)
 
@@ -107,6 +114,8 @@ class RunDir:
         self._write(SUMMARY, (json.dumps(summary, indent=2) + "\n").encode())
 
     def _write(self, name: str, data: bytes) -> None:
+        if not self.writable:
+            return
         try:
             atomic_write(self.file(name), data)
         except OSError as exc:
@@ -134,6 +143,8 @@ class RunDir:
         self._write(name, buffer.getvalue().encode())
 
     def append_row(self, name: str, columns, row: dict) -> None:
+        if not self.writable:
+            return
         line = io.StringIO()
         csv.DictWriter(line, fieldnames=list(columns), lineterminator="\n").writerow(row)
         try:

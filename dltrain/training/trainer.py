@@ -18,6 +18,7 @@ from .. import __version__, backend
 from ..autograd import Tensor, no_grad
 from ..config import Config
 from ..data import Split, Splits, prepare
+from ..distributed import SingleProcess, shard
 from ..errors import CheckpointError, DltrainError, ShapeError
 from ..layers import Sequential, Softmax, build_model
 from ..layers.core import format_shape
@@ -147,8 +148,10 @@ def _fmt(value) -> str:
 
 
 class Trainer:
-    def __init__(self, config: Config, run: RunDir, device: str, reporter, resume: Checkpoint | None = None):
+    def __init__(self, config: Config, run: RunDir, device: str, reporter, resume: Checkpoint | None = None,
+                 comm=None):
         self.config = config
+        self.comm = comm or SingleProcess()
         self.run = run
         self.device = device
         self.reporter = reporter
@@ -164,6 +167,9 @@ class Trainer:
         shape = tuple(self.resume.data["input_shape"]) if self.resume else None
         self.splits = prepare(cfg.data, task, cfg.seed, self.device, stats=stats, expected_shape=shape)
         train = self.splits.train
+        if cfg.training.batch_size < self.comm.size:
+            raise DltrainError(f"training.batch_size {cfg.training.batch_size} is the global batch and must be at "
+                               f"least the number of ranks ({self.comm.size})")
         if cfg.training.batch_size > len(train):
             raise DltrainError(f"training.batch_size {cfg.training.batch_size} is larger than the training split "
                                f"({len(train)} samples); use a smaller batch or more data")
@@ -208,6 +214,8 @@ class Trainer:
             raise CheckpointError(f"--init-from {path}: its weights do not fit this config's model ({exc})") from None
 
     def _save(self, name: str, epoch: int) -> None:
+        if not self.run.writable:  # MPI ranks other than 0
+            return
         state = {"epoch": epoch, "global_step": self.global_step, "rng": backend.get_rng_state(),
                  "early_stopping": self.early.state_dict()}
         try:
@@ -252,6 +260,35 @@ class Trainer:
                 return f"the gradient of parameter {name}"
         return "the gradients"
 
+    def _sum_over_ranks(self, params, loss, out, y, local: int, total: int) -> tuple[float, int]:
+        """One Allreduce of one flat buffer: every gradient weighted by this rank's share of the global batch,
+        then the local loss sum and correct count. Afterwards every rank holds the global-batch gradient."""
+        xp = backend.xp_for(self.device)
+        grads = [p.grad if p.grad is not None else xp.zeros_like(p.data) for p in params]
+        right = 0 if self.model.task == "regression" else int((self.model.loss.predict(out.data) == y).sum())
+        stats = xp.asarray([float(loss.data) * local, right], dtype=grads[0].dtype)
+        flat = xp.concatenate([g.ravel() * (local / total) for g in grads] + [stats])
+        summed = self.comm.sum(flat)
+        offset = 0
+        for param, grad in zip(params, grads):
+            param.grad = summed[offset:offset + grad.size].reshape(grad.shape)
+            offset += grad.size
+        return float(summed[-2]) / total, int(round(float(summed[-1])))
+
+    def _evaluate(self, split: Split) -> tuple[float, float | None]:
+        """(loss, accuracy) on a split; with several ranks each evaluates its shard and the sums are reduced."""
+        batch_size = self.config.training.eval_batch_size
+        if self.comm.size == 1:
+            result = self.model.evaluate(split, batch_size)
+            return result.loss, result.accuracy
+        mine = shard(np.arange(len(split)), self.comm.rank, self.comm.size)  # a contiguous range
+        lo, hi = (int(mine[0]), int(mine[-1]) + 1) if len(mine) else (0, 0)
+        part = Split(split.x[lo:hi], split.y[lo:hi])
+        result = self.model.evaluate(part, batch_size) if len(part) else None
+        local = [result.loss * len(part), (result.accuracy or 0.0) * len(part), len(part)] if result else [0, 0, 0]
+        loss_sum, right, n = backend.to_numpy(self.comm.sum(np.asarray(local, dtype=np.float64)))
+        return loss_sum / n, None if self.model.task == "regression" else right / n
+
     def train_epoch(self, epoch: int) -> tuple[float, float | None, float]:
         """One pass over shuffled training data; returns (mean loss, accuracy, lr at the last step)."""
         cfg = self.config.training
@@ -270,16 +307,26 @@ class Trainer:
         for step in range(self.steps_per_epoch):
             lr = self.schedule.lr(epoch, step)
             self.optimizer.lr = lr
-            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            idx = shard(batch, self.comm.rank, self.comm.size) if self.comm.size > 1 else batch
             x, y = train.x[idx], train.y[idx]
             out = self.model.outputs(Tensor(x), watch=self.gradients.watch if self.gradients else None)
             loss = self.model.loss(out, y)
-            value = float(loss.data)
-            if not math.isfinite(value):
-                self._nonfinite(f"loss became {value}", self._first_nonfinite_output(x), epoch, step, lr)
-                continue
-            self.optimizer.zero_grad()
-            loss.backward()
+            if self.comm.size > 1:  # every rank must reach the Allreduce, so the check comes after it
+                self.optimizer.zero_grad()
+                loss.backward()
+                value, batch_correct = self._sum_over_ranks(params, loss, out, y, len(idx), len(batch))
+                if not math.isfinite(value):
+                    self._nonfinite(f"loss became {value}", self._first_nonfinite_output(x), epoch, step, lr)
+                    continue
+            else:
+                value = float(loss.data)
+                if not math.isfinite(value):
+                    self._nonfinite(f"loss became {value}", self._first_nonfinite_output(x), epoch, step, lr)
+                    continue
+                self.optimizer.zero_grad()
+                loss.backward()
+                batch_correct = None
             if self.gradients:
                 self.gradients.after_backward()
             if cfg.grad_clip:
@@ -289,10 +336,12 @@ class Trainer:
                     continue
             self.optimizer.step()
             self.global_step += 1
-            loss_sum += value * len(idx)
-            if self.model.task != "regression":
+            loss_sum += value * len(batch)
+            if batch_correct is not None:
+                correct += batch_correct
+            elif self.model.task != "regression":
                 correct += int((self.model.loss.predict(out.data) == y).sum())
-            seen += len(idx)
+            seen += len(batch)
             self.reporter.batch(epoch + 1, step + 1, loss_sum / seen, seen / (time.perf_counter() - started))
         if seen == 0:
             raise Diverged(f"every batch of epoch {epoch + 1} was skipped for non-finite values; stopped")
@@ -310,7 +359,8 @@ class Trainer:
         stop_reason, error = "completed", None
         self.reporter.start(self.config.training.epochs, self.steps_per_epoch)
         try:
-            with sigterm_interrupts():
+            # Overflow shows up as a non-finite loss, which is caught and reported: no numpy warnings.
+            with sigterm_interrupts(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 stop_reason = self._run_epochs()
         except Diverged as exc:
             stop_reason, error = "diverged", exc
@@ -333,15 +383,15 @@ class Trainer:
         cfg = self.config.training
         for epoch in range(self.start_epoch, cfg.epochs):
             epoch_start = time.perf_counter()
-            with np.errstate(over="ignore", invalid="ignore"):  # caught as a non-finite loss instead
-                train_loss, train_acc, lr = self.train_epoch(epoch)
+            train_loss, train_acc, lr = self.train_epoch(epoch)
             self.train_seconds += time.perf_counter() - epoch_start
             self.trained_samples += len(self.splits.train)
-            val = self.model.evaluate(self.splits.val, cfg.eval_batch_size) if self.splits.val else None
+            val_loss, val_accuracy = self._evaluate(self.splits.val) if self.splits.val else (None, None)
             row = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
-                   "val_loss": val.loss if val else None, "val_accuracy": val.accuracy if val else None,
+                   "val_loss": val_loss, "val_accuracy": val_accuracy,
                    "lr": lr, "seconds": time.perf_counter() - epoch_start}
             is_best, stop = self.early.update(epoch + 1, row)
+            stop = self.comm.broadcast(stop)  # every rank stops together, as rank 0 decides
             # This order keeps a crash between any two writes resumable: a metrics row or a best
             # checkpoint ahead of `last` is simply redone (identically) by the resumed run.
             self.run.append_metrics({k: (v if k == "epoch" else _fmt(v)) for k, v in row.items()})
@@ -362,9 +412,19 @@ class Trainer:
     def _finish(self, stop_reason: str, epochs_run: int, seconds: float) -> dict:
         best = self.run.file(files.BEST)
         # Diverged weights are useless, so the best ones come back even when restore_best is off.
-        restored = best.is_file() and (self.config.training.early_stopping.restore_best or stop_reason == "diverged")
-        if restored:
-            self.model.network.load_state_dict(load_checkpoint(best).model)
+        restore = self.config.training.early_stopping.restore_best or stop_reason == "diverged"
+        if self.comm.size == 1:
+            restored = restore and best.is_file()
+            if restored:
+                self.model.network.load_state_dict(load_checkpoint(best).model)
+        elif stop_reason == "interrupted":  # ranks stopped at different points: no more collectives
+            restored = False
+        else:  # rank 0 has the files; it hands the best weights to the others
+            state = load_checkpoint(best).model if self.run.writable and restore and best.is_file() else None
+            state = self.comm.broadcast(state)
+            restored = state is not None
+            if restored:
+                self.model.network.load_state_dict(state)
         summary = {
             "stop_reason": stop_reason,
             "epochs_run": epochs_run,
@@ -378,10 +438,14 @@ class Trainer:
             "seed": self.config.seed,
             "device": self.device,
         }
-        if self.splits.test is not None and (restored or stop_reason != "diverged"):
-            test = self.model.evaluate(self.splits.test, self.config.training.eval_batch_size)
-            summary["test_loss"] = test.loss
-            if test.accuracy is not None:
-                summary["test_accuracy"] = test.accuracy
+        collectives_ok = self.comm.size == 1 or stop_reason != "interrupted"
+        if self.splits.test is not None and (restored or stop_reason != "diverged") and collectives_ok:
+            test_loss, test_accuracy = self._evaluate(self.splits.test)
+            summary["test_loss"] = test_loss
+            if test_accuracy is not None:
+                summary["test_accuracy"] = test_accuracy
+        if self.comm.size > 1:
+            summary["ranks"] = self.comm.size
+            summary["allreduce_seconds"] = round(self.comm.seconds, 3)
         self.run.write_summary(summary)
         return summary

@@ -1,0 +1,99 @@
+"""Data-parallel training with MPI: 2 ranks give the metrics of 1 rank with the same global batch and seed."""
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dltrain.distributed import SingleProcess, shard
+
+BIN = Path(sys.executable).parent
+MPIEXEC = shutil.which("mpiexec", path=str(BIN)) or shutil.which("mpiexec")
+CONFIG = """\
+seed: 0
+data: {name: blobs, n_samples: 600, classes: 3}
+model: [{linear: {units: 16}}, tanh, {linear: {units: 3}}]
+optimizer: {name: sgd, lr: 0.1, momentum: 0.9}
+training: {epochs: EPOCHS, batch_size: 32, early_stopping: {patience: 100}}
+"""
+
+needs_mpi = pytest.mark.skipif(MPIEXEC is None, reason="MPI is not installed (pip install 'dltrain[mpi]')")
+
+
+def test_shards_cover_a_batch_once():
+    import numpy as np
+
+    batch = np.arange(10)
+    parts = [shard(batch, r, 3) for r in range(3)]
+    assert [len(p) for p in parts] == [3, 4, 3]
+    assert np.array_equal(np.concatenate(parts), batch)
+    assert SingleProcess().sum(batch) is batch
+
+
+def train(tmp_path, name, ranks, epochs=3):
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(CONFIG.replace("EPOCHS", str(epochs)))
+    command = [str(BIN / "dltrain"), "train", str(config), "--run-dir", str(tmp_path / name), "--quiet"]
+    if ranks > 1:
+        command = [MPIEXEC, "-n", str(ranks), *command]
+    return subprocess.run(command, capture_output=True, text=True, timeout=180)
+
+
+@needs_mpi
+def test_two_ranks_match_one_rank(tmp_path):
+    for name, ranks in (("one", 1), ("two", 2)):
+        result = train(tmp_path, name, ranks)
+        assert result.returncode == 0, result.stderr
+    rows = {}
+    for name in ("one", "two"):
+        with open(tmp_path / name / "metrics.csv") as f:
+            rows[name] = list(csv.DictReader(f))
+    assert len(rows["one"]) == len(rows["two"]) == 3
+    for a, b in zip(rows["one"], rows["two"]):
+        for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+            assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-5, abs=1e-6), key
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["ranks"] == 2
+    evaluated = subprocess.run([str(BIN / "dltrain"), "eval", str(tmp_path / "two"), "--json"],
+                               capture_output=True, text=True, timeout=60)
+    assert evaluated.returncode == 0
+    assert json.loads(evaluated.stdout)["accuracy"] == pytest.approx(summary["test_accuracy"])
+
+
+@needs_mpi
+def test_a_dying_rank_ends_the_job_instead_of_hanging(tmp_path):
+    config = tmp_path / "long.yaml"
+    config.write_text(CONFIG.replace("EPOCHS", "100000").replace("{patience: 100}", "false"))
+    process = subprocess.Popen([MPIEXEC, "-n", "2", str(BIN / "dltrain"), "train", str(config), "--run-dir",
+                                str(tmp_path / "run"), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    def rank_processes():
+        ranks = []
+        for entry in Path("/proc").iterdir():
+            try:
+                words = (entry / "cmdline").read_bytes().split(b"\0")
+            except (OSError, ValueError):
+                continue
+            if words and words[0].endswith(b"python3") or b"python" in words[0]:
+                if str(config).encode() in words and b"train" in words:
+                    ranks.append(int(entry.name))
+        return ranks
+
+    deadline = time.time() + 60
+    while time.time() < deadline and len(rank_processes()) < 2:
+        time.sleep(0.2)
+    time.sleep(2)  # both ranks are training
+    ranks = rank_processes()
+    assert len(ranks) == 2
+    started = time.time()
+    os.kill(ranks[-1], signal.SIGKILL)
+    output, _ = process.communicate(timeout=60)
+    assert time.time() - started < 30
+    assert process.returncode != 0 and "TERMINATED" in output
