@@ -23,8 +23,6 @@ def plot_runs(run_dirs: list, out: Path | None = None) -> Path:
     import matplotlib  # noqa: PLC0415 (slow import, only for plotting)
 
     matplotlib.use("Agg")
-    import io  # noqa: PLC0415
-
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     runs = []
@@ -68,6 +66,15 @@ def plot_runs(run_dirs: list, out: Path | None = None) -> Path:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
+    return _save_png(fig, out)
+
+
+def _save_png(fig, out: Path) -> Path:
+    """The figure as a PNG written atomically (a crash never leaves half an image)."""
+    import io  # noqa: PLC0415
+
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
@@ -95,8 +102,6 @@ def _mark_best(summary: dict, rows, epochs, ax_loss, ax_acc, colour) -> None:
 
 def plot_gradients(run_dirs: list, out: Path | None = None) -> Path:
     """Weight-gradient norm of every layer against its depth, log scale, one line per epoch (gradients.csv)."""
-    import io  # noqa: PLC0415
-
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
@@ -125,13 +130,4 @@ def plot_gradients(run_dirs: list, out: Path | None = None) -> Path:
         ax.set_title(run.path.name)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize="small")
-    fig.tight_layout()
-    out = Path(out) if out else RunDir(run_dirs[0]).file(GRADIENT_PLOT)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
-    plt.close(fig)
-    try:
-        atomic_write(out, buffer.getvalue())
-    except OSError as exc:
-        raise DltrainError(f"cannot write {out}: {exc.strerror or exc}") from None
-    return out
+    return _save_png(fig, Path(out) if out else RunDir(run_dirs[0]).file(GRADIENT_PLOT))
