@@ -54,7 +54,7 @@ def _check_4d(name: str, x: Tensor) -> None:
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 1) -> Tensor:
     """Cross-correlation of (N, C, H, W) input with (F, C, KH, KW) weight, plus bias (F,)."""
     if groups != 1:
-        raise NotImplementedError("conv2d: groups other than 1 are not supported")
+        raise ValueError(f"conv2d: groups must be 1 (grouped and depthwise convolutions are not offered), got {groups}")
     x = as_tensor(input)
     w = as_tensor(weight, like=x)
     b = None if bias is None else as_tensor(bias, like=x)
