@@ -342,3 +342,14 @@ def test_full_disk_ends_with_a_message_and_no_partial_files(tmp_path, tiny_files
     assert "No space left on device" in result.stderr and "Traceback" not in result.stderr
     leftovers = [p.name for p in run.rglob("*") if p.is_file() and p.suffix in (".tmp", ".safetensors")]
     assert leftovers == []  # neither a temporary nor a truncated checkpoint
+
+
+def test_asking_for_a_missing_gpu_says_what_is_missing(tmp_path):
+    from dltrain import backend
+
+    if backend.gpu_available():
+        pytest.skip("a GPU is available here")
+    result = dltrain("train", write(tmp_path, TINY), "--device", "gpu")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: device 'gpu' was asked for but ")
+    assert "Traceback" not in result.stderr
