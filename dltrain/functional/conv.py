@@ -119,22 +119,28 @@ def _correlate(data, w2, kernel, stride, padding, dilation, out_hw):
 
 
 def _col2im(g3, w2, x_shape, kernel, stride, padding, dilation, out_hw, chunk):
-    """Input gradient of a strided convolution: column gradients added back, one strided slice per kernel offset."""
+    """Input gradient of a convolution: for each kernel offset, one matrix product gives that offset's
+    contribution for every output pixel, added into a channels-last buffer (rows of N*C values, so the
+    adds run over long contiguous rows), which is turned back into NCHW at the end."""
     xp = backend.array_module(g3)
     n, c, h, width = x_shape
     kh, kw = kernel
     oh, ow = out_hw
-    grad = xp.zeros((n, c, h + 2 * padding[0], width + 2 * padding[1]), dtype=g3.dtype)
+    filters = g3.shape[1]
+    weight = w2.reshape(filters, c, kh, kw)
+    grad = xp.zeros((h + 2 * padding[0], width + 2 * padding[1], n, c), dtype=g3.dtype)
     for start in range(0, n, chunk):
         g_chunk = g3[start:start + chunk]
-        dcols = (w2.T @ g_chunk).reshape(len(g_chunk), c, kh, kw, oh, ow)
-        target = grad[start:start + len(g_chunk)]
+        m = len(g_chunk)
+        rows = xp.ascontiguousarray(g_chunk.transpose(2, 0, 1)).reshape(oh * ow * m, filters)  # (pixel, n) x F
+        target = grad[:, :, start:start + m]
         for i in range(kh):
             hs = slice(i * dilation[0], i * dilation[0] + stride[0] * (oh - 1) + 1, stride[0])
             for j in range(kw):
                 ws = slice(j * dilation[1], j * dilation[1] + stride[1] * (ow - 1) + 1, stride[1])
-                target[:, :, hs, ws] += dcols[:, :, i, j]
-    return grad[:, :, padding[0]:padding[0] + h, padding[1]:padding[1] + width]
+                target[hs, ws] += (rows @ weight[:, :, i, j]).reshape(oh, ow, m, c)
+    grad = grad[padding[0]:padding[0] + h, padding[1]:padding[1] + width]
+    return xp.ascontiguousarray(grad.transpose(2, 3, 0, 1))
 
 
 def _pool_geometry(name, x, kernel_size, stride, padding):
