@@ -361,11 +361,3 @@ def _cross_checks(config: Config, v: Validator) -> None:
 def config_from_dict(values: dict, source: str = "checkpoint") -> Config:
     """Re-validate a resolved config (from a checkpoint or a run directory): data, never code."""
     return validate(values, {}, source)
-
-
-def schema_params(kind: str) -> list[Param]:
-    """Parameters of a top-level section, for `dltrain` help listings."""
-    return dataclass_params({"training": TrainingConfig, "early_stopping": EarlyStoppingConfig,
-                             "data": DataConfig}[kind])
-
-
