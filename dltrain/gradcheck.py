@@ -53,30 +53,33 @@ def _weighted_sum(out, upstream) -> float:
     return float((np.asarray(backend.to_numpy(out.data), dtype=np.float64) * upstream).sum())
 
 
-def check_gradients(fn, arrays, wrt=None, seed: int = 0, atol: float = ATOL, rtol: float = RTOL) -> None:
+def check_gradients(fn, arrays, wrt=None, seed: int = 0, atol: float = ATOL, rtol: float = RTOL,
+                    device: str = "cpu") -> None:
     """Assert that autodiff and finite differences agree for `fn(*tensors)` at `arrays`.
 
     `wrt` lists the indices of the inputs to check (default: every floating-point input);
-    the others enter as constants (integer labels, masks).
+    the others enter as constants (integer labels, masks). The tensors live on `device`.
     """
     arrays = [np.array(a, dtype=np.float64) if np.asarray(a).dtype.kind == "f" else np.asarray(a)
               for a in arrays]
     if wrt is None:
         wrt = [i for i, a in enumerate(arrays) if a.dtype.kind == "f"]
     with backend.default_dtype_as(np.float64):
-        tensors = [Tensor(a.copy(), requires_grad=(i in wrt)) for i, a in enumerate(arrays)]
+        tensors = [Tensor(backend.to_device(a.copy(), device), requires_grad=(i in wrt))
+                   for i, a in enumerate(arrays)]
         out = fn(*tensors)
         upstream = np.random.default_rng(seed).standard_normal(out.shape)
-        out.backward(upstream)
+        out.backward(backend.to_device(upstream, device))
 
         def objective():
-            return _weighted_sum(fn(*[Tensor(a) for a in arrays]), upstream)
+            return _weighted_sum(fn(*[Tensor(backend.to_device(a, device)) for a in arrays]), upstream)
 
         for i in wrt:
             _compare(f"input {i}", tensors[i].grad, numerical_gradient(objective, arrays[i]), atol, rtol)
 
 
-def check_layer(layer, input_array, seed: int = 0, atol: float = ATOL, rtol: float = RTOL) -> None:
+def check_layer(layer, input_array, seed: int = 0, atol: float = ATOL, rtol: float = RTOL,
+                device: str = "cpu") -> None:
     """Build `layer` in float64 for the input's per-sample shape; check d/d input and every parameter.
 
     The engine is reseeded before every forward pass, so dropout draws the same mask each time.
@@ -85,19 +88,20 @@ def check_layer(layer, input_array, seed: int = 0, atol: float = ATOL, rtol: flo
         x_array = np.array(input_array, dtype=np.float64)
         if not layer.built:
             layer.build(x_array.shape[1:])
+        layer.to(device)
 
         def forward(x):
             backend.manual_seed(seed)
             return layer(x)
 
-        x = Tensor(x_array.copy(), requires_grad=True)
+        x = Tensor(backend.to_device(x_array.copy(), device), requires_grad=True)
         out = forward(x)
         upstream = np.random.default_rng(seed).standard_normal(out.shape)
         layer.zero_grad()
-        out.backward(upstream)
+        out.backward(backend.to_device(upstream, device))
 
         def objective():
-            return _weighted_sum(forward(Tensor(x_array)), upstream)
+            return _weighted_sum(forward(Tensor(backend.to_device(x_array, device))), upstream)
 
         _compare(f"{layer.path} input", x.grad, numerical_gradient(objective, x_array), atol, rtol)
         for name, param in layer.named_parameters():

@@ -20,11 +20,13 @@ def _raw(value):
 
 
 def cross_entropy(input, target, weight=None, ignore_index: int = -100, reduction: str = "mean",
-                  label_smoothing: float = 0.0) -> Tensor:
+                  label_smoothing: float = 0.0, check_targets: bool = True) -> Tensor:
     """Softmax cross-entropy from logits (N, C) or (N, C, d1, ...) and integer class targets.
 
     With class weights w and smoothing e, each sample's loss is
     (1 - e) * w[y] * -log p[y] + e / C * sum_c w[c] * -log p[c]; 'mean' divides by sum of w[y].
+    check_targets=False skips checking that targets lie in [0, C) (on a GPU that check waits for the
+    device); only for targets already checked, as the trainer checks its labels once when loading data.
     """
     _check_reduction(reduction)
     x = as_tensor(input)
@@ -37,7 +39,7 @@ def cross_entropy(input, target, weight=None, ignore_index: int = -100, reductio
                          f"got logits {x.shape} and targets {labels.shape}")
     classes = x.shape[1]
     if weight is None and not label_smoothing and reduction == "mean" and x.ndim == 2 and labels.size:
-        if int(labels.min()) >= 0 and int(labels.max()) < classes:
+        if not check_targets or (int(labels.min()) >= 0 and int(labels.max()) < classes):
             return _mean_cross_entropy(x, labels)
     # Classes on the last axis, samples flattened: logits (M, C), labels (M,).
     logits = xp.moveaxis(x.data, 1, -1).reshape(-1, classes)
@@ -89,6 +91,11 @@ def cross_entropy(input, target, weight=None, ignore_index: int = -100, reductio
 def _mean_cross_entropy(x: Tensor, labels) -> Tensor:
     """The training case: (N, C) logits, valid labels, mean over samples. Gradient: (softmax - onehot) / N."""
     xp = backend.array_module(x.data)
+    kernels = backend.fused(x.data)
+    if kernels:  # GPU: log-softmax and per-row losses in one kernel, the gradient in another
+        log_p, row_loss = kernels.log_softmax_nll(x.data, labels)
+        return make_result(row_loss.mean(), (x,), lambda g: (kernels.cross_entropy_backward(log_p, labels, g),),
+                           "cross_entropy")
     log_p = _stable_log_softmax(x.data, 1)
     rows = xp.arange(len(labels))
     out = -log_p[rows, labels].mean()

@@ -3,6 +3,10 @@
 Formulas follow torch.optim. Weight decay applies to parameters whose `decay` flag is set
 (weights), not to biases or normalization parameters, unless `decay_all: true`.
 Optimizer state is a plain dict of arrays (checkpointable as is).
+
+On the GPU the update is one fused kernel over one flat buffer: the parameters (and the state
+slots) become views of a single array, the gradients are gathered into one, and a step costs two
+kernel launches instead of several per parameter. The formulas are the same as the NumPy code.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class Optimizer:
         self.decay_all = decay_all
         self.steps = 0
         self.slots = {name: [None] * len(self.params) for name in self.slot_names}
+        self._flat = None  # GPU: (flat parameter buffer, {slot: flat buffer}, decay) once made
 
     def decays(self, param) -> bool:
         return self.weight_decay > 0 and (self.decay_all or param.decay)
@@ -62,12 +67,54 @@ class Optimizer:
 
     def step(self) -> None:
         self.steps += 1
+        kernels = backend.fused(self.params[0].data) if self.params else None
+        if kernels and all(p.grad is not None for p in self.params):
+            flat, slots, decay = self._flat_buffers()
+            grads = backend.array_module(flat).concatenate([p.grad.ravel() for p in self.params])
+            self.fused_update(kernels, flat, grads.astype(flat.dtype, copy=False), slots, decay)
+            return
         for i, p in enumerate(self.params):
             if p.grad is not None:
                 self.update(i, p, p.grad)
 
     def update(self, index: int, param, grad) -> None:
         raise NotImplementedError(f"{type(self).__name__} must define update()")
+
+    def fused_update(self, kernels, flat, grads, slots: dict, decay) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must define fused_update()")
+
+    def _flat_buffers(self):
+        """(flat parameters, {slot name: flat slot}, per-element weight decay or 0.0), made once and
+        again whenever a parameter or slot array was replaced since (checkpoint loading)."""
+        if self._flat is not None:
+            flat, slots, decay, views = self._flat
+            if all(p.data is v for p, v in zip(self.params, views[None])) and all(
+                    a is v for name in self.slot_names for a, v in zip(self.slots[name], views[name])):
+                return flat, slots, decay
+        xp = backend.array_module(self.params[0].data)
+        dtype = self.params[0].data.dtype
+        sizes = [p.size for p in self.params]
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+
+        def flatten(arrays):
+            flat = xp.concatenate([xp.asarray(a, dtype=dtype).ravel() for a in arrays])
+            return flat, [flat[s:s + n].reshape(p.shape) for s, n, p in zip(starts, sizes, self.params)]
+
+        flat, views = flatten(p.data for p in self.params)
+        for p, view in zip(self.params, views):
+            p.data = view
+        all_views = {None: views}
+        slots = {}
+        for name in self.slot_names:
+            slots[name], all_views[name] = flatten(a if a is not None else xp.zeros(p.shape, dtype)
+                                                   for a, p in zip(self.slots[name], self.params))
+            self.slots[name] = list(all_views[name])
+        decay = 0.0
+        if self.weight_decay > 0:
+            decay = xp.concatenate([xp.full(p.size, self.weight_decay if self.decays(p) else 0.0, dtype)
+                                    for p in self.params])
+        self._flat = (flat, slots, decay, all_views)
+        return flat, slots, decay
 
     def slot(self, name: str, index: int, like):
         """A zero-initialised state array (e.g. momentum) for parameter `index`."""
@@ -104,6 +151,8 @@ class SGD(Optimizer):
             raise ValueError("nesterov momentum needs momentum > 0")
         self.momentum = momentum
         self.nesterov = nesterov
+        if not momentum:  # plain SGD keeps no state (the NumPy update never makes a velocity)
+            self.slot_names = ()
 
     def update(self, index, param, grad):
         if self.decays(param):
@@ -114,6 +163,9 @@ class SGD(Optimizer):
             velocity += grad
             grad = grad + self.momentum * velocity if self.nesterov else velocity
         param.data -= self.lr * grad
+
+    def fused_update(self, kernels, flat, grads, slots, decay):
+        kernels.sgd_step(flat, grads, slots.get("velocity"), decay, self.lr, self.momentum, self.nesterov)
 
 
 @optimizers.register("adam")
@@ -144,6 +196,10 @@ class Adam(Optimizer):
         step_size = self.lr / (1 - self.beta1 ** self.steps)
         denom = xp.sqrt(v) / math.sqrt(1 - self.beta2 ** self.steps) + self.eps
         param.data -= step_size * m / denom
+
+    def fused_update(self, kernels, flat, grads, slots, decay):
+        kernels.adam_step(flat, grads, slots["m"], slots["v"], decay, self.lr, self.beta1, self.beta2, self.eps,
+                          self.steps, self.decoupled)
 
 
 @optimizers.register("adamw")

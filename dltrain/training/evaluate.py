@@ -8,7 +8,7 @@ from .. import backend
 from ..autograd import Tensor
 from ..config import config_from_dict
 from ..data import prepare
-from ..errors import CheckpointError, DltrainError, ShapeError
+from ..errors import CheckpointError, DataError, DltrainError, ShapeError
 from ..registry import losses
 from . import rundir as files
 from .checkpoint import load_checkpoint
@@ -121,6 +121,10 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", data_path: str | 
     except ShapeError as exc:
         raise ShapeError(f"{ckpt.path}: {exc}") from None
     chosen = _choose_split(splits, split)
+    trained_classes = ckpt.data.get("classes")
+    if task == "classification" and trained_classes is not None and splits.classes > trained_classes:
+        raise DataError(f"{config.data.get('path') or config.data['name']}: labels go up to {splits.classes - 1} "
+                        f"but {ckpt.path} was trained on {trained_classes} classes (0..{trained_classes - 1})")
     model = Model(config, splits.input_shape, ckpt.data.get("classes"), ckpt.data.get("target_width"))
     try:
         model.network.load_state_dict(ckpt.model)

@@ -32,6 +32,10 @@ from .rundir import RunDir, RunDirError
 
 np = backend.np
 
+# On a GPU the step's loss stays on the device and is read every this many steps (reading it waits
+# for the GPU to finish, which would stall the queue of kernels every step).
+DEVICE_READ_EVERY = 50
+
 
 class Diverged(DltrainError):
     """The loss became NaN or infinite."""
@@ -116,21 +120,25 @@ class Model:
         return x
 
     def evaluate(self, split: Split, batch_size: int) -> Evaluation:
-        """Loss (sample-weighted mean), accuracy and predictions on a whole split, in eval mode."""
+        """Loss (sample-weighted mean), accuracy and predictions on a whole split, in eval mode.
+        Losses and predictions stay on the device until the end: one transfer, not one per batch."""
         was_training = self.network.training
         self.network.eval()
-        total_loss = 0.0
-        predictions = []
+        xp = backend.array_module(split.x)
+        losses, sizes, predictions = [], [], []
         try:
             with no_grad():
                 for start in range(0, len(split), batch_size):
                     x, y = split.x[start:start + batch_size], split.y[start:start + batch_size]
                     out = self.outputs(Tensor(x))
-                    total_loss += float(self.loss(out, y).data) * len(x)
-                    predictions.append(backend.to_numpy(self.loss.predict(out.data)))
+                    losses.append(self.loss(out, y).data)
+                    sizes.append(len(x))
+                    predictions.append(self.loss.predict(out.data))
         finally:
             self.network.train(was_training)
-        predictions = np.concatenate(predictions)
+        weighted = xp.stack(losses).astype(xp.float64) * xp.asarray(sizes, dtype=xp.float64)
+        total_loss = float(weighted.sum())
+        predictions = backend.to_numpy(xp.concatenate(predictions))
         targets = backend.to_numpy(split.y)
         accuracy = None if self.task == "regression" else float((predictions == targets).mean())
         return Evaluation(total_loss / len(split), accuracy, predictions, targets)
@@ -189,6 +197,8 @@ class Trainer:
         self.global_step = 0
         self.skipped = 0  # batches skipped for non-finite values (training.on_nonfinite: skip)
         self.gradients = GradientMonitor(self.model.network.layers) if cfg.training.log_gradients else None
+        # see train_epoch; tests turn it on for the CPU, where the same code runs on NumPy
+        self.defer_loss_reads = self.device != "cpu" and self.comm.size == 1 and cfg.training.on_nonfinite == "stop"
         if self.resume:
             self._restore(self.resume)
 
@@ -290,7 +300,11 @@ class Trainer:
         return loss_sum / n, None if self.model.task == "regression" else right / n
 
     def train_epoch(self, epoch: int) -> tuple[float, float | None, float]:
-        """One pass over shuffled training data; returns (mean loss, accuracy, lr at the last step)."""
+        """One pass over shuffled training data; returns (mean loss, accuracy, lr at the last step).
+
+        On the CPU every step's loss is read and checked before the update. On a GPU (one process,
+        training.on_nonfinite: stop) losses and correct counts accumulate on the device and are read
+        every DEVICE_READ_EVERY steps, so the host never waits for the GPU in between."""
         cfg = self.config.training
         train = self.splits.train
         n = len(train)
@@ -300,6 +314,11 @@ class Trainer:
         params = self.model.network.parameters()
         if self.gradients:
             self.gradients.start_epoch()
+        xp = backend.xp_for(self.device)
+        deferred = self.defer_loss_reads
+        step_losses = xp.empty(self.steps_per_epoch, dtype=backend.default_dtype()) if deferred else None
+        correct_on_device = xp.zeros((), dtype=xp.int64) if deferred else None
+        pending: list[tuple[int, int]] = []  # (step, batch size) whose loss is still on the device
         loss_sum = 0.0
         correct = 0
         seen = 0
@@ -312,6 +331,7 @@ class Trainer:
             x, y = train.x[idx], train.y[idx]
             out = self.model.outputs(Tensor(x), watch=self.gradients.watch if self.gradients else None)
             loss = self.model.loss(out, y)
+            batch_correct = None
             if self.comm.size > 1:  # every rank must reach the Allreduce, so the check comes after it
                 self.optimizer.zero_grad()
                 loss.backward()
@@ -319,6 +339,10 @@ class Trainer:
                 if not math.isfinite(value):
                     self._nonfinite(f"loss became {value}", self._first_nonfinite_output(x), epoch, step, lr)
                     continue
+            elif deferred:
+                step_losses[step] = loss.data
+                self.optimizer.zero_grad()
+                loss.backward()
             else:
                 value = float(loss.data)
                 if not math.isfinite(value):
@@ -326,7 +350,6 @@ class Trainer:
                     continue
                 self.optimizer.zero_grad()
                 loss.backward()
-                batch_correct = None
             if self.gradients:
                 self.gradients.after_backward()
             if cfg.grad_clip:
@@ -336,18 +359,50 @@ class Trainer:
                     continue
             self.optimizer.step()
             self.global_step += 1
-            loss_sum += value * len(batch)
-            if batch_correct is not None:
-                correct += batch_correct
-            elif self.model.task != "regression":
-                correct += int((self.model.loss.predict(out.data) == y).sum())
-            seen += len(batch)
+            if deferred:
+                if self.model.task != "regression":
+                    correct_on_device += (self.model.loss.predict(out.data) == y).sum()
+                pending.append((step, len(batch)))
+                if len(pending) < DEVICE_READ_EVERY and step + 1 < self.steps_per_epoch:
+                    continue
+                loss_sum, seen = self._read_step_losses(step_losses, pending, loss_sum, seen, epoch, order)
+                pending = []
+            else:
+                loss_sum += value * len(batch)
+                if batch_correct is not None:
+                    correct += batch_correct
+                elif self.model.task != "regression":
+                    correct += int((self.model.loss.predict(out.data) == y).sum())
+                seen += len(batch)
             self.reporter.batch(epoch + 1, step + 1, loss_sum / seen, seen / (time.perf_counter() - started))
         if seen == 0:
             raise Diverged(f"every batch of epoch {epoch + 1} was skipped for non-finite values; stopped")
+        if deferred:
+            correct = int(correct_on_device)
         width = 1 if self.model.task == "classification" else train.y.shape[1]
         accuracy = None if self.model.task == "regression" else correct / (seen * width)
         return loss_sum / seen, accuracy, lr
+
+    def _read_step_losses(self, step_losses, pending, loss_sum: float, seen: int, epoch: int, order):
+        """Read the losses of the pending steps (one transfer) and add them up; stop at a non-finite one,
+        naming its step and, when the weights are still finite, the first layer whose output is not."""
+        first, last = pending[0][0], pending[-1][0]
+        values = backend.to_numpy(step_losses[first:last + 1]).astype(np.float64)
+        for (step, size), value in zip(pending, values):
+            if not math.isfinite(value):
+                xp = backend.xp_for(self.device)
+                if all(bool(xp.isfinite(p.data).all()) for p in self.model.network.parameters()):
+                    batch_size = self.config.training.batch_size
+                    where = self._first_nonfinite_output(self.splits.train.x[order[step * batch_size:
+                                                                                   (step + 1) * batch_size]])
+                else:
+                    where = (f"not traced: the weights were already non-finite when the loss was read (on the GPU "
+                             f"it is read every {DEVICE_READ_EVERY} steps; training.on_nonfinite: skip reads every "
+                             f"step)")
+                self._nonfinite(f"loss became {value}", where, epoch, step, self.schedule.lr(epoch, step))
+            loss_sum += value * size
+            seen += size
+        return loss_sum, seen
 
     def fit(self) -> dict:
         started = time.perf_counter()

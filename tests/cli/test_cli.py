@@ -320,6 +320,14 @@ def test_eval_with_data_of_another_shape_names_both_shapes(tmp_path):
     assert result.returncode == 2
     assert "trained on inputs of per-sample shape (2,), but the data has shape (3,)" in result.stderr
 
+    np.savez(tmp_path / "more_classes.npz", x=rng.normal(size=(100, 2)), y=rng.integers(0, 5, 100),
+             x_test=rng.normal(size=(20, 2)), y_test=np.arange(20) % 5)
+    result = dltrain("eval", tmp_path / "run", "--data", tmp_path / "more_classes.npz")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    best = tmp_path / "run" / "checkpoints" / "best.safetensors"
+    assert f"{tmp_path / 'more_classes.npz'}: labels go up to 4 but {best} was trained on 3 classes (0..2)" \
+        in result.stderr
+
 
 @pytest.fixture
 def tiny_filesystem(tmp_path):

@@ -66,10 +66,11 @@ def test_conv2d_matches_nested_loops_forward(case):
 
 
 @pytest.mark.parametrize("case", CONV_CASES)
-def test_conv2d_gradients(case):
+def test_conv2d_gradients(case, device):
     xs, ws, stride, padding, dilation, bias = case
     arrays = [R.standard_normal(xs), R.standard_normal(ws)] + ([R.standard_normal(ws[0])] if bias else [])
-    check_gradients(lambda x, w, *b: F.conv2d(x, w, *b, stride=stride, padding=padding, dilation=dilation), arrays)
+    check_gradients(lambda x, w, *b: F.conv2d(x, w, *b, stride=stride, padding=padding, dilation=dilation), arrays,
+                    device=device)
 
 
 def test_conv2d_backward_matches_nested_loop_reference():
@@ -119,12 +120,12 @@ def test_pools_match_nested_loops(k, stride, padding):
 
 
 @pytest.mark.parametrize("k, stride, padding", [(2, 2, 0), (3, 2, 1), (3, 1, 0)])
-def test_pool_gradients(k, stride, padding):
+def test_pool_gradients(k, stride, padding, device):
     x = R.permutation(2 * 2 * 5 * 6).reshape(2, 2, 5, 6) * 0.1  # distinct values: no ties near the step
-    check_gradients(lambda t: F.max_pool2d(t, k, stride, padding), [x])
-    check_gradients(lambda t: F.avg_pool2d(t, k, stride, padding), [R.standard_normal((2, 2, 5, 6))])
+    check_gradients(lambda t: F.max_pool2d(t, k, stride, padding), [x], device=device)
+    check_gradients(lambda t: F.avg_pool2d(t, k, stride, padding), [R.standard_normal((2, 2, 5, 6))], device=device)
     check_gradients(lambda t: F.avg_pool2d(t, k, stride, padding, count_include_pad=False),
-                    [R.standard_normal((1, 2, 5, 6))])
+                    [R.standard_normal((1, 2, 5, 6))], device=device)
 
 
 def test_max_pool_routes_a_tie_to_exactly_one_input():

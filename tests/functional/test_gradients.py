@@ -113,9 +113,9 @@ CASES = {
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_gradient_matches_finite_differences(name):
+def test_gradient_matches_finite_differences(name, device):
     fn, inputs = CASES[name]
-    check_gradients(fn, inputs)
+    check_gradients(fn, inputs, device=device)
 
 
 def test_shared_subexpression_accumulates():

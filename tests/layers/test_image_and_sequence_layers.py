@@ -36,12 +36,12 @@ LAYER_CASES = {  # spec, input shape (batch first)
 
 
 @pytest.mark.parametrize("name", sorted(LAYER_CASES))
-def test_layer_gradients(name):
+def test_layer_gradients(name, device):
     spec, shape = LAYER_CASES[name]
     x = R.standard_normal(shape)
     if name.startswith("max_pool"):
         x = R.permutation(x.size).reshape(shape) * 0.01  # distinct values, no ties
-    check_layer(build_layer(spec), x)
+    check_layer(build_layer(spec), x, device=device)
 
 
 def test_embedding_gradient_accumulates_repeated_tokens():

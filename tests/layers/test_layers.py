@@ -27,12 +27,12 @@ LAYER_SPECS = {
 
 
 @pytest.mark.parametrize("name", sorted(LAYER_SPECS))
-def test_layer_gradients(name):
+def test_layer_gradients(name, device):
     spec, shape = LAYER_SPECS[name]
     x = R.standard_normal(shape)
     if name in ("relu", "leaky_relu"):
         x = np.where(np.abs(x) < 0.05, 0.1, x)  # off the kink
-    check_layer(build_layer(spec), x)
+    check_layer(build_layer(spec), x, device=device)
 
 
 def test_batchnorm_eval_gradients_use_running_statistics():

@@ -2,7 +2,8 @@
 
 Everything else asks it for `xp` (the array module of a device or of an array), for the
 default float dtype, and for random numbers, so that CPU and GPU code paths are the same code.
-CuPy stays optional: it is imported the first time a GPU is asked for.
+CuPy stays optional: it is imported the first time a GPU is asked for. On the GPU, a few hot
+chains of ops also have fused kernels (backend/cuda.py), handed out by `fused(array)`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 
 import numpy
 
-from .errors import DeviceError
+from ..errors import DeviceError
 
 # Host-side NumPy, for code that works on host arrays (file formats, metrics, plots).
 np = numpy
@@ -22,6 +23,8 @@ np = numpy
 DEVICES = ("cpu", "gpu", "auto")
 
 _cupy = None  # the cupy module once imported successfully
+_cuda_kernels = None  # backend/cuda.py once imported
+_fused_enabled = True
 _cupy_error: str | None = None  # why importing or using cupy failed
 _default_dtype = numpy.dtype(numpy.float32)
 _host_rng = numpy.random.Generator(numpy.random.PCG64(0))
@@ -127,6 +130,37 @@ def to_numpy(array):
     if _cupy is not None and isinstance(array, _cupy.ndarray):
         return _cupy.asnumpy(array)
     return numpy.asarray(array)
+
+
+def fused(array):
+    """The fused GPU kernels (backend/cuda.py) when `array` lives on the GPU; None on the CPU.
+
+    Ops use them as `kernels = backend.fused(x); if kernels: ...`, keeping their NumPy code for the CPU.
+    """
+    global _cuda_kernels
+    if not _fused_enabled or _cupy is None or not isinstance(array, _cupy.ndarray):
+        return None
+    if _cuda_kernels is None:
+        from . import cuda  # noqa: PLC0415 (needs cupy, so only once a GPU is in use)
+
+        _cuda_kernels = cuda
+    return _cuda_kernels if _cuda_kernels.supports(array.dtype) else None
+
+
+def fused_enabled() -> bool:
+    return _fused_enabled
+
+
+@contextlib.contextmanager
+def fused_kernels(enabled: bool):
+    """Turn the fused GPU kernels off (or on) for a while: tests compare both paths, benchmarks time both."""
+    global _fused_enabled
+    previous = _fused_enabled
+    _fused_enabled = enabled
+    try:
+        yield
+    finally:
+        _fused_enabled = previous
 
 
 def synchronize(device: str) -> None:

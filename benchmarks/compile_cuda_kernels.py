@@ -1,0 +1,85 @@
+"""Compile every CUDA kernel of dltrain/backend/cuda.py with NVRTC, no GPU needed.
+
+    python benchmarks/compile_cuda_kernels.py
+
+Needs CuPy's NVRTC library (pip install cupy-cuda12x nvidia-cuda-nvrtc-cu12); a machine without a
+GPU or driver is fine. Catches syntax and type errors in the kernels before a GPU session.
+The elementwise snippets are wrapped the way CuPy wraps them (each parameter a local of type T).
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+from pathlib import Path
+
+from cupy_backends.cuda.libs import nvrtc
+
+SOURCE = Path(__file__).resolve().parent.parent / "dltrain" / "backend" / "cuda.py"
+CTYPES = {"T": None, "int64": "long long", "int32": "int", "bool": "bool"}
+
+
+def compile_source(code: str, name: str) -> str | None:
+    """None when NVRTC compiles `code`, else its log."""
+    program = nvrtc.createProgram(code, f"{name}.cu", [], [])
+    try:
+        nvrtc.compileProgram(program, ["--std=c++14", "-arch=compute_90"])
+    except Exception:  # noqa: BLE001 (NVRTC's own error type; the log says what failed)
+        return nvrtc.getProgramLog(program)
+    return None
+
+
+def elementwise_kernels(tree):
+    """(name, in_params, out_params, operation) of every cupy.ElementwiseKernel(...) call."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "ElementwiseKernel":
+            yield tuple(ast.literal_eval(arg) for arg in node.args[:4])
+
+
+def wrap(in_params: str, out_params: str, operation: str, ctype: str) -> str:
+    lines = [f"typedef {ctype} T;", 'extern "C" __global__ void k(long long n) {', "  long long i = 0;"]
+    for param in [p.strip() for p in (in_params + "," + out_params).split(",") if p.strip()]:
+        words = param.split()
+        raw = words[0] == "raw"
+        dtype, name = words[-2], words[-1]
+        ctype_of = ctype if dtype == "T" else CTYPES[dtype]
+        lines.append(f"  {ctype_of}* {name}_ptr = 0;" if raw else f"  {ctype_of} {name} = 0;")
+        if raw:
+            lines.append(f"  {ctype_of}* {name} = {name}_ptr;")
+    lines += ["  {", operation + ";", "  }", "}"]  # CuPy appends the semicolon too
+    return "\n".join(lines)
+
+
+def instantiate(raw: str, kernel: str, ctype: str) -> str:
+    """An explicit instantiation, as CuPy's name_expressions make NVRTC emit."""
+    params = re.search(kernel + r"\(([^)]*)\)", raw).group(1)
+    params = re.sub(r"\bT\b", ctype, params)
+    return f"template __global__ void {kernel}<{ctype}>({params});"
+
+
+def main() -> int:
+    text = SOURCE.read_text()
+    tree = ast.parse(text)
+    failures = 0
+    for in_params, out_params, operation, name in elementwise_kernels(tree):
+        for ctype in ("float", "double"):
+            log = compile_source(wrap(in_params, out_params, operation, ctype), name)
+            print(f"{name}<{ctype}>: {'ok' if log is None else 'FAILED'}")
+            if log:
+                print(log)
+                failures += 1
+    raw = ast.literal_eval(next(n.value for n in tree.body if isinstance(n, ast.Assign)
+                                and getattr(n.targets[0], "id", "") == "_SOURCE"))
+    kernels = sorted(set(re.findall(r"__global__ void (\w+)", raw)))
+    instantiations = "\n".join(instantiate(raw, kernel, ctype) for kernel in kernels for ctype in ("float", "double"))
+    log = compile_source(raw + "\n" + instantiations, "raw_module")
+    print(f"raw kernels {', '.join(kernels)} (float, double): {'ok' if log is None else 'FAILED'}")
+    if log:
+        print(log)
+        failures += 1
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

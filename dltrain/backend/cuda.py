@@ -1,0 +1,206 @@
+"""Fused CUDA kernels: what NumPy-style code cannot do in one pass on the GPU.
+
+Every CuPy call is one kernel launch that reads and writes whole arrays, and a small model's step
+is bound by launches, not arithmetic. So the chains that run every step are single kernels here:
+the ReLU gradient, the dropout mask and its product, softmax cross-entropy (loss and gradient),
+col2im, and the SGD / Adam updates over one flat parameter buffer. The ops in dltrain/functional
+use them through `backend.fused(array)`, which is None on the CPU (NumPy keeps its own code).
+
+Imported only after CuPy has found a GPU; kernels compile on first use and CuPy caches them on disk.
+"""
+
+from __future__ import annotations
+
+import cupy
+
+# ---------------------------------------------------------------- elementwise
+
+_relu_backward = cupy.ElementwiseKernel(
+    "T grad, T out", "T grad_in",
+    "grad_in = out > (T)0 ? grad : (T)0",
+    "dltrain_relu_backward")
+
+_dropout = cupy.ElementwiseKernel(
+    "T x, T uniform, T p, T scale", "T y, T mask",
+    "mask = uniform >= p ? scale : (T)0; y = x * mask",
+    "dltrain_dropout")
+
+# (softmax - onehot(label)) * upstream / n, from the saved log-probabilities; one pass over (n, classes).
+_cross_entropy_backward = cupy.ElementwiseKernel(
+    "T log_p, raw int64 labels, raw T upstream, int64 classes, T inv_n", "T grad",
+    """
+    const long long row = i / classes;
+    const T hit = labels[row] == i % classes ? (T)1 : (T)0;
+    grad = (exp(log_p) - hit) * upstream[0] * inv_n;
+    """,
+    "dltrain_cross_entropy_backward")
+
+_sgd = cupy.ElementwiseKernel(
+    "T grad, T decay, T lr", "T param",
+    "param -= lr * (grad + decay * param)",
+    "dltrain_sgd")
+
+_sgd_momentum = cupy.ElementwiseKernel(
+    "T grad, T decay, T lr, T momentum, int32 nesterov", "T param, T velocity",
+    """
+    const T g = grad + decay * param;
+    const T v = momentum * velocity + g;
+    velocity = v;
+    param -= lr * (nesterov ? g + momentum * v : v);
+    """,
+    "dltrain_sgd_momentum")
+
+# torch.optim.Adam / AdamW; bias1 = 1 - beta1^t, bias2_sqrt = sqrt(1 - beta2^t).
+_adam = cupy.ElementwiseKernel(
+    "T grad, T decay, T lr, T beta1, T beta2, T eps, T bias1, T bias2_sqrt, int32 decoupled",
+    "T param, T m, T v",
+    """
+    T g = grad;
+    if (decoupled) { param *= (T)1 - lr * decay; } else { g += decay * param; }
+    const T m_new = beta1 * m + ((T)1 - beta1) * g;
+    const T v_new = beta2 * v + ((T)1 - beta2) * g * g;
+    m = m_new;
+    v = v_new;
+    param -= (lr / bias1) * m_new / (sqrt(v_new) / bias2_sqrt + eps);
+    """,
+    "dltrain_adam")
+
+# ---------------------------------------------------------------- row- and image-shaped kernels
+
+_SOURCE = r"""
+// One warp per row: max, sum of exponentials and log-sum-exp by warp shuffles; writes the
+// log-probabilities (saved for the gradient) and the row's loss -log p[label].
+template <typename T>
+__global__ void log_softmax_nll(const T* logits, const long long* labels, T* log_p, T* row_loss,
+                                int rows, int classes) {
+    const int row = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    const T* x = logits + (long long)row * classes;
+    T* out = log_p + (long long)row * classes;
+    T peak = x[0];
+    for (int c = lane; c < classes; c += 32) peak = max(peak, x[c]);
+    for (int offset = 16; offset > 0; offset /= 2) peak = max(peak, __shfl_xor_sync(0xffffffff, peak, offset));
+    T total = 0;
+    for (int c = lane; c < classes; c += 32) total += exp(x[c] - peak);
+    for (int offset = 16; offset > 0; offset /= 2) total += __shfl_xor_sync(0xffffffff, total, offset);
+    const T log_sum = peak + log(total);
+    for (int c = lane; c < classes; c += 32) out[c] = x[c] - log_sum;
+    if (lane == 0) row_loss[row] = log_sum - x[labels[row]];
+}
+
+// col2im as a gather: one thread per input pixel (n, c, h, w) sums the column entries that read it,
+// so there are no atomic adds and the result is deterministic. cols: (N, C*KH*KW, OH*OW).
+template <typename T>
+__global__ void col2im(const T* cols, T* image, long long total, int channels, int height, int width,
+                       int kh, int kw, int out_h, int out_w, int stride_h, int stride_w,
+                       int pad_h, int pad_w, int dil_h, int dil_w) {
+    for (long long index = blockIdx.x * (long long)blockDim.x + threadIdx.x; index < total;
+         index += (long long)blockDim.x * gridDim.x) {
+        const int w = index % width;
+        const int h = (index / width) % height;
+        const long long nc = index / ((long long)width * height);  // n * channels + c
+        const T* base = cols + nc * kh * kw * out_h * out_w;
+        T sum = 0;
+        for (int i = 0; i < kh; ++i) {
+            const int hp = h + pad_h - i * dil_h;  // = oh * stride_h for a window that reads this pixel
+            if (hp < 0 || hp % stride_h != 0) continue;
+            const int oh = hp / stride_h;
+            if (oh >= out_h) continue;
+            for (int j = 0; j < kw; ++j) {
+                const int wp = w + pad_w - j * dil_w;
+                if (wp < 0 || wp % stride_w != 0) continue;
+                const int ow = wp / stride_w;
+                if (ow >= out_w) continue;
+                sum += base[((long long)(i * kw + j) * out_h + oh) * out_w + ow];
+            }
+        }
+        image[index] = sum;
+    }
+}
+"""
+
+_NAMES = [f"{kernel}<{ctype}>" for kernel in ("log_softmax_nll", "col2im") for ctype in ("float", "double")]
+_module = None
+_CTYPES = {cupy.dtype(cupy.float32): "float", cupy.dtype(cupy.float64): "double"}
+
+
+def _kernel(name: str, dtype):
+    global _module
+    if _module is None:
+        _module = cupy.RawModule(code=_SOURCE, options=("--std=c++14",), name_expressions=_NAMES)
+    return _module.get_function(f"{name}<{_CTYPES[cupy.dtype(dtype)]}>")
+
+
+def supports(dtype) -> bool:
+    return cupy.dtype(dtype) in _CTYPES
+
+
+# ---------------------------------------------------------------- what the ops call
+
+
+def relu_backward(grad, out):
+    """grad * (out > 0), one kernel (the forward keeps no mask)."""
+    return _relu_backward(grad, out)
+
+
+def dropout(x, uniform, p: float):
+    """(x * mask, mask) with mask = (uniform >= p) / (1 - p), one kernel."""
+    return _dropout(x, uniform, x.dtype.type(p), x.dtype.type(1.0 / (1.0 - p)))
+
+
+def log_softmax_nll(logits, labels):
+    """(log-softmax of (n, classes) logits, per-row loss -log p[label]) in one kernel."""
+    logits = cupy.ascontiguousarray(logits)
+    labels = cupy.ascontiguousarray(labels, dtype=cupy.int64)
+    rows, classes = logits.shape
+    log_p = cupy.empty_like(logits)
+    row_loss = cupy.empty(rows, dtype=logits.dtype)
+    rows_per_block = 8
+    _kernel("log_softmax_nll", logits.dtype)(
+        ((rows + rows_per_block - 1) // rows_per_block,), (32 * rows_per_block,),
+        (logits, labels, log_p, row_loss, cupy.int32(rows), cupy.int32(classes)))
+    return log_p, row_loss
+
+
+def cross_entropy_backward(log_p, labels, upstream):
+    """d mean(-log p[label]) / d logits, times the upstream gradient (a 0-d device array)."""
+    rows, classes = log_p.shape
+    upstream = cupy.asarray(upstream, dtype=log_p.dtype).reshape(1)
+    return _cross_entropy_backward(log_p, cupy.ascontiguousarray(labels, dtype=cupy.int64), upstream,
+                                   classes, log_p.dtype.type(1.0 / rows))
+
+
+def col2im(columns, image, kernel, stride, padding, dilation, out_hw) -> None:
+    """Sum (N, C*KH*KW, OH*OW) columns back onto `image` (N, C, H, W, C-contiguous), one thread per pixel."""
+    columns = cupy.ascontiguousarray(columns)
+    if not image.flags.c_contiguous or image.dtype != columns.dtype:
+        raise ValueError("col2im writes into a C-contiguous image of the columns' dtype")
+    n, channels, height, width = image.shape
+    total = image.size
+    threads = 256
+    blocks = min((total + threads - 1) // threads, 65535 * 8)
+    i32 = cupy.int32
+    _kernel("col2im", columns.dtype)(
+        (blocks,), (threads,),
+        (columns, image, cupy.int64(total), i32(channels), i32(height), i32(width), i32(kernel[0]), i32(kernel[1]),
+         i32(out_hw[0]), i32(out_hw[1]), i32(stride[0]), i32(stride[1]), i32(padding[0]), i32(padding[1]),
+         i32(dilation[0]), i32(dilation[1])))
+
+
+def sgd_step(param, grad, velocity, decay, lr: float, momentum: float, nesterov: bool) -> None:
+    """One SGD update of flat buffers in place; `decay` is a per-element weight-decay array or 0."""
+    t = param.dtype.type
+    if velocity is None:
+        _sgd(grad, decay, t(lr), param)
+    else:
+        _sgd_momentum(grad, decay, t(lr), t(momentum), cupy.int32(nesterov), param, velocity)
+
+
+def adam_step(param, grad, m, v, decay, lr, beta1, beta2, eps, step: int, decoupled: bool) -> None:
+    """One Adam/AdamW update of flat buffers in place (torch.optim's formulas)."""
+    t = param.dtype.type
+    bias1 = 1.0 - beta1 ** step
+    bias2_sqrt = (1.0 - beta2 ** step) ** 0.5
+    _adam(grad, decay, t(lr), t(beta1), t(beta2), t(eps), t(bias1), t(bias2_sqrt), cupy.int32(decoupled),
+          param, m, v)

@@ -1,0 +1,75 @@
+"""A NumPy twin of dltrain/backend/cuda.py: the same functions, written as plain array code.
+
+Two uses: on the CPU, tests hand it out in place of the CUDA kernels, so the code that calls the
+kernels (flat optimizer buffers, the conv, loss, dropout and relu branches) runs without a GPU;
+on a GPU, the CUDA kernels are checked against it.
+"""
+
+import numpy as np
+
+
+def supports(dtype) -> bool:
+    return np.dtype(dtype) in (np.float32, np.float64)
+
+
+def relu_backward(grad, out):
+    return np.where(out > 0, grad, 0).astype(grad.dtype)
+
+
+def dropout(x, uniform, p):
+    mask = np.where(uniform >= p, x.dtype.type(1.0 / (1.0 - p)), x.dtype.type(0))
+    return x * mask, mask
+
+
+def log_softmax_nll(logits, labels):
+    peak = logits.max(axis=1, keepdims=True)
+    log_sum = peak + np.log(np.exp(logits - peak).sum(axis=1, keepdims=True))
+    log_p = logits - log_sum
+    return log_p, -log_p[np.arange(len(labels)), labels]
+
+
+def cross_entropy_backward(log_p, labels, upstream):
+    grad = np.exp(log_p)
+    grad[np.arange(len(labels)), labels] -= 1
+    return (grad * (np.asarray(upstream, log_p.dtype) / len(labels))).astype(log_p.dtype)
+
+
+def col2im(columns, image, kernel, stride, padding, dilation, out_hw):
+    n, channels, height, width = image.shape
+    (kh, kw), (oh, ow) = kernel, out_hw
+    cols = columns.reshape(n, channels, kh, kw, oh, ow)
+    padded = np.zeros((n, channels, height + 2 * padding[0], width + 2 * padding[1]), columns.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            rows = slice(i * dilation[0], i * dilation[0] + stride[0] * (oh - 1) + 1, stride[0])
+            cols_ = slice(j * dilation[1], j * dilation[1] + stride[1] * (ow - 1) + 1, stride[1])
+            padded[:, :, rows, cols_] += cols[:, :, i, j]
+    image[...] = padded[:, :, padding[0]:padding[0] + height, padding[1]:padding[1] + width]
+
+
+def sgd_step(param, grad, velocity, decay, lr, momentum, nesterov):
+    t = param.dtype.type
+    g = grad + t(decay) * param if np.ndim(decay) == 0 else grad + decay * param
+    if velocity is None:
+        param -= t(lr) * g
+        return
+    velocity *= t(momentum)
+    velocity += g
+    param -= t(lr) * (g + t(momentum) * velocity if nesterov else velocity)
+
+
+def adam_step(param, grad, m, v, decay, lr, beta1, beta2, eps, step, decoupled):
+    t = param.dtype.type
+    decay = np.asarray(decay, param.dtype)
+    g = grad
+    if decoupled:
+        param *= 1 - t(lr) * decay
+    else:
+        g = grad + decay * param
+    m *= t(beta1)
+    m += (1 - t(beta1)) * g
+    v *= t(beta2)
+    v += (1 - t(beta2)) * g * g
+    bias1 = t(1.0 - beta1 ** step)
+    bias2_sqrt = t((1.0 - beta2 ** step) ** 0.5)
+    param -= (t(lr) / bias1) * m / (np.sqrt(v) / bias2_sqrt + t(eps))

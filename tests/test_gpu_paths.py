@@ -1,0 +1,277 @@
+"""The GPU code paths.
+
+Everywhere: the code that calls the fused kernels runs on the CPU with their NumPy twin
+(tests/numpy_kernels.py) and must train exactly like the plain NumPy code; the deferred loss reads
+of the GPU loop run on the CPU too. Where CuPy finds a GPU: each CUDA kernel against its twin,
+the same config on CPU and GPU, and checkpoints moving between the two.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+import dltrain.functional as F
+from dltrain import backend
+from dltrain.config import validate
+from dltrain.gradcheck import check_gradients
+from dltrain.optim.optimizers import SGD, Adam, AdamW
+from dltrain.training import rundir as files
+from dltrain.training.checkpoint import load_checkpoint
+from dltrain.training.evaluate import evaluate_checkpoint
+from dltrain.training.reporting import SilentReporter
+from dltrain.training.trainer import DEVICE_READ_EVERY, Diverged, Trainer
+
+needs_gpu = pytest.mark.skipif(not backend.gpu_available(), reason=f"no GPU here: {backend.gpu_unavailable_reason()}")
+
+R = np.random.default_rng(11)
+
+BLOBS = {
+    "seed": 5,
+    "data": {"name": "blobs", "n_samples": 400, "classes": 4, "spread": 1.5},
+    "model": [{"linear": {"units": 32}}, "relu", {"dropout": {"rate": 0.2}}, {"linear": {"units": 4}}],
+    "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 0.001},
+    "training": {"epochs": 3, "batch_size": 16, "early_stopping": False},
+}
+
+
+def config(**changes):
+    values = json.loads(json.dumps(BLOBS))
+    values.update(changes)
+    return validate(values, {}, "test")
+
+
+def trained(cfg, run_dir, device="cpu", defer=None, resume=None):
+    trainer = Trainer(cfg, files.RunDir(run_dir), device, SilentReporter(), resume=resume)
+    trainer.setup()
+    if defer is not None:
+        trainer.defer_loss_reads = defer
+    if resume is None:
+        trainer.run.create()
+    trainer.fit()
+    return trainer
+
+
+def metrics(run_dir):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in files.RunDir(run_dir).read_metrics()]
+
+
+def close_metrics(a, b, rtol):
+    assert len(a) == len(b)
+    for row_a, row_b in zip(a, b):
+        for key in row_a:
+            if row_a[key] != "":
+                assert float(row_a[key]) == pytest.approx(float(row_b[key]), rel=rtol, abs=rtol), key
+
+
+# ---------------------------------------------------------------- the kernel-calling code, on the CPU
+
+
+@pytest.mark.parametrize("name, fn, arrays", [
+    ("relu", F.relu, [np.where(np.abs(a := R.standard_normal((4, 5))) < 0.05, 0.1, a)]),
+    ("dropout", lambda x: (backend.manual_seed(2), F.dropout(x, 0.3))[1], [R.standard_normal((6, 5))]),
+    ("cross_entropy", lambda x: F.cross_entropy(x, np.array([0, 3, 1, 1, 2])), [R.standard_normal((5, 4))]),
+    ("conv2d", lambda x, w: F.conv2d(x, w, stride=2, padding=1), [R.standard_normal((2, 3, 7, 6)),
+                                                                  R.standard_normal((4, 3, 3, 3))]),
+    ("conv2d_dilated", lambda x, w: F.conv2d(x, w, dilation=2), [R.standard_normal((2, 2, 7, 7)),
+                                                                 R.standard_normal((3, 2, 2, 3))]),
+])
+def test_fused_branches_have_correct_gradients(numpy_kernels, name, fn, arrays):
+    check_gradients(fn, arrays)
+
+
+def test_fused_branches_give_the_values_of_the_numpy_code(numpy_kernels):
+    x = R.standard_normal((6, 4)).astype(np.float32)
+    labels = np.array([0, 1, 3, 3, 2, 0])
+    with backend.fused_kernels(False):
+        plain = F.cross_entropy(x, labels).data
+    fused = F.cross_entropy(x, labels).data
+    np.testing.assert_allclose(fused, plain, rtol=1e-6)
+
+
+@pytest.mark.parametrize("optimizer", [
+    lambda ps: SGD(ps, lr=0.1),
+    lambda ps: SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+    lambda ps: Adam(ps, lr=0.01, weight_decay=0.01),
+    lambda ps: AdamW(ps, lr=0.01),
+])
+def test_flat_buffer_updates_match_per_parameter_updates(numpy_kernels, optimizer):
+    from dltrain.layers.module import Parameter
+
+    shapes = [(5, 3), (5,), (2, 5)]
+    start = [R.standard_normal(s) for s in shapes]
+    grads = [[R.standard_normal(s) for s in shapes] for _ in range(3)]
+    results = []
+    for fused in (False, True):
+        params = [Parameter(a.copy(), decay=len(a.shape) > 1) for a in start]
+        opt = optimizer(params)
+        with backend.fused_kernels(fused):
+            for step_grads in grads:
+                for p, g in zip(params, step_grads):
+                    p.grad = g.copy()
+                opt.step()
+        results.append(([p.data.copy() for p in params], opt.state_dict()))
+    (plain, plain_state), (flat, flat_state) = results
+    for a, b in zip(plain, flat):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
+    assert set(flat_state["slots"]) == set(plain_state["slots"])
+    for key, array in plain_state["slots"].items():
+        np.testing.assert_allclose(flat_state["slots"][key], array, rtol=1e-12, atol=1e-12)
+
+
+def test_training_through_the_fused_branches_matches_plain_training(numpy_kernels, tmp_path):
+    cfg = config()
+    with backend.fused_kernels(False):
+        trained(cfg, tmp_path / "plain")
+    trained(cfg, tmp_path / "fused")
+    close_metrics(metrics(tmp_path / "fused"), metrics(tmp_path / "plain"), rtol=1e-5)
+
+
+def test_flat_buffers_are_rebuilt_after_resuming(numpy_kernels, tmp_path):
+    cfg = config(optimizer={"name": "adamw", "lr": 0.01})
+    trained(cfg, tmp_path / "whole")
+    short = config(optimizer={"name": "adamw", "lr": 0.01}, training={**BLOBS["training"], "epochs": 2})
+    trained(short, tmp_path / "parts")
+    trained(cfg, tmp_path / "parts", resume=load_checkpoint(tmp_path / "parts" / files.LAST))
+    assert metrics(tmp_path / "parts") == metrics(tmp_path / "whole")
+
+
+# ---------------------------------------------------------------- losses read from the device every few steps
+
+
+def test_deferred_loss_reads_give_the_same_metrics(tmp_path):
+    cfg = config(training={**BLOBS["training"], "batch_size": 4})  # 80 steps: more than one read per epoch
+    assert len(BLOBS["model"]) and 320 // 4 > DEVICE_READ_EVERY
+    trained(cfg, tmp_path / "every_step", defer=False)
+    trained(cfg, tmp_path / "deferred", defer=True)
+    assert metrics(tmp_path / "deferred") == metrics(tmp_path / "every_step")
+
+
+def test_deferred_reads_name_the_step_whose_loss_was_not_finite(tmp_path):
+    cfg = config(loss="mse", model=[{"linear": {"units": 1}}], optimizer={"name": "sgd", "lr": 0.01},
+                 data={"name": "blobs", "n_samples": 400, "classes": 2},
+                 training={"epochs": 1, "batch_size": 4, "shuffle": False, "early_stopping": False})
+    messages = []
+    for defer in (False, True):
+        trainer = Trainer(cfg, files.RunDir(tmp_path / f"run{defer}"), "cpu", SilentReporter())
+        trainer.setup()
+        trainer.defer_loss_reads = defer
+        trainer.run.create()
+        trainer.splits.train.x[70 * 4 + 1] = np.inf  # a sample of step 71
+        with pytest.raises(Diverged) as caught:
+            trainer.fit()
+        messages.append(str(caught.value))
+    assert "loss became inf at epoch 1, step 71 " in messages[0]
+    assert "loss became inf at epoch 1, step 71 " in messages[1]
+    assert "first non-finite: the output of model[0].linear" in messages[0]
+    # the weights took the infinite step before the loss was read: said so, instead of a wrong layer
+    assert f"not traced: the weights were already non-finite when the loss was read (on the GPU it is read " \
+           f"every {DEVICE_READ_EVERY} steps" in messages[1]
+
+
+# ---------------------------------------------------------------- on a real GPU
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cuda_kernels_match_their_numpy_twin(dtype):
+    import cupy
+    import numpy_kernels as twin
+
+    from dltrain.backend import cuda
+
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-12}
+
+    def host(*arrays):
+        return [cupy.asnumpy(a) for a in arrays]
+
+    grad, out = R.standard_normal((2, 300)).astype(dtype)
+    np.testing.assert_array_equal(host(cuda.relu_backward(cupy.asarray(grad), cupy.asarray(out)))[0],
+                                  twin.relu_backward(grad, out))
+    x, uniform = R.standard_normal((100, 7)).astype(dtype), R.uniform(size=(100, 7)).astype(dtype)
+    for got, want in zip(host(*cuda.dropout(cupy.asarray(x), cupy.asarray(uniform), 0.3)),
+                         twin.dropout(x, uniform, 0.3)):
+        np.testing.assert_allclose(got, want, **tol)
+    for rows, classes in [(1, 1), (37, 10), (64, 33), (5, 1000)]:
+        logits = (R.standard_normal((rows, classes)) * 5).astype(dtype)
+        labels = R.integers(0, classes, rows)
+        got = host(*cuda.log_softmax_nll(cupy.asarray(logits), cupy.asarray(labels)))
+        for a, b in zip(got, twin.log_softmax_nll(logits, labels)):
+            np.testing.assert_allclose(a, b, **tol)
+        log_p = twin.log_softmax_nll(logits, labels)[0]
+        upstream = np.asarray(0.7, dtype)
+        got = cuda.cross_entropy_backward(cupy.asarray(log_p), cupy.asarray(labels), cupy.asarray(upstream))
+        np.testing.assert_allclose(cupy.asnumpy(got), twin.cross_entropy_backward(log_p, labels, upstream), **tol)
+    for shape, kernel, stride, padding, dilation in [((2, 3, 9, 8), (3, 3), (1, 1), (1, 1), (1, 1)),
+                                                     ((3, 2, 11, 10), (3, 2), (2, 3), (1, 0), (2, 1))]:
+        oh = (shape[2] + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+        ow = (shape[3] + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+        columns = R.standard_normal((shape[0], shape[1] * kernel[0] * kernel[1], oh * ow)).astype(dtype)
+        want = np.empty(shape, dtype)
+        twin.col2im(columns, want, kernel, stride, padding, dilation, (oh, ow))
+        got = cupy.empty(shape, dtype)
+        cuda.col2im(cupy.asarray(columns), got, kernel, stride, padding, dilation, (oh, ow))
+        np.testing.assert_allclose(cupy.asnumpy(got), want, **tol)
+    size = 1000
+    for momentum, nesterov in [(0.0, False), (0.9, False), (0.9, True)]:
+        param, g, velocity = (R.standard_normal(size).astype(dtype) for _ in range(3))
+        decay = np.where(np.arange(size) < 600, 0.01, 0.0).astype(dtype)
+        want = [param.copy(), None if not momentum else velocity.copy()]
+        twin.sgd_step(want[0], g, want[1], decay, 0.1, momentum, nesterov)
+        got = [cupy.asarray(param), None if not momentum else cupy.asarray(velocity)]
+        cuda.sgd_step(got[0], cupy.asarray(g), got[1], cupy.asarray(decay), 0.1, momentum, nesterov)
+        for a, b in zip(got, want):
+            if b is not None:
+                np.testing.assert_allclose(cupy.asnumpy(a), b, **tol)
+    for decoupled in (False, True):
+        param, g, m = (R.standard_normal(size).astype(dtype) for _ in range(3))
+        v = R.uniform(size=size).astype(dtype)
+        want = [param.copy(), m.copy(), v.copy()]
+        twin.adam_step(*want[:1], g, *want[1:], 0.01, 0.001, 0.9, 0.999, 1e-8, 7, decoupled)
+        got = [cupy.asarray(a) for a in (param, m, v)]
+        cuda.adam_step(got[0], cupy.asarray(g), got[1], got[2], 0.01, 0.001, 0.9, 0.999, 1e-8, 7, decoupled)
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(cupy.asnumpy(a), b, **tol)
+
+
+@needs_gpu
+@pytest.mark.parametrize("model, optimizer", [
+    ([{"linear": {"units": 32}}, "relu", {"linear": {"units": 4}}], {"name": "sgd", "lr": 0.05, "momentum": 0.9}),
+    ([{"linear": {"units": 32}}, "tanh", {"batchnorm": {}}, {"linear": {"units": 4}}], {"name": "adam", "lr": 0.01}),
+])
+def test_cpu_and_gpu_train_alike(tmp_path, model, optimizer):
+    """Same seed and config (no dropout: the devices draw different masks): the same losses within float32."""
+    cfg = config(model=model, optimizer=optimizer, training={**BLOBS["training"], "epochs": 2})
+    trained(cfg, tmp_path / "cpu", "cpu")
+    trained(cfg, tmp_path / "gpu", "gpu")
+    close_metrics(metrics(tmp_path / "gpu"), metrics(tmp_path / "cpu"), rtol=1e-4)
+
+
+@needs_gpu
+def test_checkpoints_move_between_cpu_and_gpu(tmp_path):
+    cfg = config()
+    for trained_on, evaluated_on in (("gpu", "cpu"), ("cpu", "gpu")):
+        trainer = trained(cfg, tmp_path / trained_on, trained_on)
+        summary = json.loads((tmp_path / trained_on / files.SUMMARY).read_text())
+        report = evaluate_checkpoint(tmp_path / trained_on / files.BEST, "test", device=evaluated_on)
+        assert report["accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-6)
+        assert trainer.device == trained_on
+
+
+@needs_gpu
+def test_fused_and_plain_gpu_code_train_alike(tmp_path):
+    cfg = config(model=[{"conv2d": {"filters": 4, "kernel_size": 3, "padding": 1}}, "relu",
+                        {"max_pool2d": {"kernel_size": 2}}, "flatten", {"linear": {"units": 4}}],
+                 data={"name": "npz", "path": str(_images(tmp_path))})
+    with backend.fused_kernels(False):
+        trained(cfg, tmp_path / "plain", "gpu")
+    trained(cfg, tmp_path / "fused", "gpu")
+    close_metrics(metrics(tmp_path / "fused"), metrics(tmp_path / "plain"), rtol=1e-4)
+
+
+def _images(tmp_path):
+    x = R.standard_normal((200, 1, 8, 8)).astype(np.float32)
+    y = (x[:, 0, :4].mean(axis=(1, 2)) > 0).astype(np.int64) + 2 * (x[:, 0, :, :4].mean(axis=(1, 2)) > 0)
+    path = tmp_path / "images.npz"
+    np.savez(path, x_train=x[:150], y_train=y[:150], x_test=x[150:], y_test=y[150:])
+    return path
