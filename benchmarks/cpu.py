@@ -83,6 +83,47 @@ def gemm_rate() -> float:
     return 2 * 1024 ** 3 / best
 
 
+# ---------------------------------------------------------------- the models, in both frameworks
+
+
+def dltrain_model(model: str, input_shape):
+    """The benchmark's model as a dltrain network: the MLPs by hand, the others from the shipped configs."""
+    from dltrain.config import load_config
+    from dltrain.layers import build_model
+
+    if model in ("mlp", "tiny"):
+        hidden = 1024 if model == "mlp" else 32
+        specs = ["flatten", {"linear": {"units": hidden}}, "relu", {"linear": {"units": 10}}]
+    else:
+        specs = load_config(HERE.parent / "configs" / f"fashion_{model}.yaml").model
+    return build_model(specs, input_shape)
+
+
+def torch_model(model: str):
+    """The same network in PyTorch (configs/fashion_cnn.yaml and fashion_gru.yaml, layer for layer)."""
+    from torch import nn
+
+    if model in ("mlp", "tiny"):
+        hidden = 1024 if model == "mlp" else 32
+        return nn.Sequential(nn.Flatten(), nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+    if model == "cnn":
+        return nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Flatten(), nn.Linear(3136, 128), nn.ReLU(), nn.Dropout(0.3), nn.Linear(128, 10))
+
+    class GRUNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = nn.GRU(28, 128, batch_first=True)
+            self.head = nn.Linear(128, 10)
+
+        def forward(self, images):
+            _, h = self.gru(images.reshape(-1, 28, 28))
+            return self.head(h[0])
+
+    return GRUNet()
+
+
 # ---------------------------------------------------------------- workers (one process each)
 
 
@@ -90,16 +131,9 @@ def run_dltrain(model: str, batch: int, steps: int, x, y) -> float:
     import dltrain
     import dltrain.functional as F
     from dltrain import backend, optim
-    from dltrain.config import load_config
-    from dltrain.layers import build_model
 
     backend.manual_seed(0)
-    if model in ("mlp", "tiny"):
-        hidden = 1024 if model == "mlp" else 32
-        specs = ["flatten", {"linear": {"units": hidden}}, "relu", {"linear": {"units": 10}}]
-    else:
-        specs = load_config(HERE.parent / "configs" / f"fashion_{model}.yaml").model
-    net = build_model(specs, x.shape[1:])
+    net = dltrain_model(model, x.shape[1:])
     opt = optim.SGD(net.parameters(), lr=0.01)
 
     def step(i):
@@ -119,24 +153,7 @@ def run_torch(model: str, batch: int, steps: int, x, y) -> float:
 
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
-    if model in ("mlp", "tiny"):
-        hidden = 1024 if model == "mlp" else 32
-        net = nn.Sequential(nn.Flatten(), nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, 10))
-    elif model == "cnn":
-        net = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-                            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
-                            nn.Flatten(), nn.Linear(3136, 128), nn.ReLU(), nn.Dropout(0.3), nn.Linear(128, 10))
-    else:
-        class GRUNet(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.gru = nn.GRU(28, 128, batch_first=True)
-                self.head = nn.Linear(128, 10)
-
-            def forward(self, images):
-                _, h = self.gru(images.reshape(-1, 28, 28))
-                return self.head(h[0])
-        net = GRUNet()
+    net = torch_model(model)
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     loss_fn = nn.CrossEntropyLoss()
@@ -294,10 +311,9 @@ def write_results(path: Path, results: dict, rate: float, args) -> None:
     for case, runs in results.items():
         for framework, values in runs.items():
             lines.append(f"- {case} {framework}: " + ", ".join(f"{r['samples_per_second']:,.0f}" for r in values))
-    kept = ""  # sections other scripts own (benchmarks/mpi_scaling.py) stay
-    if path.exists() and "\n## " in path.read_text():
-        kept = "\n## " + path.read_text().split("\n## ", 1)[1]
-    path.write_text("\n".join(lines) + "\n" + kept)
+    from results_file import replace_section  # (benchmarks/ is on sys.path when this script runs)
+
+    replace_section(path, None, "\n".join(lines) + "\n")  # the sections of mpi_scaling.py and gpu.py stay
     print(f"wrote {path}")
 
 

@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results_file import replace_section
+
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 SECTION = "\n## MPI scaling"
@@ -52,10 +54,7 @@ def main() -> None:
     for r in results:
         lines.append(f"| {r['ranks']} | {r['epoch_seconds']:.2f} | {r['samples_per_second']:,.0f} | "
                      f"{r['samples_per_second'] / base:.2f} | {r['allreduce_share']:.0%} |")
-    path = HERE / "RESULTS.md"
-    text = path.read_text() if path.exists() else ""
-    text = text.split(SECTION)[0].rstrip("\n") + "\n\n" + "\n".join(lines) + "\n"
-    path.write_text(text)
+    replace_section(HERE / "RESULTS.md", "MPI scaling", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

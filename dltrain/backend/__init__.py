@@ -224,6 +224,15 @@ def _device_rng(device: str):
     return _device_rngs[device]
 
 
+def reseed_device_generator(device: str) -> None:
+    """Derive the GPU's generator afresh from the host one (nothing to do on the CPU, which uses the host one).
+
+    The trainer does this at every epoch's start: checkpoints store the host generator's state only, so
+    a resumed run then draws the same dropout masks as an uninterrupted one."""
+    if device != "cpu":
+        _device_rngs[device] = _load_cupy().random.default_rng(int(_host_rng.integers(0, 2**63 - 1)))
+
+
 def uniform_like(array, shape=None):
     """Uniform [0, 1) numbers in `array`'s dtype on `array`'s device (dropout masks)."""
     shape = array.shape if shape is None else shape

@@ -310,6 +310,7 @@ class Trainer:
         n = len(train)
         order = backend.host_rng().permutation(n) if cfg.shuffle else np.arange(n)
         order = backend.to_device(order, self.device)
+        backend.reseed_device_generator(self.device)
         self.model.network.train()
         params = self.model.network.parameters()
         if self.gradients:

@@ -33,9 +33,9 @@ def config(base=BLOBS, **changes):
     return validate(values, {}, "test")
 
 
-def train(cfg, run_dir, resume=None):
+def train(cfg, run_dir, resume=None, device="cpu"):
     run = files.RunDir(run_dir)
-    trainer = Trainer(cfg, run, "cpu", SilentReporter(), resume=resume)
+    trainer = Trainer(cfg, run, device, SilentReporter(), resume=resume)
     trainer.setup()
     if resume is None:
         run.create()
@@ -60,21 +60,21 @@ def test_metrics_header_and_files(tmp_path):
                             "dltrain_version", "seed", "device"}
 
 
-def test_same_config_and_seed_give_identical_metrics(tmp_path):
-    train(config(), tmp_path / "a")
-    train(config(), tmp_path / "b")
+def test_same_config_and_seed_give_identical_metrics(tmp_path, device):
+    train(config(), tmp_path / "a", device=device)
+    train(config(), tmp_path / "b", device=device)
     assert metrics_without_time(tmp_path / "a") == metrics_without_time(tmp_path / "b")
-    train(config(seed=4), tmp_path / "c")
+    train(config(seed=4), tmp_path / "c", device=device)
     assert metrics_without_time(tmp_path / "a") != metrics_without_time(tmp_path / "c")
 
 
-def test_resume_continues_bit_for_bit(tmp_path):
+def test_resume_continues_bit_for_bit(tmp_path, device):
     """'3 epochs, stop, resume to 6' writes the same metrics.csv as '6 epochs' (timing aside)."""
-    train(config(training__epochs=6), tmp_path / "full")
-    train(config(training__epochs=3), tmp_path / "split")
+    train(config(training__epochs=6), tmp_path / "full", device=device)
+    train(config(training__epochs=3), tmp_path / "split", device=device)
     checkpoint = load_checkpoint(tmp_path / "split" / files.LAST)
     assert checkpoint.state["epoch"] == 3
-    train(config(training__epochs=6), tmp_path / "split", resume=checkpoint)
+    train(config(training__epochs=6), tmp_path / "split", resume=checkpoint, device=device)
     assert metrics_without_time(tmp_path / "split") == metrics_without_time(tmp_path / "full")
     full = load_checkpoint(tmp_path / "full" / files.LAST)
     resumed = load_checkpoint(tmp_path / "split" / files.LAST)

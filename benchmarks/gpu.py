@@ -1,0 +1,248 @@
+"""GPU training speed: dltrain on CuPy against PyTorch CUDA (eager) and a hand-written CuPy MLP, same run.
+
+    python benchmarks/gpu.py                          # every case, 2 repetitions; writes the "## GPU" section
+    python benchmarks/gpu.py --cases mlp128 --reps 3  # a subset
+
+Each (case, framework) runs in its own process; the frameworks alternate within each repetition.
+Same models as benchmarks/cpu.py, plain SGD (lr 0.01), float32, the whole training set on the GPU on
+every side, batches gathered there by a shuffled index, the loss summed on the device (read once per
+epoch). Each process trains WARMUP epochs (kernel compilation, allocator and cuBLAS warm-up: both
+sides need 2-3 epochs to reach their steady speed), then times TIMED epochs; the table gives the
+median epoch's samples/second. "dltrain unfused" is dltrain with its fused kernels turned off, to
+show what they bring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from cpu import dltrain_model, load_data, torch_model  # noqa: E402 (the models are shared with the CPU benchmark)
+from results_file import replace_section  # noqa: E402
+
+SAMPLES = 30000  # one epoch
+WARMUP, TIMED = 2, 3
+CASES = {"mlp32": ("mlp", 32), "mlp128": ("mlp", 128), "mlp1024": ("mlp", 1024), "cnn128": ("cnn", 128),
+         "gru128": ("gru", 128)}
+TARGETS = {"mlp32": 0.9, "mlp128": 1.1, "mlp1024": 1.0, "cnn128": 0.6}  # issue 6: dltrain / PyTorch
+UNFUSED_CASES = ("mlp128", "cnn128")
+
+
+def training_data():
+    import numpy as np
+
+    x, y = load_data(4096)
+    reps = -(-SAMPLES // len(x))
+    return np.concatenate([x] * reps)[:SAMPLES], np.concatenate([y] * reps)[:SAMPLES]
+
+
+def epochs(run_epoch) -> list[float]:
+    """Seconds of each timed epoch, after the warm-up ones."""
+    for e in range(WARMUP):
+        run_epoch(e)
+    seconds = []
+    for e in range(WARMUP, WARMUP + TIMED):
+        start = time.perf_counter()
+        run_epoch(e)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def run_dltrain(model: str, batch: int, fused: bool = True) -> list[float]:
+    import cupy
+
+    from dltrain import backend, optim
+    from dltrain.autograd import Tensor
+    from dltrain.losses import CrossEntropy
+
+    x, y = training_data()
+    backend.manual_seed(0)
+    net = dltrain_model(model, x.shape[1:]).to("gpu")
+    opt = optim.SGD(net.parameters(), lr=0.01)
+    loss_fn = CrossEntropy()
+    xd, yd = cupy.asarray(x), cupy.asarray(y)
+    steps = len(x) // batch
+
+    def run_epoch(e):
+        order = cupy.asarray(backend.host_rng().permutation(len(x)))
+        total = cupy.zeros((), cupy.float32)
+        for s in range(steps):
+            idx = order[s * batch:(s + 1) * batch]
+            loss = loss_fn(net(Tensor(xd[idx])), yd[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.data
+        float(total)  # the one read per epoch (waits for the GPU)
+
+    with backend.fused_kernels(fused):
+        return epochs(run_epoch)
+
+
+def run_torch(model: str, batch: int) -> list[float]:
+    import numpy as np
+    import torch
+
+    x, y = training_data()
+    torch.manual_seed(0)
+    device = torch.device("cuda")
+    net = torch_model(model).to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    xd, yd = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+    steps = len(x) // batch
+    rng = np.random.default_rng(0)
+
+    def run_epoch(e):
+        order = torch.from_numpy(rng.permutation(len(x))).to(device)
+        total = torch.zeros((), device=device)
+        for s in range(steps):
+            idx = order[s * batch:(s + 1) * batch]
+            loss = loss_fn(net(xd[idx]), yd[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.detach()
+        float(total)
+
+    return epochs(run_epoch)
+
+
+def run_cupy(model: str, batch: int) -> list[float]:
+    """The 784-1024-10 MLP by hand in CuPy: forward, hand-derived backward, in-place SGD. No framework."""
+    import cupy
+    import numpy as np
+
+    x, y = training_data()
+    rng = np.random.default_rng(0)
+    w1 = cupy.asarray((rng.standard_normal((784, 1024)) * np.sqrt(2 / 784)).astype(np.float32))
+    b1 = cupy.zeros(1024, cupy.float32)
+    w2 = cupy.asarray((rng.standard_normal((1024, 10)) * np.sqrt(2 / 1024)).astype(np.float32))
+    b2 = cupy.zeros(10, cupy.float32)
+    xd, yd = cupy.asarray(x.reshape(len(x), -1)), cupy.asarray(y)
+    lr = np.float32(0.01)
+    steps = len(x) // batch
+    rows = cupy.arange(batch)
+
+    def run_epoch(e):
+        order = cupy.asarray(rng.permutation(len(x)))
+        total = cupy.zeros((), cupy.float32)
+        for s in range(steps):
+            idx = order[s * batch:(s + 1) * batch]
+            xb, yb = xd[idx], yd[idx]
+            h = xb @ w1
+            h += b1
+            cupy.maximum(h, 0, out=h)
+            z = h @ w2
+            z += b2
+            z -= z.max(axis=1, keepdims=True)
+            cupy.exp(z, out=z)
+            z /= z.sum(axis=1, keepdims=True)
+            total -= cupy.log(z[rows, yb]).mean()
+            z[rows, yb] -= 1
+            z /= batch
+            dh = z @ w2.T
+            dh *= h > 0
+            cupy.subtract(w2, lr * (h.T @ z), out=w2)
+            cupy.subtract(b2, lr * z.sum(axis=0), out=b2)
+            cupy.subtract(w1, lr * (xb.T @ dh), out=w1)
+            cupy.subtract(b1, lr * dh.sum(axis=0), out=b1)
+        float(total)
+
+    return epochs(run_epoch)
+
+
+RUNNERS = {"dltrain": run_dltrain, "torch": run_torch, "cupy": run_cupy,
+           "dltrain-unfused": lambda model, batch: run_dltrain(model, batch, fused=False)}
+
+
+def worker(framework: str, case: str) -> None:
+    model, batch = CASES[case]
+    seconds = RUNNERS[framework](model, batch)
+    samples = (SAMPLES // batch) * batch
+    print(json.dumps({"samples_per_second": samples / statistics.median(seconds),
+                      "epoch_seconds": [round(s, 4) for s in seconds]}))
+
+
+def measure(framework: str, case: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--worker", framework, case], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{framework} {case} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def gpu_name() -> str:
+    import cupy
+
+    props = cupy.cuda.runtime.getDeviceProperties(0)
+    name = props["name"]
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    parser.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "CASE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(*args.worker)
+        return
+    results = {}
+    for case in args.cases.split(","):
+        frameworks = ["dltrain", "torch"] + (["cupy"] if CASES[case][0] == "mlp" else [])
+        frameworks += ["dltrain-unfused"] if case in UNFUSED_CASES else []
+        runs = {f: [] for f in frameworks}
+        for rep in range(args.reps):
+            for framework in (frameworks if rep % 2 == 0 else frameworks[::-1]):
+                runs[framework].append(measure(framework, case))
+        results[case] = runs
+        print(case, {f: round(statistics.median(r["samples_per_second"] for r in v)) for f, v in runs.items()},
+              flush=True)
+    write_section(Path(args.out), results, args)
+
+
+def write_section(path: Path, results: dict, args) -> None:
+    """Replace (or add) the '## GPU' section of RESULTS.md; the other sections stay as they are."""
+    import cupy
+
+    lines = [
+        "## GPU: dltrain (CuPy) against PyTorch CUDA eager",
+        "",
+        f"Device: {gpu_name()}; CuPy {cupy.__version__}; date {time.strftime('%Y-%m-%d')}; {args.reps} repetitions; "
+        f"{WARMUP} warm-up + {TIMED} timed epochs of {SAMPLES} samples per process; medians.",
+        "",
+        "Command: `python benchmarks/gpu.py` (or `bash benchmarks/gpu_check.sh`, which also runs the GPU tests)",
+        "",
+        "| case | dltrain samples/s | PyTorch samples/s | dltrain / PyTorch | target | CuPy by hand | "
+        "dltrain / by hand | dltrain unfused |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for case, runs in results.items():
+        speed = {f: statistics.median(r["samples_per_second"] for r in v) for f, v in runs.items()}
+        ratio = speed["dltrain"] / speed["torch"]
+        target = TARGETS.get(case)
+        verdict = "" if target is None else f">= {target} ({'met' if ratio >= target else 'missed'})"
+        by_hand = (f"{speed['cupy']:,.0f}", f"{speed['dltrain'] / speed['cupy']:.2f}") if "cupy" in speed else ("", "")
+        unfused = f"{speed['dltrain-unfused']:,.0f}" if "dltrain-unfused" in speed else ""
+        lines.append(f"| {case} | {speed['dltrain']:,.0f} | {speed['torch']:,.0f} | {ratio:.2f} | {verdict} | "
+                     f"{by_hand[0]} | {by_hand[1]} | {unfused} |")
+    lines += ["", "Every repetition, samples/s:", ""]
+    for case, runs in results.items():
+        for framework, values in runs.items():
+            lines.append(f"- {case} {framework}: " + ", ".join(f"{r['samples_per_second']:,.0f}" for r in values))
+    replace_section(path, "GPU", "\n".join(lines) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The GPU check, in one command on a machine with an NVIDIA GPU and CuPy (issue 6):
+#   1. tests   the GPU test cases (every test whose name or module says gpu: gradient checks on the GPU,
+#              CUDA kernels against their NumPy twin, CPU/GPU agreement, checkpoints across devices)
+#   2. configs every shipped config trains one epoch with --device gpu (accuracy and time per epoch)
+#   3. bench   benchmarks/gpu.py: dltrain against PyTorch CUDA and a hand-written CuPy MLP
+# Usage:  bash benchmarks/gpu_check.sh [tests] [configs] [bench]      (default: all three, in ~5 minutes)
+# Writes tests.log, configs.md, bench.log and RESULTS.md (benchmarks/RESULTS.md with the GPU section) to
+# $OUT (the device tool's output folder) or ./gpu_check_out. Prepare here first: bash benchmarks/gpu_prepare.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-gpu_check_out}
+mkdir -p "$out"
+stages=${*:-tests configs bench}
+device=${GPU_CHECK_DEVICE:-gpu}  # GPU_CHECK_DEVICE=cpu smoke-tests this script on a machine without a GPU
+status=0
+
+if [ -d .whl ] && ! python3 -c "import pydantic" 2>/dev/null; then  # the image lacks pydantic
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null 2>&1 \
+    || export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+[ -d .gpu_data ] && export DLTRAIN_DATA=$PWD/.gpu_data
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.txt"
+python3 -c "import cupy, numpy; print('cupy', cupy.__version__, 'numpy', numpy.__version__)" | tee -a "$out/device.txt"
+python3 -c "from dltrain import backend; print('dltrain uses:', backend.resolve_device('$device'))" \
+    | tee -a "$out/device.txt" || exit 1
+
+for stage in $stages; do
+    case $stage in
+    tests)
+        timeout 300 python3 -m pytest -q -k gpu -p no:cacheprovider tests 2>&1 | tee "$out/tests.log"
+        [ "${PIPESTATUS[0]}" = 0 ] || status=1
+        ;;
+    configs)
+        echo "| config | epochs | test accuracy | seconds per epoch | samples/s |" > "$out/configs.md"
+        echo "|---|---|---|---|---|" >> "$out/configs.md"
+        for config in ${GPU_CHECK_CONFIGS:-configs/*.yaml}; do
+            name=$(basename "$config" .yaml)
+            run=/tmp/gpu_runs/$name
+            rm -rf "$run"
+            if timeout 120 python3 -m dltrain train "$config" --device "$device" --run-dir "$run" --quiet \
+                    --set training.epochs=1 > "$out/$name.log" 2>&1; then
+                python3 - "$run" "$name" >> "$out/configs.md" <<'PY'
+import json, sys
+run, name = sys.argv[1:]
+s = json.load(open(f"{run}/summary.json"))
+rows = open(f"{run}/metrics.csv").read().splitlines()[1:]
+seconds = float(rows[-1].split(",")[-1])
+acc = s.get("test_accuracy")
+print(f"| {name} | {s['epochs_run']} | {'' if acc is None else f'{acc:.4f}'} | {seconds:.2f} | "
+      f"{s['train_samples_per_second']:,.0f} |")
+PY
+            else
+                echo "| $name | failed: see $name.log | | | |" >> "$out/configs.md"
+                status=1
+            fi
+        done
+        cat "$out/configs.md"
+        ;;
+    bench)
+        cp benchmarks/RESULTS.md "$out/RESULTS.md"
+        timeout 420 python3 benchmarks/gpu.py --out "$out/RESULTS.md" 2>&1 | tee "$out/bench.log"
+        [ "${PIPESTATUS[0]}" = 0 ] || status=1
+        ;;
+    *) echo "unknown stage $stage (expected tests, configs or bench)"; exit 2 ;;
+    esac
+done
+exit $status
