@@ -24,6 +24,10 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     beta = None if bias is None else as_tensor(bias, like=x)
     r_mean = running_mean.data if isinstance(running_mean, Tensor) else running_mean
     r_var = running_var.data if isinstance(running_var, Tensor) else running_var
+    for name, stat in (("running_mean", r_mean), ("running_var", r_var)):
+        if stat is not None and backend.array_module(stat) is not xp:
+            raise ValueError(f"batch_norm: {name} is on {backend.device_of(stat)} but the input is on "
+                             f"{backend.device_of(x.data)}; move both to one device")
     count = x.size // channels
     # Per-channel sums as einsum contractions: much faster than sum(axis=(0, 2, 3)) on NCHW arrays.
     letters = "nc" + "hwdxyz"[:x.ndim - 2]

@@ -38,10 +38,13 @@ def _is_basic_index(index) -> bool:
 def getitem(x, index) -> Tensor:
     """x[index] for basic slices and integer or boolean arrays; repeated indices sum their gradients."""
     x = as_tensor(x)
-    if isinstance(index, Tensor):
-        index = index.data
-    elif isinstance(index, tuple):
-        index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
+    xp = backend.array_module(x.data)
+
+    def on_device(i):  # index arrays follow the data (host arrays go to the GPU with it)
+        i = i.data if isinstance(i, Tensor) else i
+        return xp.asarray(i) if isinstance(i, backend.np.ndarray) and xp is not backend.np else i
+
+    index = tuple(on_device(i) for i in index) if isinstance(index, tuple) else on_device(index)
     basic = _is_basic_index(index)
     return make_result(x.data[index], (x,), lambda g: (SliceGrad(index, g, x.data, basic),), "getitem")
 

@@ -16,6 +16,11 @@ def away_from_zero(a, margin=0.05):
 R = np.random.default_rng(7)
 
 
+def like(tensor, values):
+    """A constant array on the tensor's device (batchnorm updates its running statistics in place)."""
+    return backend.to_device(np.asarray(values, dtype=np.float64), backend.device_of(tensor.data))
+
+
 def randn(*shape):
     return R.standard_normal(shape)
 
@@ -100,12 +105,12 @@ CASES = {
                                   label_smoothing=0.2), [randn(4, 3)]),
     "cross_entropy_spatial": (lambda x: F.cross_entropy(x, np.array([[0, 1], [2, 2]])), [randn(2, 3, 2)]),
     "batch_norm_train_2d": (
-        lambda x, w, b: F.batch_norm(x, np.zeros(3), np.ones(3), w, b, training=True),
+        lambda x, w, b: F.batch_norm(x, like(x, np.zeros(3)), like(x, np.ones(3)), w, b, training=True),
         [randn(5, 3), randn(3), randn(3)]),
     "batch_norm_train_4d": (
         lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True), [randn(2, 3, 2, 2), randn(3), randn(3)]),
     "batch_norm_eval": (
-        lambda x, w, b: F.batch_norm(x, np.array([0.1, -0.2, 0.3]), np.array([1.5, 0.5, 2.0]), w, b),
+        lambda x, w, b: F.batch_norm(x, like(x, [0.1, -0.2, 0.3]), like(x, [1.5, 0.5, 2.0]), w, b),
         [randn(4, 3), randn(3), randn(3)]),
     "batch_norm_no_affine": (lambda x: F.batch_norm(x, None, None, training=True), [randn(6, 2)]),
     "dropout": (lambda x: (backend.manual_seed(3), F.dropout(x, 0.4))[1], [randn(5, 6)]),
