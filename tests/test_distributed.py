@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from dltrain import backend
 from dltrain.distributed import SingleProcess, shard
 
 BIN = Path(sys.executable).parent
@@ -97,3 +98,38 @@ def test_a_dying_rank_ends_the_job_instead_of_hanging(tmp_path):
     output, _ = process.communicate(timeout=60)
     assert time.time() - started < 30
     assert process.returncode != 0 and "TERMINATED" in output
+
+
+def test_gradients_stay_on_the_cpu_communicator_for_cpu_training():
+    single = SingleProcess()
+    assert single.for_device("cpu") is single and single.for_device("gpu") is single
+
+
+NCCL_CHECK = """
+from mpi4py import MPI
+from dltrain import backend
+from dltrain.distributed import MPICommunicator, NCCLCommunicator
+nccl = backend.nccl_module()
+if nccl is None:
+    print("no NCCL")
+    raise SystemExit(0)
+comm = NCCLCommunicator(MPICommunicator(MPI.COMM_SELF), nccl)
+xp = backend.xp_for("gpu")
+flat = xp.arange(10, dtype=xp.float32) / 3
+summed = comm.sum(flat)
+assert backend.device_of(summed) == "gpu"
+xp.testing.assert_array_equal(summed, flat)
+assert comm.broadcast({"stop": True}) == {"stop": True} and comm.seconds > 0
+print("nccl ok")
+"""
+
+
+@pytest.mark.skipif(not backend.gpu_available(), reason=f"no GPU here: {backend.gpu_unavailable_reason()}")
+def test_nccl_allreduce_on_the_gpu():
+    """One rank (NCCL refuses two ranks on one GPU): the NCCL path sums a GPU buffer without a host copy.
+    In a child process, so that an MPI library that cannot start here fails this test alone."""
+    pytest.importorskip("mpi4py")
+    result = subprocess.run([sys.executable, "-c", NCCL_CHECK], capture_output=True, text=True, timeout=120)
+    if "no NCCL" in result.stdout:
+        pytest.skip("this CuPy has no usable NCCL (pip install nvidia-nccl-cu13)")
+    assert result.returncode == 0 and "nccl ok" in result.stdout, result.stderr[-2000:]

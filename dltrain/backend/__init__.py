@@ -102,6 +102,23 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def select_gpu(local_rank: int) -> None:
+    """Use GPU number local_rank (modulo the GPUs present) in this process: one GPU per MPI rank."""
+    cupy = _load_cupy()
+    if cupy is None:
+        raise DeviceError(f"device 'gpu' was asked for but {_cupy_error}")
+    cupy.cuda.Device(local_rank % cupy.cuda.runtime.getDeviceCount()).use()
+
+
+def nccl_module():
+    """CuPy's NCCL binding (cupy.cuda.nccl) when this CuPy has it and NCCL loads; else None."""
+    try:
+        from cupy.cuda import nccl  # noqa: PLC0415
+    except ImportError:
+        return None
+    return nccl if getattr(nccl, "available", True) else None
+
+
 def xp_for(device: str):
     """The array module of a resolved device name."""
     return _load_cupy() if device == "gpu" else numpy

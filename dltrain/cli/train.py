@@ -51,6 +51,7 @@ def train(
     if device is not None:
         cfg.device = device
     resolved_device = backend.resolve_device(cfg.device)
+    comm = comm.for_device(resolved_device)  # GPU ranks: one GPU each, gradients summed by NCCL
 
     reporter = make_reporter(quiet) if main else SilentReporter()
     trainer = Trainer(cfg, run, resolved_device, reporter, resume=checkpoint, comm=comm)
