@@ -1,7 +1,8 @@
 """A NumPy twin of dltrain/backend/cuda.py: the same functions, written as plain array code.
 
 Two uses: on the CPU, tests hand it out in place of the CUDA kernels, so the code that calls the
-kernels (flat optimizer buffers, the conv, loss, dropout and relu branches) runs without a GPU;
+kernels (flat optimizer buffers, the conv, loss, dropout and relu branches) runs without a GPU
+(also on tests/fake_cupy.py's stand-in GPU arrays, hence only array functions, no host constants);
 on a GPU, the CUDA kernels are checked against it.
 """
 
@@ -25,20 +26,21 @@ def log_softmax_nll(logits, labels):
     peak = logits.max(axis=1, keepdims=True)
     log_sum = peak + np.log(np.exp(logits - peak).sum(axis=1, keepdims=True))
     log_p = logits - log_sum
-    return log_p, -log_p[np.arange(len(labels)), labels]
+    return log_p, -np.take_along_axis(log_p, labels[:, None], axis=1)[:, 0]
 
 
 def cross_entropy_backward(log_p, labels, upstream):
     grad = np.exp(log_p)
-    grad[np.arange(len(labels)), labels] -= 1
-    return (grad * (np.asarray(upstream, log_p.dtype) / len(labels))).astype(log_p.dtype)
+    column = labels[:, None]
+    np.put_along_axis(grad, column, np.take_along_axis(grad, column, axis=1) - 1, axis=1)
+    return (grad * (upstream / len(labels))).astype(log_p.dtype)
 
 
 def col2im(columns, image, kernel, stride, padding, dilation, out_hw):
     n, channels, height, width = image.shape
     (kh, kw), (oh, ow) = kernel, out_hw
     cols = columns.reshape(n, channels, kh, kw, oh, ow)
-    padded = np.zeros((n, channels, height + 2 * padding[0], width + 2 * padding[1]), columns.dtype)
+    padded = np.zeros_like(columns, shape=(n, channels, height + 2 * padding[0], width + 2 * padding[1]))
     for i in range(kh):
         for j in range(kw):
             rows = slice(i * dilation[0], i * dilation[0] + stride[0] * (oh - 1) + 1, stride[0])
@@ -49,7 +51,7 @@ def col2im(columns, image, kernel, stride, padding, dilation, out_hw):
 
 def sgd_step(param, grad, velocity, decay, lr, momentum, nesterov):
     t = param.dtype.type
-    g = grad + t(decay) * param if np.ndim(decay) == 0 else grad + decay * param
+    g = grad + (t(decay) if np.ndim(decay) == 0 else decay) * param
     if velocity is None:
         param -= t(lr) * g
         return
@@ -60,7 +62,7 @@ def sgd_step(param, grad, velocity, decay, lr, momentum, nesterov):
 
 def adam_step(param, grad, m, v, decay, lr, beta1, beta2, eps, step, decoupled):
     t = param.dtype.type
-    decay = np.asarray(decay, param.dtype)
+    decay = t(decay) if np.ndim(decay) == 0 else decay
     g = grad
     if decoupled:
         param *= 1 - t(lr) * decay

@@ -2,11 +2,13 @@
 
 Everywhere: the code that calls the fused kernels runs on the CPU with their NumPy twin
 (tests/numpy_kernels.py) and must train exactly like the plain NumPy code; the deferred loss reads
-of the GPU loop run on the CPU too. Where CuPy finds a GPU: each CUDA kernel against its twin,
-the same config on CPU and GPU, and checkpoints moving between the two.
+of the GPU loop run on the CPU too; and the training tests run on the stand-in GPU of
+tests/fake_cupy.py, whose arrays refuse host arrays as CuPy's do. Where CuPy finds a GPU, the same
+tests run on it too, and each CUDA kernel is checked against its twin.
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -234,23 +236,21 @@ def test_cuda_kernels_match_their_numpy_twin(dtype):
             np.testing.assert_allclose(cupy.asnumpy(a), b, **tol)
 
 
-@needs_gpu
 @pytest.mark.parametrize("model, optimizer", [
     ([{"linear": {"units": 32}}, "relu", {"linear": {"units": 4}}], {"name": "sgd", "lr": 0.05, "momentum": 0.9}),
     ([{"linear": {"units": 32}}, "tanh", {"batchnorm": {}}, {"linear": {"units": 4}}], {"name": "adam", "lr": 0.01}),
 ])
-def test_cpu_and_gpu_train_alike(tmp_path, model, optimizer):
+def test_cpu_and_gpu_train_alike(tmp_path, gpu, model, optimizer):
     """Same seed and config (no dropout: the devices draw different masks): the same losses within float32."""
     cfg = config(model=model, optimizer=optimizer, training={**BLOBS["training"], "epochs": 2})
     trained(cfg, tmp_path / "cpu", "cpu")
-    trained(cfg, tmp_path / "gpu", "gpu")
+    trained(cfg, tmp_path / "gpu", gpu)
     close_metrics(metrics(tmp_path / "gpu"), metrics(tmp_path / "cpu"), rtol=1e-4)
 
 
-@needs_gpu
-def test_checkpoints_move_between_cpu_and_gpu(tmp_path):
+def test_checkpoints_move_between_cpu_and_gpu(tmp_path, gpu):
     cfg = config()
-    for trained_on, evaluated_on in (("gpu", "cpu"), ("cpu", "gpu")):
+    for trained_on, evaluated_on in ((gpu, "cpu"), ("cpu", gpu)):
         trainer = trained(cfg, tmp_path / trained_on, trained_on)
         summary = json.loads((tmp_path / trained_on / files.SUMMARY).read_text())
         report = evaluate_checkpoint(tmp_path / trained_on / files.BEST, "test", device=evaluated_on)
@@ -258,14 +258,13 @@ def test_checkpoints_move_between_cpu_and_gpu(tmp_path):
         assert trainer.device == trained_on
 
 
-@needs_gpu
-def test_fused_and_plain_gpu_code_train_alike(tmp_path):
+def test_fused_and_plain_gpu_code_train_alike(tmp_path, gpu):
     cfg = config(model=[{"conv2d": {"filters": 4, "kernel_size": 3, "padding": 1}}, "relu",
                         {"max_pool2d": {"kernel_size": 2}}, "flatten", {"linear": {"units": 4}}],
                  data={"name": "npz", "path": str(_images(tmp_path))})
     with backend.fused_kernels(False):
-        trained(cfg, tmp_path / "plain", "gpu")
-    trained(cfg, tmp_path / "fused", "gpu")
+        trained(cfg, tmp_path / "plain", gpu)
+    trained(cfg, tmp_path / "fused", gpu)
     close_metrics(metrics(tmp_path / "fused"), metrics(tmp_path / "plain"), rtol=1e-4)
 
 
@@ -273,5 +272,44 @@ def _images(tmp_path):
     x = R.standard_normal((200, 1, 8, 8)).astype(np.float32)
     y = (x[:, 0, :4].mean(axis=(1, 2)) > 0).astype(np.int64) + 2 * (x[:, 0, :, :4].mean(axis=(1, 2)) > 0)
     path = tmp_path / "images.npz"
-    np.savez(path, x_train=x[:150], y_train=y[:150], x_test=x[150:], y_test=y[150:])
+    np.savez(path, x=x[:150], y=y[:150], x_test=x[150:], y_test=y[150:])
     return path
+
+
+@pytest.fixture(scope="module")
+def small_images(tmp_path_factory):
+    """Fashion-MNIST-shaped data, small: 1x28x28 images of 10 classes."""
+    rng = np.random.default_rng(0)
+    y = np.arange(300) % 10
+    x = rng.normal(size=(300, 1, 28, 28)).astype(np.float32) * 0.5 + y[:, None, None, None] / 10
+    path = tmp_path_factory.mktemp("data") / "images.npz"
+    np.savez(path, x=x[:240], y=y[:240], x_test=x[240:], y_test=y[240:])
+    return path
+
+
+SHIPPED = sorted(p.stem for p in (Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_config_trains_on_the_gpu_through_the_cli(tmp_path, gpu, small_images, name):
+    """One short epoch of each shipped config with --device gpu (image configs on small images of the same
+    shape); its checkpoint then evaluates on the CPU to the test accuracy the GPU run reported."""
+    from typer.testing import CliRunner
+
+    from dltrain.cli import app
+
+    config = Path(__file__).parents[1] / "configs" / f"{name}.yaml"
+    overrides = ["--set", "training.epochs=1", "--set", "training.batch_size=32"]
+    if "fashion" in name:
+        overrides += ["--set", f"data={{name: npz, path: '{small_images}', val_fraction: 0.1}}"]
+    runner = CliRunner()
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(config), "--device", gpu, "--run-dir", str(run), "--quiet", *overrides])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((run / files.SUMMARY).read_text())
+    assert summary["device"] == "gpu" and summary["epochs_run"] == 1
+    result = runner.invoke(app, ["eval", str(run), "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    if "test_accuracy" in summary:
+        assert report["accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-6)

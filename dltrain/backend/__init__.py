@@ -235,10 +235,15 @@ def _device_rng(device: str):
     if device == "cpu":
         return _host_rng
     if device not in _device_rngs:
-        # Seeded from the host generator, so the one run seed still decides it.
-        seed = int(_host_rng.integers(0, 2**63 - 1))
-        _device_rngs[device] = _load_cupy().random.default_rng(seed)
+        _device_rngs[device] = _load_cupy().random.default_rng(_seed_from_host_state())
     return _device_rngs[device]
+
+
+def _seed_from_host_state() -> int:
+    """A seed for the GPU's generator read off the host generator's state without advancing it: the one
+    run seed still decides the GPU's draws, and the host stream (init, shuffling) stays the same as on a CPU."""
+    state = _host_rng.bit_generator.state["state"]
+    return (state["state"] ^ state["inc"]) % 2**63
 
 
 def reseed_device_generator(device: str) -> None:
@@ -247,7 +252,7 @@ def reseed_device_generator(device: str) -> None:
     The trainer does this at every epoch's start: checkpoints store the host generator's state only, so
     a resumed run then draws the same dropout masks as an uninterrupted one."""
     if device != "cpu":
-        _device_rngs[device] = _load_cupy().random.default_rng(int(_host_rng.integers(0, 2**63 - 1)))
+        _device_rngs[device] = _load_cupy().random.default_rng(_seed_from_host_state())
 
 
 def uniform_like(array, shape=None):
