@@ -172,11 +172,18 @@ def worker(framework: str, case: str) -> None:
                       "epoch_seconds": [round(s, 4) for s in seconds]}))
 
 
-def measure(framework: str, case: str) -> dict:
+def measure(framework: str, case: str) -> dict | None:
+    """One worker process; None (and its error printed) when it fails, so the other cases still run."""
     out = subprocess.run([sys.executable, __file__, "--worker", framework, case], capture_output=True, text=True)
     if out.returncode != 0:
-        raise SystemExit(f"{framework} {case} failed:\n{out.stderr[-3000:]}")
+        print(f"{framework} {case} failed:\n{out.stderr[-3000:]}", flush=True)
+        return None
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def median_speed(runs: list) -> float | None:
+    values = [r["samples_per_second"] for r in runs if r is not None]
+    return statistics.median(values) if values else None
 
 
 def gpu_name() -> str:
@@ -206,8 +213,7 @@ def main() -> None:
             for framework in (frameworks if rep % 2 == 0 else frameworks[::-1]):
                 runs[framework].append(measure(framework, case))
         results[case] = runs
-        print(case, {f: round(statistics.median(r["samples_per_second"] for r in v)) for f, v in runs.items()},
-              flush=True)
+        print(case, {f: median_speed(v) for f, v in runs.items()}, flush=True)
     write_section(Path(args.out), results, args)
 
 
@@ -227,19 +233,30 @@ def write_section(path: Path, results: dict, args) -> None:
         "dltrain / by hand | dltrain unfused |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    def cell(value):
+        return "failed" if value is None else f"{value:,.0f}"
+
+    def ratio_of(a, b):
+        return None if a is None or b is None else a / b
+
     for case, runs in results.items():
-        speed = {f: statistics.median(r["samples_per_second"] for r in v) for f, v in runs.items()}
-        ratio = speed["dltrain"] / speed["torch"]
+        speed = {f: median_speed(v) for f, v in runs.items()}
+        ratio = ratio_of(speed["dltrain"], speed["torch"])
         target = TARGETS.get(case)
-        verdict = "" if target is None else f">= {target} ({'met' if ratio >= target else 'missed'})"
-        by_hand = (f"{speed['cupy']:,.0f}", f"{speed['dltrain'] / speed['cupy']:.2f}") if "cupy" in speed else ("", "")
-        unfused = f"{speed['dltrain-unfused']:,.0f}" if "dltrain-unfused" in speed else ""
-        lines.append(f"| {case} | {speed['dltrain']:,.0f} | {speed['torch']:,.0f} | {ratio:.2f} | {verdict} | "
+        verdict = "" if target is None or ratio is None else f">= {target} ({'met' if ratio >= target else 'missed'})"
+        by_hand = ("", "")
+        if "cupy" in speed:
+            versus = ratio_of(speed["dltrain"], speed["cupy"])
+            by_hand = (cell(speed["cupy"]), "" if versus is None else f"{versus:.2f}")
+        unfused = cell(speed["dltrain-unfused"]) if "dltrain-unfused" in speed else ""
+        ratio_text = "" if ratio is None else f"{ratio:.2f}"
+        lines.append(f"| {case} | {cell(speed['dltrain'])} | {cell(speed['torch'])} | {ratio_text} | {verdict} | "
                      f"{by_hand[0]} | {by_hand[1]} | {unfused} |")
     lines += ["", "Every repetition, samples/s:", ""]
     for case, runs in results.items():
         for framework, values in runs.items():
-            lines.append(f"- {case} {framework}: " + ", ".join(f"{r['samples_per_second']:,.0f}" for r in values))
+            lines.append(f"- {case} {framework}: " + ", ".join(
+                "failed" if r is None else f"{r['samples_per_second']:,.0f}" for r in values))
     replace_section(path, "GPU", "\n".join(lines) + "\n")
     print(f"wrote {path}")
 
