@@ -149,10 +149,12 @@ def test_deferred_loss_reads_give_the_same_metrics(tmp_path):
     assert metrics(tmp_path / "deferred") == metrics(tmp_path / "every_step")
 
 
-def test_deferred_reads_name_the_step_whose_loss_was_not_finite(tmp_path):
+@pytest.mark.parametrize("grad_clip", [None, 1.0])
+def test_deferred_reads_name_the_step_whose_loss_was_not_finite(tmp_path, grad_clip):
     cfg = config(loss="mse", model=[{"linear": {"units": 1}}], optimizer={"name": "sgd", "lr": 0.01},
                  data={"name": "blobs", "n_samples": 400, "classes": 2},
-                 training={"epochs": 1, "batch_size": 4, "shuffle": False, "early_stopping": False})
+                 training={"epochs": 1, "batch_size": 4, "shuffle": False, "early_stopping": False,
+                           "grad_clip": grad_clip})
     messages = []
     for defer in (False, True):
         trainer = Trainer(cfg, files.RunDir(tmp_path / f"run{defer}"), "cpu", SilentReporter())
@@ -167,8 +169,25 @@ def test_deferred_reads_name_the_step_whose_loss_was_not_finite(tmp_path):
     assert "loss became inf at epoch 1, step 71 " in messages[1]
     assert "first non-finite: the output of model[0].linear" in messages[0]
     # the weights took the infinite step before the loss was read: said so, instead of a wrong layer
-    assert f"not traced: the weights were already non-finite when the loss was read (on the GPU it is read " \
+    assert f"not traced: the weights were already non-finite when it was read (on the GPU losses are read " \
            f"every {DEVICE_READ_EVERY} steps" in messages[1]
+
+
+def test_clipping_on_the_device_scales_like_clipping_on_the_host():
+    from dltrain.layers.module import Parameter
+    from dltrain.optim import clip_grad_norm
+
+    for max_norm in (0.5, 100.0):
+        results = []
+        for read in (True, False):
+            params = [Parameter(np.zeros((3, 2), np.float32)), Parameter(np.zeros(4, np.float32))]
+            params[0].grad = np.arange(6, dtype=np.float32).reshape(3, 2)
+            params[1].grad = -np.ones(4, np.float32)
+            norm = clip_grad_norm(params, max_norm, read=read)
+            results.append((float(norm), [p.grad.copy() for p in params]))
+        assert results[0][0] == results[1][0] == pytest.approx(np.sqrt(55 + 4))
+        for host, device in zip(results[0][1], results[1][1]):
+            np.testing.assert_array_equal(device, host)
 
 
 # ---------------------------------------------------------------- on a real GPU

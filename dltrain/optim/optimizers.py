@@ -22,13 +22,22 @@ from ..registry import NonNegativeFloat, PositiveFloat, optimizers
 Beta = Annotated[float, Ge(0), Lt(1)]
 
 
-def clip_grad_norm(params, max_norm: float) -> float:
-    """Scale all gradients together so their global L2 norm is at most max_norm; return the norm before."""
+def clip_grad_norm(params, max_norm: float, read: bool = True):
+    """Scale all gradients together so their global L2 norm is at most max_norm; return the norm before.
+
+    With read=False the norm stays a 0-d array on the gradients' device and the scaling happens there too
+    (the GPU training loop checks it later, without waiting for the GPU at every step)."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return 0.0
     xp = backend.array_module(grads[0])
-    total = float(xp.sqrt(sum((g.astype(xp.float64) ** 2).sum() for g in grads)))
+    total = xp.sqrt(sum((g.astype(xp.float64) ** 2).sum() for g in grads))
+    if not read:  # min(1, max_norm / norm): the same factor as below, computed on the device
+        scale = xp.minimum(1.0, max_norm / (total + 1e-6)).astype(grads[0].dtype)
+        for g in grads:
+            g *= scale
+        return total
+    total = float(total)
     if total > max_norm:
         scale = max_norm / (total + 1e-6)
         for g in grads:

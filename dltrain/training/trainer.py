@@ -318,6 +318,7 @@ class Trainer:
         xp = backend.xp_for(self.device)
         deferred = self.defer_loss_reads
         step_losses = xp.empty(self.steps_per_epoch, dtype=backend.default_dtype()) if deferred else None
+        step_norms = xp.zeros(self.steps_per_epoch, dtype=xp.float64) if deferred and cfg.grad_clip else None
         correct_on_device = xp.zeros((), dtype=xp.int64) if deferred else None
         pending: list[tuple[int, int]] = []  # (step, batch size) whose loss is still on the device
         loss_sum = 0.0
@@ -353,7 +354,9 @@ class Trainer:
                 loss.backward()
             if self.gradients:
                 self.gradients.after_backward()
-            if cfg.grad_clip:
+            if cfg.grad_clip and deferred:
+                step_norms[step] = clip_grad_norm(params, cfg.grad_clip, read=False)
+            elif cfg.grad_clip:
                 norm = clip_grad_norm(params, cfg.grad_clip)
                 if not math.isfinite(norm):
                     self._nonfinite("gradients became non-finite", self._first_nonfinite_gradient(), epoch, step, lr)
@@ -366,7 +369,8 @@ class Trainer:
                 pending.append((step, len(batch)))
                 if len(pending) < DEVICE_READ_EVERY and step + 1 < self.steps_per_epoch:
                     continue
-                loss_sum, seen = self._read_step_losses(step_losses, pending, loss_sum, seen, epoch, order)
+                loss_sum, seen = self._read_step_losses(step_losses, step_norms, pending, loss_sum, seen, epoch,
+                                                        order)
                 pending = []
             else:
                 loss_sum += value * len(batch)
@@ -384,12 +388,17 @@ class Trainer:
         accuracy = None if self.model.task == "regression" else correct / (seen * width)
         return loss_sum / seen, accuracy, lr
 
-    def _read_step_losses(self, step_losses, pending, loss_sum: float, seen: int, epoch: int, order):
-        """Read the losses of the pending steps (one transfer) and add them up; stop at a non-finite one,
-        naming its step and, when the weights are still finite, the first layer whose output is not."""
+    def _read_step_losses(self, step_losses, step_norms, pending, loss_sum: float, seen: int, epoch: int, order):
+        """Read the losses (and gradient norms, when clipping) of the pending steps in one transfer and add the
+        losses up; stop at the first non-finite one, naming its step and, when the weights are still finite,
+        the first layer whose output is not."""
         first, last = pending[0][0], pending[-1][0]
         values = backend.to_numpy(step_losses[first:last + 1]).astype(np.float64)
-        for (step, size), value in zip(pending, values):
+        norms = backend.to_numpy(step_norms[first:last + 1]) if step_norms is not None else np.zeros(len(values))
+        late = (f"the weights were already non-finite when it was read (on the GPU losses are read every "
+                f"{DEVICE_READ_EVERY} steps; training.on_nonfinite: skip reads every step)")
+        for (step, size), value, norm in zip(pending, values, norms):
+            lr = self.schedule.lr(epoch, step)
             if not math.isfinite(value):
                 xp = backend.xp_for(self.device)
                 if all(bool(xp.isfinite(p.data).all()) for p in self.model.network.parameters()):
@@ -397,10 +406,10 @@ class Trainer:
                     where = self._first_nonfinite_output(self.splits.train.x[order[step * batch_size:
                                                                                    (step + 1) * batch_size]])
                 else:
-                    where = (f"not traced: the weights were already non-finite when the loss was read (on the GPU "
-                             f"it is read every {DEVICE_READ_EVERY} steps; training.on_nonfinite: skip reads every "
-                             f"step)")
-                self._nonfinite(f"loss became {value}", where, epoch, step, self.schedule.lr(epoch, step))
+                    where = f"not traced: {late}"
+                self._nonfinite(f"loss became {value}", where, epoch, step, lr)
+            if not math.isfinite(norm):
+                self._nonfinite("gradients became non-finite", f"not traced per parameter: {late}", epoch, step, lr)
             loss_sum += value * size
             seen += size
         return loss_sum, seen
