@@ -71,9 +71,11 @@ def _load_cupy():
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # CUDA raises its own error types; all mean "no usable GPU"
         text = str(exc)
-        if "insufficient" in text or "driver" in text.lower():
-            text = f"no NVIDIA driver usable by CuPy ({text})"
-        _cupy_error = f"CuPy is installed but no GPU is usable: {text}"
+        if "insufficient" in text or "driver" in text.lower():  # what CuPy says on a machine without one
+            _cupy_error = (f"CuPy found no NVIDIA driver it can use ({text}): this needs an NVIDIA GPU with a "
+                           f"driver that supports CuPy's CUDA version")
+        else:
+            _cupy_error = f"CuPy is installed but no GPU is usable: {text}"
         return None
     if count < 1:
         _cupy_error = "CuPy is installed but found no GPU"
@@ -98,7 +100,8 @@ def resolve_device(name: str) -> str:
     if name == "auto":
         return "gpu" if gpu_available() else "cpu"
     if name == "gpu" and not gpu_available():
-        raise DeviceError(f"device 'gpu' was asked for but {_cupy_error}")
+        raise DeviceError(f"device 'gpu' was asked for, but {_cupy_error}; to train on the CPU use --device cpu "
+                          f"(or device: auto, which takes a GPU only when there is one)")
     return name
 
 
@@ -106,7 +109,7 @@ def select_gpu(local_rank: int) -> None:
     """Use GPU number local_rank (modulo the GPUs present) in this process: one GPU per MPI rank."""
     cupy = _load_cupy()
     if cupy is None:
-        raise DeviceError(f"device 'gpu' was asked for but {_cupy_error}")
+        raise DeviceError(f"device 'gpu' was asked for, but {_cupy_error}")
     cupy.cuda.Device(local_rank % cupy.cuda.runtime.getDeviceCount()).use()
 
 

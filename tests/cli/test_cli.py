@@ -359,5 +359,41 @@ def test_asking_for_a_missing_gpu_says_what_is_missing(tmp_path):
         pytest.skip("a GPU is available here")
     result = dltrain("train", write(tmp_path, TINY), "--device", "gpu")
     assert result.returncode == 2
-    assert result.stderr.startswith("error: device 'gpu' was asked for but ")
+    assert result.stderr.startswith(f"error: device 'gpu' was asked for, but {backend.gpu_unavailable_reason()}; "
+                                    f"to train on the CPU use --device cpu (or device: auto")
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("failure, reason", [
+    (ImportError, "CuPy is not installed (import of cupy halted; None in sys.modules); install it with: "
+                  "pip install 'dltrain[gpu]'"),
+    (RuntimeError("cudaErrorInsufficientDriver: CUDA driver version is insufficient for CUDA runtime version"),
+     "CuPy found no NVIDIA driver it can use (cudaErrorInsufficientDriver: CUDA driver version is insufficient "
+     "for CUDA runtime version): this needs an NVIDIA GPU with a driver that supports CuPy's CUDA version"),
+    (RuntimeError("cudaErrorNoDevice: no CUDA-capable device is detected"),
+     "CuPy is installed but no GPU is usable: cudaErrorNoDevice: no CUDA-capable device is detected"),
+    (0, "CuPy is installed but found no GPU"),
+])
+def test_why_the_gpu_is_missing_is_said_in_words(monkeypatch, failure, reason):
+    """CuPy's own errors (the one it gives on a machine without a driver included) become one sentence."""
+    import types
+
+    from dltrain import backend
+    from dltrain.errors import DeviceError
+
+    def device_count():
+        if isinstance(failure, RuntimeError):
+            raise failure
+        return failure
+
+    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=device_count)))
+    if failure is ImportError:
+        monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy raises ImportError
+    else:
+        monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(backend, "_cupy", None)
+    monkeypatch.setattr(backend, "_cupy_error", None)
+    with pytest.raises(DeviceError) as caught:
+        backend.resolve_device("gpu")
+    assert str(caught.value).startswith(f"device 'gpu' was asked for, but {reason}; to train on the CPU")
+    assert backend.resolve_device("auto") == "cpu"
