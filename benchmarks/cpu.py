@@ -13,7 +13,6 @@ divided by the measured float32 GEMM rate).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -169,38 +168,54 @@ def run_torch(model: str, batch: int, steps: int, x, y) -> float:
     return _timed(step, steps)
 
 
+class HandWrittenMLP:
+    """The 784-hidden-10 MLP by hand, in NumPy or CuPy (`xp`): forward, hand-derived backward, in-place
+    SGD. No framework: the reference for what a framework's overhead costs (gpu.py uses it with CuPy)."""
+
+    def __init__(self, xp, hidden: int, batch: int, lr: float = 0.01):
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        self.xp = xp
+        self.w1 = xp.asarray((rng.standard_normal((784, hidden)) * np.sqrt(2 / 784)).astype(np.float32))
+        self.b1 = xp.zeros(hidden, np.float32)
+        self.w2 = xp.asarray((rng.standard_normal((hidden, 10)) * np.sqrt(2 / hidden)).astype(np.float32))
+        self.b2 = xp.zeros(10, np.float32)
+        self.lr = np.float32(lr)
+        self.rows = xp.arange(batch)
+
+    def step(self, xb, yb, with_loss: bool = False):
+        """One SGD step on flattened images xb and labels yb; the batch's mean loss if asked for (on xp's device)."""
+        xp, lr = self.xp, self.lr
+        h = xb @ self.w1
+        h += self.b1
+        xp.maximum(h, 0, out=h)
+        z = h @ self.w2
+        z += self.b2
+        z -= z.max(axis=1, keepdims=True)
+        xp.exp(z, out=z)
+        z /= z.sum(axis=1, keepdims=True)
+        loss = -xp.log(z[self.rows, yb]).mean() if with_loss else None
+        z[self.rows, yb] -= 1
+        z /= len(yb)
+        dh = z @ self.w2.T
+        dh *= h > 0
+        xp.subtract(self.w2, lr * (h.T @ z), out=self.w2)
+        xp.subtract(self.b2, lr * z.sum(axis=0), out=self.b2)
+        xp.subtract(self.w1, lr * (xb.T @ dh), out=self.w1)
+        xp.subtract(self.b1, lr * dh.sum(axis=0), out=self.b1)
+        return loss
+
+
 def run_numpy(model: str, batch: int, steps: int, x, y) -> float:
-    """The 784-1024-10 MLP by hand: forward, hand-derived backward, in-place SGD. No framework."""
     import numpy as np
 
-    rng = np.random.default_rng(0)
-    hidden = 1024 if model == "mlp" else 32
-    w1 = (rng.standard_normal((784, hidden)) * np.sqrt(2 / 784)).astype(np.float32)
-    b1 = np.zeros(hidden, np.float32)
-    w2 = (rng.standard_normal((hidden, 10)) * np.sqrt(2 / hidden)).astype(np.float32)
-    b2 = np.zeros(10, np.float32)
+    mlp = HandWrittenMLP(np, 1024 if model == "mlp" else 32, batch)
     flat = x.reshape(len(x), -1)
-    lr = np.float32(0.01)
 
     def step(i):
         start = (i * batch) % (len(x) - batch)
-        xb, yb = flat[start:start + batch], y[start:start + batch]
-        h = xb @ w1
-        h += b1
-        np.maximum(h, 0, out=h)
-        z = h @ w2
-        z += b2
-        z -= z.max(axis=1, keepdims=True)
-        np.exp(z, out=z)
-        z /= z.sum(axis=1, keepdims=True)
-        z[np.arange(batch), yb] -= 1
-        z /= batch
-        dh = z @ w2.T
-        dh *= h > 0
-        np.subtract(w2, lr * (h.T @ z), out=w2)
-        np.subtract(b2, lr * z.sum(axis=0), out=b2)
-        np.subtract(w1, lr * (xb.T @ dh), out=w1)
-        np.subtract(b1, lr * dh.sum(axis=0), out=b1)
+        mlp.step(flat[start:start + batch], y[start:start + batch])
 
     return _timed(step, steps)
 
@@ -247,12 +262,9 @@ def measure(framework: str, case: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", default=",".join(CASES))
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
-    parser.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "CASE"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    from harness import alternating, arguments  # (benchmarks/ is on sys.path when this script runs)
+
+    args = arguments(__doc__, CASES, reps=3)
     if args.worker:
         worker(*args.worker)
         return
@@ -261,11 +273,7 @@ def main() -> None:
     results = {}
     for case in cases:
         frameworks = ["dltrain", "torch"] + (["numpy"] if CASES[case][0] == "mlp" else [])
-        runs = {f: [] for f in frameworks}
-        for rep in range(args.reps):
-            for framework in (frameworks if rep % 2 == 0 else frameworks[::-1]):
-                runs[framework].append(measure(framework, case))
-        results[case] = runs
+        runs = results[case] = alternating(case, frameworks, args.reps, measure)
         print(case, {f: round(statistics.median(r["samples_per_second"] for r in v)) for f, v in runs.items()},
               flush=True)
     write_results(Path(args.out), results, rate, args)
@@ -311,7 +319,7 @@ def write_results(path: Path, results: dict, rate: float, args) -> None:
     for case, runs in results.items():
         for framework, values in runs.items():
             lines.append(f"- {case} {framework}: " + ", ".join(f"{r['samples_per_second']:,.0f}" for r in values))
-    from results_file import replace_section  # (benchmarks/ is on sys.path when this script runs)
+    from harness import replace_section
 
     replace_section(path, None, "\n".join(lines) + "\n")  # the sections of mpi_scaling.py and gpu.py stay
     print(f"wrote {path}")

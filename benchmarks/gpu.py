@@ -14,7 +14,6 @@ show what they bring.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -25,8 +24,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from cpu import dltrain_model, load_data, torch_model  # noqa: E402 (the models are shared with the CPU benchmark)
-from results_file import replace_section  # noqa: E402
+from cpu import HandWrittenMLP, dltrain_model, load_data, torch_model  # noqa: E402 (the models are shared with the CPU benchmark)
+from harness import alternating, arguments, replace_section  # noqa: E402
 
 SAMPLES = 30000  # one epoch
 WARMUP, TIMED = 2, 3
@@ -117,44 +116,22 @@ def run_torch(model: str, batch: int) -> list[float]:
 
 
 def run_cupy(model: str, batch: int) -> list[float]:
-    """The 784-1024-10 MLP by hand in CuPy: forward, hand-derived backward, in-place SGD. No framework."""
+    """benchmarks/cpu.py's hand-written MLP, in CuPy."""
     import cupy
     import numpy as np
 
     x, y = training_data()
-    rng = np.random.default_rng(0)
-    w1 = cupy.asarray((rng.standard_normal((784, 1024)) * np.sqrt(2 / 784)).astype(np.float32))
-    b1 = cupy.zeros(1024, cupy.float32)
-    w2 = cupy.asarray((rng.standard_normal((1024, 10)) * np.sqrt(2 / 1024)).astype(np.float32))
-    b2 = cupy.zeros(10, cupy.float32)
+    mlp = HandWrittenMLP(cupy, 1024, batch)
     xd, yd = cupy.asarray(x.reshape(len(x), -1)), cupy.asarray(y)
-    lr = np.float32(0.01)
     steps = len(x) // batch
-    rows = cupy.arange(batch)
+    rng = np.random.default_rng(0)
 
     def run_epoch(e):
         order = cupy.asarray(rng.permutation(len(x)))
         total = cupy.zeros((), cupy.float32)
         for s in range(steps):
             idx = order[s * batch:(s + 1) * batch]
-            xb, yb = xd[idx], yd[idx]
-            h = xb @ w1
-            h += b1
-            cupy.maximum(h, 0, out=h)
-            z = h @ w2
-            z += b2
-            z -= z.max(axis=1, keepdims=True)
-            cupy.exp(z, out=z)
-            z /= z.sum(axis=1, keepdims=True)
-            total -= cupy.log(z[rows, yb]).mean()
-            z[rows, yb] -= 1
-            z /= batch
-            dh = z @ w2.T
-            dh *= h > 0
-            cupy.subtract(w2, lr * (h.T @ z), out=w2)
-            cupy.subtract(b2, lr * z.sum(axis=0), out=b2)
-            cupy.subtract(w1, lr * (xb.T @ dh), out=w1)
-            cupy.subtract(b1, lr * dh.sum(axis=0), out=b1)
+            total += mlp.step(xd[idx], yd[idx], with_loss=True)
         float(total)
 
     return epochs(run_epoch)
@@ -195,12 +172,7 @@ def gpu_name() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", default=",".join(CASES))
-    parser.add_argument("--reps", type=int, default=2)
-    parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
-    parser.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "CASE"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = arguments(__doc__, CASES, reps=2)
     if args.worker:
         worker(*args.worker)
         return
@@ -208,11 +180,7 @@ def main() -> None:
     for case in args.cases.split(","):
         frameworks = ["dltrain", "torch"] + (["cupy"] if CASES[case][0] == "mlp" else [])
         frameworks += ["dltrain-unfused"] if case in UNFUSED_CASES else []
-        runs = {f: [] for f in frameworks}
-        for rep in range(args.reps):
-            for framework in (frameworks if rep % 2 == 0 else frameworks[::-1]):
-                runs[framework].append(measure(framework, case))
-        results[case] = runs
+        runs = results[case] = alternating(case, frameworks, args.reps, measure)
         print(case, {f: median_speed(v) for f, v in runs.items()}, flush=True)
     write_section(Path(args.out), results, args)
 

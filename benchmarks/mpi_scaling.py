@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from results_file import replace_section
+from harness import replace_section
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
