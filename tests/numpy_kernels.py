@@ -8,6 +8,8 @@ on a GPU, the CUDA kernels are checked against it.
 
 import numpy as np
 
+MAX_POOL_WINDOW = 255
+
 
 def supports(dtype) -> bool:
     return np.dtype(dtype) in (np.float32, np.float64)
@@ -75,3 +77,31 @@ def adam_step(param, grad, m, v, decay, lr, beta1, beta2, eps, step, decoupled):
     bias1 = t(1.0 - beta1 ** step)
     bias2_sqrt = t((1.0 - beta2 ** step) ** 0.5)
     param -= (t(lr) / bias1) * m / (np.sqrt(v) / bias2_sqrt + t(eps))
+
+
+def max_pool_forward(x, kernel, stride, padding, out_hw):
+    (kh, kw), (oh, ow) = kernel, out_hw
+    padded = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2), constant_values=-np.inf)
+    out = winner = None
+    for i in range(kh):
+        for j in range(kw):
+            view = padded[:, :, i:i + stride[0] * (oh - 1) + 1:stride[0], j:j + stride[1] * (ow - 1) + 1:stride[1]]
+            if out is None:
+                out, winner = view.copy(), np.zeros_like(view, dtype=np.uint8)
+                continue
+            better = view > out
+            out = np.where(better, view, out)
+            winner = np.where(better, np.uint8(i * kw + j), winner).astype(np.uint8)
+    return out, winner
+
+
+def max_pool_backward(grad_out, winner, input_shape, kernel, stride, padding, out_hw):
+    (kh, kw), (oh, ow) = kernel, out_hw
+    n, channels, height, width = input_shape
+    padded = np.zeros_like(grad_out, shape=(n, channels, height + 2 * padding[0], width + 2 * padding[1]))
+    for i in range(kh):
+        for j in range(kw):
+            rows = slice(i, i + stride[0] * (oh - 1) + 1, stride[0])
+            cols = slice(j, j + stride[1] * (ow - 1) + 1, stride[1])
+            padded[:, :, rows, cols] += np.where(winner == i * kw + j, grad_out, 0).astype(grad_out.dtype)
+    return padded[:, :, padding[0]:padding[0] + height, padding[1]:padding[1] + width].copy()

@@ -15,6 +15,7 @@ import pytest
 
 import dltrain.functional as F
 from dltrain import backend
+from dltrain.autograd import Tensor
 from dltrain.config import validate
 from dltrain.gradcheck import check_gradients
 from dltrain.optim.optimizers import SGD, Adam, AdamW
@@ -77,6 +78,9 @@ def close_metrics(a, b, rtol):
                                                                   R.standard_normal((4, 3, 3, 3))]),
     ("conv2d_dilated", lambda x, w: F.conv2d(x, w, dilation=2), [R.standard_normal((2, 2, 7, 7)),
                                                                  R.standard_normal((3, 2, 2, 3))]),
+    ("max_pool_disjoint", lambda x: F.max_pool2d(x, 2), [R.permutation(2 * 3 * 6 * 7).reshape(2, 3, 6, 7) * 0.1]),
+    ("max_pool_overlapping_padded", lambda x: F.max_pool2d(x, 3, stride=2, padding=1),
+     [R.permutation(2 * 2 * 7 * 6).reshape(2, 2, 7, 6) * 0.1]),
 ])
 def test_fused_branches_have_correct_gradients(numpy_kernels, name, fn, arrays):
     check_gradients(fn, arrays)
@@ -89,6 +93,17 @@ def test_fused_branches_give_the_values_of_the_numpy_code(numpy_kernels):
         plain = F.cross_entropy(x, labels).data
     fused = F.cross_entropy(x, labels).data
     np.testing.assert_allclose(fused, plain, rtol=1e-6)
+    images = np.round(R.standard_normal((2, 3, 7, 8)), 1).astype(np.float32)  # ties: the first offset wins
+    for kernel, stride, padding in [(2, 2, 0), (3, 2, 1), (3, 1, 1), (2, 3, 1)]:
+        results = []
+        for fused in (False, True):
+            with backend.fused_kernels(fused):
+                x = Tensor(images.copy(), requires_grad=True)
+                out = F.max_pool2d(x, kernel, stride, padding)
+                out.backward(np.arange(out.size, dtype=np.float32).reshape(out.shape))
+            results.append((out.data, x.grad))
+        np.testing.assert_array_equal(results[1][0], results[0][0])
+        np.testing.assert_array_equal(results[1][1], results[0][1])
 
 
 @pytest.mark.parametrize("optimizer", [
@@ -232,6 +247,18 @@ def test_cuda_kernels_match_their_numpy_twin(dtype):
         twin.col2im(columns, want, kernel, stride, padding, dilation, (oh, ow))
         got = cupy.empty(shape, dtype)
         cuda.col2im(cupy.asarray(columns), got, kernel, stride, padding, dilation, (oh, ow))
+        np.testing.assert_allclose(cupy.asnumpy(got), want, **tol)
+    images = np.round(R.standard_normal((2, 3, 9, 8)), 1).astype(dtype)  # with ties
+    for kernel, stride, padding in [((2, 2), (2, 2), (0, 0)), ((3, 3), (2, 2), (1, 1)), ((3, 2), (1, 3), (1, 1))]:
+        oh = (9 + 2 * padding[0] - kernel[0]) // stride[0] + 1
+        ow = (8 + 2 * padding[1] - kernel[1]) // stride[1] + 1
+        want_out, want_winner = twin.max_pool_forward(images, kernel, stride, padding, (oh, ow))
+        out, winner = cuda.max_pool_forward(cupy.asarray(images), kernel, stride, padding, (oh, ow))
+        np.testing.assert_array_equal(cupy.asnumpy(out), want_out)
+        np.testing.assert_array_equal(cupy.asnumpy(winner), want_winner)
+        upstream = R.standard_normal(want_out.shape).astype(dtype)
+        want = twin.max_pool_backward(upstream, want_winner, images.shape, kernel, stride, padding, (oh, ow))
+        got = cuda.max_pool_backward(cupy.asarray(upstream), winner, images.shape, kernel, stride, padding, (oh, ow))
         np.testing.assert_allclose(cupy.asnumpy(got), want, **tol)
     size = 1000
     for momentum, nesterov in [(0.0, False), (0.9, False), (0.9, True)]:

@@ -3,8 +3,9 @@
 Every CuPy call is one kernel launch that reads and writes whole arrays, and a small model's step
 is bound by launches, not arithmetic. So the chains that run every step are single kernels here:
 the ReLU gradient, the dropout mask and its product, softmax cross-entropy (loss and gradient),
-col2im, and the SGD / Adam updates over one flat parameter buffer. The ops in dltrain/functional
-use them through `backend.fused(array)`, which is None on the CPU (NumPy keeps its own code).
+col2im, max pooling (forward and backward), and the SGD / Adam updates over one flat parameter
+buffer. The ops in dltrain/functional use them through `backend.fused(array)`, which is None on the
+CPU (NumPy keeps its own code).
 
 Imported only after CuPy has found a GPU; kernels compile on first use and CuPy caches them on disk.
 """
@@ -118,9 +119,67 @@ __global__ void col2im(const T* cols, T* image, long long total, int channels, i
         image[index] = sum;
     }
 }
+
+// Max pooling, one thread per output: the window's largest value and which kernel offset (row-major)
+// holds it, the first on ties. Padding never wins: it counts as -infinity.
+template <typename T>
+__global__ void max_pool_forward(const T* x, T* out, unsigned char* winner, long long total, int height,
+                                 int width, int out_h, int out_w, int kh, int kw, int stride_h, int stride_w,
+                                 int pad_h, int pad_w) {
+    for (long long index = blockIdx.x * (long long)blockDim.x + threadIdx.x; index < total;
+         index += (long long)blockDim.x * gridDim.x) {
+        const int ow = index % out_w;
+        const int oh = (index / out_w) % out_h;
+        const T* plane = x + index / ((long long)out_w * out_h) * height * width;
+        T best = 0;
+        int best_k = -1;
+        for (int i = 0; i < kh; ++i) {
+            const int h = oh * stride_h - pad_h + i;
+            if (h < 0 || h >= height) continue;
+            for (int j = 0; j < kw; ++j) {
+                const int w = ow * stride_w - pad_w + j;
+                if (w < 0 || w >= width) continue;
+                const T value = plane[h * width + w];
+                if (best_k < 0 || value > best) {
+                    best = value;
+                    best_k = i * kw + j;
+                }
+            }
+        }
+        out[index] = best;
+        winner[index] = (unsigned char)best_k;
+    }
+}
+
+// Its gradient as a gather: one thread per input pixel adds the upstream gradient of every window
+// that it won (windows overlap when stride < kernel). Deterministic, no atomics.
+template <typename T>
+__global__ void max_pool_backward(const T* grad_out, const unsigned char* winner, T* grad_in, long long total,
+                                  int height, int width, int out_h, int out_w, int kh, int kw, int stride_h,
+                                  int stride_w, int pad_h, int pad_w) {
+    for (long long index = blockIdx.x * (long long)blockDim.x + threadIdx.x; index < total;
+         index += (long long)blockDim.x * gridDim.x) {
+        const int w = index % width;
+        const int h = (index / width) % height;
+        const long long plane = index / ((long long)width * height) * out_h * out_w;
+        T sum = 0;
+        for (int i = 0; i < kh; ++i) {
+            const int hp = h + pad_h - i;  // = oh * stride_h for a window whose offset i lands here
+            if (hp < 0 || hp % stride_h != 0 || hp / stride_h >= out_h) continue;
+            for (int j = 0; j < kw; ++j) {
+                const int wp = w + pad_w - j;
+                if (wp < 0 || wp % stride_w != 0 || wp / stride_w >= out_w) continue;
+                const long long o = plane + (long long)(hp / stride_h) * out_w + wp / stride_w;
+                if (winner[o] == i * kw + j) sum += grad_out[o];
+            }
+        }
+        grad_in[index] = sum;
+    }
+}
 """
 
-_NAMES = [f"{kernel}<{ctype}>" for kernel in ("log_softmax_nll", "col2im") for ctype in ("float", "double")]
+_NAMES = [f"{kernel}<{ctype}>" for kernel in ("log_softmax_nll", "col2im", "max_pool_forward", "max_pool_backward")
+          for ctype in ("float", "double")]
 _module = None
 _CTYPES = {cupy.dtype(cupy.float32): "float", cupy.dtype(cupy.float64): "double"}
 
@@ -178,14 +237,49 @@ def col2im(columns, image, kernel, stride, padding, dilation, out_hw) -> None:
         raise ValueError("col2im writes into a C-contiguous image of the columns' dtype")
     n, channels, height, width = image.shape
     total = image.size
-    threads = 256
-    blocks = min((total + threads - 1) // threads, 65535 * 8)
     i32 = cupy.int32
     _kernel("col2im", columns.dtype)(
-        (blocks,), (threads,),
+        *_grid(total),
         (columns, image, cupy.int64(total), i32(channels), i32(height), i32(width), i32(kernel[0]), i32(kernel[1]),
          i32(out_hw[0]), i32(out_hw[1]), i32(stride[0]), i32(stride[1]), i32(padding[0]), i32(padding[1]),
          i32(dilation[0]), i32(dilation[1])))
+
+
+def _grid(total: int, threads: int = 256) -> tuple[tuple[int], tuple[int]]:
+    """Blocks and threads for a grid-stride loop over `total` elements."""
+    return (min((total + threads - 1) // threads, 65535 * 8),), (threads,)
+
+
+def _pool_geometry_args(height, width, kernel, stride, padding, out_hw):
+    i32 = cupy.int32
+    return (i32(height), i32(width), i32(out_hw[0]), i32(out_hw[1]), i32(kernel[0]), i32(kernel[1]),
+            i32(stride[0]), i32(stride[1]), i32(padding[0]), i32(padding[1]))
+
+
+MAX_POOL_WINDOW = 255  # the winning offset is kept in one byte
+
+
+def max_pool_forward(x, kernel, stride, padding, out_hw):
+    """(output, winner): each window's maximum and the offset (i * kw + j) that holds it, one kernel."""
+    x = cupy.ascontiguousarray(x)
+    n, channels, height, width = x.shape
+    out = cupy.empty((n, channels) + tuple(out_hw), dtype=x.dtype)
+    winner = cupy.empty(out.shape, dtype=cupy.uint8)
+    _kernel("max_pool_forward", x.dtype)(
+        *_grid(out.size), (x, out, winner, cupy.int64(out.size),
+                           *_pool_geometry_args(height, width, kernel, stride, padding, out_hw)))
+    return out, winner
+
+
+def max_pool_backward(grad_out, winner, input_shape, kernel, stride, padding, out_hw):
+    """The input gradient of max pooling: each input pixel gathers the gradient of the windows it won."""
+    grad_out = cupy.ascontiguousarray(grad_out)
+    grad_in = cupy.empty(input_shape, dtype=grad_out.dtype)
+    _kernel("max_pool_backward", grad_out.dtype)(
+        *_grid(grad_in.size), (grad_out, winner, grad_in, cupy.int64(grad_in.size),
+                               *_pool_geometry_args(input_shape[2], input_shape[3], kernel, stride, padding,
+                                                    out_hw)))
+    return grad_in
 
 
 def sgd_step(param, grad, velocity, decay, lr: float, momentum: float, nesterov: bool) -> None:

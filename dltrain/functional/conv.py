@@ -178,6 +178,11 @@ def max_pool2d(input, kernel_size, stride=None, padding=0) -> Tensor:
     (the first maximum in row-major order when several tie)."""
     x = as_tensor(input)
     kernel, stride, padding, out_hw = _pool_geometry("max_pool2d", x, kernel_size, stride, padding)
+    kernels = backend.fused(x.data)
+    if kernels and kernel[0] * kernel[1] <= kernels.MAX_POOL_WINDOW:  # GPU: one kernel each way
+        out, winner = kernels.max_pool_forward(x.data, kernel, stride, padding, out_hw)
+        return make_result(out, (x,), lambda g: (kernels.max_pool_backward(g, winner, x.shape, kernel, stride,
+                                                                            padding, out_hw),), "max_pool2d")
     xp = backend.array_module(x.data)
     padded = _pad(x.data, padding, value=-xp.inf)
     offsets = _window_slices(padded, kernel, stride, out_hw)
