@@ -30,11 +30,26 @@ def compile_source(code: str, name: str) -> str | None:
     return None
 
 
-def elementwise_kernels(tree):
-    """(name, in_params, out_params, operation) of every cupy.ElementwiseKernel(...) call."""
+def kernel_calls(tree, kind: str):
+    """The literal arguments of every cupy.<kind>(...) call."""
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "ElementwiseKernel":
-            yield tuple(ast.literal_eval(arg) for arg in node.args[:4])
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == kind:
+            yield tuple(ast.literal_eval(arg) for arg in node.args)
+
+
+def elementwise_kernels(tree):
+    """(in_params, out_params, operation, name) of every cupy.ElementwiseKernel(...) call."""
+    for args in kernel_calls(tree, "ElementwiseKernel"):
+        yield args[:4]
+
+
+def reduction_kernels(tree):
+    """As ElementwiseKernels: the map expression sees the inputs; the reduction sees a and b (the reduce
+    type, T here); the post-map sees a and the outputs. Wrapped as one body that uses all three."""
+    for in_params, out_params, map_expr, reduce_expr, post_map_expr, identity, name in kernel_calls(
+            tree, "ReductionKernel"):
+        body = (f"T a = (T)({identity}); T b = ({map_expr}); a = ({reduce_expr}); {post_map_expr}")
+        yield in_params, out_params, body, name
 
 
 def wrap(in_params: str, out_params: str, operation: str, ctype: str) -> str:
@@ -62,7 +77,7 @@ def main() -> int:
     text = SOURCE.read_text()
     tree = ast.parse(text)
     failures = 0
-    for in_params, out_params, operation, name in elementwise_kernels(tree):
+    for in_params, out_params, operation, name in [*elementwise_kernels(tree), *reduction_kernels(tree)]:
         for ctype in ("float", "double"):
             log = compile_source(wrap(in_params, out_params, operation, ctype), name)
             print(f"{name}<{ctype}>: {'ok' if log is None else 'FAILED'}")

@@ -105,3 +105,45 @@ def max_pool_backward(grad_out, winner, input_shape, kernel, stride, padding, ou
             cols = slice(j, j + stride[1] * (ow - 1) + 1, stride[1])
             padded[:, :, rows, cols] += np.where(winner == i * kw + j, grad_out, 0).astype(grad_out.dtype)
     return padded[:, :, padding[0]:padding[0] + height, padding[1]:padding[1] + width].copy()
+
+
+def _channel_axes(a):
+    return (0,) + tuple(range(2, a.ndim))
+
+
+def _per_channel(vector, like):
+    return vector.reshape((1, -1) + (1,) * (like.ndim - 2))
+
+
+def channel_sum(a):
+    return a.sum(axis=_channel_axes(a))
+
+
+def channel_sum_of_products(a, b):
+    return (a * b).sum(axis=_channel_axes(a))
+
+
+def batch_norm_scale(var, gamma, beta, eps):
+    inv_std = 1 / np.sqrt(var + var.dtype.type(eps))
+    scale = inv_std if gamma is None else gamma * inv_std
+    shift = np.zeros_like(var) if beta is None else beta + np.zeros_like(var)
+    return inv_std, scale, shift
+
+
+def update_running_statistics(running_mean, running_var, mean, var, momentum, unbias):
+    t = mean.dtype.type
+    running_mean[...] = (1 - t(momentum)) * running_mean + t(momentum) * mean
+    running_var[...] = (1 - t(momentum)) * running_var + t(momentum) * var * t(unbias)
+
+
+def batch_norm_apply(centered, scale, shift):
+    return centered * _per_channel(scale, centered) + _per_channel(shift, centered)
+
+
+def batch_norm_backward(grad, centered, scale, inv_std, sum_g, sum_gc, count, training):
+    grad_in = grad * _per_channel(scale, grad)
+    if training:
+        t = grad.dtype.type
+        grad_in = grad_in + centered * _per_channel(-scale * inv_std * inv_std * sum_gc * t(1 / count), grad)
+        grad_in = grad_in + _per_channel(-scale * sum_g * t(1 / count), grad)
+    return grad_in

@@ -106,6 +106,26 @@ def test_fused_branches_give_the_values_of_the_numpy_code(numpy_kernels):
         np.testing.assert_array_equal(results[1][1], results[0][1])
 
 
+@pytest.mark.parametrize("shape, training, affine", [((5, 3, 4, 2), True, True), ((6, 4), True, False),
+                                                      ((5, 3, 4, 2), False, True)])
+def test_fused_batch_norm_matches_the_numpy_code(numpy_kernels, shape, training, affine):
+    x0 = R.standard_normal(shape).astype(np.float32) * 3 + 1
+    gamma0, beta0 = R.standard_normal(shape[1]).astype(np.float32), R.standard_normal(shape[1]).astype(np.float32)
+    upstream = R.standard_normal(shape).astype(np.float32)
+    results = []
+    for fused in (False, True):
+        x = Tensor(x0.copy(), requires_grad=True)
+        gamma, beta = Tensor(gamma0.copy(), requires_grad=True), Tensor(beta0.copy(), requires_grad=True)
+        running = [np.full(shape[1], 0.5, np.float32), np.full(shape[1], 2.0, np.float32)]
+        with backend.fused_kernels(fused):
+            out = F.batch_norm(x, *running, gamma if affine else None, beta if affine else None, training=training)
+            out.backward(upstream)
+        grads = [x.grad] + ([gamma.grad, beta.grad] if affine else [])
+        results.append([out.data, *grads, *running])
+    for plain, fused in zip(*results):
+        np.testing.assert_allclose(fused, plain, rtol=2e-5, atol=2e-5)
+
+
 @pytest.mark.parametrize("optimizer", [
     lambda ps: SGD(ps, lr=0.1),
     lambda ps: SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
@@ -260,6 +280,25 @@ def test_cuda_kernels_match_their_numpy_twin(dtype):
         want = twin.max_pool_backward(upstream, want_winner, images.shape, kernel, stride, padding, (oh, ow))
         got = cuda.max_pool_backward(cupy.asarray(upstream), winner, images.shape, kernel, stride, padding, (oh, ow))
         np.testing.assert_allclose(cupy.asnumpy(got), want, **tol)
+    x = (R.standard_normal((6, 3, 5, 4)) * 2 + 1).astype(dtype)
+    g = R.standard_normal(x.shape).astype(dtype)
+    var, gamma, beta = R.uniform(0.5, 2, 3).astype(dtype), R.standard_normal(3).astype(dtype), R.standard_normal(3)
+    beta = beta.astype(dtype)
+    for name, args in [("channel_sum", (x,)), ("channel_sum_of_products", (x, g)),
+                       ("batch_norm_scale", (var, gamma, beta, 1e-5)), ("batch_norm_scale", (var, None, None, 1e-5)),
+                       ("batch_norm_apply", (x, gamma, beta)),
+                       ("batch_norm_backward", (g, x, gamma, var, beta, gamma * 2, 120, True)),
+                       ("batch_norm_backward", (g, x, gamma, var, beta, gamma * 2, 120, False))]:
+        want = getattr(twin, name)(*args)
+        got = getattr(cuda, name)(*[cupy.asarray(a) if isinstance(a, np.ndarray) else a for a in args])
+        for a, b in zip(got if isinstance(got, tuple) else [got], want if isinstance(want, tuple) else [want]):
+            np.testing.assert_allclose(cupy.asnumpy(a), b, **tol, err_msg=name)
+    running = [R.standard_normal(3).astype(dtype), R.uniform(0.5, 2, 3).astype(dtype)]
+    on_gpu = [cupy.asarray(a) for a in running]
+    twin.update_running_statistics(*running, gamma, var, 0.1, 1.2)
+    cuda.update_running_statistics(*on_gpu, cupy.asarray(gamma), cupy.asarray(var), 0.1, 1.2)
+    for a, b in zip(on_gpu, running):
+        np.testing.assert_allclose(cupy.asnumpy(a), b, **tol)
     size = 1000
     for momentum, nesterov in [(0.0, False), (0.9, False), (0.9, True)]:
         param, g, velocity = (R.standard_normal(size).astype(dtype) for _ in range(3))

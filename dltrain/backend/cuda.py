@@ -3,9 +3,9 @@
 Every CuPy call is one kernel launch that reads and writes whole arrays, and a small model's step
 is bound by launches, not arithmetic. So the chains that run every step are single kernels here:
 the ReLU gradient, the dropout mask and its product, softmax cross-entropy (loss and gradient),
-col2im, max pooling (forward and backward), and the SGD / Adam updates over one flat parameter
-buffer. The ops in dltrain/functional use them through `backend.fused(array)`, which is None on the
-CPU (NumPy keeps its own code).
+col2im, max pooling, batch normalization (statistics, output and gradient in a few passes), and the
+SGD / Adam updates over one flat parameter buffer. The ops in dltrain/functional use them through
+`backend.fused(array)`, which is None on the CPU (NumPy keeps its own code).
 
 Imported only after CuPy has found a GPU; kernels compile on first use and CuPy caches them on disk.
 """
@@ -65,6 +65,40 @@ _adam = cupy.ElementwiseKernel(
     param -= (lr / bias1) * m_new / (sqrt(v_new) / bias2_sqrt + eps);
     """,
     "dltrain_adam")
+
+# Batch normalization: per-channel vectors in one pass each, and the two passes over the images.
+_sum_of_products = cupy.ReductionKernel(
+    "T left, T right", "T total", "left * right", "a + b", "total = a", "0", "dltrain_sum_of_products")
+
+_batch_norm_scale = cupy.ElementwiseKernel(
+    "T var, T gamma, T beta, T eps", "T inv_std, T scale, T shift",
+    "inv_std = (T)1 / sqrt(var + eps); scale = gamma * inv_std; shift = beta",
+    "dltrain_batch_norm_scale")
+
+_running_statistics = cupy.ElementwiseKernel(
+    "T mean, T var, T momentum, T unbias", "T running_mean, T running_var",
+    """
+    running_mean = ((T)1 - momentum) * running_mean + momentum * mean;
+    running_var = ((T)1 - momentum) * running_var + momentum * var * unbias;
+    """,
+    "dltrain_running_statistics")
+
+_batch_norm_apply = cupy.ElementwiseKernel(
+    "T centered, raw T scale, raw T shift, int64 plane, int64 channels", "T out",
+    "const long long c = (i / plane) % channels; out = centered * scale[c] + shift[c]",
+    "dltrain_batch_norm_apply")
+
+_batch_norm_coefficients = cupy.ElementwiseKernel(
+    "T scale, T inv_std, T sum_g, T sum_gc, T inv_count", "T coef_centered, T coef_const",
+    "coef_centered = -scale * inv_std * inv_std * sum_gc * inv_count; coef_const = -scale * sum_g * inv_count",
+    "dltrain_batch_norm_coefficients")
+
+_batch_norm_backward = cupy.ElementwiseKernel(
+    "T grad, T centered, raw T scale, raw T coef_centered, raw T coef_const, int64 plane, int64 channels",
+    "T grad_in",
+    "const long long c = (i / plane) % channels; "
+    "grad_in = grad * scale[c] + centered * coef_centered[c] + coef_const[c]",
+    "dltrain_batch_norm_backward")
 
 # ---------------------------------------------------------------- row- and image-shaped kernels
 
@@ -280,6 +314,54 @@ def max_pool_backward(grad_out, winner, input_shape, kernel, stride, padding, ou
                                *_pool_geometry_args(input_shape[2], input_shape[3], kernel, stride, padding,
                                                     out_hw)))
     return grad_in
+
+
+def _channel_axes(array) -> tuple[int, ...]:
+    return (0,) + tuple(range(2, array.ndim))
+
+
+def channel_sum(a):
+    """Per-channel (axis 1) sums of an (N, C, ...) array, one reduction kernel."""
+    return a.sum(axis=_channel_axes(a))
+
+
+def channel_sum_of_products(a, b):
+    """Per-channel sums of a * b without the product array, one reduction kernel."""
+    return _sum_of_products(a, b, axis=_channel_axes(a))
+
+
+def batch_norm_scale(var, gamma, beta, eps: float):
+    """(1 / sqrt(var + eps), gamma / sqrt(var + eps), beta), per channel; gamma, beta may be None."""
+    t = var.dtype.type
+    return _batch_norm_scale(var, t(1) if gamma is None else gamma, t(0) if beta is None else beta, t(eps))
+
+
+def update_running_statistics(running_mean, running_var, mean, var, momentum: float, unbias: float) -> None:
+    """running = (1 - momentum) * running + momentum * batch, in place (the variance times `unbias`)."""
+    t = mean.dtype.type
+    _running_statistics(mean, var, t(momentum), t(unbias), running_mean, running_var)
+
+
+def batch_norm_apply(centered, scale, shift):
+    """centered * scale + shift with per-channel scale and shift, one pass."""
+    centered = cupy.ascontiguousarray(centered)
+    return _batch_norm_apply(centered, scale, shift, _plane(centered), centered.shape[1])
+
+
+def batch_norm_backward(grad, centered, scale, inv_std, sum_g, sum_gc, count: int, training: bool):
+    """The input gradient of batch_norm: grad * scale, plus (training) the terms through the batch statistics."""
+    grad = cupy.ascontiguousarray(grad)
+    if training:
+        coef_centered, coef_const = _batch_norm_coefficients(scale, inv_std, sum_g, sum_gc,
+                                                             scale.dtype.type(1.0 / count))
+    else:
+        coef_centered = coef_const = cupy.zeros_like(scale)
+    return _batch_norm_backward(grad, centered, scale, coef_centered, coef_const, _plane(grad), grad.shape[1])
+
+
+def _plane(array) -> int:
+    """Values per (sample, channel): H * W for images, 1 for (N, C)."""
+    return array.size // max(1, array.shape[0] * array.shape[1])
 
 
 def sgd_step(param, grad, velocity, decay, lr: float, momentum: float, nesterov: bool) -> None:

@@ -29,6 +29,9 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
             raise ValueError(f"batch_norm: {name} is on {backend.device_of(stat)} but the input is on "
                              f"{backend.device_of(x.data)}; move both to one device")
     count = x.size // channels
+    kernels = backend.fused(x.data)
+    if kernels:
+        return _fused_batch_norm(kernels, x, gamma, beta, r_mean, r_var, training, momentum, eps, count)
     # Per-channel sums as einsum contractions: much faster than sum(axis=(0, 2, 3)) on NCHW arrays.
     letters = "nc" + "hwdxyz"[:x.ndim - 2]
 
@@ -68,6 +71,42 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
             grads[0] = grad_x
         if gamma is not None:
             grads.append(sum_g_centered * inv_std if gamma.requires_grad else None)
+        if beta is not None:
+            grads.append(sum_g if beta.requires_grad else None)
+        return grads
+
+    parents = (x,) + tuple(t for t in (gamma, beta) if t is not None)
+    return make_result(out, parents, backward, "batch_norm")
+
+
+def _fused_batch_norm(kernels, x, gamma, beta, r_mean, r_var, training, momentum, eps, count) -> Tensor:
+    """batch_norm on the GPU: the same formulas as above in fewer passes (see backend/cuda.py)."""
+    param_shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    if training:
+        mean = kernels.channel_sum(x.data) / count
+        centered = x.data - mean.reshape(param_shape)
+        var = kernels.channel_sum_of_products(centered, centered) / count
+        if r_mean is not None and r_var is not None:
+            kernels.update_running_statistics(r_mean, r_var, mean, var, momentum, count / (count - 1))
+        elif r_mean is not None or r_var is not None:  # one of them only: the plain updates
+            for running, batch, unbias in ((r_mean, mean, 1.0), (r_var, var, count / (count - 1))):
+                if running is not None:
+                    running *= 1 - momentum
+                    running += momentum * unbias * batch
+    else:
+        mean, var = r_mean, r_var
+        centered = x.data - mean.reshape(param_shape)
+    inv_std, scale, shift = kernels.batch_norm_scale(var, None if gamma is None else gamma.data,
+                                                     None if beta is None else beta.data, eps)
+    out = kernels.batch_norm_apply(centered, scale, shift)
+
+    def backward(g):
+        sum_g = kernels.channel_sum(g)
+        sum_gc = kernels.channel_sum_of_products(g, centered)
+        grads = [kernels.batch_norm_backward(g, centered, scale, inv_std, sum_g, sum_gc, count, training)
+                 if x.requires_grad else None]
+        if gamma is not None:
+            grads.append(sum_gc * inv_std if gamma.requires_grad else None)
         if beta is not None:
             grads.append(sum_g if beta.requires_grad else None)
         return grads
