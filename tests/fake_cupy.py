@@ -149,8 +149,11 @@ def module():
     cupy.ascontiguousarray = lambda a, dtype=None: asarray(np.ascontiguousarray(_host_view(a), dtype=dtype))
     cupy.asnumpy = asnumpy
     cupy.random = types.SimpleNamespace(default_rng=_Generator)
+    properties = {"name": b"Stand-in GPU", "totalGlobalMem": 80 * 2**30}
     cupy.cuda = types.SimpleNamespace(
-        runtime=types.SimpleNamespace(getDeviceCount=lambda: 1), Device=lambda index=0: _Device())
+        runtime=types.SimpleNamespace(getDeviceCount=lambda: 1, getDeviceProperties=lambda index: properties),
+        Device=lambda index=0: _Device())
+    cupy.__version__ = "stand-in"
     cupy.lib = types.SimpleNamespace(stride_tricks=types.SimpleNamespace(
         as_strided=lambda a, shape, strides: np.lib.stride_tricks.as_strided(
             _host_view(a), shape=shape, strides=strides).view(DeviceArray)))

@@ -398,3 +398,17 @@ def test_every_shipped_config_trains_on_the_gpu_through_the_cli(tmp_path, gpu, s
     report = json.loads(result.output)
     if "test_accuracy" in summary:
         assert report["accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-6)
+
+
+def test_devices_lists_what_there_is(fake_gpu):
+    from typer.testing import CliRunner
+
+    from dltrain.cli import app
+
+    result = CliRunner().invoke(app, ["devices"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("cpu: NumPy ")
+    assert lines[1].startswith("gpu: CuPy stand-in, ")
+    assert lines[2] == "  gpu 0: Stand-in GPU, 80.0 GiB"
+    assert lines[-1] == "device: auto trains on the gpu here"

@@ -122,6 +122,27 @@ def nccl_module():
     return nccl if getattr(nccl, "available", True) else None
 
 
+def gpu_descriptions() -> list[str]:
+    """One line per GPU CuPy sees ("0: NVIDIA H100 80GB HBM3, 79.1 GiB"); empty without a usable GPU."""
+    cupy = _load_cupy()
+    if cupy is None:
+        return []
+    lines = []
+    for index in range(cupy.cuda.runtime.getDeviceCount()):
+        props = cupy.cuda.runtime.getDeviceProperties(index)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+        lines.append(f"{index}: {name}, {props['totalGlobalMem'] / 2**30:.1f} GiB")
+    return lines
+
+
+def library_versions() -> dict[str, str]:
+    """NumPy's version, and CuPy's once a GPU is in use."""
+    versions = {"numpy": numpy.__version__}
+    if _cupy is not None:
+        versions["cupy"] = getattr(_cupy, "__version__", "unknown")
+    return versions
+
+
 def xp_for(device: str):
     """The array module of a resolved device name."""
     return _load_cupy() if device == "gpu" else numpy

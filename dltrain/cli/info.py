@@ -1,4 +1,4 @@
-"""dltrain layers | losses | optimizers | schedules | datasets, and dltrain check CONFIG."""
+"""dltrain layers | losses | optimizers | schedules | datasets | devices, and dltrain check CONFIG."""
 
 from __future__ import annotations
 
@@ -67,6 +67,29 @@ def datasets() -> None:
     _show_registry("datasets", f"Every dataset also takes: {common}.")
 
 
+def devices() -> None:
+    """What this machine can train on: the CPU, the GPUs CuPy sees (or why none), NCCL and MPI."""
+    import importlib.util  # noqa: PLC0415
+
+    from .. import backend  # noqa: PLC0415
+
+    gpus = backend.gpu_descriptions()
+    versions = backend.library_versions()
+    print(f"cpu: NumPy {versions['numpy']}")
+    if gpus:
+        nccl = "NCCL available" if backend.nccl_module() is not None else "no NCCL (pip install nvidia-nccl-cu13)"
+        print(f"gpu: CuPy {versions.get('cupy', 'unknown')}, {nccl}")
+        for line in gpus:
+            print(f"  gpu {line}")
+    else:
+        print(f"gpu: none usable: {backend.gpu_unavailable_reason()}")
+    if importlib.util.find_spec("mpi4py") is not None:
+        print("mpi: mpi4py installed; launch with: mpiexec -n N dltrain train CONFIG")
+    else:
+        print("mpi: mpi4py not installed (pip install 'dltrain[mpi]' for several processes or machines)")
+    print(f"device: auto trains on the {'gpu' if gpus else 'cpu'} here")
+
+
 def check(
     config: Path = typer.Argument(..., help="The YAML config to check."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key (repeatable)."),
@@ -88,6 +111,6 @@ def check(
 
 
 def register(app: typer.Typer, reports_errors) -> None:
-    for command in (layers, losses, optimizers, schedules, datasets):
+    for command in (layers, losses, optimizers, schedules, datasets, devices):
         app.command(command.__name__)(reports_errors(command))
     app.command("check")(reports_errors(check))

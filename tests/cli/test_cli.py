@@ -364,6 +364,17 @@ def test_asking_for_a_missing_gpu_says_what_is_missing(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_devices_says_why_there_is_no_gpu():
+    from dltrain import backend
+
+    if backend.gpu_available():
+        pytest.skip("a GPU is available here")
+    result = dltrain("devices")
+    assert result.returncode == 0
+    assert result.stdout.splitlines()[1] == f"gpu: none usable: {backend.gpu_unavailable_reason()}"
+    assert result.stdout.splitlines()[-1] == "device: auto trains on the cpu here"
+
+
 @pytest.mark.parametrize("failure, reason", [
     (ImportError, "CuPy is not installed (import of cupy halted; None in sys.modules); install it with: "
                   "pip install 'dltrain[gpu]'"),
