@@ -24,7 +24,7 @@ python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/n
 [ -d .gpu_data ] && export DLTRAIN_DATA=$PWD/.gpu_data
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.txt"
-python3 -c "import cupy, numpy; print('cupy', cupy.__version__, 'numpy', numpy.__version__)" | tee -a "$out/device.txt"
+python3 -m dltrain devices 2>&1 | tee -a "$out/device.txt"
 python3 -c "from dltrain import backend; print('dltrain uses:', backend.resolve_device('$device'))" \
     | tee -a "$out/device.txt" || exit 1
 
