@@ -2,11 +2,13 @@
 # The GPU check, in one command on a machine with an NVIDIA GPU and CuPy (issue 6):
 #   1. tests   the GPU test cases (every test whose name or module says gpu: gradient checks on the GPU,
 #              CUDA kernels against their NumPy twin, CPU/GPU agreement, checkpoints across devices)
-#   2. configs every shipped config trains one epoch with --device gpu (accuracy and time per epoch)
+#   2. configs every shipped config trains one epoch with --device gpu (accuracy and time per epoch), and
+#              dltrain profile shows where the MLP's and the CNN's GPU steps spend their time
 #   3. bench   benchmarks/gpu.py: dltrain against PyTorch CUDA and a hand-written CuPy MLP
 # Usage:  bash benchmarks/gpu_check.sh [tests] [configs] [bench]      (default: all three, in ~5 minutes)
-# Writes tests.log, configs.md, bench.log and RESULTS.md (benchmarks/RESULTS.md with the GPU section) to
-# $OUT (the device tool's output folder) or ./gpu_check_out. Prepare here first: bash benchmarks/gpu_prepare.sh
+# Writes 7 files (the device tool returns 8 at most): device.txt, tests.log, configs.md, configs.log, profile.txt,
+# bench.log and RESULTS.md (benchmarks/RESULTS.md with the GPU section), to $OUT (the device tool's output folder)
+# or ./gpu_check_out. Prepare here first: bash benchmarks/gpu_prepare.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu_check_out}
@@ -35,14 +37,16 @@ for stage in $stages; do
         [ "${PIPESTATUS[0]}" = 0 ] || status=1
         ;;
     configs)
+        : > "$out/configs.log"; : > "$out/profile.txt"
         echo "| config | epochs | test accuracy | seconds per epoch | samples/s |" > "$out/configs.md"
         echo "|---|---|---|---|---|" >> "$out/configs.md"
         for config in ${GPU_CHECK_CONFIGS:-configs/*.yaml}; do
             name=$(basename "$config" .yaml)
             run=/tmp/gpu_runs/$name
             rm -rf "$run"
+            echo "== $name" >> "$out/configs.log"
             if timeout 120 python3 -m dltrain train "$config" --device "$device" --run-dir "$run" --quiet \
-                    --set training.epochs=1 > "$out/$name.log" 2>&1; then
+                    --set training.epochs=1 >> "$out/configs.log" 2>&1; then
                 python3 - "$run" "$name" >> "$out/configs.md" <<'PY'
 import json, sys
 run, name = sys.argv[1:]
@@ -54,11 +58,16 @@ print(f"| {name} | {s['epochs_run']} | {'' if acc is None else f'{acc:.4f}'} | {
       f"{s['train_samples_per_second']:,.0f} |")
 PY
             else
-                echo "| $name | failed: see $name.log | | | |" >> "$out/configs.md"
+                echo "| $name | failed: see configs.log | | | |" >> "$out/configs.md"
                 status=1
             fi
         done
         cat "$out/configs.md"
+        for name in fashion_mlp fashion_cnn; do  # where the GPU step's time goes, part by part
+            timeout 120 python3 -m dltrain profile "configs/$name.yaml" --device "$device" --steps 10 \
+                >> "$out/profile.txt" 2>&1 || status=1
+        done
+        cat "$out/profile.txt"
         ;;
     bench)
         cp benchmarks/RESULTS.md "$out/RESULTS.md"

@@ -408,3 +408,13 @@ def test_why_the_gpu_is_missing_is_said_in_words(monkeypatch, failure, reason):
         backend.resolve_device("gpu")
     assert str(caught.value).startswith(f"device 'gpu' was asked for, but {reason}; to train on the CPU")
     assert backend.resolve_device("auto") == "cpu"
+
+
+def test_profile_prints_the_parts_of_a_step():
+    result = dltrain("profile", Path(__file__).parents[2] / "configs" / "quickstart.yaml", "--steps", "2")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].endswith("quickstart.yaml: 64 samples per step on the cpu")
+    assert lines[1].split()[0] == "part" and lines[2].startswith("batch gather ")
+    assert any(line.startswith("optimizer step") for line in lines)
+    assert lines[-1].startswith("free-running step: ")

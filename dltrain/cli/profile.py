@@ -1,0 +1,38 @@
+"""dltrain profile CONFIG [--steps N] [--device D] [--set KEY=VALUE]..."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def profile(
+    config: Path = typer.Argument(..., help="The YAML config whose training step to profile."),
+    steps: int = typer.Option(20, "--steps", min=1, help="Timed steps (after 3 warm-up steps)."),
+    device: str | None = typer.Option(None, "--device", help="cpu, gpu or auto (overrides the config's device)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key (repeatable)."),
+) -> None:
+    """Time a training step part by part: batch gather, each layer's forward and backward, loss, optimizer."""
+    import tempfile  # noqa: PLC0415
+
+    from .. import backend  # noqa: PLC0415
+    from ..config import load_config  # noqa: PLC0415
+    from ..training.profile import format_profile, profile_steps  # noqa: PLC0415
+    from ..training.reporting import SilentReporter  # noqa: PLC0415
+    from ..training.rundir import RunDir  # noqa: PLC0415
+    from ..training.trainer import Trainer  # noqa: PLC0415
+
+    cfg = load_config(config, set_)
+    if device is not None:
+        cfg.device = device
+    resolved = backend.resolve_device(cfg.device)
+    with tempfile.TemporaryDirectory() as nowhere:  # nothing is written: the run directory stays read-only
+        trainer = Trainer(cfg, RunDir(Path(nowhere) / "run", writable=False), resolved, SilentReporter())
+        trainer.setup()
+        print(f"{config}: {cfg.training.batch_size} samples per step on the {resolved}")
+        print(format_profile(profile_steps(trainer, steps=steps)))
+
+
+def register(app: typer.Typer, reports_errors) -> None:
+    app.command("profile")(reports_errors(profile))

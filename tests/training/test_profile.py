@@ -1,0 +1,43 @@
+"""dltrain profile: every part of a step timed, layers charged with their own backward."""
+
+import json
+
+import pytest
+
+from dltrain.config import validate
+from dltrain.training.profile import format_profile, profile_steps
+from dltrain.training.reporting import SilentReporter
+from dltrain.training.rundir import RunDir
+from dltrain.training.trainer import Trainer
+
+CONFIG = {
+    "seed": 1,
+    "data": {"name": "blobs", "n_samples": 200, "classes": 3},
+    "model": [{"linear": {"units": 64}}, "relu", {"dropout": {"rate": 0.1}}, {"linear": {"units": 3}}, "softmax"],
+    "optimizer": {"name": "adam", "lr": 0.01},
+    "training": {"epochs": 1, "batch_size": 32},
+}
+
+
+def test_every_part_of_a_step_is_timed(tmp_path, device):
+    trainer = Trainer(validate(json.loads(json.dumps(CONFIG)), {}, "test"), RunDir(tmp_path / "run", writable=False),
+                      device, SilentReporter())
+    trainer.setup()
+    before = [p.data.copy() for p in trainer.model.network.parameters()]
+    profile = profile_steps(trainer, steps=4, warmup=1)
+    rows = profile.rows()
+    # the softmax is folded into the cross-entropy loss, as in training
+    assert [part for part, *_ in rows] == ["batch gather", "model[0].linear", "model[1].relu", "model[2].dropout",
+                                           "model[3].linear", "loss", "optimizer step"]
+    for part, forward, backward, total in rows:
+        assert total > 0, part
+        if forward is not None:
+            assert total == pytest.approx(forward + backward)
+    linear = dict((part, b) for part, _, b, _ in rows)["model[0].linear"]
+    assert linear > 0  # its weight gradient was charged to it
+    assert profile.free_running_ms > 0 and profile.batch_size == 32
+    assert any((a != b).any() for a, b in zip(before, (p.data for p in trainer.model.network.parameters())))
+    text = format_profile(profile)
+    assert text.splitlines()[0].split() == ["part", "forward", "ms", "backward", "ms", "total", "ms", "share"]
+    assert "free-running step:" in text and "at batch 32" in text
+    assert not (tmp_path / "run").exists()  # profiling writes nothing
