@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from dltrain import backend
 from dltrain.config import validate
 from dltrain.errors import CheckpointError
 from dltrain.training import rundir as files
@@ -90,22 +91,23 @@ def overfitting(epochs, patience):
         optimizer={"name": "adam", "lr": 0.03})
 
 
-def test_resume_keeps_early_stopping_state(tmp_path):
+def test_resume_keeps_early_stopping_state(tmp_path, device):
     overfit = overfitting(epochs=60, patience=3)
-    _, full = train(overfit, tmp_path / "full")
+    _, full = train(overfit, tmp_path / "full", device=device)
     assert full["stop_reason"] == "early_stopping"
     stop_epoch = full["epochs_run"]
     # Stop two epochs before the early stop, then resume: it must stop at the same epoch.
     partial_cfg = validate({**overfit.to_dict(), "training": {**overfit.to_dict()["training"],
                                                               "epochs": stop_epoch - 2}}, {}, "test")
-    train(partial_cfg, tmp_path / "split")
-    _, resumed = train(overfit, tmp_path / "split", resume=load_checkpoint(tmp_path / "split" / files.LAST))
+    train(partial_cfg, tmp_path / "split", device=device)
+    _, resumed = train(overfit, tmp_path / "split", resume=load_checkpoint(tmp_path / "split" / files.LAST),
+                       device=device)
     assert resumed["stop_reason"] == "early_stopping" and resumed["epochs_run"] == stop_epoch
     assert metrics_without_time(tmp_path / "split") == metrics_without_time(tmp_path / "full")
 
 
-def test_early_stopping_fires_and_best_weights_are_restored(tmp_path):
-    trainer, summary = train(overfitting(epochs=80, patience=4), tmp_path / "run")
+def test_early_stopping_fires_and_best_weights_are_restored(tmp_path, device):
+    trainer, summary = train(overfitting(epochs=80, patience=4), tmp_path / "run", device=device)
     rows = files.RunDir(tmp_path / "run").read_metrics()
     val_losses = [float(r["val_loss"]) for r in rows]
     assert summary["stop_reason"] == "early_stopping"
@@ -114,20 +116,20 @@ def test_early_stopping_fires_and_best_weights_are_restored(tmp_path):
     assert summary["epochs_run"] - summary["best_epoch"] == 4  # patience
     best = load_checkpoint(tmp_path / "run" / files.BEST)
     for name, param in trainer.model.network.named_parameters():
-        np.testing.assert_array_equal(param.data, best.model[name])  # the model in memory is the best one
+        np.testing.assert_array_equal(backend.to_numpy(param.data), best.model[name])  # the best one is in memory
     val = trainer.model.evaluate(trainer.splits.val, 1024)
     assert val.loss == pytest.approx(min(val_losses), rel=1e-6)
 
 
-def test_divergence_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(tmp_path):
+def test_divergence_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(tmp_path, device):
     diverging = config(loss="mse", model=[{"linear": {"units": 1}}], optimizer={"name": "sgd", "lr": 0.05},
                        training={"epochs": 3, "batch_size": 10, "early_stopping": False})
-    train(diverging, tmp_path / "run")  # stable at this rate: leaves good checkpoints
+    train(diverging, tmp_path / "run", device=device)  # stable at this rate: leaves good checkpoints
     good = (tmp_path / "run" / files.LAST).read_bytes()
     exploding = validate({**diverging.to_dict(), "optimizer": {"name": "sgd", "lr": 50.0},
                           "training": {**diverging.to_dict()["training"], "epochs": 5}}, {}, "test")
     with pytest.raises(Diverged, match=r"loss became (nan|inf) at epoch 4, step \d+"):
-        train(exploding, tmp_path / "run", resume=load_checkpoint(tmp_path / "run" / files.LAST))
+        train(exploding, tmp_path / "run", resume=load_checkpoint(tmp_path / "run" / files.LAST), device=device)
     assert (tmp_path / "run" / files.LAST).read_bytes() == good
     summary = json.loads((tmp_path / "run" / files.SUMMARY).read_text())
     assert summary["stop_reason"] == "diverged" and "epoch 4" in summary["error"]
@@ -177,11 +179,11 @@ def test_nonfinite_loss_names_the_first_layer_that_overflowed(tmp_path):
     (1, 100, True, 2),  # one infinite sample: its batch is skipped once per epoch, training goes on
     (20, 3, False, 3),  # 20 of 180 samples: more bad batches than allowed skips, so it stops
 ])
-def test_skip_policy_skips_a_bounded_number_of_batches(tmp_path, bad_rows, max_skips, finishes, skipped):
+def test_skip_policy_skips_a_bounded_number_of_batches(tmp_path, device, bad_rows, max_skips, finishes, skipped):
     values = config(loss="mse", model=[{"linear": {"units": 1}}], optimizer={"name": "sgd", "lr": 0.05},
                     training={"epochs": 2, "batch_size": 10, "early_stopping": False,
                               "on_nonfinite": "skip", "max_nonfinite_skips": max_skips}).to_dict()
-    trainer = Trainer(validate(values, {}, "test"), files.RunDir(tmp_path / "run"), "cpu", SilentReporter())
+    trainer = Trainer(validate(values, {}, "test"), files.RunDir(tmp_path / "run"), device, SilentReporter())
     trainer.setup()
     trainer.run.create()
     trainer.splits.train.x[:bad_rows] = np.inf
