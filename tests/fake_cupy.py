@@ -61,6 +61,11 @@ class DeviceArray(np.ndarray):
     def tolist(self):
         raise MixedDevicesError("tolist() of a GPU array: use backend.to_numpy first")
 
+    @property
+    def data(self):
+        """As CuPy's: a memory pointer whose .ptr is the buffer's address (what NCCL calls take)."""
+        return types.SimpleNamespace(ptr=self.ctypes.data)
+
 
 def _host_view(a):
     return a.view(np.ndarray) if isinstance(a, DeviceArray) else a
@@ -133,6 +138,13 @@ class _Device:
         pass
 
 
+class _Stream:
+    ptr = 0
+
+    def synchronize(self):
+        pass
+
+
 def module():
     """A module object with the part of CuPy's API that dltrain uses."""
     cupy = types.ModuleType("fake_cupy")
@@ -152,7 +164,7 @@ def module():
     properties = {"name": b"Stand-in GPU", "totalGlobalMem": 80 * 2**30}
     cupy.cuda = types.SimpleNamespace(
         runtime=types.SimpleNamespace(getDeviceCount=lambda: 1, getDeviceProperties=lambda index: properties),
-        Device=lambda index=0: _Device())
+        Device=lambda index=0: _Device(), get_current_stream=lambda: _Stream())
     cupy.__version__ = "stand-in"
     cupy.lib = types.SimpleNamespace(stride_tricks=types.SimpleNamespace(
         as_strided=lambda a, shape, strides: np.lib.stride_tricks.as_strided(

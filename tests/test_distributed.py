@@ -1,6 +1,7 @@
 """Data-parallel training with MPI: 2 ranks give the metrics of 1 rank with the same global batch and seed."""
 
 import csv
+import ctypes
 import json
 import os
 import shutil
@@ -133,3 +134,82 @@ def test_nccl_allreduce_on_the_gpu():
     if "no NCCL" in result.stdout:
         pytest.skip("this CuPy has no usable NCCL (pip install nvidia-nccl-cu13)")
     assert result.returncode == 0 and "nccl ok" in result.stdout, result.stderr[-2000:]
+
+
+class FakeNCCL:
+    """NCCL's Python face as cupy.cuda.nccl has it, summing buffers across threads that play the ranks."""
+
+    NCCL_FLOAT32, NCCL_FLOAT64, NCCL_SUM = 7, 8, 0
+    CTYPES = {7: "float32", 8: "float64"}
+
+    def __init__(self, ranks):
+        import threading
+
+        self.barrier = threading.Barrier(ranks)
+        self.buffers = {}
+        outer = self
+
+        class NcclCommunicator:
+            def __init__(self, ndev, unique_id, rank):
+                assert ndev == ranks and unique_id == b"nccl-id"
+                self.rank = rank
+
+            def allReduce(self, send, recv, count, dtype, op, stream):
+                import numpy as np
+
+                assert op == FakeNCCL.NCCL_SUM
+                kind = np.dtype(FakeNCCL.CTYPES[dtype])
+                view = lambda address: np.frombuffer((ctypes.c_char * (count * kind.itemsize)).from_address(address),
+                                                     dtype=kind)
+                outer.buffers[self.rank] = view(send).copy()
+                outer.barrier.wait()
+                view(recv)[:] = sum(outer.buffers[r] for r in range(ranks))
+                outer.barrier.wait()
+
+        self.NcclCommunicator = NcclCommunicator
+
+    def get_unique_id(self):
+        return b"nccl-id"
+
+
+class ThreadRank:
+    """The MPI side of one rank: its number, and broadcast from rank 0 through a shared slot."""
+
+    def __init__(self, rank, size, shared):
+        self.rank, self.size, self.shared = rank, size, shared
+
+    def broadcast(self, value):
+        if self.rank == 0:
+            self.shared["value"] = value
+        self.shared["barrier"].wait()
+        return self.shared["value"]
+
+
+def test_nccl_communicator_sums_gpu_buffers_across_ranks(fake_gpu):
+    """Two ranks (threads) on the stand-in GPU: every rank gets the sum, in place on the device, for both float
+    types; NCCL's id travels from rank 0 through MPI."""
+    import threading
+
+    import numpy as np
+
+    from dltrain.distributed import NCCLCommunicator
+
+    nccl = FakeNCCL(2)
+    shared = {"barrier": threading.Barrier(2)}
+    results = {}
+
+    def rank(r):
+        comm = NCCLCommunicator(ThreadRank(r, 2, shared), nccl)
+        for dtype in (np.float32, np.float64):
+            flat = backend.to_device(np.arange(5, dtype=dtype) * (r + 1), "gpu")
+            results[r, np.dtype(dtype).name] = comm.sum(flat)
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    for key, summed in results.items():
+        assert backend.device_of(summed) == "gpu"
+        np.testing.assert_array_equal(backend.to_numpy(summed), np.arange(5) * 3, err_msg=str(key))
+    assert len(results) == 4
