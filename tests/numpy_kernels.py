@@ -147,3 +147,25 @@ def batch_norm_backward(grad, centered, scale, inv_std, sum_g, sum_gc, count, tr
         grad_in = grad_in + centered * _per_channel(-scale * inv_std * inv_std * sum_gc * t(1 / count), grad)
         grad_in = grad_in + _per_channel(-scale * sum_g * t(1 / count), grad)
     return grad_in
+
+
+def _sigmoid(a):
+    return 0.5 * (1 + np.tanh(0.5 * a))
+
+
+def gru_forward(step_in, gh, h):
+    hidden = h.shape[1]
+    r = _sigmoid(step_in[:, :hidden] + gh[:, :hidden])
+    z = _sigmoid(step_in[:, hidden:2 * hidden] + gh[:, hidden:2 * hidden])
+    n = np.tanh(step_in[:, 2 * hidden:] + r * gh[:, 2 * hidden:])
+    return n + z * (h - n), r, z, n
+
+
+def gru_backward(grad, h, r, z, n, gh):
+    hidden = h.shape[1]
+    d_n = grad * (1 - z) * (1 - n * n)
+    d_r = d_n * gh[:, 2 * hidden:] * r * (1 - r)
+    d_z = grad * (h - n) * z * (1 - z)
+    d_gates = np.concatenate([d_r, d_z, d_n], axis=1)
+    d_gh = np.concatenate([d_r, d_z, d_n * r], axis=1)
+    return d_gates, d_gh, grad * z

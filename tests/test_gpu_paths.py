@@ -81,6 +81,9 @@ def close_metrics(a, b, rtol):
     ("max_pool_disjoint", lambda x: F.max_pool2d(x, 2), [R.permutation(2 * 3 * 6 * 7).reshape(2, 3, 6, 7) * 0.1]),
     ("max_pool_overlapping_padded", lambda x: F.max_pool2d(x, 3, stride=2, padding=1),
      [R.permutation(2 * 2 * 7 * 6).reshape(2, 2, 7, 6) * 0.1]),
+    ("gru", lambda x, h0, w_ih, w_hh, b_ih, b_hh: F.gru(x, h0, w_ih, w_hh, b_ih, b_hh)[0],
+     [R.standard_normal((2, 4, 3)), R.standard_normal((2, 5)), R.standard_normal((15, 3)),
+      R.standard_normal((15, 5)), R.standard_normal(15), R.standard_normal(15)]),
 ])
 def test_fused_branches_have_correct_gradients(numpy_kernels, name, fn, arrays):
     check_gradients(fn, arrays)
@@ -280,6 +283,17 @@ def test_cuda_kernels_match_their_numpy_twin(dtype):
         want = twin.max_pool_backward(upstream, want_winner, images.shape, kernel, stride, padding, (oh, ow))
         got = cuda.max_pool_backward(cupy.asarray(upstream), winner, images.shape, kernel, stride, padding, (oh, ow))
         np.testing.assert_allclose(cupy.asnumpy(got), want, **tol)
+    projected = R.standard_normal((4, 6, 3 * 5)).astype(dtype)  # (batch, time, 3H): a time slice is strided
+    gh, h = R.standard_normal((4, 15)).astype(dtype), R.standard_normal((4, 5)).astype(dtype)
+    want = twin.gru_forward(projected[:, 2], gh, h)
+    got = cuda.gru_forward(cupy.asarray(projected)[:, 2], cupy.asarray(gh), cupy.asarray(h))
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(cupy.asnumpy(a), b, **tol)
+    upstream = R.standard_normal(h.shape).astype(dtype)
+    want = twin.gru_backward(upstream, h, *want[1:], gh)
+    got = cuda.gru_backward(cupy.asarray(upstream), cupy.asarray(h), *got[1:], cupy.asarray(gh))
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(cupy.asnumpy(a), b, **tol)
     x = (R.standard_normal((6, 3, 5, 4)) * 2 + 1).astype(dtype)
     g = R.standard_normal(x.shape).astype(dtype)
     var, gamma, beta = R.uniform(0.5, 2, 3).astype(dtype), R.standard_normal(3).astype(dtype), R.standard_normal(3)

@@ -3,9 +3,10 @@
 Every CuPy call is one kernel launch that reads and writes whole arrays, and a small model's step
 is bound by launches, not arithmetic. So the chains that run every step are single kernels here:
 the ReLU gradient, the dropout mask and its product, softmax cross-entropy (loss and gradient),
-col2im, max pooling, batch normalization (statistics, output and gradient in a few passes), and the
-SGD / Adam updates over one flat parameter buffer. The ops in dltrain/functional use them through
-`backend.fused(array)`, which is None on the CPU (NumPy keeps its own code).
+col2im, max pooling, batch normalization (statistics, output and gradient in a few passes), a GRU
+step's pointwise part (forward and backward), and the SGD / Adam updates over one flat parameter
+buffer. The ops in dltrain/functional use them through `backend.fused(array)`, which is None on the
+CPU (NumPy keeps its own code).
 
 Imported only after CuPy has found a GPU; kernels compile on first use and CuPy caches them on disk.
 """
@@ -210,10 +211,56 @@ __global__ void max_pool_backward(const T* grad_out, const unsigned char* winner
         grad_in[index] = sum;
     }
 }
+
+// One GRU step's pointwise part, one thread per (sample, unit). step_in holds x_t W_ih^T + b_ih with rows
+// `in_stride` values apart (a time slice of the whole sequence's projection); gh = h W_hh^T + b_hh.
+// Gates r, z, n in torch's order; sigmoid(a) written as (1 + tanh(a / 2)) / 2, as the NumPy code does.
+template <typename T>
+__global__ void gru_forward(const T* step_in, long long in_stride, const T* gh, const T* h, T* out, T* r_out,
+                            T* z_out, T* n_out, long long total, int hidden) {
+    for (long long index = blockIdx.x * (long long)blockDim.x + threadIdx.x; index < total;
+         index += (long long)blockDim.x * gridDim.x) {
+        const long long row = index / hidden;
+        const int col = index % hidden;
+        const T* in = step_in + row * in_stride;
+        const T* g = gh + row * 3 * hidden;
+        const T r = (T)0.5 * ((T)1 + tanh((T)0.5 * (in[col] + g[col])));
+        const T z = (T)0.5 * ((T)1 + tanh((T)0.5 * (in[hidden + col] + g[hidden + col])));
+        const T n = tanh(in[2 * hidden + col] + r * g[2 * hidden + col]);
+        r_out[index] = r;
+        z_out[index] = z;
+        n_out[index] = n;
+        out[index] = n + z * (h[index] - n);
+    }
+}
+
+// Its backward: the pre-activation gradients [d_r, d_z, d_n] (for step_in), the same with d_n times r
+// (for gh, where n's pre-activation holds r * gh_n), and the direct part of dh_prev, g * z.
+template <typename T>
+__global__ void gru_backward(const T* grad, const T* h, const T* r_in, const T* z_in, const T* n_in,
+                             const T* gh, T* d_gates, T* d_gh, T* grad_h, long long total, int hidden) {
+    for (long long index = blockIdx.x * (long long)blockDim.x + threadIdx.x; index < total;
+         index += (long long)blockDim.x * gridDim.x) {
+        const long long row = index / hidden;
+        const int col = index % hidden;
+        const long long base = row * 3 * hidden + col;
+        const T g = grad[index], r = r_in[index], z = z_in[index], n = n_in[index];
+        const T d_n = g * ((T)1 - z) * ((T)1 - n * n);
+        const T d_r = d_n * gh[base + 2 * hidden] * r * ((T)1 - r);
+        const T d_z = g * (h[index] - n) * z * ((T)1 - z);
+        d_gates[base] = d_r;
+        d_gates[base + hidden] = d_z;
+        d_gates[base + 2 * hidden] = d_n;
+        d_gh[base] = d_r;
+        d_gh[base + hidden] = d_z;
+        d_gh[base + 2 * hidden] = d_n * r;
+        grad_h[index] = g * z;
+    }
+}
 """
 
-_NAMES = [f"{kernel}<{ctype}>" for kernel in ("log_softmax_nll", "col2im", "max_pool_forward", "max_pool_backward")
-          for ctype in ("float", "double")]
+_NAMES = [f"{kernel}<{ctype}>" for kernel in ("log_softmax_nll", "col2im", "max_pool_forward", "max_pool_backward",
+                                               "gru_forward", "gru_backward") for ctype in ("float", "double")]
 _module = None
 _CTYPES = {cupy.dtype(cupy.float32): "float", cupy.dtype(cupy.float64): "double"}
 
@@ -362,6 +409,28 @@ def batch_norm_backward(grad, centered, scale, inv_std, sum_g, sum_gc, count: in
 def _plane(array) -> int:
     """Values per (sample, channel): H * W for images, 1 for (N, C)."""
     return array.size // max(1, array.shape[0] * array.shape[1])
+
+
+def gru_forward(step_in, gh, h):
+    """(h_t, r, z, n) of one GRU step, one kernel; step_in (N, 3H) may be a time slice (strided rows)."""
+    if step_in.strides[1] != step_in.itemsize:
+        step_in = cupy.ascontiguousarray(step_in)
+    gh, h = cupy.ascontiguousarray(gh), cupy.ascontiguousarray(h)
+    out, r, z, n = (cupy.empty_like(h) for _ in range(4))
+    _kernel("gru_forward", h.dtype)(
+        *_grid(h.size), (step_in, cupy.int64(step_in.strides[0] // step_in.itemsize), gh, h, out, r, z, n,
+                         cupy.int64(h.size), cupy.int32(h.shape[1])))
+    return out, r, z, n
+
+
+def gru_backward(grad, h, r, z, n, gh):
+    """(d_gates, d_gh, g * z) of one GRU step, one kernel (see gru_forward)."""
+    grad = cupy.ascontiguousarray(grad)
+    d_gates, d_gh = cupy.empty_like(gh), cupy.empty_like(gh)
+    grad_h = cupy.empty_like(h)
+    _kernel("gru_backward", h.dtype)(
+        *_grid(h.size), (grad, h, r, z, n, gh, d_gates, d_gh, grad_h, cupy.int64(h.size), cupy.int32(h.shape[1])))
+    return d_gates, d_gh, grad_h
 
 
 def sgd_step(param, grad, velocity, decay, lr: float, momentum: float, nesterov: bool) -> None:

@@ -80,6 +80,21 @@ def gru_cell(step_in, h, w_hh, b_hh=None) -> Tensor:
     gh = h.data @ w.data.T
     if b is not None:
         gh += b.data
+    kernels = backend.fused(h.data)
+    if kernels:  # GPU: the pointwise part of each direction is one kernel
+        out, r, z, n = kernels.gru_forward(step_in.data, gh, h.data)
+
+        def fused_backward(g):
+            d_gates, d_gh, grad_h = kernels.gru_backward(g, h.data, r, z, n, gh)
+            if h.requires_grad:
+                grad_h += d_gh @ w.data
+            grads = [d_gates if step_in.requires_grad else None, grad_h if h.requires_grad else None,
+                     d_gh.T @ h.data if w.requires_grad else None]
+            if b is not None:
+                grads.append(d_gh.sum(axis=0) if b.requires_grad else None)
+            return grads
+
+        return make_result(out, (step_in, h, w) if b is None else (step_in, h, w, b), fused_backward, "gru_cell")
     gates = step_in.data[:, :2 * hidden] + gh[:, :2 * hidden]
     rz = 0.5 * (1 + xp.tanh(0.5 * gates))  # sigmoid of r and z together
     r, z = rz[:, :hidden], rz[:, hidden:]
