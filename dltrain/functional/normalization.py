@@ -69,14 +69,23 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
                 grad_x += centered * (-scale * inv_std * inv_std * sum_g_centered / count).reshape(param_shape)
                 grad_x -= (scale * sum_g / count).reshape(param_shape)
             grads[0] = grad_x
-        if gamma is not None:
-            grads.append(sum_g_centered * inv_std if gamma.requires_grad else None)
-        if beta is not None:
-            grads.append(sum_g if beta.requires_grad else None)
-        return grads
+        return grads + _scale_and_shift_grads(gamma, beta, sum_g, sum_g_centered, inv_std)
 
-    parents = (x,) + tuple(t for t in (gamma, beta) if t is not None)
-    return make_result(out, parents, backward, "batch_norm")
+    return make_result(out, _parents(x, gamma, beta), backward, "batch_norm")
+
+
+def _scale_and_shift_grads(gamma, beta, sum_g, sum_g_centered, inv_std) -> list:
+    """The gradients of gamma and beta, for those given (in parent order)."""
+    grads = []
+    if gamma is not None:
+        grads.append(sum_g_centered * inv_std if gamma.requires_grad else None)
+    if beta is not None:
+        grads.append(sum_g if beta.requires_grad else None)
+    return grads
+
+
+def _parents(x, gamma, beta) -> tuple:
+    return (x,) + tuple(t for t in (gamma, beta) if t is not None)
 
 
 def _fused_batch_norm(kernels, x, gamma, beta, r_mean, r_var, training, momentum, eps, count) -> Tensor:
@@ -103,13 +112,8 @@ def _fused_batch_norm(kernels, x, gamma, beta, r_mean, r_var, training, momentum
     def backward(g):
         sum_g = kernels.channel_sum(g)
         sum_gc = kernels.channel_sum_of_products(g, centered)
-        grads = [kernels.batch_norm_backward(g, centered, scale, inv_std, sum_g, sum_gc, count, training)
-                 if x.requires_grad else None]
-        if gamma is not None:
-            grads.append(sum_gc * inv_std if gamma.requires_grad else None)
-        if beta is not None:
-            grads.append(sum_g if beta.requires_grad else None)
-        return grads
+        grad_x = (kernels.batch_norm_backward(g, centered, scale, inv_std, sum_g, sum_gc, count, training)
+                  if x.requires_grad else None)
+        return [grad_x] + _scale_and_shift_grads(gamma, beta, sum_g, sum_gc, inv_std)
 
-    parents = (x,) + tuple(t for t in (gamma, beta) if t is not None)
-    return make_result(out, parents, backward, "batch_norm")
+    return make_result(out, _parents(x, gamma, beta), backward, "batch_norm")
