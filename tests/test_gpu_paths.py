@@ -426,3 +426,15 @@ def test_devices_lists_what_there_is(fake_gpu):
     assert lines[1].startswith("gpu: CuPy stand-in, ")
     assert lines[2] == "  gpu 0: Stand-in GPU, 80.0 GiB"
     assert lines[-1] == "device: auto trains on the gpu here"
+
+
+def test_the_fused_kernels_can_be_turned_off_from_the_environment():
+    import os
+    import subprocess
+    import sys
+
+    code = "from dltrain import backend; print(backend.fused_enabled())"
+    for value, expected in (("0", "False"), ("1", "True")):
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                env={**os.environ, "DLTRAIN_FUSED_KERNELS": value})
+        assert result.stdout.strip() == expected, result.stderr

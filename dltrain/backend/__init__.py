@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import math
+import os
 import sys
 
 import numpy
@@ -24,7 +25,7 @@ DEVICES = ("cpu", "gpu", "auto")
 
 _cupy = None  # the cupy module once imported successfully
 _cuda_kernels = None  # backend/cuda.py once imported
-_fused_enabled = True
+_fused_enabled = os.environ.get("DLTRAIN_FUSED_KERNELS", "1") != "0"  # 0: plain CuPy ops only
 _cupy_error: str | None = None  # why importing or using cupy failed
 _default_dtype = numpy.dtype(numpy.float32)
 _host_rng = numpy.random.Generator(numpy.random.PCG64(0))
