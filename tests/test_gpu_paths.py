@@ -438,3 +438,15 @@ def test_the_fused_kernels_can_be_turned_off_from_the_environment():
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                 env={**os.environ, "DLTRAIN_FUSED_KERNELS": value})
         assert result.stdout.strip() == expected, result.stderr
+
+
+def test_gpu_kernel_sources_compile_with_nvrtc():
+    """Every CUDA kernel of backend/cuda.py compiles for float and double (NVRTC needs no GPU, only CuPy)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("cupy_backends.cuda.libs.nvrtc", reason="CuPy (with its NVRTC) is not installed here")
+    script = Path(__file__).parents[1] / "benchmarks" / "compile_cuda_kernels.py"
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "FAILED" not in result.stdout and "raw kernels" in result.stdout
