@@ -65,7 +65,7 @@ class Optimizer:
         self.decay_all = decay_all
         self.steps = 0
         self.slots = {name: [None] * len(self.params) for name in self.slot_names}
-        self._flat = None  # GPU: (flat parameter buffer, {slot: flat buffer}, decay) once made
+        self._flat = None  # GPU: (flat parameters, {slot: flat slot}, decay, the views handed out) once made
 
     def decays(self, param) -> bool:
         return self.weight_decay > 0 and (self.decay_all or param.decay)
