@@ -169,3 +169,21 @@ def gru_backward(grad, h, r, z, n, gh):
     d_gates = np.concatenate([d_r, d_z, d_n], axis=1)
     d_gh = np.concatenate([d_r, d_z, d_n * r], axis=1)
     return d_gates, d_gh, grad * z
+
+
+def lstm_forward(gates, c):
+    hidden = c.shape[1]
+    i, f, o = (_sigmoid(gates[:, k * hidden:(k + 1) * hidden]) for k in (0, 1, 3))
+    g = np.tanh(gates[:, 2 * hidden:3 * hidden])
+    c_new = f * c + i * g
+    tc = np.tanh(c_new)
+    return np.stack([o * tc, c_new]), np.stack([i, f, g, o, tc])
+
+
+def lstm_backward(grad_hc, c, saved):
+    i, f, g, o, tc = saved
+    dh = grad_hc[0]
+    dc = grad_hc[1] + dh * o * (1 - tc * tc)
+    d_gates = np.concatenate([dc * g * i * (1 - i), dc * c * f * (1 - f), dc * i * (1 - g * g),
+                              dh * tc * o * (1 - o)], axis=1)
+    return d_gates, dc * f

@@ -84,6 +84,9 @@ def close_metrics(a, b, rtol):
     ("gru", lambda x, h0, w_ih, w_hh, b_ih, b_hh: F.gru(x, h0, w_ih, w_hh, b_ih, b_hh)[0],
      [R.standard_normal((2, 4, 3)), R.standard_normal((2, 5)), R.standard_normal((15, 3)),
       R.standard_normal((15, 5)), R.standard_normal(15), R.standard_normal(15)]),
+    ("lstm", lambda x, h0, c0, w_ih, w_hh, b: F.lstm(x, (h0, c0), w_ih, w_hh, b)[0],
+     [R.standard_normal((2, 4, 3)), R.standard_normal((2, 5)), R.standard_normal((2, 5)),
+      R.standard_normal((20, 3)), R.standard_normal((20, 5)), R.standard_normal(20)]),
 ])
 def test_fused_branches_have_correct_gradients(numpy_kernels, name, fn, arrays):
     check_gradients(fn, arrays)
@@ -293,6 +296,15 @@ def test_cuda_kernels_match_their_numpy_twin(dtype):
     want = twin.gru_backward(upstream, h, *want[1:], gh)
     got = cuda.gru_backward(cupy.asarray(upstream), cupy.asarray(h), *got[1:], cupy.asarray(gh))
     for a, b in zip(got, want):
+        np.testing.assert_allclose(cupy.asnumpy(a), b, **tol)
+    gates, c = R.standard_normal((4, 20)).astype(dtype), R.standard_normal((4, 5)).astype(dtype)
+    want_hc, want_saved = twin.lstm_forward(gates, c)
+    hc, saved = cuda.lstm_forward(cupy.asarray(gates), cupy.asarray(c))
+    np.testing.assert_allclose(cupy.asnumpy(hc), want_hc, **tol)
+    np.testing.assert_allclose(cupy.asnumpy(saved), want_saved, **tol)
+    upstream = R.standard_normal(want_hc.shape).astype(dtype)
+    for a, b in zip(cuda.lstm_backward(cupy.asarray(upstream), cupy.asarray(c), saved),
+                    twin.lstm_backward(upstream, c, want_saved)):
         np.testing.assert_allclose(cupy.asnumpy(a), b, **tol)
     x = (R.standard_normal((6, 3, 5, 4)) * 2 + 1).astype(dtype)
     g = R.standard_normal(x.shape).astype(dtype)

@@ -3,8 +3,8 @@
 Every CuPy call is one kernel launch that reads and writes whole arrays, and a small model's step
 is bound by launches, not arithmetic. So the chains that run every step are single kernels here:
 the ReLU gradient, the dropout mask and its product, softmax cross-entropy (loss and gradient),
-col2im, max pooling, batch normalization (statistics, output and gradient in a few passes), a GRU
-step's pointwise part (forward and backward), and the SGD / Adam updates over one flat parameter
+col2im, max pooling, batch normalization (statistics, output and gradient in a few passes), a GRU or
+LSTM step's pointwise part (forward and backward), and the SGD / Adam updates over one flat parameter
 buffer. The ops in dltrain/functional use them through `backend.fused(array)`, which is None on the
 CPU (NumPy keeps its own code).
 
@@ -257,10 +257,53 @@ __global__ void gru_backward(const T* grad, const T* h, const T* r_in, const T* 
         grad_h[index] = g * z;
     }
 }
+
+// One LSTM step's pointwise part from its gate pre-activations [i, f, g, o] (N, 4H) and c_{t-1}: writes
+// h_t and c_t stacked as (2, N, H), and keeps i, f, g, o and tanh(c_t) for the backward.
+template <typename T>
+__global__ void lstm_forward(const T* gates, const T* c, T* hc, T* saved, long long total, int hidden) {
+    for (long long index = blockIdx.x * (long long)blockDim.x + threadIdx.x; index < total;
+         index += (long long)blockDim.x * gridDim.x) {
+        const T* a = gates + index / hidden * 4 * hidden + index % hidden;
+        const T i = (T)0.5 * ((T)1 + tanh((T)0.5 * a[0]));
+        const T f = (T)0.5 * ((T)1 + tanh((T)0.5 * a[hidden]));
+        const T g = tanh(a[2 * hidden]);
+        const T o = (T)0.5 * ((T)1 + tanh((T)0.5 * a[3 * hidden]));
+        const T c_new = f * c[index] + i * g;
+        const T tc = tanh(c_new);
+        hc[index] = o * tc;
+        hc[total + index] = c_new;
+        saved[index] = i;
+        saved[total + index] = f;
+        saved[2 * total + index] = g;
+        saved[3 * total + index] = o;
+        saved[4 * total + index] = tc;
+    }
+}
+
+// Its backward, from the gradients of h_t and c_t (2, N, H): the gate pre-activation gradients and dc_{t-1}.
+template <typename T>
+__global__ void lstm_backward(const T* grad_hc, const T* c, const T* saved, T* d_gates, T* grad_c,
+                              long long total, int hidden) {
+    for (long long index = blockIdx.x * (long long)blockDim.x + threadIdx.x; index < total;
+         index += (long long)blockDim.x * gridDim.x) {
+        const T i = saved[index], f = saved[total + index], g = saved[2 * total + index];
+        const T o = saved[3 * total + index], tc = saved[4 * total + index];
+        const T dh = grad_hc[index];
+        const T dc = grad_hc[total + index] + dh * o * ((T)1 - tc * tc);
+        T* d = d_gates + index / hidden * 4 * hidden + index % hidden;
+        d[0] = dc * g * i * ((T)1 - i);
+        d[hidden] = dc * c[index] * f * ((T)1 - f);
+        d[2 * hidden] = dc * i * ((T)1 - g * g);
+        d[3 * hidden] = dh * tc * o * ((T)1 - o);
+        grad_c[index] = dc * f;
+    }
+}
 """
 
 _NAMES = [f"{kernel}<{ctype}>" for kernel in ("log_softmax_nll", "col2im", "max_pool_forward", "max_pool_backward",
-                                               "gru_forward", "gru_backward") for ctype in ("float", "double")]
+                                               "gru_forward", "gru_backward", "lstm_forward", "lstm_backward")
+          for ctype in ("float", "double")]
 _module = None
 _CTYPES = {cupy.dtype(cupy.float32): "float", cupy.dtype(cupy.float64): "double"}
 
@@ -431,6 +474,26 @@ def gru_backward(grad, h, r, z, n, gh):
     _kernel("gru_backward", h.dtype)(
         *_grid(h.size), (grad, h, r, z, n, gh, d_gates, d_gh, grad_h, cupy.int64(h.size), cupy.int32(h.shape[1])))
     return d_gates, d_gh, grad_h
+
+
+def lstm_forward(gates, c):
+    """(h_t and c_t stacked as (2, N, H), what the backward keeps) of one LSTM step, one kernel."""
+    gates, c = cupy.ascontiguousarray(gates), cupy.ascontiguousarray(c)
+    hc = cupy.empty((2,) + c.shape, dtype=c.dtype)
+    saved = cupy.empty((5,) + c.shape, dtype=c.dtype)
+    _kernel("lstm_forward", c.dtype)(*_grid(c.size), (gates, c, hc, saved, cupy.int64(c.size), cupy.int32(c.shape[1])))
+    return hc, saved
+
+
+def lstm_backward(grad_hc, c, saved):
+    """(d_gates (N, 4H), dc_{t-1}) of one LSTM step, one kernel."""
+    grad_hc = cupy.ascontiguousarray(grad_hc)
+    d_gates = cupy.empty((c.shape[0], 4 * c.shape[1]), dtype=c.dtype)
+    grad_c = cupy.empty_like(c)
+    _kernel("lstm_backward", c.dtype)(
+        *_grid(c.size), (grad_hc, cupy.ascontiguousarray(c), saved, d_gates, grad_c, cupy.int64(c.size),
+                         cupy.int32(c.shape[1])))
+    return d_gates, grad_c
 
 
 def sgd_step(param, grad, velocity, decay, lr: float, momentum: float, nesterov: bool) -> None:

@@ -51,9 +51,15 @@ def lstm(input, state, w_ih, w_hh, b_ih=None, b_hh=None) -> tuple[Tensor, tuple[
     x, h, hidden = _prepare("lstm", input, h0, w_ih, w_hh, 4)
     c = as_tensor(c0, like=x) if c0 is not None else Tensor(h.data * 0)
     projected = _input_projection(x, w_ih, b_ih)
+    kernels = backend.fused(h.data)
     outputs = []
     for t in range(x.shape[1]):
         gates = projected[:, t] + linear(h, w_hh, b_hh)
+        if kernels:  # GPU: the pointwise part is one kernel each way
+            hc = _fused_lstm_step(kernels, gates, c)
+            h, c = hc[0], hc[1]
+            outputs.append(h)
+            continue
         i = sigmoid(gates[:, :hidden])
         f = sigmoid(gates[:, hidden:2 * hidden])
         g = tanh(gates[:, 2 * hidden:3 * hidden])
@@ -62,6 +68,17 @@ def lstm(input, state, w_ih, w_hh, b_ih=None, b_hh=None) -> tuple[Tensor, tuple[
         h = o * tanh(c)
         outputs.append(h)
     return stack(outputs, axis=1), (h, c)
+
+
+def _fused_lstm_step(kernels, gates: Tensor, c: Tensor) -> Tensor:
+    """h_t and c_t stacked as (2, N, H), from the gate pre-activations and c_{t-1} (the GPU's LSTM step)."""
+    hc, saved = kernels.lstm_forward(gates.data, c.data)
+
+    def backward(g):
+        d_gates, grad_c = kernels.lstm_backward(g, c.data, saved)
+        return d_gates, (grad_c if c.requires_grad else None)
+
+    return make_result(hc, (gates, c), backward, "lstm_cell")
 
 
 def gru_cell(step_in, h, w_hh, b_hh=None) -> Tensor:
