@@ -15,6 +15,7 @@ show what they bring.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -27,7 +28,7 @@ sys.path.insert(0, str(HERE))
 from cpu import HandWrittenMLP, dltrain_model, load_data, torch_model  # noqa: E402 (the models are shared with the CPU benchmark)
 from harness import alternating, arguments, replace_section  # noqa: E402
 
-SAMPLES = 30000  # one epoch
+SAMPLES = int(os.environ.get("GPU_BENCH_SAMPLES", 30000))  # one epoch (fewer: a quicker, rougher run)
 WARMUP, TIMED = 2, 3
 CASES = {"mlp32": ("mlp", 32), "mlp128": ("mlp", 128), "mlp1024": ("mlp", 1024), "cnn128": ("cnn", 128),
          "gru128": ("gru", 128)}
