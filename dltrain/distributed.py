@@ -22,6 +22,7 @@ from . import backend
 np = backend.np
 
 _SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_SIZE")
+_LOCAL_RANK_VARIABLES = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK")
 
 
 class SingleProcess:
@@ -61,7 +62,11 @@ class MPICommunicator:
         return self.comm.bcast(value, root=0)
 
     def local_rank(self) -> int:
-        """This rank's number among the ranks on its own machine."""
+        """This rank's number among the ranks on its own machine: from the launcher's variables (MPICH, Open MPI),
+        else by splitting the communicator by shared memory (a collective: every rank asks at the same point)."""
+        for name in _LOCAL_RANK_VARIABLES:
+            if os.environ.get(name, "").isdigit():
+                return int(os.environ[name])
         from mpi4py import MPI  # noqa: PLC0415
 
         return self.comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()

@@ -219,3 +219,38 @@ def test_nccl_communicator_sums_gpu_buffers_across_ranks(fake_gpu):
         assert backend.device_of(summed) == "gpu"
         np.testing.assert_array_equal(backend.to_numpy(summed), np.arange(5) * 3, err_msg=str(key))
     assert len(results) == 4
+
+
+class FakeMPIComm:
+    """What MPICommunicator reads of an mpi4py communicator, for one rank of `size`."""
+
+    def __init__(self, rank, size):
+        self.rank, self.size = rank, size
+
+    def Get_rank(self):
+        return self.rank
+
+    def Get_size(self):
+        return self.size
+
+    def bcast(self, value, root=0):
+        return value
+
+
+@pytest.mark.parametrize("variable", ["MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK"])
+def test_each_gpu_rank_takes_the_gpu_of_its_local_rank(fake_gpu, monkeypatch, variable):
+    """Rank 3 of a job, the second on its machine (local rank 1), on a machine with 2 GPUs: GPU 1; without NCCL
+    (the stand-in has none) the gradients keep going through MPI."""
+    from dltrain.distributed import MPICommunicator
+
+    chosen = []
+    monkeypatch.setattr(fake_gpu.cuda, "Device", lambda index=0: type("D", (), {"use": lambda self: chosen.append(
+        index)})())
+    monkeypatch.setattr(fake_gpu.cuda.runtime, "getDeviceCount", lambda: 2)
+    monkeypatch.setenv(variable, "1")
+    comm = MPICommunicator(FakeMPIComm(rank=3, size=4))
+    assert comm.for_device("gpu") is comm and chosen == [1]
+    assert comm.for_device("cpu") is comm and chosen == [1]
+    monkeypatch.setenv(variable, "5")  # more ranks than GPUs on a machine: they share, round-robin
+    comm.for_device("gpu")
+    assert chosen == [1, 1]
