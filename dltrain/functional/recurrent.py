@@ -112,22 +112,42 @@ def gru_cell(step_in, h, w_hh, b_hh=None) -> Tensor:
             return grads
 
         return make_result(out, (step_in, h, w) if b is None else (step_in, h, w, b), fused_backward, "gru_cell")
-    gates = step_in.data[:, :2 * hidden] + gh[:, :2 * hidden]
-    rz = 0.5 * (1 + xp.tanh(0.5 * gates))  # sigmoid of r and z together
+    # In place where possible: a step is many small arrays, so allocations and passes are the cost.
+    rz = xp.add(step_in.data[:, :2 * hidden], gh[:, :2 * hidden])
+    rz *= 0.5
+    xp.tanh(rz, out=rz)
+    rz += 1
+    rz *= 0.5  # sigmoid of r and z together, as (1 + tanh(a / 2)) / 2
     r, z = rz[:, :hidden], rz[:, hidden:]
     gh_n = gh[:, 2 * hidden:]
-    n = xp.tanh(step_in.data[:, 2 * hidden:] + r * gh_n)
-    out = n + z * (h.data - n)
+    n = xp.multiply(r, gh_n)
+    n += step_in.data[:, 2 * hidden:]
+    xp.tanh(n, out=n)
+    out = xp.subtract(h.data, n)
+    out *= z
+    out += n
 
     def backward(g):
-        d_n_pre = g * (1 - z) * (1 - n * n)  # through n = tanh(.)
         d_gates = xp.empty_like(gh)  # gradient of the pre-activations [r, z, n]
-        d_gates[:, :hidden] = d_n_pre * gh_n * r * (1 - r)
-        d_gates[:, hidden:2 * hidden] = g * (h.data - n) * z * (1 - z)
-        d_gates[:, 2 * hidden:] = d_n_pre
+        d_r, d_z, d_n = d_gates[:, :hidden], d_gates[:, hidden:2 * hidden], d_gates[:, 2 * hidden:]
+        xp.multiply(n, n, out=d_n)
+        xp.subtract(1, d_n, out=d_n)
+        d_n *= 1 - z
+        d_n *= g  # through n = tanh(.) and h_t = (1 - z) n + z h
+        xp.subtract(1, r, out=d_r)
+        d_r *= r
+        d_r *= gh_n
+        d_r *= d_n
+        xp.subtract(1, z, out=d_z)
+        d_z *= z
+        d_z *= h.data - n
+        d_z *= g
         d_gh = d_gates.copy()
         d_gh[:, 2 * hidden:] *= r  # gh_n enters as r * gh_n
-        grad_h = g * z + d_gh @ w.data if h.requires_grad else None
+        grad_h = None
+        if h.requires_grad:
+            grad_h = d_gh @ w.data
+            grad_h += g * z
         grads = [d_gates if step_in.requires_grad else None, grad_h,
                  d_gh.T @ h.data if w.requires_grad else None]
         if b is not None:
