@@ -126,8 +126,8 @@ class Model:
         self.network.eval()
         xp = backend.array_module(split.x)
         losses, sizes, predictions = [], [], []
-        try:
-            with no_grad():
+        try:  # a model with huge weights reports an infinite or NaN loss, without NumPy's warnings
+            with no_grad(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 for start in range(0, len(split), batch_size):
                     x, y = split.x[start:start + batch_size], split.y[start:start + batch_size]
                     out = self.outputs(Tensor(x))
