@@ -92,6 +92,8 @@ class NCCLCommunicator:
         self.seconds = 0.0
         unique_id = mpi.broadcast(nccl.get_unique_id() if mpi.rank == 0 else None)
         self.comm = nccl.NcclCommunicator(self.size, unique_id, self.rank)
+        self.kinds = {backend.np.dtype(backend.np.float32): nccl.NCCL_FLOAT32,
+                      backend.np.dtype(backend.np.float64): nccl.NCCL_FLOAT64}
 
     def sum(self, flat):
         """Element-wise sum over ranks of a GPU float array: one ncclAllReduce, no host copy."""
@@ -99,9 +101,8 @@ class NCCLCommunicator:
         started = time.perf_counter()
         flat = xp.ascontiguousarray(flat)
         out = xp.empty_like(flat)
-        kinds = {xp.dtype(xp.float32): self.nccl.NCCL_FLOAT32, xp.dtype(xp.float64): self.nccl.NCCL_FLOAT64}
         stream = xp.cuda.get_current_stream()
-        self.comm.allReduce(flat.data.ptr, out.data.ptr, flat.size, kinds[flat.dtype], self.nccl.NCCL_SUM,
+        self.comm.allReduce(flat.data.ptr, out.data.ptr, flat.size, self.kinds[flat.dtype], self.nccl.NCCL_SUM,
                             stream.ptr)
         stream.synchronize()  # the caller reads the loss from it right away
         self.seconds += time.perf_counter() - started
