@@ -1,3 +1,4 @@
+import shutil
 import sys
 
 import numpy as np
@@ -61,16 +62,66 @@ def numpy_kernels(monkeypatch):
 @pytest.fixture
 def fake_gpu(monkeypatch):
     """A stand-in GPU (tests/fake_cupy.py): device 'gpu' works, and mixing its arrays with host arrays
-    raises as CuPy does. The fused kernels are their NumPy twin."""
+    raises as CuPy does. The fused kernels are backend/cuda.py's own, compiled for the CPU."""
     import fake_cupy
-    import numpy_kernels as twin
 
+    _, kernels = emulated_cuda()
     fake = fake_cupy.module()
     monkeypatch.setattr(backend, "_cupy", fake)
     monkeypatch.setattr(backend, "_cupy_error", None)
     monkeypatch.setattr(backend, "_device_rngs", {})
     for name, module in fake_cupy.cupyx_modules().items():
         monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.setattr(backend, "fused", lambda array: twin if backend.fused_enabled() and isinstance(
-        array, fake.ndarray) and twin.supports(array.dtype) else None)
+    monkeypatch.setattr(backend, "fused", lambda array: kernels if backend.fused_enabled() and isinstance(
+        array, fake.ndarray) and kernels.supports(array.dtype) else None)
     return fake
+
+
+
+_emulated = None
+
+
+def emulated_cuda():
+    """(stand-in cupy, backend/cuda.py imported against it): the real CUDA kernels compiled for the CPU by
+    tests/cuda_on_cpu.py, working on tests/fake_cupy.py's arrays. Imported once per test session."""
+    global _emulated
+    if shutil.which("g++") is None:
+        pytest.skip("no g++ here: the stand-in GPU runs the CUDA kernels compiled for the CPU by g++ "
+                    "(apt-get install g++)")
+    if _emulated is None:
+        import importlib.util
+        from pathlib import Path
+
+        import cuda_on_cpu
+        import fake_cupy
+
+        fake = fake_cupy.module()
+        cuda_on_cpu.install(fake)
+        source = Path(backend.__file__).with_name("cuda.py")
+        spec = importlib.util.spec_from_file_location("dltrain_cuda_on_cpu", source)
+        kernels = importlib.util.module_from_spec(spec)
+        saved = sys.modules.get("cupy")
+        sys.modules["cupy"] = fake  # what `import cupy` in cuda.py finds
+        try:
+            spec.loader.exec_module(kernels)
+        finally:
+            if saved is None:
+                del sys.modules["cupy"]
+            else:
+                sys.modules["cupy"] = saved
+        _emulated = fake, kernels
+    return _emulated
+
+
+@pytest.fixture(params=["cuda-on-cpu", pytest.param("gpu", marks=pytest.mark.skipif(
+    not backend.gpu_available(), reason=GPU_SKIP_REASON or "no GPU"))])
+def cuda_kernels(request):
+    """(cupy, backend.cuda): the real ones on a GPU; everywhere, the same kernels compiled for the CPU
+    (tests/cuda_on_cpu.py) on the stand-in GPU arrays."""
+    if request.param == "gpu":
+        import cupy
+
+        from dltrain.backend import cuda
+
+        return cupy, cuda
+    return emulated_cuda()

@@ -4,8 +4,8 @@ CuPy raises when a GPU array is combined with a NumPy array (`gpu + host`, `cupy
 host])`, a host index array): every such place in dltrain is a bug that only a GPU would show. Here a
 "device" array is a NumPy subclass that raises the same way, so the GPU code paths of the trainer,
 evaluation, data and optimizers run on the CPU and such mixing fails in CI. The fused CUDA kernels are
-replaced by their NumPy twin (tests/numpy_kernels.py). What it cannot catch: `numpy.asarray(device_array)`
-(a subclass converts silently) and anything CUDA itself does.
+backend/cuda.py's own, compiled for the CPU by tests/cuda_on_cpu.py. What it cannot catch:
+`numpy.asarray(device_array)` (a subclass converts silently), races between GPU threads, and speed.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 Everywhere: the code that calls the fused kernels runs on the CPU with their NumPy twin
 (tests/numpy_kernels.py) and must train exactly like the plain NumPy code; the deferred loss reads
-of the GPU loop run on the CPU too; and the training tests run on the stand-in GPU of
-tests/fake_cupy.py, whose arrays refuse host arrays as CuPy's do. Where CuPy finds a GPU, the same
-tests run on it too, and each CUDA kernel is checked against its twin.
+of the GPU loop run on the CPU too; each CUDA kernel, compiled for the CPU (tests/cuda_on_cpu.py), is
+checked against its twin; and the training tests run on the stand-in GPU of tests/fake_cupy.py, whose
+arrays refuse host arrays as CuPy's do, through those same compiled kernels. Where CuPy finds a GPU,
+the same tests run on it too.
 """
 
 import json
@@ -231,17 +232,15 @@ def test_clipping_on_the_device_scales_like_clipping_on_the_host():
             np.testing.assert_array_equal(device, host)
 
 
-# ---------------------------------------------------------------- on a real GPU
+# ---------------------------------------------------------------- the CUDA kernels: on a GPU, and on the CPU
 
 
-@needs_gpu
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_cuda_kernels_match_their_numpy_twin(dtype):
-    import cupy
+def test_cuda_kernels_match_their_numpy_twin(cuda_kernels, dtype):
+    """Each CUDA kernel against its NumPy twin: on the GPU, and compiled for the CPU (tests/cuda_on_cpu.py)."""
     import numpy_kernels as twin
 
-    from dltrain.backend import cuda
-
+    cupy, cuda = cuda_kernels
     tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-12}
 
     def host(*arrays):
