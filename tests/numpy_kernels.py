@@ -38,17 +38,41 @@ def cross_entropy_backward(log_p, labels, upstream):
     return (grad * (upstream / len(labels))).astype(log_p.dtype)
 
 
+def _window_view(padded, kernel, stride, dilation, out_hw, i, j):
+    rows = slice(i * dilation[0], i * dilation[0] + stride[0] * (out_hw[0] - 1) + 1, stride[0])
+    cols = slice(j * dilation[1], j * dilation[1] + stride[1] * (out_hw[1] - 1) + 1, stride[1])
+    return padded[:, :, rows, cols]
+
+
+def im2col(image, kernel, stride, padding, dilation, out_hw):
+    n, channels = image.shape[:2]
+    padded = np.pad(image, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
+    rows = [_window_view(padded, kernel, stride, dilation, out_hw, i, j)  # each (N, C, OH, OW)
+            for i in range(kernel[0]) for j in range(kernel[1])]
+    stacked = np.stack(rows, axis=2)  # (N, C, KH*KW, OH, OW)
+    return np.ascontiguousarray(stacked.transpose(1, 2, 0, 3, 4)).reshape(
+        channels * kernel[0] * kernel[1], n * out_hw[0] * out_hw[1])
+
+
 def col2im(columns, image, kernel, stride, padding, dilation, out_hw):
     n, channels, height, width = image.shape
     (kh, kw), (oh, ow) = kernel, out_hw
-    cols = columns.reshape(n, channels, kh, kw, oh, ow)
+    cols = columns.reshape(channels, kh, kw, n, oh, ow)
     padded = np.zeros_like(columns, shape=(n, channels, height + 2 * padding[0], width + 2 * padding[1]))
     for i in range(kh):
         for j in range(kw):
-            rows = slice(i * dilation[0], i * dilation[0] + stride[0] * (oh - 1) + 1, stride[0])
-            cols_ = slice(j * dilation[1], j * dilation[1] + stride[1] * (ow - 1) + 1, stride[1])
-            padded[:, :, rows, cols_] += cols[:, :, i, j]
+            _window_view(padded, kernel, stride, dilation, out_hw, i, j)[...] += cols[:, i, j].transpose(1, 0, 2, 3)
     image[...] = padded[:, :, padding[0]:padding[0] + height, padding[1]:padding[1] + width]
+
+
+def filters_to_images(product, bias, out):
+    n, filters = out.shape[:2]
+    images = product.reshape((filters, n) + out.shape[2:]).transpose(1, 0, 2, 3)
+    out[...] = images if bias is None else images + bias.reshape(1, -1, 1, 1)
+
+
+def images_to_filters(grad):
+    return np.ascontiguousarray(grad.transpose(1, 0, 2, 3)).reshape(grad.shape[1], -1)
 
 
 def sgd_step(param, grad, velocity, decay, lr, momentum, nesterov):

@@ -267,12 +267,28 @@ def test_cuda_kernels_match_their_numpy_twin(cuda_kernels, dtype):
                                                      ((3, 2, 11, 10), (3, 2), (2, 3), (1, 0), (2, 1))]:
         oh = (shape[2] + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
         ow = (shape[3] + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
-        columns = R.standard_normal((shape[0], shape[1] * kernel[0] * kernel[1], oh * ow)).astype(dtype)
+        image = R.standard_normal(shape).astype(dtype)
+        want = twin.im2col(image, kernel, stride, padding, dilation, (oh, ow))
+        assert want.shape == (shape[1] * kernel[0] * kernel[1], shape[0] * oh * ow)
+        got = cuda.im2col(cupy.asarray(image), kernel, stride, padding, dilation, (oh, ow))
+        np.testing.assert_array_equal(cupy.asnumpy(got), want)
+        columns = R.standard_normal(want.shape).astype(dtype)
         want = np.empty(shape, dtype)
         twin.col2im(columns, want, kernel, stride, padding, dilation, (oh, ow))
         got = cupy.empty(shape, dtype)
         cuda.col2im(cupy.asarray(columns), got, kernel, stride, padding, dilation, (oh, ow))
         np.testing.assert_allclose(cupy.asnumpy(got), want, **tol)
+        product = R.standard_normal((4, shape[0] * oh * ow)).astype(dtype)  # 4 filters
+        bias = R.standard_normal(4).astype(dtype)
+        for b in (bias, None):
+            want = np.empty((shape[0], 4, oh, ow), dtype)
+            twin.filters_to_images(product, b, want)
+            got = cupy.empty(want.shape, dtype)
+            cuda.filters_to_images(cupy.asarray(product), None if b is None else cupy.asarray(b), got)
+            np.testing.assert_array_equal(cupy.asnumpy(got), want)
+        grad = R.standard_normal((shape[0], 4, oh, ow)).astype(dtype)
+        np.testing.assert_array_equal(cupy.asnumpy(cuda.images_to_filters(cupy.asarray(grad))),
+                                      twin.images_to_filters(grad))
     images = np.round(R.standard_normal((2, 3, 9, 8)), 1).astype(dtype)  # with ties
     for kernel, stride, padding in [((2, 2), (2, 2), (0, 0)), ((3, 3), (2, 2), (1, 1)), ((3, 2), (1, 3), (1, 1))]:
         oh = (9 + 2 * padding[0] - kernel[0]) // stride[0] + 1

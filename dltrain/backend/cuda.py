@@ -3,10 +3,10 @@
 Every CuPy call is one kernel launch that reads and writes whole arrays, and a small model's step
 is bound by launches, not arithmetic. So the chains that run every step are single kernels here:
 the ReLU gradient, the dropout mask and its product, softmax cross-entropy (loss and gradient),
-col2im, max pooling, batch normalization (statistics, output and gradient in a few passes), a GRU or
-LSTM step's pointwise part (forward and backward), and the SGD / Adam updates over one flat parameter
-buffer. The ops in dltrain/functional use them through `backend.fused(array)`, which is None on the
-CPU (NumPy keeps its own code).
+im2col and col2im (convolution as one GEMM each way), max pooling, batch normalization (statistics,
+output and gradient in a few passes), a GRU or LSTM step's pointwise part (forward and backward), and
+the SGD / Adam updates over one flat parameter buffer. The ops in dltrain/functional use them through
+`backend.fused(array)`, which is None on the CPU (NumPy keeps its own code).
 
 Imported only after CuPy has found a GPU; kernels compile on first use and CuPy caches them on disk.
 """
@@ -67,6 +67,27 @@ _adam = cupy.ElementwiseKernel(
     """,
     "dltrain_adam")
 
+# The convolution GEMM's (F, N*P) product into (N, F, P) order with the bias, and the way back for its gradient.
+_filters_to_images = cupy.ElementwiseKernel(
+    "raw T product, raw T bias, int64 samples, int64 filters, int64 pixels, int32 has_bias", "T out",
+    """
+    const long long p = i % pixels;
+    const long long f = (i / pixels) % filters;
+    const long long n = i / (pixels * filters);
+    out = product[(f * samples + n) * pixels + p] + (has_bias ? bias[f] : (T)0);
+    """,
+    "dltrain_filters_to_images")
+
+_images_to_filters = cupy.ElementwiseKernel(
+    "raw T grad, int64 samples, int64 filters, int64 pixels", "T out",
+    """
+    const long long p = i % pixels;
+    const long long n = (i / pixels) % samples;
+    const long long f = i / (pixels * samples);
+    out = grad[(n * filters + f) * pixels + p];
+    """,
+    "dltrain_images_to_filters")
+
 # Batch normalization: per-channel vectors in one pass each, and the two passes over the images.
 _sum_of_products = cupy.ReductionKernel(
     "T left, T right", "T total", "left * right", "a + b", "total = a", "0", "dltrain_sum_of_products")
@@ -125,18 +146,45 @@ __global__ void log_softmax_nll(const T* logits, const long long* labels, T* log
     if (lane == 0) row_loss[row] = log_sum - x[labels[row]];
 }
 
-// col2im as a gather: one thread per input pixel (n, c, h, w) sums the column entries that read it,
-// so there are no atomic adds and the result is deterministic. cols: (N, C*KH*KW, OH*OW).
+// Convolution as one GEMM each way over a column matrix (C*KH*KW, N*OH*OW): row (c, i, j), column
+// (n, oh, ow). im2col writes it, one thread per entry in memory order (consecutive threads, consecutive
+// addresses), reading the unpadded image: padding reads as zero, so no padded copy is made.
 template <typename T>
-__global__ void col2im(const T* cols, T* image, long long total, int channels, int height, int width,
+__global__ void im2col(const T* image, T* cols, long long total, int samples, int channels, int height, int width,
+                       int kh, int kw, int out_h, int out_w, int stride_h, int stride_w, int pad_h, int pad_w,
+                       int dil_h, int dil_w) {
+    for (long long index = blockIdx.x * (long long)blockDim.x + threadIdx.x; index < total;
+         index += (long long)blockDim.x * gridDim.x) {
+        const int ow = index % out_w;
+        const int oh = (index / out_w) % out_h;
+        const long long rest = index / ((long long)out_w * out_h);  // row * samples + n
+        const int n = rest % samples;
+        const int row = rest / samples;
+        const int j = row % kw;
+        const int i = (row / kw) % kh;
+        const int c = row / (kw * kh);
+        const int h = oh * stride_h - pad_h + i * dil_h;
+        const int w = ow * stride_w - pad_w + j * dil_w;
+        cols[index] = (h >= 0 && h < height && w >= 0 && w < width)
+                          ? image[(((long long)n * channels + c) * height + h) * width + w] : (T)0;
+    }
+}
+
+// col2im as a gather: one thread per input pixel (n, c, h, w) sums the column-matrix entries that read it,
+// so there are no atomic adds and the result is deterministic.
+template <typename T>
+__global__ void col2im(const T* cols, T* image, long long total, int samples, int channels, int height, int width,
                        int kh, int kw, int out_h, int out_w, int stride_h, int stride_w,
                        int pad_h, int pad_w, int dil_h, int dil_w) {
+    const long long row_length = (long long)samples * out_h * out_w;  // entries per row of the column matrix
     for (long long index = blockIdx.x * (long long)blockDim.x + threadIdx.x; index < total;
          index += (long long)blockDim.x * gridDim.x) {
         const int w = index % width;
         const int h = (index / width) % height;
         const long long nc = index / ((long long)width * height);  // n * channels + c
-        const T* base = cols + nc * kh * kw * out_h * out_w;
+        const int c = nc % channels;
+        const int n = nc / channels;
+        const T* base = cols + (long long)c * kh * kw * row_length + (long long)n * out_h * out_w;
         T sum = 0;
         for (int i = 0; i < kh; ++i) {
             const int hp = h + pad_h - i * dil_h;  // = oh * stride_h for a window that reads this pixel
@@ -148,7 +196,7 @@ __global__ void col2im(const T* cols, T* image, long long total, int channels, i
                 if (wp < 0 || wp % stride_w != 0) continue;
                 const int ow = wp / stride_w;
                 if (ow >= out_w) continue;
-                sum += base[((long long)(i * kw + j) * out_h + oh) * out_w + ow];
+                sum += base[(i * kw + j) * row_length + (long long)oh * out_w + ow];
             }
         }
         image[index] = sum;
@@ -301,8 +349,9 @@ __global__ void lstm_backward(const T* grad_hc, const T* c, const T* saved, T* d
 }
 """
 
-_NAMES = [f"{kernel}<{ctype}>" for kernel in ("log_softmax_nll", "col2im", "max_pool_forward", "max_pool_backward",
-                                               "gru_forward", "gru_backward", "lstm_forward", "lstm_backward")
+_NAMES = [f"{kernel}<{ctype}>"
+          for kernel in ("log_softmax_nll", "im2col", "col2im", "max_pool_forward", "max_pool_backward", "gru_forward",
+                         "gru_backward", "lstm_forward", "lstm_backward")
           for ctype in ("float", "double")]
 _module = None
 _CTYPES = {cupy.dtype(cupy.float32): "float", cupy.dtype(cupy.float64): "double"}
@@ -354,19 +403,50 @@ def cross_entropy_backward(log_p, labels, upstream):
                                    classes, log_p.dtype.type(1.0 / rows))
 
 
+def _conv_geometry_args(image_shape, kernel, stride, padding, dilation, out_hw):
+    i32 = cupy.int32
+    return (*(i32(size) for size in image_shape), i32(kernel[0]), i32(kernel[1]), i32(out_hw[0]), i32(out_hw[1]),
+            i32(stride[0]), i32(stride[1]), i32(padding[0]), i32(padding[1]), i32(dilation[0]), i32(dilation[1]))
+
+
+def im2col(image, kernel, stride, padding, dilation, out_hw):
+    """The column matrix (C*KH*KW, N*OH*OW) of an (N, C, H, W) image, one kernel, no padded copy."""
+    image = cupy.ascontiguousarray(image)
+    n, channels = image.shape[:2]
+    cols = cupy.empty((channels * kernel[0] * kernel[1], n * out_hw[0] * out_hw[1]), dtype=image.dtype)
+    _kernel("im2col", image.dtype)(
+        *_grid(cols.size),
+        (image, cols, cupy.int64(cols.size), *_conv_geometry_args(image.shape, kernel, stride, padding, dilation,
+                                                                    out_hw)))
+    return cols
+
+
 def col2im(columns, image, kernel, stride, padding, dilation, out_hw) -> None:
-    """Sum (N, C*KH*KW, OH*OW) columns back onto `image` (N, C, H, W, C-contiguous), one thread per pixel."""
+    """Sum a (C*KH*KW, N*OH*OW) column matrix back onto `image` (N, C, H, W, C-contiguous), one thread per pixel."""
     columns = cupy.ascontiguousarray(columns)
     if not image.flags.c_contiguous or image.dtype != columns.dtype:
         raise ValueError("col2im writes into a C-contiguous image of the columns' dtype")
-    n, channels, height, width = image.shape
-    total = image.size
-    i32 = cupy.int32
     _kernel("col2im", columns.dtype)(
-        *_grid(total),
-        (columns, image, cupy.int64(total), i32(channels), i32(height), i32(width), i32(kernel[0]), i32(kernel[1]),
-         i32(out_hw[0]), i32(out_hw[1]), i32(stride[0]), i32(stride[1]), i32(padding[0]), i32(padding[1]),
-         i32(dilation[0]), i32(dilation[1])))
+        *_grid(image.size),
+        (columns, image, cupy.int64(image.size), *_conv_geometry_args(image.shape, kernel, stride, padding, dilation,
+                                                                        out_hw)))
+
+
+def filters_to_images(product, bias, out) -> None:
+    """out (N, F, OH, OW) = the (F, N*OH*OW) product of a convolution GEMM, plus bias (F,) or None: one pass."""
+    samples, filters = out.shape[:2]
+    has_bias = bias is not None
+    bias = bias if has_bias else cupy.zeros(1, dtype=out.dtype)
+    _filters_to_images(product, bias, samples, filters, out.size // max(1, samples * filters), cupy.int32(has_bias),
+                       out)
+
+
+def images_to_filters(grad):
+    """(N, F, OH, OW) -> (F, N*OH*OW): the layout the convolution's gradient GEMMs take, one pass."""
+    grad = cupy.ascontiguousarray(grad)
+    samples, filters = grad.shape[:2]
+    out = cupy.empty((filters, grad.size // filters), dtype=grad.dtype)
+    return _images_to_filters(grad, samples, filters, grad.size // max(1, samples * filters), out)
 
 
 def _grid(total: int, threads: int = 256) -> tuple[tuple[int], tuple[int]]:

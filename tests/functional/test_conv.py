@@ -98,15 +98,15 @@ def test_conv2d_backward_matches_nested_loop_reference():
     np.testing.assert_allclose(wt.grad, grad_w, atol=1e-10)
 
 
-def test_conv2d_chunks_give_the_same_result(monkeypatch):
+def test_conv2d_chunks_give_the_same_result(monkeypatch, device):
     x, w, b = R.standard_normal((5, 2, 6, 6)), R.standard_normal((3, 2, 3, 3)), R.standard_normal(3)
     with dltrain.backend.default_dtype_as(np.float64):
-        whole = F.conv2d(dltrain.tensor(x), w, b, padding=1).numpy()
         monkeypatch.setattr(conv_module, "COLUMN_BUDGET", 2 * 18 * 36)  # two samples per chunk
-        chunked = F.conv2d(dltrain.tensor(x), w, b, padding=1).numpy()
-    np.testing.assert_allclose(chunked, whole, atol=1e-12)
-    monkeypatch.setattr(conv_module, "COLUMN_BUDGET", 18 * 36)
-    check_gradients(lambda x, w: F.conv2d(x, w, padding=1), [x[:3], w])
+        args = [dltrain.tensor(a, device=device) for a in (x, w, b)]
+        chunked = dltrain.backend.to_numpy(F.conv2d(*args, padding=1).data)
+    np.testing.assert_allclose(chunked, reference_conv2d(x, w, b, 1, 1, 1), atol=1e-12)
+    monkeypatch.setattr(conv_module, "COLUMN_BUDGET", 18 * 36)  # one sample per chunk
+    check_gradients(lambda x, w, b: F.conv2d(x, w, b, padding=1), [x[:3], w, b], device=device)
 
 
 @pytest.mark.parametrize("k, stride, padding", [(2, 2, 0), (3, 2, 1), (3, 1, 0), (2, 3, 1)])
