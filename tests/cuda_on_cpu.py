@@ -3,9 +3,10 @@
 tests/numpy_kernels.py is a twin of backend/cuda.py written as array code: it checks the code that calls
 the kernels, not the kernels. This module runs the kernels themselves on a machine without a GPU:
 - `RawModule` compiles the CUDA C++ source with a prelude that gives it threadIdx, blockIdx, blockDim,
-  gridDim, __syncthreads, warp shuffles and atomics. Every thread of a block is a fiber (ucontext); the
-  fibers run in rounds, one barrier per round, so a barrier that not every thread of its block (or warp,
-  for shuffles) reaches is reported as the divergence it is, not a hang.
+  gridDim, __syncthreads, warp shuffles and atomics. Every thread of a block is a fiber; each runs to its
+  next barrier, and a barrier is passed once every thread of its warp (shuffles) or block (__syncthreads)
+  waits at it, so a barrier that part of them never reaches is reported as the divergence it is, not a hang.
+  Kernels without barriers run their threads one after another, without fibers.
 - `ElementwiseKernel` and `ReductionKernel` wrap their snippets the way CuPy does (inputs broadcast,
   one local per parameter, `i` the element index, raw parameters indexed by hand) in a loop.
 Every array handed to a raw kernel is copied between guard zones filled with NaN bytes, which are
@@ -34,6 +35,7 @@ PRELUDE = r"""
 #include <type_traits>
 #include <utility>
 #include <vector>
+#include <setjmp.h>
 #include <ucontext.h>
 
 using std::exp; using std::log; using std::tanh; using std::sqrt; using std::abs; using std::log1p;
@@ -59,20 +61,25 @@ static const int warpSize = 32;
 
 namespace emu {
 enum State { READY, AT_BLOCK_BARRIER, AT_WARP_BARRIER, DONE };
-struct Fiber { ucontext_t context; State state; };
+// A fiber starts on its own stack by setcontext; after that, switches are _setjmp/_longjmp (no signal-mask
+// system calls, unlike swapcontext: a block reduction switches hundreds of thousands of times).
+struct Fiber { ucontext_t context; jmp_buf jump; State state; bool started; };
 static std::vector<Fiber> fibers;
 static std::vector<char> stacks;
-static ucontext_t scheduler;
+static jmp_buf scheduler;
 static int current = 0;
 static const size_t STACK = 128 * 1024;
 static unsigned long long shuffle_slots[1024];
 static void (*body)(void*) = nullptr;
 static void* body_args = nullptr;
 static char error[512];
-
-static void entry() { body(body_args); fibers[current].state = DONE; }
-
 static bool without_fibers = false;
+
+static void entry() {
+    body(body_args);
+    fibers[current].state = DONE;
+    _longjmp(scheduler, 1);
+}
 
 static void wait(State state) {
     if (without_fibers) {  // _barrier_free() missed one: stop loudly rather than corrupt the scheduler
@@ -80,7 +87,7 @@ static void wait(State state) {
         std::abort();
     }
     fibers[current].state = state;
-    swapcontext(&fibers[current].context, &scheduler);
+    if (!_setjmp(fibers[current].jump)) _longjmp(scheduler, 1);
 }
 
 static void set_thread(int t) {
@@ -90,43 +97,68 @@ static void set_thread(int t) {
     threadIdx.z = t / (blockDim.x * blockDim.y);
 }
 
-// One round resumes every live fiber once; each runs to its next barrier or its end. A barrier is
-// passed when every fiber of its block (or warp) waits at one; otherwise the kernel diverged.
+static void resume(int t) {
+    set_thread(t);
+    if (!_setjmp(scheduler)) {
+        Fiber& f = fibers[t];
+        if (f.started) _longjmp(f.jump, 1);
+        f.started = true;
+        setcontext(&f.context);
+    }
+}
+
+static bool diverged(const char* barrier, int waiting, int other) {
+    std::snprintf(error, sizeof error, "divergent %s: block (%u, %u, %u) thread %d waits at one, thread %d %s",
+                  barrier, blockIdx.x, blockIdx.y, blockIdx.z, waiting, other,
+                  fibers[other].state == DONE ? "has returned" : "waits at another barrier");
+    return false;
+}
+
+// Every ready fiber runs to its next barrier or its end; then the barriers that every thread of their warp
+// (shuffles, __syncwarp) or block (__syncthreads) has reached are released. A barrier that part of its warp
+// or block never reaches is reported as the divergence it is, instead of hanging.
 static bool run_block(int threads) {
+    static ucontext_t blank;
+    static bool have_blank = getcontext(&blank) == 0;  // one system call, not one per fiber
+    (void)have_blank;
     for (int t = 0; t < threads; ++t) {
         Fiber& f = fibers[t];
-        getcontext(&f.context);
+        f.context = blank;
         f.context.uc_stack.ss_sp = stacks.data() + (size_t)t * STACK;
         f.context.uc_stack.ss_size = STACK;
-        f.context.uc_link = &scheduler;
+        f.context.uc_link = nullptr;  // entry() never returns: it jumps back
         makecontext(&f.context, entry, 0);
         f.state = READY;
+        f.started = false;
     }
     for (;;) {
-        bool live = false;
+        bool done = true;
         for (int t = 0; t < threads; ++t) {
-            if (fibers[t].state == DONE) continue;
-            set_thread(t);
-            fibers[t].state = READY;
-            swapcontext(&scheduler, &fibers[t].context);
-            live = live || fibers[t].state != DONE;
+            if (fibers[t].state == READY) resume(t);
+            done = done && fibers[t].state == DONE;
         }
-        if (!live) return true;
-        for (int t = 0; t < threads; ++t) {
-            const State s = fibers[t].state;
-            const int first = s == AT_WARP_BARRIER ? t - t % 32 : 0;
-            const int last = s == AT_WARP_BARRIER ? std::min(first + 32, threads) : threads;
-            for (int u = first; u < last && s != DONE; ++u) {
-                if (fibers[u].state != s) {
-                    std::snprintf(error, sizeof error,
-                                  "divergent %s: block (%u, %u, %u) thread %d waits at one, thread %d %s",
-                                  s == AT_WARP_BARRIER ? "warp shuffle/sync" : "__syncthreads",
-                                  blockIdx.x, blockIdx.y, blockIdx.z, t, u,
-                                  fibers[u].state == DONE ? "has returned" : "waits at another barrier");
-                    return false;
-                }
+        if (done) return true;
+        bool released = false;
+        for (int first = 0; first < threads; first += 32) {
+            const int last = std::min(first + 32, threads);
+            int waiting = -1, other = -1;
+            for (int t = first; t < last; ++t) {
+                if (fibers[t].state == AT_WARP_BARRIER) waiting = waiting < 0 ? t : waiting;
+                else other = other < 0 ? t : other;
+            }
+            if (waiting < 0) continue;
+            if (other >= 0) return diverged("warp shuffle/sync", waiting, other);
+            for (int t = first; t < last; ++t) fibers[t].state = READY;
+            released = true;
+        }
+        if (released) continue;
+        for (int t = 0; t < threads; ++t) {  // only __syncthreads waits are left
+            if (fibers[t].state == DONE) {
+                for (int u = 0; u < threads; ++u)
+                    if (fibers[u].state == AT_BLOCK_BARRIER) return diverged("__syncthreads", u, t);
             }
         }
+        for (int t = 0; t < threads; ++t) fibers[t].state = READY;
     }
 }
 
@@ -239,8 +271,9 @@ def compile_library(source: str) -> ctypes.CDLL:
         code = CACHE / f"{digest}.cpp"
         code.write_text(source)
         partial = CACHE / f"{digest}.{os.getpid()}.so"
-        result = subprocess.run(["g++", "-std=c++17", "-O1", "-fno-strict-aliasing", "-shared", "-fPIC",
-                                 "-w", "-o", str(partial), str(code)], capture_output=True, text=True)
+        # (no _FORTIFY_SOURCE: its longjmp check refuses the jumps between fiber stacks)
+        result = subprocess.run(["g++", "-std=c++17", "-O1", "-U_FORTIFY_SOURCE", "-fno-strict-aliasing", "-shared",
+                                 "-fPIC", "-w", "-o", str(partial), str(code)], capture_output=True, text=True)
         if result.returncode != 0:
             raise KernelError(f"g++ could not compile the kernel source:\n{result.stderr[-4000:]}")
         partial.replace(library)
@@ -338,24 +371,33 @@ BARRIERS = re.compile(r"__syncthreads|__syncwarp|__shfl")
 
 
 def _barrier_free(code: str, name_expression: str) -> bool:
-    """True when the kernel's body has no barrier or shuffle and no __device__ function of the source has one
-    (then its threads can run one after another, without fibers: much faster)."""
-    if any(BARRIERS.search(body) for body in _bodies(code, r"__device__[^;{]*?\b(\w+)\s*\(")):
-        return False
+    """True when the kernel's body reaches no barrier or shuffle, itself or through the __device__ functions
+    it calls (then its threads can run one after another, without fibers: much faster)."""
+    devices = {name: body for name, body in _bodies(code, r"__device__[^;{]*?\b(\w+)\s*\(")}
+    blocking = {name for name, body in devices.items() if BARRIERS.search(body)}
+    while True:  # functions that call blocking functions block too
+        more = {name for name, body in devices.items() if name not in blocking and _calls(body, blocking)}
+        if not more:
+            break
+        blocking |= more
     base = name_expression.split("<")[0].strip()
-    bodies = list(_bodies(code, rf"__global__[^;{{]*?\b({re.escape(base)})\s*\("))
-    return bool(bodies) and not any(BARRIERS.search(body) for body in bodies)
+    bodies = [body for _, body in _bodies(code, rf"__global__[^;{{]*?\b({re.escape(base)})\s*\(")]
+    return bool(bodies) and not any(BARRIERS.search(body) or _calls(body, blocking) for body in bodies)
+
+
+def _calls(body: str, names) -> bool:
+    return any(re.search(rf"\b{re.escape(name)}\s*[(<]", body) for name in names)
 
 
 def _bodies(code: str, header: str):
-    """The brace-matched bodies of the functions whose headers match `header`."""
+    """(name, brace-matched body) of the functions whose headers match `header` (the name its group 1)."""
     for match in re.finditer(header, code):
         start = code.find("{", match.end())
         depth = 0
         for end in range(start, len(code)):
             depth += {"{": 1, "}": -1}.get(code[end], 0)
             if depth == 0:
-                yield code[start:end + 1]
+                yield match.group(1), code[start:end + 1]
                 break
 
 

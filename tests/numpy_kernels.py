@@ -139,38 +139,44 @@ def _per_channel(vector, like):
     return vector.reshape((1, -1) + (1,) * (like.ndim - 2))
 
 
-def channel_sum(a):
-    return a.sum(axis=_channel_axes(a))
+def batch_norm_statistics(x, gamma, beta, running_mean, running_var, eps, momentum):
+    t = x.dtype.type
+    count = x.size // x.shape[1]
+    mean = x.mean(axis=_channel_axes(x))
+    var = ((x - _per_channel(mean, x)) ** 2).mean(axis=_channel_axes(x))
+    inv_std = 1 / np.sqrt(var + t(eps))
+    scale = inv_std if gamma is None else gamma * inv_std
+    shift = (0 if beta is None else beta) - mean * scale
+    if running_mean is not None:
+        running_mean[...] = (1 - t(momentum)) * running_mean + t(momentum) * mean
+    if running_var is not None:
+        running_var[...] = (1 - t(momentum)) * running_var + t(momentum) * var * t(count / (count - 1))
+    return mean, inv_std, scale, shift
 
 
-def channel_sum_of_products(a, b):
-    return (a * b).sum(axis=_channel_axes(a))
-
-
-def batch_norm_scale(var, gamma, beta, eps):
+def batch_norm_eval_scale(mean, var, gamma, beta, eps):
     inv_std = 1 / np.sqrt(var + var.dtype.type(eps))
     scale = inv_std if gamma is None else gamma * inv_std
-    shift = np.zeros_like(var) if beta is None else beta + np.zeros_like(var)
-    return inv_std, scale, shift
+    return inv_std, scale, (0 if beta is None else beta) - mean * scale
 
 
-def update_running_statistics(running_mean, running_var, mean, var, momentum, unbias):
-    t = mean.dtype.type
-    running_mean[...] = (1 - t(momentum)) * running_mean + t(momentum) * mean
-    running_var[...] = (1 - t(momentum)) * running_var + t(momentum) * var * t(unbias)
+def batch_norm_apply(x, scale, shift):
+    return x * _per_channel(scale, x) + _per_channel(shift, x)
 
 
-def batch_norm_apply(centered, scale, shift):
-    return centered * _per_channel(scale, centered) + _per_channel(shift, centered)
+def batch_norm_backward_statistics(grad, x, mean, scale, inv_std, training):
+    count = x.size // x.shape[1]
+    sum_g = grad.sum(axis=_channel_axes(x))
+    sum_gc = (grad * (x - _per_channel(mean, x))).sum(axis=_channel_axes(x))
+    zeros = np.zeros_like(sum_g)
+    coef_centered = -scale * inv_std * inv_std * sum_gc / count if training else zeros
+    coef_const = -scale * sum_g / count if training else zeros
+    return sum_g, sum_gc * inv_std, coef_centered, coef_const
 
 
-def batch_norm_backward(grad, centered, scale, inv_std, sum_g, sum_gc, count, training):
-    grad_in = grad * _per_channel(scale, grad)
-    if training:
-        t = grad.dtype.type
-        grad_in = grad_in + centered * _per_channel(-scale * inv_std * inv_std * sum_gc * t(1 / count), grad)
-        grad_in = grad_in + _per_channel(-scale * sum_g * t(1 / count), grad)
-    return grad_in
+def batch_norm_backward(grad, x, mean, scale, coef_centered, coef_const):
+    return (grad * _per_channel(scale, x) + (x - _per_channel(mean, x)) * _per_channel(coef_centered, x)
+            + _per_channel(coef_const, x))
 
 
 def _sigmoid(a):

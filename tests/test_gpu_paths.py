@@ -321,25 +321,38 @@ def test_cuda_kernels_match_their_numpy_twin(cuda_kernels, dtype):
     for a, b in zip(cuda.lstm_backward(cupy.asarray(upstream), cupy.asarray(c), saved),
                     twin.lstm_backward(upstream, c, want_saved)):
         np.testing.assert_allclose(cupy.asnumpy(a), b, **tol)
-    x = (R.standard_normal((6, 3, 5, 4)) * 2 + 1).astype(dtype)
-    g = R.standard_normal(x.shape).astype(dtype)
-    var, gamma, beta = R.uniform(0.5, 2, 3).astype(dtype), R.standard_normal(3).astype(dtype), R.standard_normal(3)
-    beta = beta.astype(dtype)
-    for name, args in [("channel_sum", (x,)), ("channel_sum_of_products", (x, g)),
-                       ("batch_norm_scale", (var, gamma, beta, 1e-5)), ("batch_norm_scale", (var, None, None, 1e-5)),
-                       ("batch_norm_apply", (x, gamma, beta)),
-                       ("batch_norm_backward", (g, x, gamma, var, beta, gamma * 2, 120, True)),
-                       ("batch_norm_backward", (g, x, gamma, var, beta, gamma * 2, 120, False))]:
-        want = getattr(twin, name)(*args)
-        got = getattr(cuda, name)(*[cupy.asarray(a) if isinstance(a, np.ndarray) else a for a in args])
-        for a, b in zip(got if isinstance(got, tuple) else [got], want if isinstance(want, tuple) else [want]):
-            np.testing.assert_allclose(cupy.asnumpy(a), b, **tol, err_msg=name)
-    running = [R.standard_normal(3).astype(dtype), R.uniform(0.5, 2, 3).astype(dtype)]
-    on_gpu = [cupy.asarray(a) for a in running]
-    twin.update_running_statistics(*running, gamma, var, 0.1, 1.2)
-    cuda.update_running_statistics(*on_gpu, cupy.asarray(gamma), cupy.asarray(var), 0.1, 1.2)
-    for a, b in zip(on_gpu, running):
-        np.testing.assert_allclose(cupy.asnumpy(a), b, **tol)
+    for shape in [(6, 3, 5, 4), (300, 5), (2, 2, 3, 3, 3)]:  # images, (N, C) features, volumes
+        x = (R.standard_normal(shape) * 2 + 1).astype(dtype)
+        g = R.standard_normal(shape).astype(dtype)
+        c = shape[1]
+        gamma, beta = R.standard_normal(c).astype(dtype), R.standard_normal(c).astype(dtype)
+        for affine, running in [((gamma, beta), True), ((None, None), False)]:
+            stats = [R.standard_normal(c).astype(dtype), R.uniform(0.5, 2, c).astype(dtype)] if running else [None] * 2
+            on_gpu = [None if a is None else cupy.asarray(a) for a in stats]
+            want = twin.batch_norm_statistics(x, *affine, *stats, 1e-5, 0.1)
+            got = cuda.batch_norm_statistics(cupy.asarray(x), *[None if a is None else cupy.asarray(a) for a in affine],
+                                             *on_gpu, 1e-5, 0.1)
+            for a, b in zip(got + tuple(on_gpu), want + tuple(stats)):
+                if b is not None:
+                    np.testing.assert_allclose(cupy.asnumpy(a), b, **tol, err_msg=f"statistics {shape}")
+            mean, inv_std, scale, shift = want
+            np.testing.assert_allclose(cupy.asnumpy(cuda.batch_norm_apply(cupy.asarray(x), *map(cupy.asarray, (
+                scale, shift)))), twin.batch_norm_apply(x, scale, shift), **tol)
+            for training in (True, False):
+                want = twin.batch_norm_backward_statistics(g, x, mean, scale, inv_std, training)
+                got = cuda.batch_norm_backward_statistics(*map(cupy.asarray, (g, x, mean, scale, inv_std)), training)
+                for a, b in zip(got, want):
+                    np.testing.assert_allclose(cupy.asnumpy(a), b, **tol, err_msg=f"backward statistics {shape}")
+                np.testing.assert_allclose(
+                    cupy.asnumpy(cuda.batch_norm_backward(*map(cupy.asarray, (g, x, mean, scale) + want[2:]))),
+                    twin.batch_norm_backward(g, x, mean, scale, *want[2:]), **tol)
+        var = R.uniform(0.5, 2, c).astype(dtype)
+        for affine in [(gamma, beta), (None, None)]:
+            want = twin.batch_norm_eval_scale(gamma, var, *affine, 1e-5)
+            got = cuda.batch_norm_eval_scale(cupy.asarray(gamma), cupy.asarray(var),
+                                             *[None if a is None else cupy.asarray(a) for a in affine], 1e-5)
+            for a, b in zip(got, want):
+                np.testing.assert_allclose(cupy.asnumpy(a), b, **tol)
     size = 1000
     for momentum, nesterov in [(0.0, False), (0.9, False), (0.9, True)]:
         param, g, velocity = (R.standard_normal(size).astype(dtype) for _ in range(3))

@@ -3,10 +3,11 @@
 Every CuPy call is one kernel launch that reads and writes whole arrays, and a small model's step
 is bound by launches, not arithmetic. So the chains that run every step are single kernels here:
 the ReLU gradient, the dropout mask and its product, softmax cross-entropy (loss and gradient),
-im2col and col2im (convolution as one GEMM each way), max pooling, batch normalization (statistics,
-output and gradient in a few passes), a GRU or LSTM step's pointwise part (forward and backward), and
-the SGD / Adam updates over one flat parameter buffer. The ops in dltrain/functional use them through
-`backend.fused(array)`, which is None on the CPU (NumPy keeps its own code).
+im2col and col2im (convolution as one GEMM each way), max pooling, batch normalization (two kernels
+each way: per-channel statistics, one pass over the images), a GRU or LSTM step's pointwise part
+(forward and backward), and the SGD / Adam updates over one flat parameter buffer. The ops in
+dltrain/functional use them through `backend.fused(array)`, which is None on the CPU (NumPy keeps its
+own code).
 
 Imported only after CuPy has found a GPU; kernels compile on first use and CuPy caches them on disk.
 """
@@ -88,39 +89,26 @@ _images_to_filters = cupy.ElementwiseKernel(
     """,
     "dltrain_images_to_filters")
 
-# Batch normalization: per-channel vectors in one pass each, and the two passes over the images.
-_sum_of_products = cupy.ReductionKernel(
-    "T left, T right", "T total", "left * right", "a + b", "total = a", "0", "dltrain_sum_of_products")
-
-_batch_norm_scale = cupy.ElementwiseKernel(
-    "T var, T gamma, T beta, T eps", "T inv_std, T scale, T shift",
-    "inv_std = (T)1 / sqrt(var + eps); scale = gamma * inv_std; shift = beta",
-    "dltrain_batch_norm_scale")
-
-_running_statistics = cupy.ElementwiseKernel(
-    "T mean, T var, T momentum, T unbias", "T running_mean, T running_var",
-    """
-    running_mean = ((T)1 - momentum) * running_mean + momentum * mean;
-    running_var = ((T)1 - momentum) * running_var + momentum * var * unbias;
-    """,
-    "dltrain_running_statistics")
-
+# Batch normalization's two passes over the images (the per-channel statistics are raw kernels below):
+# out = x * scale[c] + shift[c], and the input gradient
+# grad * scale[c] + (x - mean[c]) * coef_centered[c] + coef_const[c].
 _batch_norm_apply = cupy.ElementwiseKernel(
-    "T centered, raw T scale, raw T shift, int64 plane, int64 channels", "T out",
-    "const long long c = (i / plane) % channels; out = centered * scale[c] + shift[c]",
+    "T x, raw T scale, raw T shift, int64 plane, int64 channels", "T out",
+    "const long long c = (i / plane) % channels; out = x * scale[c] + shift[c]",
     "dltrain_batch_norm_apply")
 
-_batch_norm_coefficients = cupy.ElementwiseKernel(
-    "T scale, T inv_std, T sum_g, T sum_gc, T inv_count", "T coef_centered, T coef_const",
-    "coef_centered = -scale * inv_std * inv_std * sum_gc * inv_count; coef_const = -scale * sum_g * inv_count",
-    "dltrain_batch_norm_coefficients")
-
 _batch_norm_backward = cupy.ElementwiseKernel(
-    "T grad, T centered, raw T scale, raw T coef_centered, raw T coef_const, int64 plane, int64 channels",
+    "T grad, T x, raw T mean, raw T scale, raw T coef_centered, raw T coef_const, int64 plane, int64 channels",
     "T grad_in",
     "const long long c = (i / plane) % channels; "
-    "grad_in = grad * scale[c] + centered * coef_centered[c] + coef_const[c]",
+    "grad_in = grad * scale[c] + (x - mean[c]) * coef_centered[c] + coef_const[c]",
     "dltrain_batch_norm_backward")
+
+# In evaluation: scale and shift from the running statistics.
+_batch_norm_eval_scale = cupy.ElementwiseKernel(
+    "T mean, T var, T gamma, T beta, T eps", "T inv_std, T scale, T shift",
+    "inv_std = (T)1 / sqrt(var + eps); scale = gamma * inv_std; shift = beta - mean * scale",
+    "dltrain_batch_norm_eval_scale")
 
 # ---------------------------------------------------------------- row- and image-shaped kernels
 
@@ -200,6 +188,86 @@ __global__ void col2im(const T* cols, T* image, long long total, int samples, in
             }
         }
         image[index] = sum;
+    }
+}
+
+// The sum of one value per thread over the block (blockDim.x a multiple of 32); every thread gets it.
+template <typename T>
+__device__ T block_sum(T value) {
+    __shared__ T warp_sums[32];
+    for (int offset = 16; offset > 0; offset /= 2) value += __shfl_down_sync(0xffffffff, value, offset);
+    __syncthreads();  // a previous call's readers are done with warp_sums
+    if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = value;
+    __syncthreads();
+    T total = 0;
+    for (int w = 0; w < blockDim.x / 32; ++w) total += warp_sums[w];
+    return total;
+}
+
+// Element k of channel c among the (samples * plane) values of (N, C, plane) input.
+__device__ __forceinline__ long long channel_element(long long k, int c, int channels, long long plane) {
+    return (k / plane * channels + c) * plane + k % plane;
+}
+
+enum { HAS_GAMMA = 1, HAS_BETA = 2, UPDATE_MEAN = 4, UPDATE_VAR = 8 };
+
+// Batch normalization's forward statistics, one block per channel: the mean, then the biased variance of the
+// centered values (two passes, as the CPU code); thread 0 then writes 1/std, scale = gamma/std and
+// shift = beta - mean * scale, and updates the running statistics in place (the variance unbiased).
+template <typename T>
+__global__ void batch_norm_statistics(const T* x, const T* gamma, const T* beta, T* running_mean, T* running_var,
+                                      T* mean_out, T* inv_std_out, T* scale_out, T* shift_out, long long samples,
+                                      int channels, long long plane, T eps, T momentum, int flags) {
+    const int c = blockIdx.x;
+    const long long count = samples * plane;
+    T sum = 0;
+    for (long long k = threadIdx.x; k < count; k += blockDim.x) sum += x[channel_element(k, c, channels, plane)];
+    const T mean = block_sum(sum) / (T)count;
+    T squares = 0;
+    for (long long k = threadIdx.x; k < count; k += blockDim.x) {
+        const T d = x[channel_element(k, c, channels, plane)] - mean;
+        squares += d * d;
+    }
+    const T var = block_sum(squares) / (T)count;
+    if (threadIdx.x == 0) {
+        const T inv_std = (T)1 / sqrt(var + eps);
+        const T scale = (flags & HAS_GAMMA) ? gamma[c] * inv_std : inv_std;
+        mean_out[c] = mean;
+        inv_std_out[c] = inv_std;
+        scale_out[c] = scale;
+        shift_out[c] = ((flags & HAS_BETA) ? beta[c] : (T)0) - mean * scale;
+        if (flags & UPDATE_MEAN) running_mean[c] = ((T)1 - momentum) * running_mean[c] + momentum * mean;
+        if (flags & UPDATE_VAR)
+            running_var[c] = ((T)1 - momentum) * running_var[c] + momentum * var * ((T)count / (T)(count - 1));
+    }
+}
+
+// Its backward statistics, one block per channel: sum(g) and sum(g * (x - mean)) in one pass; thread 0 writes
+// sum(g) (beta's gradient), sum(g * (x - mean)) / std (gamma's), and the coefficients of the input gradient's
+// terms through the batch statistics (zero in evaluation, where the statistics are constants).
+template <typename T>
+__global__ void batch_norm_backward_statistics(const T* grad, const T* x, const T* mean, const T* scale,
+                                               const T* inv_std, T* sum_g_out, T* grad_gamma_out,
+                                               T* coef_centered_out, T* coef_const_out, long long samples,
+                                               int channels, long long plane, int training) {
+    const int c = blockIdx.x;
+    const long long count = samples * plane;
+    const T m = mean[c];
+    T sum_g = 0, sum_gc = 0;
+    for (long long k = threadIdx.x; k < count; k += blockDim.x) {
+        const long long index = channel_element(k, c, channels, plane);
+        const T g = grad[index];
+        sum_g += g;
+        sum_gc += g * (x[index] - m);
+    }
+    sum_g = block_sum(sum_g);
+    sum_gc = block_sum(sum_gc);
+    if (threadIdx.x == 0) {
+        const T inv_count = (T)1 / (T)count;
+        sum_g_out[c] = sum_g;
+        grad_gamma_out[c] = sum_gc * inv_std[c];
+        coef_centered_out[c] = training ? -scale[c] * inv_std[c] * inv_std[c] * sum_gc * inv_count : (T)0;
+        coef_const_out[c] = training ? -scale[c] * sum_g * inv_count : (T)0;
     }
 }
 
@@ -350,7 +418,8 @@ __global__ void lstm_backward(const T* grad_hc, const T* c, const T* saved, T* d
 """
 
 _NAMES = [f"{kernel}<{ctype}>"
-          for kernel in ("log_softmax_nll", "im2col", "col2im", "max_pool_forward", "max_pool_backward", "gru_forward",
+          for kernel in ("log_softmax_nll", "im2col", "col2im", "batch_norm_statistics",
+                         "batch_norm_backward_statistics", "max_pool_forward", "max_pool_backward", "gru_forward",
                          "gru_backward", "lstm_forward", "lstm_backward")
           for ctype in ("float", "double")]
 _module = None
@@ -486,47 +555,69 @@ def max_pool_backward(grad_out, winner, input_shape, kernel, stride, padding, ou
     return grad_in
 
 
-def _channel_axes(array) -> tuple[int, ...]:
-    return (0,) + tuple(range(2, array.ndim))
+_dummies = {}
 
 
-def channel_sum(a):
-    """Per-channel (axis 1) sums of an (N, C, ...) array, one reduction kernel."""
-    return a.sum(axis=_channel_axes(a))
+def _reduction_block(count: int) -> tuple[int]:
+    """Threads per block of a per-channel reduction over `count` values: up to 256, no more warps than values."""
+    return (min(256, 32 * -(-count // 32)),)
 
 
-def channel_sum_of_products(a, b):
-    """Per-channel sums of a * b without the product array, one reduction kernel."""
-    return _sum_of_products(a, b, axis=_channel_axes(a))
+def _or_dummy(array, dtype):
+    """`array`, or a one-element stand-in for an absent one (a kernel argument must be an array)."""
+    if array is not None:
+        return array
+    if dtype not in _dummies:
+        _dummies[dtype] = cupy.zeros(1, dtype=dtype)
+    return _dummies[dtype]
 
 
-def batch_norm_scale(var, gamma, beta, eps: float):
-    """(1 / sqrt(var + eps), gamma / sqrt(var + eps), beta), per channel; gamma, beta may be None."""
+def batch_norm_statistics(x, gamma, beta, running_mean, running_var, eps: float, momentum: float):
+    """(mean, 1/std, scale, shift) per channel of (N, C, ...) x from its batch statistics, one kernel, which
+    also updates the running statistics given (either may be None) in place. out = x * scale + shift."""
+    x = cupy.ascontiguousarray(x)
+    samples, channels = x.shape[:2]
+    t = x.dtype.type
+    mean, inv_std, scale, shift = (cupy.empty(channels, dtype=x.dtype) for _ in range(4))
+    flags = ((gamma is not None) * 1 + (beta is not None) * 2 + (running_mean is not None) * 4
+             + (running_var is not None) * 8)
+    _kernel("batch_norm_statistics", x.dtype)(
+        (channels,), _reduction_block(x.size // channels),
+        (x, *(_or_dummy(a, x.dtype) for a in (gamma, beta, running_mean, running_var)), mean, inv_std, scale,
+         shift, cupy.int64(samples), cupy.int32(channels), cupy.int64(_plane(x)), t(eps), t(momentum),
+         cupy.int32(flags)))
+    return mean, inv_std, scale, shift
+
+
+def batch_norm_eval_scale(mean, var, gamma, beta, eps: float):
+    """(1/std, scale, shift) per channel from given (running) statistics; gamma, beta may be None."""
     t = var.dtype.type
-    return _batch_norm_scale(var, t(1) if gamma is None else gamma, t(0) if beta is None else beta, t(eps))
+    return _batch_norm_eval_scale(mean, var, t(1) if gamma is None else gamma, t(0) if beta is None else beta, t(eps))
 
 
-def update_running_statistics(running_mean, running_var, mean, var, momentum: float, unbias: float) -> None:
-    """running = (1 - momentum) * running + momentum * batch, in place (the variance times `unbias`)."""
-    t = mean.dtype.type
-    _running_statistics(mean, var, t(momentum), t(unbias), running_mean, running_var)
+def batch_norm_apply(x, scale, shift):
+    """x * scale + shift with per-channel scale and shift, one pass."""
+    x = cupy.ascontiguousarray(x)
+    return _batch_norm_apply(x, scale, shift, _plane(x), x.shape[1])
 
 
-def batch_norm_apply(centered, scale, shift):
-    """centered * scale + shift with per-channel scale and shift, one pass."""
-    centered = cupy.ascontiguousarray(centered)
-    return _batch_norm_apply(centered, scale, shift, _plane(centered), centered.shape[1])
+def batch_norm_backward_statistics(grad, x, mean, scale, inv_std, training: bool):
+    """(sum of grad, gamma's gradient, coef_centered, coef_const) per channel, one kernel (see batch_norm_backward)."""
+    grad, x = cupy.ascontiguousarray(grad), cupy.ascontiguousarray(x)
+    samples, channels = x.shape[:2]
+    sum_g, grad_gamma, coef_centered, coef_const = (cupy.empty(channels, dtype=x.dtype) for _ in range(4))
+    _kernel("batch_norm_backward_statistics", x.dtype)(
+        (channels,), _reduction_block(x.size // channels),
+        (grad, x, mean, scale, inv_std, sum_g, grad_gamma, coef_centered, coef_const, cupy.int64(samples),
+         cupy.int32(channels), cupy.int64(_plane(x)), cupy.int32(training)))
+    return sum_g, grad_gamma, coef_centered, coef_const
 
 
-def batch_norm_backward(grad, centered, scale, inv_std, sum_g, sum_gc, count: int, training: bool):
-    """The input gradient of batch_norm: grad * scale, plus (training) the terms through the batch statistics."""
+def batch_norm_backward(grad, x, mean, scale, coef_centered, coef_const):
+    """The input gradient: grad * scale + (x - mean) * coef_centered + coef_const per channel, one pass."""
     grad = cupy.ascontiguousarray(grad)
-    if training:
-        coef_centered, coef_const = _batch_norm_coefficients(scale, inv_std, sum_g, sum_gc,
-                                                             scale.dtype.type(1.0 / count))
-    else:
-        coef_centered = coef_const = cupy.zeros_like(scale)
-    return _batch_norm_backward(grad, centered, scale, coef_centered, coef_const, _plane(grad), grad.shape[1])
+    return _batch_norm_backward(grad, cupy.ascontiguousarray(x), mean, scale, coef_centered, coef_const, _plane(grad),
+                                grad.shape[1])
 
 
 def _plane(array) -> int:

@@ -29,6 +29,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
             raise ValueError(f"batch_norm: {name} is on {backend.device_of(stat)} but the input is on "
                              f"{backend.device_of(x.data)}; move both to one device")
     count = x.size // channels
+    if training and count < 2:
+        raise ShapeError(f"batch_norm: training needs more than one value per channel, got input {x.shape}")
     kernels = backend.fused(x.data)
     if kernels:
         return _fused_batch_norm(kernels, x, gamma, beta, r_mean, r_var, training, momentum, eps, count)
@@ -39,8 +41,6 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         return xp.einsum(f"{letters}->c", a) if b is None else xp.einsum(f"{letters},{letters}->c", a, b)
 
     if training:
-        if count < 2:
-            raise ShapeError(f"batch_norm: training needs more than one value per channel, got input {x.shape}")
         mean = channel_sum(x.data) / count
         centered = x.data - mean.reshape(param_shape)
         var = channel_sum(centered, centered) / count
@@ -89,31 +89,28 @@ def _parents(x, gamma, beta) -> tuple:
 
 
 def _fused_batch_norm(kernels, x, gamma, beta, r_mean, r_var, training, momentum, eps, count) -> Tensor:
-    """batch_norm on the GPU: the same formulas as above in fewer passes (see backend/cuda.py)."""
-    param_shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    """batch_norm on the GPU, the same formulas in two kernels each way (see backend/cuda.py): per-channel
+    statistics (in training: the batch's, with the running ones updated in the same kernel), then one pass
+    out = x * scale + shift; backward, the per-channel sums, then one pass for the input gradient."""
+    gamma_data = None if gamma is None else gamma.data
+    beta_data = None if beta is None else beta.data
     if training:
-        mean = kernels.channel_sum(x.data) / count
-        centered = x.data - mean.reshape(param_shape)
-        var = kernels.channel_sum_of_products(centered, centered) / count
-        if r_mean is not None and r_var is not None:
-            kernels.update_running_statistics(r_mean, r_var, mean, var, momentum, count / (count - 1))
-        elif r_mean is not None or r_var is not None:  # one of them only: the plain updates
-            for running, batch, unbias in ((r_mean, mean, 1.0), (r_var, var, count / (count - 1))):
-                if running is not None:
-                    running *= 1 - momentum
-                    running += momentum * unbias * batch
+        mean, inv_std, scale, shift = kernels.batch_norm_statistics(x.data, gamma_data, beta_data, r_mean, r_var,
+                                                                    eps, momentum)
     else:
-        mean, var = r_mean, r_var
-        centered = x.data - mean.reshape(param_shape)
-    inv_std, scale, shift = kernels.batch_norm_scale(var, None if gamma is None else gamma.data,
-                                                     None if beta is None else beta.data, eps)
-    out = kernels.batch_norm_apply(centered, scale, shift)
+        mean = r_mean
+        inv_std, scale, shift = kernels.batch_norm_eval_scale(r_mean, r_var, gamma_data, beta_data, eps)
+    out = kernels.batch_norm_apply(x.data, scale, shift)
 
     def backward(g):
-        sum_g = kernels.channel_sum(g)
-        sum_gc = kernels.channel_sum_of_products(g, centered)
-        grad_x = (kernels.batch_norm_backward(g, centered, scale, inv_std, sum_g, sum_gc, count, training)
-                  if x.requires_grad else None)
-        return [grad_x] + _scale_and_shift_grads(gamma, beta, sum_g, sum_gc, inv_std)
+        sum_g, grad_gamma, coef_centered, coef_const = kernels.batch_norm_backward_statistics(
+            g, x.data, mean, scale, inv_std, training)
+        grads = [kernels.batch_norm_backward(g, x.data, mean, scale, coef_centered, coef_const)
+                 if x.requires_grad else None]
+        if gamma is not None:
+            grads.append(grad_gamma if gamma.requires_grad else None)
+        if beta is not None:
+            grads.append(sum_g if beta.requires_grad else None)
+        return grads
 
     return make_result(out, _parents(x, gamma, beta), backward, "batch_norm")
