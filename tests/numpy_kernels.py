@@ -183,22 +183,27 @@ def _sigmoid(a):
     return 0.5 * (1 + np.tanh(0.5 * a))
 
 
-def gru_forward(step_in, gh, h):
+def gru_forward(step_in, gh, bias, h, h_new, rz, n):
     hidden = h.shape[1]
+    if bias is not None:
+        gh += bias
     r = _sigmoid(step_in[:, :hidden] + gh[:, :hidden])
     z = _sigmoid(step_in[:, hidden:2 * hidden] + gh[:, hidden:2 * hidden])
-    n = np.tanh(step_in[:, 2 * hidden:] + r * gh[:, 2 * hidden:])
-    return n + z * (h - n), r, z, n
+    n[...] = np.tanh(step_in[:, 2 * hidden:] + r * gh[:, 2 * hidden:])
+    rz[...] = np.concatenate([r, z], axis=1)
+    h_new[...] = n + z * (h - n)
 
 
-def gru_backward(grad, h, r, z, n, gh):
+def gru_backward(grad, carried, direct, has_next, h, rz, n, gh, d_in, d_gh):
     hidden = h.shape[1]
-    d_n = grad * (1 - z) * (1 - n * n)
+    dh = grad + carried + direct if has_next else grad
+    r, z = rz[:, :hidden], rz[:, hidden:]
+    d_n = dh * (1 - z) * (1 - n * n)
     d_r = d_n * gh[:, 2 * hidden:] * r * (1 - r)
-    d_z = grad * (h - n) * z * (1 - z)
-    d_gates = np.concatenate([d_r, d_z, d_n], axis=1)
-    d_gh = np.concatenate([d_r, d_z, d_n * r], axis=1)
-    return d_gates, d_gh, grad * z
+    d_z = dh * (h - n) * z * (1 - z)
+    d_in[...] = np.concatenate([d_r, d_z, d_n], axis=1)
+    d_gh[...] = np.concatenate([d_r, d_z, d_n * r], axis=1)
+    direct[...] = dh * z
 
 
 def lstm_forward(gates, c):

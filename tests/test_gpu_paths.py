@@ -302,16 +302,27 @@ def test_cuda_kernels_match_their_numpy_twin(cuda_kernels, dtype):
         got = cuda.max_pool_backward(cupy.asarray(upstream), winner, images.shape, kernel, stride, padding, (oh, ow))
         np.testing.assert_allclose(cupy.asnumpy(got), want, **tol)
     projected = R.standard_normal((4, 6, 3 * 5)).astype(dtype)  # (batch, time, 3H): a time slice is strided
-    gh, h = R.standard_normal((4, 15)).astype(dtype), R.standard_normal((4, 5)).astype(dtype)
-    want = twin.gru_forward(projected[:, 2], gh, h)
-    got = cuda.gru_forward(cupy.asarray(projected)[:, 2], cupy.asarray(gh), cupy.asarray(h))
-    for a, b in zip(got, want):
-        np.testing.assert_allclose(cupy.asnumpy(a), b, **tol)
-    upstream = R.standard_normal(h.shape).astype(dtype)
-    want = twin.gru_backward(upstream, h, *want[1:], gh)
-    got = cuda.gru_backward(cupy.asarray(upstream), cupy.asarray(h), *got[1:], cupy.asarray(gh))
-    for a, b in zip(got, want):
-        np.testing.assert_allclose(cupy.asnumpy(a), b, **tol)
+    h, bias = R.standard_normal((4, 5)).astype(dtype), R.standard_normal(15).astype(dtype)
+    for b in (bias, None):
+        want = [R.standard_normal((4, 15)).astype(dtype)] + [np.empty(s, dtype) for s in ((4, 5), (4, 10), (4, 5))]
+        got = [cupy.asarray(want[0])] + [cupy.empty(a.shape, dtype) for a in want[1:]]
+        twin.gru_forward(projected[:, 2], want[0], b, h, *want[1:])
+        cuda.gru_forward(cupy.asarray(projected)[:, 2], got[0], None if b is None else cupy.asarray(b),
+                         cupy.asarray(h), *got[1:])
+        for a, w in zip(got, want):
+            np.testing.assert_allclose(cupy.asnumpy(a), w, **tol)
+    gh, h_new, rz, n = want
+    grad = R.standard_normal((4, 6, 5)).astype(dtype)  # the outputs' gradient, sliced in time too
+    carried, direct = R.standard_normal((4, 5)).astype(dtype), R.standard_normal((4, 5)).astype(dtype)
+    for has_next in (True, False):
+        want = [direct.copy(), np.empty((4, 6, 15), dtype), np.empty((4, 15), dtype)]
+        got = [cupy.asarray(direct), cupy.empty((4, 6, 15), dtype), cupy.empty((4, 15), dtype)]
+        twin.gru_backward(grad[:, 3], carried, want[0], has_next, h, rz, n, gh, want[1][:, 3], want[2])
+        cuda.gru_backward(cupy.asarray(grad)[:, 3], cupy.asarray(carried), got[0], has_next,
+                          *map(cupy.asarray, (h, rz, n, gh)), got[1][:, 3], got[2])
+        for a, w in zip(got, want):
+            np.testing.assert_allclose(cupy.asnumpy(a)[..., 3, :] if a.ndim == 3 else cupy.asnumpy(a),
+                                       w[..., 3, :] if w.ndim == 3 else w, **tol)
     gates, c = R.standard_normal((4, 20)).astype(dtype), R.standard_normal((4, 5)).astype(dtype)
     want_hc, want_saved = twin.lstm_forward(gates, c)
     hc, saved = cuda.lstm_forward(cupy.asarray(gates), cupy.asarray(c))

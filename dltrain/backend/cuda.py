@@ -329,48 +329,60 @@ __global__ void max_pool_backward(const T* grad_out, const unsigned char* winner
 }
 
 // One GRU step's pointwise part, one thread per (sample, unit). step_in holds x_t W_ih^T + b_ih with rows
-// `in_stride` values apart (a time slice of the whole sequence's projection); gh = h W_hh^T + b_hh.
-// Gates r, z, n in torch's order; sigmoid(a) written as (1 + tanh(a / 2)) / 2, as the NumPy code does.
+// `in_stride` values apart (a time slice of the whole sequence's projection); gh = h W_hh^T, to which the bias
+// is added in place (the backward reads it). Gates r, z, n in torch's order; sigmoid(a) written as
+// (1 + tanh(a / 2)) / 2, as the NumPy code does. Writes r and z (rows of 2H), n and h_new.
 template <typename T>
-__global__ void gru_forward(const T* step_in, long long in_stride, const T* gh, const T* h, T* out, T* r_out,
-                            T* z_out, T* n_out, long long total, int hidden) {
+__global__ void gru_forward(const T* step_in, long long in_stride, T* gh, const T* bias, int has_bias, const T* h,
+                            T* h_new, T* rz, T* n_out, long long total, int hidden) {
     for (long long index = blockIdx.x * (long long)blockDim.x + threadIdx.x; index < total;
          index += (long long)blockDim.x * gridDim.x) {
         const long long row = index / hidden;
         const int col = index % hidden;
         const T* in = step_in + row * in_stride;
-        const T* g = gh + row * 3 * hidden;
+        T* g = gh + row * 3 * hidden;
+        if (has_bias) {
+            g[col] += bias[col];
+            g[hidden + col] += bias[hidden + col];
+            g[2 * hidden + col] += bias[2 * hidden + col];
+        }
         const T r = (T)0.5 * ((T)1 + tanh((T)0.5 * (in[col] + g[col])));
         const T z = (T)0.5 * ((T)1 + tanh((T)0.5 * (in[hidden + col] + g[hidden + col])));
         const T n = tanh(in[2 * hidden + col] + r * g[2 * hidden + col]);
-        r_out[index] = r;
-        z_out[index] = z;
+        rz[row * 2 * hidden + col] = r;
+        rz[row * 2 * hidden + hidden + col] = z;
         n_out[index] = n;
-        out[index] = n + z * (h[index] - n);
+        h_new[index] = n + z * (h[index] - n);
     }
 }
 
-// Its backward: the pre-activation gradients [d_r, d_z, d_n] (for step_in), the same with d_n times r
-// (for gh, where n's pre-activation holds r * gh_n), and the direct part of dh_prev, g * z.
+// Its backward, one step of backpropagation through time: dh = grad (the output's gradient, rows `grad_stride`
+// apart) + carried (d(gh_{t+1}) W_hh) + direct (dh_{t+1} z_{t+1}), the last two from step t+1 when has_next.
+// Writes the pre-activation gradients [d_r, d_z, d_n] into d_in (rows `d_in_stride` apart: a time slice of the
+// projection's gradient), the same with d_n times r into d_gh (gh_n enters as r * gh_n), and dh z into direct.
 template <typename T>
-__global__ void gru_backward(const T* grad, const T* h, const T* r_in, const T* z_in, const T* n_in,
-                             const T* gh, T* d_gates, T* d_gh, T* grad_h, long long total, int hidden) {
+__global__ void gru_backward(const T* grad, long long grad_stride, const T* carried, T* direct, int has_next,
+                             const T* h, const T* rz, const T* n_in, const T* gh, T* d_in, long long d_in_stride,
+                             T* d_gh, long long total, int hidden) {
     for (long long index = blockIdx.x * (long long)blockDim.x + threadIdx.x; index < total;
          index += (long long)blockDim.x * gridDim.x) {
         const long long row = index / hidden;
         const int col = index % hidden;
-        const long long base = row * 3 * hidden + col;
-        const T g = grad[index], r = r_in[index], z = z_in[index], n = n_in[index];
-        const T d_n = g * ((T)1 - z) * ((T)1 - n * n);
-        const T d_r = d_n * gh[base + 2 * hidden] * r * ((T)1 - r);
-        const T d_z = g * (h[index] - n) * z * ((T)1 - z);
-        d_gates[base] = d_r;
-        d_gates[base + hidden] = d_z;
-        d_gates[base + 2 * hidden] = d_n;
-        d_gh[base] = d_r;
-        d_gh[base + hidden] = d_z;
-        d_gh[base + 2 * hidden] = d_n * r;
-        grad_h[index] = g * z;
+        T dh = grad[row * grad_stride + col];
+        if (has_next) dh += carried[index] + direct[index];
+        const T r = rz[row * 2 * hidden + col], z = rz[row * 2 * hidden + hidden + col], n = n_in[index];
+        const T d_n = dh * ((T)1 - z) * ((T)1 - n * n);
+        const T d_r = d_n * gh[row * 3 * hidden + 2 * hidden + col] * r * ((T)1 - r);
+        const T d_z = dh * (h[index] - n) * z * ((T)1 - z);
+        T* d = d_in + row * d_in_stride + col;
+        d[0] = d_r;
+        d[hidden] = d_z;
+        d[2 * hidden] = d_n;
+        T* e = d_gh + row * 3 * hidden + col;
+        e[0] = d_r;
+        e[hidden] = d_z;
+        e[2 * hidden] = d_n * r;
+        direct[index] = dh * z;
     }
 }
 
@@ -625,26 +637,27 @@ def _plane(array) -> int:
     return array.size // max(1, array.shape[0] * array.shape[1])
 
 
-def gru_forward(step_in, gh, h):
-    """(h_t, r, z, n) of one GRU step, one kernel; step_in (N, 3H) may be a time slice (strided rows)."""
-    if step_in.strides[1] != step_in.itemsize:
-        step_in = cupy.ascontiguousarray(step_in)
-    gh, h = cupy.ascontiguousarray(gh), cupy.ascontiguousarray(h)
-    out, r, z, n = (cupy.empty_like(h) for _ in range(4))
+def _row_stride(array) -> int:
+    """Values between rows of a 2-D array whose rows are each contiguous (a time slice (N, K) of (N, T, K))."""
+    if array.strides[1] != array.itemsize:
+        raise ValueError(f"expected rows of contiguous values, got strides {array.strides}")
+    return array.strides[0] // array.itemsize
+
+
+def gru_forward(step_in, gh, bias, h, h_new, rz, n) -> None:
+    """One GRU step's pointwise part in one kernel: writes r and z (into rz), n and h_new, and adds the bias
+    (or None) into gh. step_in (N, 3H) may be a time slice; gh, h and the outputs are C-contiguous."""
     _kernel("gru_forward", h.dtype)(
-        *_grid(h.size), (step_in, cupy.int64(step_in.strides[0] // step_in.itemsize), gh, h, out, r, z, n,
-                         cupy.int64(h.size), cupy.int32(h.shape[1])))
-    return out, r, z, n
+        *_grid(h.size), (step_in, cupy.int64(_row_stride(step_in)), gh, _or_dummy(bias, h.dtype),
+                         cupy.int32(bias is not None), h, h_new, rz, n, cupy.int64(h.size), cupy.int32(h.shape[1])))
 
 
-def gru_backward(grad, h, r, z, n, gh):
-    """(d_gates, d_gh, g * z) of one GRU step, one kernel (see gru_forward)."""
-    grad = cupy.ascontiguousarray(grad)
-    d_gates, d_gh = cupy.empty_like(gh), cupy.empty_like(gh)
-    grad_h = cupy.empty_like(h)
+def gru_backward(grad, carried, direct, has_next: bool, h, rz, n, gh, d_in, d_gh) -> None:
+    """One step of the GRU's backpropagation through time in one kernel (see the CUDA source): grad and d_in
+    may be time slices; writes d_in, d_gh and, into `direct`, this step's dh * z."""
     _kernel("gru_backward", h.dtype)(
-        *_grid(h.size), (grad, h, r, z, n, gh, d_gates, d_gh, grad_h, cupy.int64(h.size), cupy.int32(h.shape[1])))
-    return d_gates, d_gh, grad_h
+        *_grid(h.size), (grad, cupy.int64(_row_stride(grad)), carried, direct, cupy.int32(has_next), h, rz, n, gh,
+                         d_in, cupy.int64(_row_stride(d_in)), d_gh, cupy.int64(h.size), cupy.int32(h.shape[1])))
 
 
 def lstm_forward(gates, c):

@@ -130,29 +130,40 @@ def test_gru_remembers_the_first_token_over_20_steps():
     assert accuracy > 0.95
 
 
-def composed_gru_step(step_in, h, w_hh, b_hh):
-    """The same GRU step written with separate ops: the reference for the fused gru_cell."""
+def composed_gru(x, h, w_ih, w_hh, b_ih, b_hh):
+    """The GRU written with separate ops, unrolled step by step: the reference for the one-op sequence."""
     hidden = h.shape[1]
-    gh = F.linear(h, w_hh, b_hh)
-    r = F.sigmoid(step_in[:, :hidden] + gh[:, :hidden])
-    z = F.sigmoid(step_in[:, hidden:2 * hidden] + gh[:, hidden:2 * hidden])
-    n = F.tanh(step_in[:, 2 * hidden:] + r * gh[:, 2 * hidden:])
-    return (1 - z) * n + z * h
+    outputs = []
+    for t in range(x.shape[1]):
+        gi = F.linear(x[:, t], w_ih, b_ih)
+        gh = F.linear(h, w_hh, b_hh)
+        r = F.sigmoid(gi[:, :hidden] + gh[:, :hidden])
+        z = F.sigmoid(gi[:, hidden:2 * hidden] + gh[:, hidden:2 * hidden])
+        n = F.tanh(gi[:, 2 * hidden:] + r * gh[:, 2 * hidden:])
+        h = (1 - z) * n + z * h
+        outputs.append(h)
+    return F.stack(outputs, axis=1)
 
 
-def test_fused_gru_cell_matches_the_composed_ops_and_finite_differences():
-    from dltrain.functional.recurrent import gru_cell
-
-    arrays = [R.standard_normal((3, 12)), R.standard_normal((3, 4)), R.standard_normal((12, 4)), R.standard_normal(12)]
-    check_gradients(gru_cell, arrays)
+@pytest.mark.parametrize("bias", [True, False])
+def test_gru_sequence_matches_the_composed_ops_and_finite_differences(device, bias):
+    """The GRU's hand-written backpropagation through time against autodiff over the unrolled composed ops
+    (values and every gradient, h0's included), and against finite differences."""
+    arrays = [R.standard_normal((3, 5, 2)), R.standard_normal((3, 4)), R.standard_normal((12, 2)),
+              R.standard_normal((12, 4)), R.standard_normal(12), R.standard_normal(12)]
+    if not bias:
+        arrays[4:] = [None, None]
+    check_gradients(lambda *a: F.gru(*a)[0], [a for a in arrays if a is not None], device=device)
     with backend.default_dtype_as(np.float64):
-        fused_inputs = [dltrain.tensor(a, requires_grad=True) for a in arrays]
-        composed_inputs = [dltrain.tensor(a, requires_grad=True) for a in arrays]
-        fused = gru_cell(*fused_inputs)
-        composed = composed_gru_step(*composed_inputs)
-        np.testing.assert_allclose(fused.numpy(), composed.numpy(), atol=1e-12)
-        upstream = R.standard_normal(fused.shape)
-        fused.backward(upstream)
-        composed.backward(upstream)
-    for a, b in zip(fused_inputs, composed_inputs):
-        np.testing.assert_allclose(a.grad, b.grad, atol=1e-12)
+        sequence = [None if a is None else dltrain.tensor(a, requires_grad=True, device=device) for a in arrays]
+        composed = [None if a is None else dltrain.tensor(a, requires_grad=True) for a in arrays]
+        outputs, last = F.gru(*sequence)
+        expected = composed_gru(*composed)
+        np.testing.assert_allclose(backend.to_numpy(outputs.data), expected.numpy(), atol=1e-12)
+        np.testing.assert_allclose(backend.to_numpy(last.data), expected.numpy()[:, -1], atol=1e-12)
+        upstream = R.standard_normal(outputs.shape)
+        (outputs * dltrain.tensor(upstream, device=device)).sum().backward()
+        (expected * dltrain.tensor(upstream)).sum().backward()
+    for a, b in zip(sequence, composed):
+        if a is not None:
+            np.testing.assert_allclose(backend.to_numpy(a.grad), b.grad, atol=1e-12)
