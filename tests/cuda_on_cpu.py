@@ -40,6 +40,7 @@ PRELUDE = r"""
 
 using std::exp; using std::log; using std::tanh; using std::sqrt; using std::abs; using std::log1p;
 using std::expm1; using std::erf; using std::pow; using std::fabs; using std::floor; using std::ceil;
+using std::isnan; using std::isinf; using std::isfinite;
 template <typename A, typename B> inline auto max(A a, B b) -> decltype(a + b) { return a > b ? a : b; }
 template <typename A, typename B> inline auto min(A a, B b) -> decltype(a + b) { return a < b ? a : b; }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }

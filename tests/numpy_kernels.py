@@ -31,6 +31,10 @@ def log_softmax_nll(logits, labels):
     return log_p, -np.take_along_axis(log_p, labels[:, None], axis=1)[:, 0]
 
 
+def add_correct(logits, labels, counter):
+    counter += (np.argmax(logits, axis=1) == labels).sum()
+
+
 def cross_entropy_backward(log_p, labels, upstream):
     grad = np.exp(log_p)
     column = labels[:, None]

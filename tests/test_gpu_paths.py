@@ -259,6 +259,15 @@ def test_cuda_kernels_match_their_numpy_twin(cuda_kernels, dtype):
         got = host(*cuda.log_softmax_nll(cupy.asarray(logits), cupy.asarray(labels)))
         for a, b in zip(got, twin.log_softmax_nll(logits, labels)):
             np.testing.assert_allclose(a, b, **tol)
+        ties = np.round(logits / 4).astype(dtype)  # many equal maxima: the first one counts, as argmax says
+        ties[0, -1] = np.nan  # NaN ranks above everything, as in argmax
+        for scores in (logits, ties):
+            hits = np.where(np.arange(rows) % 2 == 0, np.argmax(scores, axis=1), labels)  # half the rows right
+            want, got = np.zeros((), np.int64), cupy.zeros((), np.int64)
+            twin.add_correct(scores, hits, want)
+            cuda.add_correct(cupy.asarray(scores), cupy.asarray(hits), got)
+            cuda.add_correct(cupy.asarray(scores), cupy.asarray(hits), got)  # it adds
+            assert int(want) >= (rows + 1) // 2 and int(got) == 2 * int(want), (rows, classes)
         log_p = twin.log_softmax_nll(logits, labels)[0]
         upstream = np.asarray(0.7, dtype)
         got = cuda.cross_entropy_backward(cupy.asarray(log_p), cupy.asarray(labels), cupy.asarray(upstream))

@@ -1,13 +1,13 @@
 """Fused CUDA kernels: what NumPy-style code cannot do in one pass on the GPU.
 
-Every CuPy call is one kernel launch that reads and writes whole arrays, and a small model's step
-is bound by launches, not arithmetic. So the chains that run every step are single kernels here:
-the ReLU gradient, the dropout mask and its product, softmax cross-entropy (loss and gradient),
-im2col and col2im (convolution as one GEMM each way), max pooling, batch normalization (two kernels
-each way: per-channel statistics, one pass over the images), a GRU or LSTM step's pointwise part
-(forward and backward), and the SGD / Adam updates over one flat parameter buffer. The ops in
-dltrain/functional use them through `backend.fused(array)`, which is None on the CPU (NumPy keeps its
-own code).
+Every CuPy call is one kernel launch that reads and writes whole arrays, and a small model's step is
+bound by launches, not arithmetic. So the chains that run every step are single kernels here: the ReLU
+gradient, the dropout mask and its product, softmax cross-entropy (loss and gradient) and the count of
+correct predictions, im2col and col2im (convolution as one GEMM each way), max pooling, batch
+normalization (two kernels each way: per-channel statistics, one pass over the images), a GRU or LSTM
+step's pointwise part (forward and backward), and the SGD / Adam updates over one flat parameter buffer.
+The ops in dltrain/functional use them through `backend.fused(array)`, which is None on the CPU (NumPy
+keeps its own code).
 
 Imported only after CuPy has found a GPU; kernels compile on first use and CuPy caches them on disk.
 """
@@ -132,6 +132,41 @@ __global__ void log_softmax_nll(const T* logits, const long long* labels, T* log
     const T log_sum = peak + log(total);
     for (int c = lane; c < classes; c += 32) out[c] = x[c] - log_sum;
     if (lane == 0) row_loss[row] = log_sum - x[labels[row]];
+}
+
+// Whether a is above b in NumPy's argmax order: the larger value, NaN above everything, the first index on ties.
+template <typename T>
+__device__ __forceinline__ bool ranks_above(T a, int ia, T b, int ib) {
+    const bool a_nan = isnan(a), b_nan = isnan(b);
+    if (a_nan || b_nan) return a_nan && (!b_nan || ia < ib);
+    return a > b || (a == b && ia < ib);
+}
+
+// Adds to *counter the rows whose argmax is the label: one warp per row, the argmax by warp shuffles.
+template <typename T>
+__global__ void add_correct(const T* logits, const long long* labels, unsigned long long* counter, int rows,
+                            int classes) {
+    const int row = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32;
+    if (row >= rows) return;  // the whole warp
+    const T* x = logits + (long long)row * classes;
+    T best = 0;
+    int best_index = -1;
+    for (int c = lane; c < classes; c += 32) {
+        if (best_index < 0 || ranks_above(x[c], c, best, best_index)) {
+            best = x[c];
+            best_index = c;
+        }
+    }
+    for (int offset = 16; offset > 0; offset /= 2) {
+        const T other = __shfl_xor_sync(0xffffffff, best, offset);
+        const int other_index = __shfl_xor_sync(0xffffffff, best_index, offset);
+        if (other_index >= 0 && (best_index < 0 || ranks_above(other, other_index, best, best_index))) {
+            best = other;
+            best_index = other_index;
+        }
+    }
+    if (lane == 0 && best_index == labels[row]) atomicAdd(counter, 1ULL);
 }
 
 // Convolution as one GEMM each way over a column matrix (C*KH*KW, N*OH*OW): row (c, i, j), column
@@ -430,7 +465,7 @@ __global__ void lstm_backward(const T* grad_hc, const T* c, const T* saved, T* d
 """
 
 _NAMES = [f"{kernel}<{ctype}>"
-          for kernel in ("log_softmax_nll", "im2col", "col2im", "batch_norm_statistics",
+          for kernel in ("log_softmax_nll", "add_correct", "im2col", "col2im", "batch_norm_statistics",
                          "batch_norm_backward_statistics", "max_pool_forward", "max_pool_backward", "gru_forward",
                          "gru_backward", "lstm_forward", "lstm_backward")
           for ctype in ("float", "double")]
@@ -474,6 +509,17 @@ def log_softmax_nll(logits, labels):
         ((rows + rows_per_block - 1) // rows_per_block,), (32 * rows_per_block,),
         (logits, labels, log_p, row_loss, cupy.int32(rows), cupy.int32(classes)))
     return log_p, row_loss
+
+
+def add_correct(logits, labels, counter) -> None:
+    """counter (0-d int64) += the number of rows of (n, classes) logits whose argmax is the label, one kernel."""
+    logits = cupy.ascontiguousarray(logits)
+    labels = cupy.ascontiguousarray(labels, dtype=cupy.int64)
+    rows, classes = logits.shape
+    rows_per_block = 8
+    _kernel("add_correct", logits.dtype)(
+        ((rows + rows_per_block - 1) // rows_per_block,), (32 * rows_per_block,),
+        (logits, labels, counter, cupy.int32(rows), cupy.int32(classes)))
 
 
 def cross_entropy_backward(log_p, labels, upstream):
