@@ -2,7 +2,8 @@
 
     python benchmarks/compile_cuda_kernels.py
 
-Needs CuPy's NVRTC library (pip install cupy-cuda12x nvidia-cuda-nvrtc-cu12); a machine without a
+Needs CuPy's NVRTC library (pip install cupy-cuda13x "nvidia-cuda-nvrtc==13.0.*", the CUDA 13.0 NVRTC of
+CuPy 14.2 as on the GPU machines; CUDA 12's works too); a machine without a
 GPU or driver is fine. Catches syntax and type errors in the kernels before a GPU session.
 The elementwise snippets are wrapped the way CuPy wraps them (each parameter a local of type T).
 """
@@ -24,7 +25,7 @@ def compile_source(code: str, name: str) -> str | None:
     """None when NVRTC compiles `code`, else its log."""
     program = nvrtc.createProgram(code, f"{name}.cu", [], [])
     try:
-        nvrtc.compileProgram(program, ["--std=c++14", "-arch=compute_90"])
+        nvrtc.compileProgram(program, ["--std=c++17", "-arch=compute_90"])
     except Exception:  # noqa: BLE001 (NVRTC's own error type; the log says what failed)
         return nvrtc.getProgramLog(program)
     return None

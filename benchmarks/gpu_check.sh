@@ -5,7 +5,9 @@
 #   2. configs every shipped config trains one epoch with --device gpu (accuracy and time per epoch), and
 #              dltrain profile shows where the MLP's and the CNN's GPU steps spend their time
 #   3. bench   benchmarks/gpu.py: dltrain against PyTorch CUDA and a hand-written CuPy MLP
-# Usage:  bash benchmarks/gpu_check.sh [tests] [configs] [bench]      (default: all three, in ~5 minutes)
+# Usage:  bash benchmarks/gpu_check.sh [tests] [configs] [bench]      (default: all three)
+# With a 10-minute limit per command, run it as two commands on one warm machine: `tests configs`, then `bench`
+# (each a few minutes; device.txt records how long each stage took).
 # Writes 7 files (the device tool returns 8 at most): device.txt, tests.log, configs.md, configs.log, profile.txt,
 # bench.log and RESULTS.md (benchmarks/RESULTS.md with the GPU section), to $OUT (the device tool's output folder)
 # or ./gpu_check_out. Prepare here first: bash benchmarks/gpu_prepare.sh
@@ -31,6 +33,7 @@ python3 -c "from dltrain import backend; print('dltrain uses:', backend.resolve_
     | tee -a "$out/device.txt" || exit 1
 
 for stage in $stages; do
+    stage_started=$SECONDS
     case $stage in
     tests)
         # the real-GPU cases only: the stand-in GPU and the kernels compiled for the CPU ran in CI already
@@ -78,5 +81,6 @@ PY
         ;;
     *) echo "unknown stage $stage (expected tests, configs or bench)"; exit 2 ;;
     esac
+    echo "stage $stage took $((SECONDS - stage_started)) s" | tee -a "$out/device.txt"
 done
 exit $status

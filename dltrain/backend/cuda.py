@@ -476,7 +476,7 @@ _CTYPES = {cupy.dtype(cupy.float32): "float", cupy.dtype(cupy.float64): "double"
 def _kernel(name: str, dtype):
     global _module
     if _module is None:
-        _module = cupy.RawModule(code=_SOURCE, options=("--std=c++14",), name_expressions=_NAMES)
+        _module = cupy.RawModule(code=_SOURCE, options=("--std=c++17",), name_expressions=_NAMES)
     return _module.get_function(f"{name}<{_CTYPES[cupy.dtype(dtype)]}>")
 
 
