@@ -210,19 +210,24 @@ def gru_backward(grad, carried, direct, has_next, h, rz, n, gh, d_in, d_gh):
     direct[...] = dh * z
 
 
-def lstm_forward(gates, c):
-    hidden = c.shape[1]
-    i, f, o = (_sigmoid(gates[:, k * hidden:(k + 1) * hidden]) for k in (0, 1, 3))
-    g = np.tanh(gates[:, 2 * hidden:3 * hidden])
-    c_new = f * c + i * g
+def lstm_forward(step_in, gates, bias, c_prev, h_new, c_new):
+    hidden = c_prev.shape[1]
+    a = step_in + gates + (0 if bias is None else bias)
+    i, f, o = (_sigmoid(a[:, k * hidden:(k + 1) * hidden]) for k in (0, 1, 3))
+    g = np.tanh(a[:, 2 * hidden:3 * hidden])
+    gates[...] = np.concatenate([i, f, g, o], axis=1)
+    c_new[...] = f * c_prev + i * g
+    h_new[...] = o * np.tanh(c_new)
+
+
+def lstm_backward(grad_h, grad_c, carried, dc_next, has_next, acts, c_prev, c_new, d_in, d_gates):
+    hidden = c_prev.shape[1]
+    i, f, g, o = (acts[:, k * hidden:(k + 1) * hidden] for k in range(4))
     tc = np.tanh(c_new)
-    return np.stack([o * tc, c_new]), np.stack([i, f, g, o, tc])
-
-
-def lstm_backward(grad_hc, c, saved):
-    i, f, g, o, tc = saved
-    dh = grad_hc[0]
-    dc = grad_hc[1] + dh * o * (1 - tc * tc)
-    d_gates = np.concatenate([dc * g * i * (1 - i), dc * c * f * (1 - f), dc * i * (1 - g * g),
-                              dh * tc * o * (1 - o)], axis=1)
-    return d_gates, dc * f
+    dh = grad_h + carried if has_next else grad_h
+    dc = (grad_c + dc_next if has_next else grad_c) + dh * o * (1 - tc * tc)
+    d = np.concatenate([dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g * g),
+                        dh * tc * o * (1 - o)], axis=1)
+    d_in[...] = d
+    d_gates[...] = d
+    dc_next[...] = dc * f

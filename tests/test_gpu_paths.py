@@ -332,15 +332,32 @@ def test_cuda_kernels_match_their_numpy_twin(cuda_kernels, dtype):
         for a, w in zip(got, want):
             np.testing.assert_allclose(cupy.asnumpy(a)[..., 3, :] if a.ndim == 3 else cupy.asnumpy(a),
                                        w[..., 3, :] if w.ndim == 3 else w, **tol)
-    gates, c = R.standard_normal((4, 20)).astype(dtype), R.standard_normal((4, 5)).astype(dtype)
-    want_hc, want_saved = twin.lstm_forward(gates, c)
-    hc, saved = cuda.lstm_forward(cupy.asarray(gates), cupy.asarray(c))
-    np.testing.assert_allclose(cupy.asnumpy(hc), want_hc, **tol)
-    np.testing.assert_allclose(cupy.asnumpy(saved), want_saved, **tol)
-    upstream = R.standard_normal(want_hc.shape).astype(dtype)
-    for a, b in zip(cuda.lstm_backward(cupy.asarray(upstream), cupy.asarray(c), saved),
-                    twin.lstm_backward(upstream, c, want_saved)):
-        np.testing.assert_allclose(cupy.asnumpy(a), b, **tol)
+    projected = R.standard_normal((4, 6, 20)).astype(dtype)  # the LSTM's: 4 gates of 5 units
+    c_prev, bias = R.standard_normal((4, 5)).astype(dtype), R.standard_normal(20).astype(dtype)
+    for b in (bias, None):
+        want = [R.standard_normal((4, 20)).astype(dtype), np.empty((4, 5), dtype), np.empty((4, 5), dtype)]
+        got = [cupy.asarray(want[0]), cupy.empty((4, 5), dtype), cupy.empty((4, 5), dtype)]
+        twin.lstm_forward(projected[:, 1], want[0], b, c_prev, *want[1:])
+        cuda.lstm_forward(cupy.asarray(projected)[:, 1], got[0], None if b is None else cupy.asarray(b),
+                          cupy.asarray(c_prev), *got[1:])
+        for a, w in zip(got, want):
+            np.testing.assert_allclose(cupy.asnumpy(a), w, **tol)
+    acts, c_new = want[0], want[2]
+    grad = R.standard_normal((2, 4, 6, 5)).astype(dtype)  # the gradients of every h_t and c_t
+    carried, dc_next = R.standard_normal((4, 5)).astype(dtype), R.standard_normal((4, 5)).astype(dtype)
+    for has_next in (True, False):
+        want = [dc_next.copy(), np.empty((4, 6, 20), dtype), np.empty((4, 20), dtype)]
+        got = [cupy.asarray(dc_next), cupy.empty((4, 6, 20), dtype), cupy.empty((4, 20), dtype)]
+        twin.lstm_backward(grad[0][:, 2], grad[1][:, 2], carried, want[0], has_next, acts, c_prev, c_new,
+                           want[1][:, 2], want[2])
+        on_gpu = cupy.asarray(grad)
+        cuda.lstm_backward(on_gpu[0][:, 2], on_gpu[1][:, 2], cupy.asarray(carried), got[0], has_next,
+                           *map(cupy.asarray, (acts, c_prev, c_new)), got[1][:, 2], got[2])
+        for a, w in zip(got, want):
+            np.testing.assert_allclose(cupy.asnumpy(a)[:, 2] if a.ndim == 3 else cupy.asnumpy(a),
+                                       w[:, 2] if w.ndim == 3 else w, **tol)
+    # per-channel sums of a few hundred float32 terms of size ~1 differ in summation order: ~1e-5 absolute
+    sums_tol = {"rtol": 1e-5, "atol": 1e-4} if dtype == np.float32 else tol
     for shape in [(6, 3, 5, 4), (300, 5), (2, 2, 3, 3, 3)]:  # images, (N, C) features, volumes
         x = (R.standard_normal(shape) * 2 + 1).astype(dtype)
         g = R.standard_normal(shape).astype(dtype)
@@ -354,7 +371,7 @@ def test_cuda_kernels_match_their_numpy_twin(cuda_kernels, dtype):
                                              *on_gpu, 1e-5, 0.1)
             for a, b in zip(got + tuple(on_gpu), want + tuple(stats)):
                 if b is not None:
-                    np.testing.assert_allclose(cupy.asnumpy(a), b, **tol, err_msg=f"statistics {shape}")
+                    np.testing.assert_allclose(cupy.asnumpy(a), b, **sums_tol, err_msg=f"statistics {shape}")
             mean, inv_std, scale, shift = want
             np.testing.assert_allclose(cupy.asnumpy(cuda.batch_norm_apply(cupy.asarray(x), *map(cupy.asarray, (
                 scale, shift)))), twin.batch_norm_apply(x, scale, shift), **tol)
@@ -362,7 +379,7 @@ def test_cuda_kernels_match_their_numpy_twin(cuda_kernels, dtype):
                 want = twin.batch_norm_backward_statistics(g, x, mean, scale, inv_std, training)
                 got = cuda.batch_norm_backward_statistics(*map(cupy.asarray, (g, x, mean, scale, inv_std)), training)
                 for a, b in zip(got, want):
-                    np.testing.assert_allclose(cupy.asnumpy(a), b, **tol, err_msg=f"backward statistics {shape}")
+                    np.testing.assert_allclose(cupy.asnumpy(a), b, **sums_tol, err_msg=f"backward statistics {shape}")
                 np.testing.assert_allclose(
                     cupy.asnumpy(cuda.batch_norm_backward(*map(cupy.asarray, (g, x, mean, scale) + want[2:]))),
                     twin.batch_norm_backward(g, x, mean, scale, *want[2:]), **tol)

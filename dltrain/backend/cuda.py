@@ -421,45 +421,66 @@ __global__ void gru_backward(const T* grad, long long grad_stride, const T* carr
     }
 }
 
-// One LSTM step's pointwise part from its gate pre-activations [i, f, g, o] (N, 4H) and c_{t-1}: writes
-// h_t and c_t stacked as (2, N, H), and keeps i, f, g, o and tanh(c_t) for the backward.
+// One LSTM step's pointwise part, one thread per (sample, unit): the gate pre-activations are step_in (x_t W_ih^T
+// + b_ih, rows `in_stride` apart) + gates (h_{t-1} W_hh^T) + bias, in torch's order i, f, g, o; gates is then
+// overwritten with the activations (what the backward needs). c_new = f c_prev + i g, h_new = o tanh(c_new).
 template <typename T>
-__global__ void lstm_forward(const T* gates, const T* c, T* hc, T* saved, long long total, int hidden) {
+__global__ void lstm_forward(const T* step_in, long long in_stride, T* gates, const T* bias, int has_bias,
+                             const T* c_prev, T* h_new, T* c_new, long long total, int hidden) {
     for (long long index = blockIdx.x * (long long)blockDim.x + threadIdx.x; index < total;
          index += (long long)blockDim.x * gridDim.x) {
-        const T* a = gates + index / hidden * 4 * hidden + index % hidden;
-        const T i = (T)0.5 * ((T)1 + tanh((T)0.5 * a[0]));
-        const T f = (T)0.5 * ((T)1 + tanh((T)0.5 * a[hidden]));
-        const T g = tanh(a[2 * hidden]);
-        const T o = (T)0.5 * ((T)1 + tanh((T)0.5 * a[3 * hidden]));
-        const T c_new = f * c[index] + i * g;
-        const T tc = tanh(c_new);
-        hc[index] = o * tc;
-        hc[total + index] = c_new;
-        saved[index] = i;
-        saved[total + index] = f;
-        saved[2 * total + index] = g;
-        saved[3 * total + index] = o;
-        saved[4 * total + index] = tc;
+        const long long row = index / hidden;
+        const int col = index % hidden;
+        const T* in = step_in + row * in_stride + col;
+        T* a = gates + row * 4 * hidden + col;
+        T pre[4];
+        for (int k = 0; k < 4; ++k)
+            pre[k] = in[k * hidden] + a[k * hidden] + (has_bias ? bias[k * hidden + col] : (T)0);
+        const T i = (T)0.5 * ((T)1 + tanh((T)0.5 * pre[0]));
+        const T f = (T)0.5 * ((T)1 + tanh((T)0.5 * pre[1]));
+        const T g = tanh(pre[2]);
+        const T o = (T)0.5 * ((T)1 + tanh((T)0.5 * pre[3]));
+        const T c = f * c_prev[index] + i * g;
+        a[0] = i;
+        a[hidden] = f;
+        a[2 * hidden] = g;
+        a[3 * hidden] = o;
+        c_new[index] = c;
+        h_new[index] = o * tanh(c);
     }
 }
 
-// Its backward, from the gradients of h_t and c_t (2, N, H): the gate pre-activation gradients and dc_{t-1}.
+// Its backward, one step of backpropagation through time: dh = grad_h (+ carried, d(gates_{t+1}) W_hh) and
+// dc = grad_c (+ dc_next, dc_{t+1} f_{t+1}) + dh o (1 - tanh(c)^2), the output gradients' rows `grad_stride`
+// apart. Writes the pre-activation gradients into d_in (rows `d_in_stride` apart) and d_gates, and dc f into
+// dc_next.
 template <typename T>
-__global__ void lstm_backward(const T* grad_hc, const T* c, const T* saved, T* d_gates, T* grad_c,
-                              long long total, int hidden) {
+__global__ void lstm_backward(const T* grad_h, const T* grad_c, long long grad_stride, const T* carried, T* dc_next,
+                              int has_next, const T* acts, const T* c_prev, const T* c_new, T* d_in,
+                              long long d_in_stride, T* d_gates, long long total, int hidden) {
     for (long long index = blockIdx.x * (long long)blockDim.x + threadIdx.x; index < total;
          index += (long long)blockDim.x * gridDim.x) {
-        const T i = saved[index], f = saved[total + index], g = saved[2 * total + index];
-        const T o = saved[3 * total + index], tc = saved[4 * total + index];
-        const T dh = grad_hc[index];
-        const T dc = grad_hc[total + index] + dh * o * ((T)1 - tc * tc);
-        T* d = d_gates + index / hidden * 4 * hidden + index % hidden;
-        d[0] = dc * g * i * ((T)1 - i);
-        d[hidden] = dc * c[index] * f * ((T)1 - f);
-        d[2 * hidden] = dc * i * ((T)1 - g * g);
-        d[3 * hidden] = dh * tc * o * ((T)1 - o);
-        grad_c[index] = dc * f;
+        const long long row = index / hidden;
+        const int col = index % hidden;
+        const T* a = acts + row * 4 * hidden + col;
+        const T i = a[0], f = a[hidden], g = a[2 * hidden], o = a[3 * hidden];
+        const T tc = tanh(c_new[index]);
+        T dh = grad_h[row * grad_stride + col];
+        T dc = grad_c[row * grad_stride + col];
+        if (has_next) {
+            dh += carried[index];
+            dc += dc_next[index];
+        }
+        dc += dh * o * ((T)1 - tc * tc);
+        const T d[4] = {dc * g * i * ((T)1 - i), dc * c_prev[index] * f * ((T)1 - f), dc * i * ((T)1 - g * g),
+                        dh * tc * o * ((T)1 - o)};
+        T* out_in = d_in + row * d_in_stride + col;
+        T* out_gates = d_gates + row * 4 * hidden + col;
+        for (int k = 0; k < 4; ++k) {
+            out_in[k * hidden] = d[k];
+            out_gates[k * hidden] = d[k];
+        }
+        dc_next[index] = dc * f;
     }
 }
 """
@@ -706,24 +727,24 @@ def gru_backward(grad, carried, direct, has_next: bool, h, rz, n, gh, d_in, d_gh
                          d_in, cupy.int64(_row_stride(d_in)), d_gh, cupy.int64(h.size), cupy.int32(h.shape[1])))
 
 
-def lstm_forward(gates, c):
-    """(h_t and c_t stacked as (2, N, H), what the backward keeps) of one LSTM step, one kernel."""
-    gates, c = cupy.ascontiguousarray(gates), cupy.ascontiguousarray(c)
-    hc = cupy.empty((2,) + c.shape, dtype=c.dtype)
-    saved = cupy.empty((5,) + c.shape, dtype=c.dtype)
-    _kernel("lstm_forward", c.dtype)(*_grid(c.size), (gates, c, hc, saved, cupy.int64(c.size), cupy.int32(c.shape[1])))
-    return hc, saved
+def lstm_forward(step_in, gates, bias, c_prev, h_new, c_new) -> None:
+    """One LSTM step's pointwise part in one kernel: writes h_new and c_new, and overwrites gates (h W_hh^T)
+    with the activations i, f, g, o. step_in (N, 4H) may be a time slice; the others are C-contiguous."""
+    _kernel("lstm_forward", c_prev.dtype)(
+        *_grid(c_prev.size), (step_in, cupy.int64(_row_stride(step_in)), gates, _or_dummy(bias, c_prev.dtype),
+                              cupy.int32(bias is not None), c_prev, h_new, c_new, cupy.int64(c_prev.size),
+                              cupy.int32(c_prev.shape[1])))
 
 
-def lstm_backward(grad_hc, c, saved):
-    """(d_gates (N, 4H), dc_{t-1}) of one LSTM step, one kernel."""
-    grad_hc = cupy.ascontiguousarray(grad_hc)
-    d_gates = cupy.empty((c.shape[0], 4 * c.shape[1]), dtype=c.dtype)
-    grad_c = cupy.empty_like(c)
-    _kernel("lstm_backward", c.dtype)(
-        *_grid(c.size), (grad_hc, cupy.ascontiguousarray(c), saved, d_gates, grad_c, cupy.int64(c.size),
-                         cupy.int32(c.shape[1])))
-    return d_gates, grad_c
+def lstm_backward(grad_h, grad_c, carried, dc_next, has_next: bool, acts, c_prev, c_new, d_in, d_gates) -> None:
+    """One step of the LSTM's backpropagation through time in one kernel (see the CUDA source); grad_h and grad_c
+    are time slices with the same row stride, d_in a time slice."""
+    if grad_h.strides != grad_c.strides:
+        raise ValueError("grad_h and grad_c must be laid out alike")
+    _kernel("lstm_backward", c_prev.dtype)(
+        *_grid(c_prev.size), (grad_h, grad_c, cupy.int64(_row_stride(grad_h)), carried, dc_next, cupy.int32(has_next),
+                              acts, c_prev, c_new, d_in, cupy.int64(_row_stride(d_in)), d_gates,
+                              cupy.int64(c_prev.size), cupy.int32(c_prev.shape[1])))
 
 
 def sgd_step(param, grad, velocity, decay, lr: float, momentum: float, nesterov: bool) -> None:

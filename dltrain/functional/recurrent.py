@@ -1,6 +1,7 @@
-"""Recurrent networks over (batch, time, features). rnn and lstm are unrolled in time with the ordinary ops,
-so backpropagation through time is just autodiff over the unrolled graph; gru is one op over the whole
-sequence whose backward is backpropagation through time written out (fewer, larger operations).
+"""Recurrent networks over (batch, time, features). rnn is unrolled in time with the ordinary ops, so
+backpropagation through time is just autodiff over the unrolled graph; lstm and gru are each one op over the
+whole sequence whose backward is backpropagation through time written out (fewer, larger operations: one
+product and one pointwise kernel per step each way on the GPU, the hidden weights' gradients one product).
 
 Weights follow torch.nn.RNN / LSTM / GRU: w_ih (G*H, I), w_hh (G*H, H), b_ih and b_hh (G*H,),
 gates stacked in torch's order (LSTM: i, f, g, o; GRU: r, z, n). The input projection of all
@@ -12,7 +13,7 @@ from __future__ import annotations
 from .. import backend
 from ..autograd import Tensor, as_tensor, make_result
 from ..errors import ShapeError
-from .activation import sigmoid, tanh
+from .activation import tanh
 from .linear import linear
 from .shape import stack
 
@@ -47,39 +48,107 @@ def rnn(input, h0, w_ih, w_hh, b_ih=None, b_hh=None) -> tuple[Tensor, Tensor]:
 
 
 def lstm(input, state, w_ih, w_hh, b_ih=None, b_hh=None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-    """LSTM: gates i, f, g, o; c_t = f c_{t-1} + i g; h_t = o tanh(c_t). `state` is (h0, c0) or None."""
+    """LSTM: gates i, f, g, o; c_t = f c_{t-1} + i g; h_t = o tanh(c_t). `state` is (h0, c0) or None.
+    Returns (all h_t, (last h, last c)); like gru, the whole sequence is one op (_lstm_sequence)."""
     h0, c0 = state if state is not None else (None, None)
     x, h, hidden = _prepare("lstm", input, h0, w_ih, w_hh, 4)
     c = as_tensor(c0, like=x) if c0 is not None else Tensor(h.data * 0)
     projected = _input_projection(x, w_ih, b_ih)
-    kernels = backend.fused(h.data)
-    outputs = []
-    for t in range(x.shape[1]):
-        gates = projected[:, t] + linear(h, w_hh, b_hh)
-        if kernels:  # GPU: the pointwise part is one kernel each way
-            hc = _fused_lstm_step(kernels, gates, c)
-            h, c = hc[0], hc[1]
-            outputs.append(h)
-            continue
-        i = sigmoid(gates[:, :hidden])
-        f = sigmoid(gates[:, hidden:2 * hidden])
-        g = tanh(gates[:, 2 * hidden:3 * hidden])
-        o = sigmoid(gates[:, 3 * hidden:])
-        c = f * c + i * g
-        h = o * tanh(c)
-        outputs.append(h)
-    return stack(outputs, axis=1), (h, c)
+    hc = _lstm_sequence(projected, h, c, as_tensor(w_hh, like=x), None if b_hh is None else as_tensor(b_hh, like=x))
+    outputs, cells = hc[0], hc[1]
+    return outputs, (outputs[:, -1], cells[:, -1])
 
 
-def _fused_lstm_step(kernels, gates: Tensor, c: Tensor) -> Tensor:
-    """h_t and c_t stacked as (2, N, H), from the gate pre-activations and c_{t-1} (the GPU's LSTM step)."""
-    hc, saved = kernels.lstm_forward(gates.data, c.data)
+def _lstm_sequence(projected: Tensor, h0: Tensor, c0: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    """Every h_t and c_t, stacked as (2, N, T, H), from the input projections (N, T, 4H), h_0 and c_0 (N, H).
+
+    Forward, per step: gates_t = h_{t-1} W_hh^T (one product) and the pointwise part (one kernel on the GPU),
+    which keeps the activations i, f, g, o. Backward, from the last step to the first:
+        dh_t = (gradient of h_t) + d(a_{t+1}) W_hh
+        dc_t = (gradient of c_t) + dc_{t+1} f_{t+1} + dh_t o (1 - tanh(c_t)^2)
+        d(a_t) = [dc g i (1 - i), dc c_{t-1} f (1 - f), dc i (1 - g^2), dh tanh(c_t) o (1 - o)]
+    (a_t the gate pre-activations), then dW_hh = sum_t d(a_t)^T h_{t-1} and db_hh = sum_t d(a_t) over all steps."""
+    xp = backend.array_module(h0.data)
+    steps = projected.shape[1]
+    n, hidden = h0.shape
+    dtype = h0.dtype
+    step = backend.fused(h0.data) or _NumpyLSTMStep
+    states = xp.empty((steps + 1, n, hidden), dtype=dtype)  # h_0 ... h_T
+    cells = xp.empty((steps + 1, n, hidden), dtype=dtype)  # c_0 ... c_T
+    states[0], cells[0] = h0.data, c0.data
+    acts = xp.empty((steps, n, 4 * hidden), dtype=dtype)  # h_{t-1} W_hh^T, then the activations i, f, g, o
+    w_t = w.data.T
+    bias = None if b is None else b.data
+    for t in range(steps):
+        xp.matmul(states[t], w_t, out=acts[t])
+        step.lstm_forward(projected.data[:, t], acts[t], bias, cells[t], states[t + 1], cells[t + 1])
+    out = xp.empty((2, n, steps, hidden), dtype=dtype)
+    out[0] = states[1:].transpose(1, 0, 2)
+    out[1] = cells[1:].transpose(1, 0, 2)
 
     def backward(g):
-        d_gates, grad_c = kernels.lstm_backward(g, c.data, saved)
-        return d_gates, (grad_c if c.requires_grad else None)
+        g = xp.ascontiguousarray(g)
+        d_projected = xp.empty(projected.shape, dtype=dtype)
+        d_gates = xp.empty_like(acts)
+        carried = xp.empty((n, hidden), dtype=dtype)  # d(a_{t+1}) W_hh
+        dc_next = xp.empty((n, hidden), dtype=dtype)  # dc_{t+1} f_{t+1}
+        for t in range(steps - 1, -1, -1):
+            step.lstm_backward(g[0][:, t], g[1][:, t], carried, dc_next, t < steps - 1, acts[t], cells[t],
+                               cells[t + 1], d_projected[:, t], d_gates[t])
+            if t > 0 or h0.requires_grad:
+                xp.matmul(d_gates[t], w.data, out=carried)
+        flat = d_gates.reshape(steps * n, 4 * hidden)
+        grads = [d_projected if projected.requires_grad else None,
+                 carried if h0.requires_grad else None,
+                 dc_next if c0.requires_grad else None,
+                 flat.T @ states[:-1].reshape(steps * n, hidden) if w.requires_grad else None]
+        if b is not None:
+            grads.append(flat.sum(axis=0) if b.requires_grad else None)
+        return grads
 
-    return make_result(hc, (gates, c), backward, "lstm_cell")
+    parents = (projected, h0, c0, w) if b is None else (projected, h0, c0, w, b)
+    return make_result(out, parents, backward, "lstm")
+
+
+class _NumpyLSTMStep:
+    """One LSTM step's pointwise part on NumPy arrays; the GPU's is one CUDA kernel each way (backend/cuda.py)."""
+
+    @staticmethod
+    def lstm_forward(step_in, gates, bias, c_prev, h_new, c_new) -> None:
+        np_ = backend.array_module(c_prev)
+        hidden = c_prev.shape[1]
+        gates += step_in
+        if bias is not None:
+            gates += bias
+        ifo = [gates[:, k * hidden:(k + 1) * hidden] for k in (0, 1, 3)]
+        for a in ifo:  # sigmoid as (1 + tanh(a / 2)) / 2, in place
+            a *= 0.5
+            np_.tanh(a, out=a)
+            a += 1
+            a *= 0.5
+        i, f, o = ifo
+        g = gates[:, 2 * hidden:3 * hidden]
+        np_.tanh(g, out=g)
+        np_.multiply(f, c_prev, out=c_new)
+        c_new += i * g
+        np_.tanh(c_new, out=h_new)
+        h_new *= o
+
+    @staticmethod
+    def lstm_backward(grad_h, grad_c, carried, dc_next, has_next: bool, acts, c_prev, c_new, d_in, d_gates) -> None:
+        np_ = backend.array_module(c_prev)
+        hidden = c_prev.shape[1]
+        i, f, g, o = (acts[:, k * hidden:(k + 1) * hidden] for k in range(4))
+        tc = np_.tanh(c_new)
+        dh = grad_h + carried if has_next else grad_h
+        dc = grad_c + dc_next if has_next else grad_c.copy()
+        dc += dh * o * (1 - tc * tc)
+        d_gates[:, :hidden] = dc * g * i * (1 - i)
+        d_gates[:, hidden:2 * hidden] = dc * c_prev * f * (1 - f)
+        d_gates[:, 2 * hidden:3 * hidden] = dc * i * (1 - g * g)
+        d_gates[:, 3 * hidden:] = dh * tc * o * (1 - o)
+        d_in[...] = d_gates
+        np_.multiply(dc, f, out=dc_next)
 
 
 def gru(input, h0, w_ih, w_hh, b_ih=None, b_hh=None) -> tuple[Tensor, Tensor]:

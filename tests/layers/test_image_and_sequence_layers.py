@@ -145,6 +145,50 @@ def composed_gru(x, h, w_ih, w_hh, b_ih, b_hh):
     return F.stack(outputs, axis=1)
 
 
+def composed_lstm(x, h, c, w_ih, w_hh, b_ih, b_hh):
+    """The LSTM written with separate ops, unrolled step by step: the reference for the one-op sequence."""
+    hidden = h.shape[1]
+    outputs, cells = [], []
+    for t in range(x.shape[1]):
+        a = F.linear(x[:, t], w_ih, b_ih) + F.linear(h, w_hh, b_hh)
+        i, f, o = (F.sigmoid(a[:, k * hidden:(k + 1) * hidden]) for k in (0, 1, 3))
+        g = F.tanh(a[:, 2 * hidden:3 * hidden])
+        c = f * c + i * g
+        h = o * F.tanh(c)
+        outputs.append(h)
+        cells.append(c)
+    return F.stack(outputs, axis=1), F.stack(cells, axis=1)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_lstm_sequence_matches_the_composed_ops_and_finite_differences(device, bias):
+    """The LSTM's hand-written backpropagation through time against autodiff over the unrolled composed ops:
+    every h_t and c_t, and every gradient (h0's and c0's included, through both the outputs and the last c)."""
+    arrays = [R.standard_normal((3, 5, 2)), R.standard_normal((3, 4)), R.standard_normal((3, 4)),
+              R.standard_normal((16, 2)), R.standard_normal((16, 4)), R.standard_normal(16), R.standard_normal(16)]
+    if not bias:
+        arrays[5:] = [None, None]
+
+    def run(x, h0, c0, *weights):
+        outputs, (h, c) = F.lstm(x, (h0, c0), *weights)
+        return outputs.sum(axis=2) + c.sum(axis=1, keepdims=True) * 0.5 + h.sum(axis=1, keepdims=True)
+
+    check_gradients(run, [a for a in arrays if a is not None], device=device)
+    with backend.default_dtype_as(np.float64):
+        sequence = [None if a is None else dltrain.tensor(a, requires_grad=True, device=device) for a in arrays]
+        composed = [None if a is None else dltrain.tensor(a, requires_grad=True) for a in arrays]
+        outputs, (last_h, last_c) = F.lstm(sequence[0], tuple(sequence[1:3]), *sequence[3:])
+        expected, cells = composed_lstm(*composed)
+        np.testing.assert_allclose(backend.to_numpy(outputs.data), expected.numpy(), atol=1e-12)
+        np.testing.assert_allclose(backend.to_numpy(last_c.data), cells.numpy()[:, -1], atol=1e-12)
+        upstream = R.standard_normal(outputs.shape)
+        ((outputs * dltrain.tensor(upstream, device=device)).sum() + last_c.sum()).backward()
+        ((expected * dltrain.tensor(upstream)).sum() + cells[:, -1].sum()).backward()
+    for a, b in zip(sequence, composed):
+        if a is not None:
+            np.testing.assert_allclose(backend.to_numpy(a.grad), b.grad, atol=1e-12)
+
+
 @pytest.mark.parametrize("bias", [True, False])
 def test_gru_sequence_matches_the_composed_ops_and_finite_differences(device, bias):
     """The GRU's hand-written backpropagation through time against autodiff over the unrolled composed ops
