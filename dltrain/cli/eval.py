@@ -47,13 +47,16 @@ def _print_report(report: dict) -> None:
         scores.add_row(row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
                        str(row["support"]))
     console.print(scores)
-    matrix = Table(title="confusion matrix (rows: true class, columns: predicted)")
+    # the heading outside the table: a title would wrap to the width of a small matrix
+    console.print("confusion matrix (rows: true class, columns: predicted)", highlight=False)
+    matrix = Table()
     matrix.add_column("")
     names = [row["class"] for row in report["per_class"]]
     for i in range(len(names)):
         matrix.add_column(str(i), justify="right")
     for i, counts in enumerate(report["confusion_matrix"]):
-        matrix.add_row(f"{i} {names[i]}", *(str(c) for c in counts))
+        label = str(i) if names[i] == str(i) else f"{i} {names[i]}"  # unnamed classes are their index
+        matrix.add_row(label, *(str(c) for c in counts))
     console.print(matrix)
 
 

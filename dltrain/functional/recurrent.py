@@ -72,7 +72,7 @@ def _lstm_sequence(projected: Tensor, h0: Tensor, c0: Tensor, w: Tensor, b: Tens
     steps = projected.shape[1]
     n, hidden = h0.shape
     dtype = h0.dtype
-    step = backend.fused(h0.data) or _NumpyLSTMStep
+    step = backend.fused(h0.data) or _PlainLSTMStep
     states = xp.empty((steps + 1, n, hidden), dtype=dtype)  # h_0 ... h_T
     cells = xp.empty((steps + 1, n, hidden), dtype=dtype)  # c_0 ... c_T
     states[0], cells[0] = h0.data, c0.data
@@ -110,8 +110,9 @@ def _lstm_sequence(projected: Tensor, h0: Tensor, c0: Tensor, w: Tensor, b: Tens
     return make_result(out, parents, backward, "lstm")
 
 
-class _NumpyLSTMStep:
-    """One LSTM step's pointwise part on NumPy arrays; the GPU's is one CUDA kernel each way (backend/cuda.py)."""
+class _PlainLSTMStep:
+    """One LSTM step's pointwise part with plain array operations (NumPy; CuPy with the fused kernels off); the
+    GPU's is one CUDA kernel each way with the same arguments (backend/cuda.py)."""
 
     @staticmethod
     def lstm_forward(step_in, gates, bias, c_prev, h_new, c_new) -> None:
@@ -175,7 +176,7 @@ def _gru_sequence(projected: Tensor, h0: Tensor, w: Tensor, b: Tensor | None) ->
     steps = projected.shape[1]
     n, hidden = h0.shape
     dtype = h0.dtype
-    step = backend.fused(h0.data) or _NumpyGRUStep
+    step = backend.fused(h0.data) or _PlainGRUStep
     states = xp.empty((steps + 1, n, hidden), dtype=dtype)  # h_0 ... h_T
     states[0] = h0.data
     gh = xp.empty((steps, n, 3 * hidden), dtype=dtype)  # h_{t-1} W_hh^T + b_hh per step
@@ -211,9 +212,10 @@ def _gru_sequence(projected: Tensor, h0: Tensor, w: Tensor, b: Tensor | None) ->
     return make_result(out, parents, backward, "gru")
 
 
-class _NumpyGRUStep:
-    """One GRU step's pointwise part on NumPy arrays, in place (a step is many small arrays, so allocations and
-    passes are the cost); the GPU's is one CUDA kernel each way with the same arguments (backend/cuda.py)."""
+class _PlainGRUStep:
+    """One GRU step's pointwise part with plain array operations (NumPy; CuPy with the fused kernels off), in place
+    (a step is many small arrays, so allocations and passes are the cost); the GPU's is one CUDA kernel each way
+    with the same arguments (backend/cuda.py)."""
 
     @staticmethod
     def gru_forward(step_in, gh, bias, h, h_new, rz, n) -> None:

@@ -64,7 +64,12 @@ def test_train_eval_plot_end_to_end(tmp_path):
     assert report["accuracy"] == pytest.approx(summary["test_accuracy"])
 
     result = dltrain("eval", run)
-    assert result.returncode == 0 and "precision" in result.stdout and "confusion matrix" in result.stdout
+    assert result.returncode == 0 and "precision" in result.stdout
+    lines = result.stdout.splitlines()
+    heading = lines.index("confusion matrix (rows: true class, columns: predicted)")
+    for i, counts in enumerate(report["confusion_matrix"]):  # the row of class i: its label, then its counts
+        row = next(line for line in lines[heading:] if line.startswith(f"│ {i} "))
+        assert [int(cell) for cell in row.strip("│").split("│")[1:]] == counts, row
 
     out = tmp_path / "curves.png"
     result = dltrain("plot", run, "--out", out)
