@@ -435,8 +435,12 @@ class Trainer:
         except (KeyboardInterrupt, Terminated) as exc:
             signal_name, code = ("SIGTERM", 143) if isinstance(exc, Terminated) else ("Ctrl-C", 130)
             stop_reason = "interrupted"
-            error = Interrupted(f"interrupted ({signal_name}): the checkpoint of the last complete epoch "
-                                f"({self.completed}) is kept; continue with --resume {self.run.path}", code)
+            if self.completed:
+                error = Interrupted(f"interrupted ({signal_name}): the checkpoint of the last complete epoch "
+                                    f"({self.completed}) is kept; continue with --resume {self.run.path}", code)
+            else:
+                error = Interrupted(f"interrupted ({signal_name}) during epoch 1, before any checkpoint was "
+                                    f"written: there is nothing to resume; train again to start over", code)
         finally:
             self.reporter.close()
         summary = self._finish(stop_reason, self.completed, time.perf_counter() - started)
@@ -485,6 +489,10 @@ class Trainer:
             restored = restore and best.is_file()
             if restored:
                 self.model.network.load_state_dict(load_checkpoint(best).model)
+            elif stop_reason == "interrupted" and self.run.file(files.LAST).is_file():
+                # stopped mid-epoch: the test metrics are those of the last checkpoint, as eval would give
+                self.model.network.load_state_dict(load_checkpoint(self.run.file(files.LAST)).model)
+                restored = True
         elif stop_reason == "interrupted":  # ranks stopped at different points: no more collectives
             restored = False
         else:  # rank 0 has the files; it hands the best weights to the others
@@ -507,7 +515,8 @@ class Trainer:
             "device": self.device,
         }
         collectives_ok = self.comm.size == 1 or stop_reason != "interrupted"
-        if self.splits.test is not None and (restored or stop_reason != "diverged") and collectives_ok:
+        has_weights = restored or stop_reason not in ("diverged", "interrupted")  # weights a checkpoint holds
+        if self.splits.test is not None and has_weights and collectives_ok:
             test_loss, test_accuracy = self._evaluate(self.splits.test)
             summary["test_loss"] = test_loss
             if test_accuracy is not None:

@@ -193,3 +193,35 @@ def test_skip_policy_skips_a_bounded_number_of_batches(tmp_path, device, bad_row
         with pytest.raises(Diverged, match="first non-finite: the output of model"):
             trainer.fit()
     assert trainer.skipped == skipped
+
+
+@pytest.mark.parametrize("interrupt_in_epoch", [1, 3])
+def test_an_interrupted_run_reports_what_is_on_disk(tmp_path, monkeypatch, interrupt_in_epoch):
+    """Ctrl-C mid-epoch: the summary's test metrics are those of the last checkpoint (what eval reproduces),
+    and an interrupt before any epoch completed says there is nothing to resume (and reports no test metrics)."""
+    from dltrain.training.evaluate import evaluate_checkpoint
+    from dltrain.training.trainer import Interrupted
+
+    real_epoch = Trainer.train_epoch
+
+    def train_epoch(self, epoch):
+        if epoch + 1 == interrupt_in_epoch:
+            real_epoch(self, epoch)  # the weights move on, but this epoch's checkpoint is never written
+            raise KeyboardInterrupt
+        return real_epoch(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
+    cfg = config(training__early_stopping={"monitor": "val_loss", "patience": 100, "restore_best": False})
+    with pytest.raises(Interrupted) as stopped:
+        train(cfg, tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / files.SUMMARY).read_text())
+    assert summary["stop_reason"] == "interrupted" and summary["epochs_run"] == interrupt_in_epoch - 1
+    if interrupt_in_epoch == 1:
+        assert str(stopped.value) == ("interrupted (Ctrl-C) during epoch 1, before any checkpoint was written: "
+                                      "there is nothing to resume; train again to start over")
+        assert "test_accuracy" not in summary
+    else:
+        assert str(stopped.value).endswith(f"epoch (2) is kept; continue with --resume {tmp_path / 'run'}")
+        report = evaluate_checkpoint(tmp_path / "run" / files.LAST, "test")
+        assert summary["test_accuracy"] == pytest.approx(report["accuracy"], abs=1e-9)
+        assert summary["test_loss"] == pytest.approx(report["loss"], rel=1e-6)
