@@ -68,7 +68,7 @@ _adam = cupy.ElementwiseKernel(
     """,
     "dltrain_adam")
 
-# The convolution GEMM's (F, N*P) product into (N, F, P) order with the bias, and the way back for its gradient.
+# The convolution GEMM's (F, N*P) product into (N, F, P) order, with the bias.
 _filters_to_images = cupy.ElementwiseKernel(
     "raw T product, raw T bias, int64 samples, int64 filters, int64 pixels, int32 has_bias", "T out",
     """
@@ -78,16 +78,6 @@ _filters_to_images = cupy.ElementwiseKernel(
     out = product[(f * samples + n) * pixels + p] + (has_bias ? bias[f] : (T)0);
     """,
     "dltrain_filters_to_images")
-
-_images_to_filters = cupy.ElementwiseKernel(
-    "raw T grad, int64 samples, int64 filters, int64 pixels", "T out",
-    """
-    const long long p = i % pixels;
-    const long long n = (i / pixels) % samples;
-    const long long f = i / (pixels * samples);
-    out = grad[(n * filters + f) * pixels + p];
-    """,
-    "dltrain_images_to_filters")
 
 # Batch normalization's two passes over the images (the per-channel statistics are raw kernels below):
 # out = x * scale[c] + shift[c], and the input gradient
@@ -590,11 +580,9 @@ def filters_to_images(product, bias, out) -> None:
 
 
 def images_to_filters(grad):
-    """(N, F, OH, OW) -> (F, N*OH*OW): the layout the convolution's gradient GEMMs take, one pass."""
-    grad = cupy.ascontiguousarray(grad)
+    """(N, F, OH, OW) -> (F, N*OH*OW): the layout the convolution's gradient GEMMs take, one copy."""
     samples, filters = grad.shape[:2]
-    out = cupy.empty((filters, grad.size // filters), dtype=grad.dtype)
-    return _images_to_filters(grad, samples, filters, grad.size // max(1, samples * filters), out)
+    return cupy.ascontiguousarray(grad.reshape(samples, filters, -1).transpose(1, 0, 2)).reshape(filters, -1)
 
 
 def _grid(total: int, threads: int = 256) -> tuple[tuple[int], tuple[int]]:

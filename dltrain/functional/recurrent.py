@@ -47,6 +47,17 @@ def rnn(input, h0, w_ih, w_hh, b_ih=None, b_hh=None) -> tuple[Tensor, Tensor]:
     return stack(outputs, axis=1), h
 
 
+def _sequence_setup(projected: Tensor, h0: Tensor, plain_step):
+    """What a whole-sequence op starts from: (array module, steps, batch, hidden units, dtype, the step functions
+    (the GPU's fused kernels, else `plain_step`), the hidden states (T+1, N, H) with h_0 in place)."""
+    xp = backend.array_module(h0.data)
+    steps = projected.shape[1]
+    n, hidden = h0.shape
+    states = xp.empty((steps + 1, n, hidden), dtype=h0.dtype)  # h_0 ... h_T
+    states[0] = h0.data
+    return xp, steps, n, hidden, h0.dtype, backend.fused(h0.data) or plain_step, states
+
+
 def lstm(input, state, w_ih, w_hh, b_ih=None, b_hh=None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """LSTM: gates i, f, g, o; c_t = f c_{t-1} + i g; h_t = o tanh(c_t). `state` is (h0, c0) or None.
     Returns (all h_t, (last h, last c)); like gru, the whole sequence is one op (_lstm_sequence)."""
@@ -68,14 +79,9 @@ def _lstm_sequence(projected: Tensor, h0: Tensor, c0: Tensor, w: Tensor, b: Tens
         dc_t = (gradient of c_t) + dc_{t+1} f_{t+1} + dh_t o (1 - tanh(c_t)^2)
         d(a_t) = [dc g i (1 - i), dc c_{t-1} f (1 - f), dc i (1 - g^2), dh tanh(c_t) o (1 - o)]
     (a_t the gate pre-activations), then dW_hh = sum_t d(a_t)^T h_{t-1} and db_hh = sum_t d(a_t) over all steps."""
-    xp = backend.array_module(h0.data)
-    steps = projected.shape[1]
-    n, hidden = h0.shape
-    dtype = h0.dtype
-    step = backend.fused(h0.data) or _PlainLSTMStep
-    states = xp.empty((steps + 1, n, hidden), dtype=dtype)  # h_0 ... h_T
+    xp, steps, n, hidden, dtype, step, states = _sequence_setup(projected, h0, _PlainLSTMStep)
     cells = xp.empty((steps + 1, n, hidden), dtype=dtype)  # c_0 ... c_T
-    states[0], cells[0] = h0.data, c0.data
+    cells[0] = c0.data
     acts = xp.empty((steps, n, 4 * hidden), dtype=dtype)  # h_{t-1} W_hh^T, then the activations i, f, g, o
     w_t = w.data.T
     bias = None if b is None else b.data
@@ -172,13 +178,7 @@ def _gru_sequence(projected: Tensor, h0: Tensor, w: Tensor, b: Tensor | None) ->
         dh_t  = (gradient of output t) + d(gh_{t+1}) W_hh + dh_{t+1} z_{t+1}
         d(in_t) = [d_r, d_z, d_n],  d(gh_t) = [d_r, d_z, d_n r]  (pre-activation gradients of the gates)
     then dW_hh = sum_t d(gh_t)^T h_{t-1} and db_hh = sum_t d(gh_t), each over all steps at once."""
-    xp = backend.array_module(h0.data)
-    steps = projected.shape[1]
-    n, hidden = h0.shape
-    dtype = h0.dtype
-    step = backend.fused(h0.data) or _PlainGRUStep
-    states = xp.empty((steps + 1, n, hidden), dtype=dtype)  # h_0 ... h_T
-    states[0] = h0.data
+    xp, steps, n, hidden, dtype, step, states = _sequence_setup(projected, h0, _PlainGRUStep)
     gh = xp.empty((steps, n, 3 * hidden), dtype=dtype)  # h_{t-1} W_hh^T + b_hh per step
     rz = xp.empty((steps, n, 2 * hidden), dtype=dtype)
     new = xp.empty((steps, n, hidden), dtype=dtype)  # the candidate n_t
