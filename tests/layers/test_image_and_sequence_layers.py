@@ -84,27 +84,33 @@ def test_reshape_refuses_a_shape_that_does_not_fit():
         build_model([{"reshape": {"shape": [27, -1]}}], (1, 28, 28))
 
 
-def test_gru_and_lstm_match_torch():
+@pytest.mark.parametrize("name", ["gru", "lstm", "rnn"])
+def test_recurrent_layers_match_torch(name, device):
+    """Outputs and the gradients of the input and of every weight against torch.nn.GRU / LSTM / RNN, on every
+    device (the GPU's sequence kernels included)."""
     torch = pytest.importorskip("torch", reason="torch is not installed (pip install torch==2.13.0)")
+    module = {"gru": torch.nn.GRU, "lstm": torch.nn.LSTM, "rnn": torch.nn.RNN}[name]
     x = R.standard_normal((3, 5, 4)).astype(np.float32)
-    for name, module in (("gru", torch.nn.GRU), ("lstm", torch.nn.LSTM), ("rnn", torch.nn.RNN)):
-        layer = build_layer({name: {"units": 6, "return_sequences": True}})
-        layer.build((5, 4))
-        ref = module(4, 6, batch_first=True)
-        with torch.no_grad():
-            for ours, theirs in (("weight_ih", "weight_ih_l0"), ("weight_hh", "weight_hh_l0"),
-                                 ("bias_ih", "bias_ih_l0"), ("bias_hh", "bias_hh_l0")):
-                getattr(ref, theirs).copy_(torch.tensor(layer._parameters[ours].data))
-        xt = dltrain.tensor(x, requires_grad=True)
-        out = layer(xt)
-        xr = torch.tensor(x, requires_grad=True)
-        expected, _ = ref(xr)
-        np.testing.assert_allclose(out.numpy(), expected.detach().numpy(), atol=1e-5)
-        upstream = R.standard_normal(out.shape).astype(np.float32)
-        out.backward(upstream)
-        expected.backward(torch.tensor(upstream))
-        np.testing.assert_allclose(xt.grad, xr.grad.numpy(), atol=1e-5)
-        np.testing.assert_allclose(layer._parameters["weight_hh"].grad, ref.weight_hh_l0.grad.numpy(), atol=1e-4)
+    layer = build_layer({name: {"units": 6, "return_sequences": True}})
+    layer.build((5, 4))
+    ref = module(4, 6, batch_first=True)
+    names = {"weight_ih": "weight_ih_l0", "weight_hh": "weight_hh_l0", "bias_ih": "bias_ih_l0", "bias_hh": "bias_hh_l0"}
+    with torch.no_grad():
+        for ours, theirs in names.items():
+            getattr(ref, theirs).copy_(torch.tensor(layer._parameters[ours].data))
+    layer.to(device)
+    xt = dltrain.tensor(x, requires_grad=True, device=device)
+    out = layer(xt)
+    xr = torch.tensor(x, requires_grad=True)
+    expected, _ = ref(xr)
+    np.testing.assert_allclose(backend.to_numpy(out.data), expected.detach().numpy(), atol=1e-5)
+    upstream = R.standard_normal(out.shape).astype(np.float32)
+    out.backward(dltrain.tensor(upstream, device=device).data)
+    expected.backward(torch.tensor(upstream))
+    np.testing.assert_allclose(backend.to_numpy(xt.grad), xr.grad.numpy(), atol=1e-5)
+    for ours, theirs in names.items():
+        np.testing.assert_allclose(backend.to_numpy(layer._parameters[ours].grad), getattr(ref, theirs).grad.numpy(),
+                                   atol=1e-4, err_msg=ours)
 
 
 def test_gru_remembers_the_first_token_over_20_steps():
