@@ -327,6 +327,11 @@ _SCALAR_CODES = {np.dtype(np.float32): "f4", np.dtype(np.float64): "f8", np.dtyp
                  np.dtype(np.uint8): "i1", np.dtype(np.int8): "i1", np.dtype(np.bool_): "i1"}
 
 
+def _layout(array) -> tuple:
+    """Where an array's values lie: two arguments with the same layout are the same memory to a kernel."""
+    return array.__array_interface__["data"][0], array.shape, array.strides, array.dtype.str
+
+
 class RawKernel:
     def __init__(self, library, index: int, name: str):
         self.name = name
@@ -341,14 +346,25 @@ class RawKernel:
     def __call__(self, grid, block, args, shared_mem=0, stream=None):
         if len(args) != len(self.signature):
             raise KernelError(f"{self.name} takes {len(self.signature)} arguments, got {len(args)}")
+        # Each array is handed over as one copy: the same array twice shares it, as on a GPU; two different views
+        # of one buffer would drift apart, so they are refused.
+        arrays = [(k, a) for k, a in enumerate(args) if isinstance(a, np.ndarray)]
+        for position, (k, a) in enumerate(arrays):
+            for j, b in arrays[:position]:
+                if _layout(a) != _layout(b) and np.shares_memory(_host(a), _host(b)):
+                    raise KernelError(f"{self.name} arguments {j} and {k} share memory, which this CPU runner "
+                                      f"cannot give a kernel")
+        boxes = {}
         keep, pointers, guarded = [], [], []
         for position, (value, expected) in enumerate(zip(args, self.signature, strict=True)):
             where = f"{self.name} argument {position}"
             if isinstance(value, np.ndarray):
                 if expected[0] != "p" or int(expected[1:]) != value.itemsize:
                     raise KernelError(f"{where}: the kernel takes {expected}, got an array of {value.dtype}")
-                box = _Guarded(value)
-                guarded.append(box)
+                box = boxes.get(_layout(value))
+                if box is None:
+                    box = boxes[_layout(value)] = _Guarded(value)
+                    guarded.append(box)
                 slot = ctypes.c_void_p(box.pointer)
             elif isinstance(value, np.generic):
                 code = _SCALAR_CODES.get(value.dtype)

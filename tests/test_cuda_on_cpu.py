@@ -103,6 +103,15 @@ def test_arguments_are_checked_against_the_kernel_signature(module):
         fill((1,), (4,), (out, np.int64(10)))
 
 
+def test_arguments_that_share_memory_are_refused_unless_they_are_the_same_array(module):
+    """The runner copies each array, so two views of one buffer would not see each other's writes as on a GPU."""
+    x = np.arange(64, dtype=np.float32)
+    with pytest.raises(KernelError, match="early_return arguments 0 and 1 share memory"):
+        module.get_function("early_return")((1,), (64,), (x, x[::-1], np.int32(64)))
+    module.get_function("early_return")((1,), (64,), (x, x, np.int32(64)))  # the same array twice is one buffer
+    assert x[0] == 1.0  # each thread read its neighbour before any wrote (the barrier), in place
+
+
 def test_a_strided_view_is_handed_over_as_laid_out_in_memory(module):
     """A kernel sees raw memory: a column slice of a (4, 6) array is 4 rows 6 values apart, and the
     kernel's writes land in the original array."""
