@@ -9,7 +9,8 @@ every side, batches gathered there by a shuffled index, the loss summed on the d
 epoch). Each process trains WARMUP epochs (kernel compilation, allocator and cuBLAS warm-up: both
 sides need 2-3 epochs to reach their steady speed), then times TIMED epochs; the table gives the
 median epoch's samples/second. "dltrain unfused" is dltrain with its fused kernels turned off, to
-show what they bring.
+show what they bring. Both sides keep their defaults for TF32: PyTorch's cuDNN convolutions use it,
+matrix products do not; dltrain does the same, and "convolutions in float32" shows the CNN without it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ CASES = {"mlp32": ("mlp", 32), "mlp128": ("mlp", 128), "mlp1024": ("mlp", 1024),
          "gru128": ("gru", 128)}
 TARGETS = {"mlp32": 0.9, "mlp128": 1.1, "mlp1024": 1.0, "cnn128": 0.6}  # issue 6: dltrain / PyTorch
 UNFUSED_CASES = ("mlp128", "cnn128")
+FP32_CASES = ("cnn128",)  # convolutions: dltrain's TF32 default (as PyTorch's cuDNN default) against full float32
 
 
 def training_data():
@@ -56,7 +58,7 @@ def epochs(run_epoch) -> list[float]:
     return seconds
 
 
-def run_dltrain(model: str, batch: int, fused: bool = True) -> list[float]:
+def run_dltrain(model: str, batch: int, fused: bool = True, tf32: bool = True) -> list[float]:
     import cupy
 
     from dltrain import backend, optim
@@ -83,7 +85,7 @@ def run_dltrain(model: str, batch: int, fused: bool = True) -> list[float]:
             total += loss.data
         float(total)  # the one read per epoch (waits for the GPU)
 
-    with backend.fused_kernels(fused):
+    with backend.fused_kernels(fused), backend.tf32_convolutions(tf32):
         return epochs(run_epoch)
 
 
@@ -139,7 +141,8 @@ def run_cupy(model: str, batch: int) -> list[float]:
 
 
 RUNNERS = {"dltrain": run_dltrain, "torch": run_torch, "cupy": run_cupy,
-           "dltrain-unfused": lambda model, batch: run_dltrain(model, batch, fused=False)}
+           "dltrain-unfused": lambda model, batch: run_dltrain(model, batch, fused=False),
+           "dltrain-fp32": lambda model, batch: run_dltrain(model, batch, tf32=False)}
 
 
 def worker(framework: str, case: str) -> None:
@@ -181,6 +184,7 @@ def main() -> None:
     for case in args.cases.split(","):
         frameworks = ["dltrain", "torch"] + (["cupy"] if CASES[case][0] == "mlp" else [])
         frameworks += ["dltrain-unfused"] if case in UNFUSED_CASES else []
+        frameworks += ["dltrain-fp32"] if case in FP32_CASES else []
         runs = results[case] = alternating(case, frameworks, args.reps, measure)
         print(case, {f: median_speed(v) for f, v in runs.items()}, flush=True)
     write_section(Path(args.out), results, args)
@@ -199,8 +203,8 @@ def write_section(path: Path, results: dict, args) -> None:
         "Command: `python benchmarks/gpu.py` (or `bash benchmarks/gpu_check.sh`, which also runs the GPU tests)",
         "",
         "| case | dltrain samples/s | PyTorch samples/s | dltrain / PyTorch | target | CuPy by hand | "
-        "dltrain / by hand | dltrain unfused |",
-        "|---|---|---|---|---|---|---|---|",
+        "dltrain / by hand | dltrain unfused | dltrain, convolutions in float32 |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     def cell(value):
         return "failed" if value is None else f"{value:,.0f}"
@@ -218,9 +222,10 @@ def write_section(path: Path, results: dict, args) -> None:
             versus = ratio_of(speed["dltrain"], speed["cupy"])
             by_hand = (cell(speed["cupy"]), "" if versus is None else f"{versus:.2f}")
         unfused = cell(speed["dltrain-unfused"]) if "dltrain-unfused" in speed else ""
+        fp32 = cell(speed["dltrain-fp32"]) if "dltrain-fp32" in speed else ""
         ratio_text = "" if ratio is None else f"{ratio:.2f}"
         lines.append(f"| {case} | {cell(speed['dltrain'])} | {cell(speed['torch'])} | {ratio_text} | {verdict} | "
-                     f"{by_hand[0]} | {by_hand[1]} | {unfused} |")
+                     f"{by_hand[0]} | {by_hand[1]} | {unfused} | {fp32} |")
     lines += ["", "Every repetition, samples/s:", ""]
     for case, runs in results.items():
         for framework, values in runs.items():

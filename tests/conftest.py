@@ -9,10 +9,12 @@ from dltrain import backend
 
 @pytest.fixture(autouse=True)
 def _seeded():
-    """Every test starts from the same engine seed and the float32 default."""
+    """Every test starts from the same engine seed and the float32 default, and with TF32 off (float32 results
+    on a GPU are compared closely; the TF32 tests turn it on)."""
     backend.manual_seed(0)
     backend.set_default_dtype(np.float32)
-    yield
+    with backend.tf32_convolutions(False):
+        yield
     backend.set_default_dtype(np.float32)
 
 
@@ -70,6 +72,7 @@ def fake_gpu(monkeypatch):
     monkeypatch.setattr(backend, "_cupy", fake)
     monkeypatch.setattr(backend, "_cupy_error", None)
     monkeypatch.setattr(backend, "_device_rngs", {})
+    monkeypatch.setattr(backend, "_tf32_devices", {})
     for name, module in fake_cupy.cupyx_modules().items():
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setattr(backend, "fused", lambda array: kernels if backend.fused_enabled() and isinstance(

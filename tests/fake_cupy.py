@@ -62,6 +62,10 @@ class DeviceArray(np.ndarray):
         raise MixedDevicesError("tolist() of a GPU array: use backend.to_numpy first")
 
     @property
+    def device(self):
+        return types.SimpleNamespace(id=0)
+
+    @property
     def data(self):
         """As CuPy's: a memory pointer whose .ptr is the buffer's address (what NCCL calls take)."""
         return types.SimpleNamespace(ptr=self.ctypes.data)
@@ -131,6 +135,8 @@ class _Generator:
 
 
 class _Device:
+    compute_capability = "90"  # as an H100's: TF32 tensor cores
+
     def synchronize(self):
         pass
 
@@ -165,6 +171,11 @@ def module():
     cupy.cuda = types.SimpleNamespace(
         runtime=types.SimpleNamespace(getDeviceCount=lambda: 1, getDeviceProperties=lambda index: properties),
         Device=lambda index=0: _Device(), get_current_stream=lambda: _Stream())
+    compute_types = {}  # CuPy's per-dtype cuBLAS compute type (1 default, 7 TF32), as cupy._core keeps it
+    cupy._core = types.SimpleNamespace(
+        get_compute_type=lambda dtype: compute_types.get(np.dtype(dtype), 1),
+        set_compute_type=lambda dtype, kind: compute_types.__setitem__(np.dtype(dtype), kind),
+        _routines_linalg=types.SimpleNamespace(COMPUTE_TYPE_DEFAULT=1, COMPUTE_TYPE_TF32=7))
     cupy.__version__ = "stand-in"
     cupy.lib = types.SimpleNamespace(stride_tricks=types.SimpleNamespace(
         as_strided=lambda a, shape, strides: np.lib.stride_tricks.as_strided(

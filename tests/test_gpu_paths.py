@@ -491,6 +491,65 @@ def test_every_shipped_config_trains_on_the_gpu_through_the_cli(tmp_path, gpu, s
         assert report["accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-6)
 
 
+def test_convolution_products_use_tf32_where_pytorch_would(fake_gpu, monkeypatch):
+    """The GPU convolution's three products run with CuPy's float32 compute type set to TF32 (then restored),
+    as PyTorch's cuDNN convolutions by default; not in float64, not with TF32 turned off, not on a GPU without
+    TF32 (compute capability < 8.0), and never for other products (linear layers stay full float32)."""
+    import fake_cupy
+
+    seen = []
+    ufunc = fake_cupy.DeviceArray.__array_ufunc__
+
+    def recording(self, u, method, *args, **kwargs):
+        if u is np.matmul:
+            seen.append(fake_gpu._core.get_compute_type(np.float32))
+        return ufunc(self, u, method, *args, **kwargs)
+
+    monkeypatch.setattr(fake_cupy.DeviceArray, "__array_ufunc__", recording)
+
+    def products(dtype, layer="conv"):
+        seen.clear()
+        with backend.default_dtype_as(dtype):
+            x = Tensor(backend.to_device(R.standard_normal((2, 3, 6, 6)).astype(dtype), "gpu"), requires_grad=True)
+            w = Tensor(backend.to_device(R.standard_normal((4, 3, 3, 3)).astype(dtype), "gpu"), requires_grad=True)
+            if layer == "conv":
+                out = F.conv2d(x, w, padding=1)
+            else:
+                out = F.linear(x.reshape(12, -1), w.reshape(4, -1)[:, :18])
+            out.sum().backward()
+        assert fake_gpu._core.get_compute_type(np.float32) == 1  # restored
+        return list(seen)
+
+    with backend.tf32_convolutions(True):
+        assert products(np.float32) == [7, 7, 7]  # forward, weight gradient, input gradient
+        assert products(np.float64) == [1, 1, 1]
+        assert products(np.float32, "linear") == [1, 1, 1]
+        monkeypatch.setattr(fake_cupy._Device, "compute_capability", "75")
+        monkeypatch.setattr(backend, "_tf32_devices", {})
+        assert products(np.float32) == [1, 1, 1]
+    monkeypatch.setattr(fake_cupy._Device, "compute_capability", "90")
+    monkeypatch.setattr(backend, "_tf32_devices", {})
+    assert products(np.float32) == [1, 1, 1]  # the tests' default: off
+
+
+@needs_gpu
+def test_tf32_convolutions_stay_close_to_float32():
+    """On a real GPU: a float32 convolution and its gradients with TF32 within 1e-2 (relative to the largest value)
+    of the full-float32 ones."""
+    results = []
+    for tf32 in (False, True):
+        with backend.tf32_convolutions(tf32):
+            x = Tensor(backend.to_device(R.standard_normal((8, 16, 14, 14)).astype(np.float32), "gpu"),
+                       requires_grad=True)
+            w = Tensor(backend.to_device(R.standard_normal((32, 16, 3, 3)).astype(np.float32), "gpu"),
+                       requires_grad=True)
+            out = F.conv2d(x, w, padding=1)
+            (out * out).sum().backward()
+            results.append([backend.to_numpy(a) for a in (out.data, x.grad, w.grad)])
+    for full, tf32 in zip(*results):
+        assert np.abs(tf32 - full).max() <= 1e-2 * np.abs(full).max()
+
+
 def test_devices_lists_what_there_is(fake_gpu):
     from typer.testing import CliRunner
 

@@ -26,6 +26,8 @@ DEVICES = ("cpu", "gpu", "auto")
 _cupy = None  # the cupy module once imported successfully
 _cuda_kernels = None  # backend/cuda.py once imported
 _fused_enabled = os.environ.get("DLTRAIN_FUSED_KERNELS", "1") != "0"  # 0: plain CuPy ops only
+_tf32_enabled = os.environ.get("DLTRAIN_TF32", "1") != "0"  # 0: convolutions in full float32 on the GPU too
+_tf32_devices: dict[int, bool] = {}  # device id -> has TF32 tensor cores (compute capability 8.0 or later)
 _cupy_error: str | None = None  # why importing or using cupy failed
 _default_dtype = numpy.dtype(numpy.float32)
 _host_rng = numpy.random.Generator(numpy.random.PCG64(0))
@@ -203,6 +205,46 @@ def fused_kernels(enabled: bool):
         yield
     finally:
         _fused_enabled = previous
+
+
+def tf32_enabled() -> bool:
+    return _tf32_enabled
+
+
+@contextlib.contextmanager
+def tf32_convolutions(enabled: bool):
+    """Allow (or forbid) TF32 in the GPU's convolution products for a while: tests compare exactly with it off."""
+    global _tf32_enabled
+    previous = _tf32_enabled
+    _tf32_enabled = enabled
+    try:
+        yield
+    finally:
+        _tf32_enabled = previous
+
+
+@contextlib.contextmanager
+def tf32_products(array):
+    """Inside, float32 matrix products of GPU arrays like `array` may run on TF32 tensor cores (10-bit
+    mantissa inputs, float32 accumulation): what PyTorch does by default for cuDNN convolutions, so the
+    convolutions use it. A no-op on the CPU, for float64, on GPUs without TF32, or with DLTRAIN_TF32=0."""
+    core = getattr(_cupy, "_core", None)
+    if (not _tf32_enabled or core is None or not isinstance(array, _cupy.ndarray) or array.dtype != numpy.float32
+            or not _has_tf32(array.device.id)):
+        yield
+        return
+    previous = core.get_compute_type(numpy.float32)
+    core.set_compute_type(numpy.float32, core._routines_linalg.COMPUTE_TYPE_TF32)
+    try:
+        yield
+    finally:
+        core.set_compute_type(numpy.float32, previous)
+
+
+def _has_tf32(device_id: int) -> bool:
+    if device_id not in _tf32_devices:
+        _tf32_devices[device_id] = int(_cupy.cuda.Device(device_id).compute_capability) >= 80
+    return _tf32_devices[device_id]
 
 
 def synchronize(device: str) -> None:

@@ -102,7 +102,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups: in
 
 def _conv2d_fused(kernels, x, w, b, kernel, stride, padding, dilation, out_hw) -> Tensor:
     """conv2d on the GPU: im2col into one (C*KH*KW, N*OH*OW) column matrix (one kernel, no padded copy), so
-    each direction is one large GEMM instead of a batch of small per-sample ones:
+    each direction is one large GEMM instead of a batch of small per-sample ones (TF32 in float32 where the GPU
+    has it, as PyTorch's cuDNN convolutions by default; DLTRAIN_TF32=0 turns it off):
         forward        (F, C*KH*KW) @ columns           -> (F, N*OH*OW), put into NCHW with the bias by one kernel
         weight grad    g (F, N*OH*OW) @ columns.T       -> (F, C*KH*KW)
         input grad     weight.T @ g -> column gradients -> summed into the image by col2im (a gather)
@@ -116,7 +117,9 @@ def _conv2d_fused(kernels, x, w, b, kernel, stride, padding, dilation, out_hw) -
     columns = []
     for start in range(0, n, chunk):
         cols = kernels.im2col(x.data[start:start + chunk], kernel, stride, padding, dilation, out_hw)
-        kernels.filters_to_images(w2 @ cols, None if b is None else b.data, out[start:start + chunk])
+        with backend.tf32_products(cols):
+            product = w2 @ cols
+        kernels.filters_to_images(product, None if b is None else b.data, out[start:start + chunk])
         columns.append(cols)
 
     def backward(g):
@@ -126,13 +129,16 @@ def _conv2d_fused(kernels, x, w, b, kernel, stride, padding, dilation, out_hw) -
         grad_w = grad_x = None
         if w.requires_grad:
             for cols, g_part in parts:
-                product = g_part @ cols.T
+                with backend.tf32_products(g_part):
+                    product = g_part @ cols.T
                 grad_w = product if grad_w is None else grad_w + product
             grad_w = grad_w.reshape(w.shape)
         if x.requires_grad:
             grad_x = xp.empty(x.shape, dtype=g.dtype)
             for (_, g_part), start in zip(parts, range(0, n, chunk)):
-                kernels.col2im(w2.T @ g_part, grad_x[start:start + chunk], kernel, stride, padding, dilation, out_hw)
+                with backend.tf32_products(g_part):
+                    grad_columns = w2.T @ g_part
+                kernels.col2im(grad_columns, grad_x[start:start + chunk], kernel, stride, padding, dilation, out_hw)
         grads = [grad_x, grad_w]
         if b is not None:
             grads.append(g_filters.sum(axis=1) if b.requires_grad else None)
