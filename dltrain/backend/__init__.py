@@ -195,32 +195,30 @@ def fused_enabled() -> bool:
     return _fused_enabled
 
 
-@contextlib.contextmanager
 def fused_kernels(enabled: bool):
     """Turn the fused GPU kernels off (or on) for a while: tests compare both paths, benchmarks time both."""
-    global _fused_enabled
-    previous = _fused_enabled
-    _fused_enabled = enabled
-    try:
-        yield
-    finally:
-        _fused_enabled = previous
+    return _switched("_fused_enabled", enabled)
 
 
 def tf32_enabled() -> bool:
     return _tf32_enabled
 
 
-@contextlib.contextmanager
 def tf32_convolutions(enabled: bool):
     """Allow (or forbid) TF32 in the GPU's convolution products for a while: tests compare exactly with it off."""
-    global _tf32_enabled
-    previous = _tf32_enabled
-    _tf32_enabled = enabled
+    return _switched("_tf32_enabled", enabled)
+
+
+@contextlib.contextmanager
+def _switched(name: str, value: bool):
+    """This module's switch `name` set to `value` inside the with-block, restored after."""
+    module = sys.modules[__name__]
+    previous = getattr(module, name)
+    setattr(module, name, value)
     try:
         yield
     finally:
-        _tf32_enabled = previous
+        setattr(module, name, previous)
 
 
 @contextlib.contextmanager
