@@ -365,10 +365,7 @@ class Trainer:
             self.global_step += 1
             if deferred:
                 if self.model.task != "regression":
-                    if hasattr(self.model.loss, "add_correct"):
-                        self.model.loss.add_correct(out.data, y, correct_on_device)
-                    else:
-                        correct_on_device += (self.model.loss.predict(out.data) == y).sum()
+                    self.model.loss.add_correct(out.data, y, correct_on_device)
                 pending.append((step, len(batch)))
                 if len(pending) < DEVICE_READ_EVERY and step + 1 < self.steps_per_epoch:
                     continue
