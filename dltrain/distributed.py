@@ -23,6 +23,7 @@ np = backend.np
 
 _SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_SIZE")
 _LOCAL_RANK_VARIABLES = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK")
+_LOCAL_SIZE_VARIABLES = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE")
 
 
 class SingleProcess:
@@ -36,6 +37,9 @@ class SingleProcess:
 
     def broadcast(self, value):
         return value
+
+    def local_size(self) -> int:
+        return 1
 
     def for_device(self, device: str):
         return self
@@ -70,6 +74,16 @@ class MPICommunicator:
         from mpi4py import MPI  # noqa: PLC0415
 
         return self.comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
+
+    def local_size(self) -> int:
+        """How many ranks run on this rank's machine (they share its cores): from the launcher's variables, else
+        by splitting the communicator by shared memory (a collective)."""
+        for name in _LOCAL_SIZE_VARIABLES:
+            if os.environ.get(name, "").isdigit():
+                return int(os.environ[name])
+        from mpi4py import MPI  # noqa: PLC0415
+
+        return self.comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
 
     def for_device(self, device: str):
         """The communicator for gradients on `device`: NCCL between GPUs when CuPy has it, else this one.
@@ -110,6 +124,9 @@ class NCCLCommunicator:
 
     def broadcast(self, value):
         return self.mpi.broadcast(value)
+
+    def local_size(self) -> int:
+        return self.mpi.local_size()
 
     def for_device(self, device: str):
         return self

@@ -28,7 +28,7 @@ class CrossEntropy:
         return backend.array_module(outputs).argmax(outputs, axis=-1)
 
     def add_correct(self, outputs, labels, counter) -> None:
-        """counter (a 0-d int64 array) += the number of rows whose argmax is the label; one kernel on the GPU."""
+        """counter (a 0-d int64 array) += the number of rows whose argmax is the label; one kernel when fused."""
         kernels = backend.fused(outputs)
         if kernels and outputs.ndim == 2:
             kernels.add_correct(outputs, labels, counter)

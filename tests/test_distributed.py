@@ -14,7 +14,11 @@ from pathlib import Path
 import pytest
 
 from dltrain import backend
+from dltrain.config import validate
 from dltrain.distributed import SingleProcess, shard
+from dltrain.training import rundir as files
+from dltrain.training.reporting import SilentReporter
+from dltrain.training.trainer import Trainer
 
 BIN = Path(sys.executable).parent
 MPIEXEC = shutil.which("mpiexec", path=str(BIN)) or shutil.which("mpiexec")
@@ -254,3 +258,23 @@ def test_each_gpu_rank_takes_the_gpu_of_its_local_rank(fake_gpu, monkeypatch, va
     monkeypatch.setenv(variable, "5")  # more ranks than GPUs on a machine: they share, round-robin
     comm.for_device("gpu")
     assert chosen == [1, 1]
+
+
+@pytest.mark.parametrize("variable", ["MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE"])
+def test_ranks_on_one_machine_share_its_cores(monkeypatch, variable):
+    """4 ranks on an 8-core machine: the launcher says how many share it, and each trains with 2 threads
+    (BLAS and the compiled kernels), not 8 (no oversubscription)."""
+    from dltrain.distributed import MPICommunicator
+
+    for name in ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "DLTRAIN_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, "4")
+    comm = MPICommunicator(FakeMPIComm(rank=1, size=8))
+    assert comm.local_size() == 4 and SingleProcess().local_size() == 1
+    monkeypatch.setattr(backend.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    applied = []
+    monkeypatch.setattr(backend, "apply_threads", applied.append)
+    cfg = validate({"seed": 0, "data": {"name": "blobs", "n_samples": 64, "classes": 2},
+                    "model": [{"linear": {"units": 2}}], "training": {"epochs": 1, "batch_size": 8}}, {}, "test")
+    Trainer(cfg, files.RunDir(Path("unused")), "cpu", SilentReporter(), comm=comm).setup()
+    assert applied == [2]

@@ -2,8 +2,9 @@
 
 Everything else asks it for `xp` (the array module of a device or of an array), for the
 default float dtype, and for random numbers, so that CPU and GPU code paths are the same code.
-CuPy stays optional: it is imported the first time a GPU is asked for. On the GPU, a few hot
-chains of ops also have fused kernels (backend/cuda.py), handed out by `fused(array)`.
+CuPy stays optional: it is imported the first time a GPU is asked for. The hot chains of ops also
+have fused kernels (the interface in backend/kernels.py), handed out by `fused(array)`: compiled
+with Numba for NumPy arrays (backend/cpu.py), CUDA kernels for GPU arrays (backend/cuda.py).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ DEVICES = ("cpu", "gpu", "auto")
 
 _cupy = None  # the cupy module once imported successfully
 _cuda_kernels = None  # backend/cuda.py once imported
-_fused_enabled = os.environ.get("DLTRAIN_FUSED_KERNELS", "1") != "0"  # 0: plain CuPy ops only
+_cpu_kernels = None  # backend/cpu.py once imported; False when Numba is missing
+_fused_enabled = os.environ.get("DLTRAIN_FUSED_KERNELS", "1") != "0"  # 0: plain NumPy / CuPy ops only
 _tf32_enabled = os.environ.get("DLTRAIN_TF32", "1") != "0"  # 0: convolutions in full float32 on the GPU too
 _tf32_devices: dict[int, bool] = {}  # device id -> has TF32 tensor cores (compute capability 8.0 or later)
 _cupy_error: str | None = None  # why importing or using cupy failed
@@ -177,12 +179,17 @@ def to_numpy(array):
 
 
 def fused(array):
-    """The fused GPU kernels (backend/cuda.py) when `array` lives on the GPU; None on the CPU.
-
-    Ops use them as `kernels = backend.fused(x); if kernels: ...`, keeping their NumPy code for the CPU.
-    """
+    """The fused kernels for `array` (the interface of backend/kernels.py): backend/cpu.py for a NumPy array,
+    backend/cuda.py for a GPU array; None when they are off (DLTRAIN_FUSED_KERNELS=0), for other dtypes, or on
+    the CPU without Numba. Ops use them as `kernels = backend.fused(x); if kernels: ...`, keeping their plain
+    array code as the reference."""
     global _cuda_kernels
-    if not _fused_enabled or _cupy is None or not isinstance(array, _cupy.ndarray):
+    if not _fused_enabled:
+        return None
+    if type(array) is numpy.ndarray:
+        kernels = _cpu_kernels if _cpu_kernels is not None else _load_cpu_kernels()
+        return kernels if kernels and kernels.supports(array.dtype) else None
+    if _cupy is None or not isinstance(array, _cupy.ndarray):
         return None
     if _cuda_kernels is None:
         from . import cuda  # noqa: PLC0415 (needs cupy, so only once a GPU is in use)
@@ -191,12 +198,96 @@ def fused(array):
     return _cuda_kernels if _cuda_kernels.supports(array.dtype) else None
 
 
+def _load_cpu_kernels():
+    """Import backend/cpu.py (Numba); without Numba, say once that the plain NumPy code runs instead."""
+    global _cpu_kernels
+    # OpenMP threads that spin after a loop take the cores from BLAS's threads: with GNU OpenMP's default spin
+    # a small MLP trained twenty times slower here. A short spin keeps the wake-up fast (read when it loads).
+    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+    try:
+        import numba  # noqa: PLC0415 (a second or so to import: only once a model runs)
+    except ImportError as exc:
+        _cpu_kernels = False
+        print(f"dltrain: Numba is not installed ({exc}); running the plain NumPy code, without the compiled CPU "
+              f"kernels (pip install numba)", file=sys.stderr)
+        return _cpu_kernels
+    package_cache = os.path.join(os.path.dirname(__file__), "__pycache__")
+    if not os.environ.get("NUMBA_CACHE_DIR") and not _writable(package_cache):
+        numba.config.CACHE_DIR = os.path.join(_user_cache(), "dltrain", "numba")
+    cache = numba.config.CACHE_DIR or package_cache
+    if not any(name.startswith("cpu.") and name.endswith(".nbi") for name in _listdir(cache)):
+        print(f"dltrain: compiling the CPU kernels for this machine (once; cached in {cache})", file=sys.stderr)
+    from . import cpu  # noqa: PLC0415
+
+    _cpu_kernels = cpu
+    apply_threads()
+    return cpu
+
+
+def _writable(directory: str) -> bool:
+    if os.path.isdir(directory):
+        return os.access(directory, os.W_OK)
+    return os.access(os.path.dirname(directory), os.W_OK)
+
+
+def _listdir(directory: str) -> list[str]:
+    """The names in `directory` (Numba keeps them under a subfolder named after the package path when its
+    cache directory is a user-wide one), or none when it does not exist."""
+    names = []
+    for _, _, files in os.walk(directory):
+        names.extend(files)
+    return names
+
+
+def _user_cache() -> str:
+    return os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+
+
+# ---------------------------------------------------------------- CPU threads
+
+_threads: int | None = None  # what the CPU kernels and BLAS were last set to
+
+
+def default_threads(local_ranks: int = 1) -> int:
+    """DLTRAIN_THREADS when set, else this process's share of the cores: all of them, or cores / ranks when
+    MPI puts `local_ranks` processes on one machine (no oversubscription)."""
+    value = os.environ.get("DLTRAIN_THREADS", "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise DeviceError(f"DLTRAIN_THREADS must be a whole number of at least 1, got {value!r}")
+        return int(value)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, local_ranks))
+
+
+def apply_threads(threads: int | None = None) -> int:
+    """Use `threads` (default: default_threads()) for the compiled CPU kernels and for BLAS; returns it."""
+    global _threads
+    threads = default_threads() if threads is None else threads
+    if threads == _threads:
+        return threads
+    if _cpu_kernels:
+        import numba  # noqa: PLC0415
+
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    from threadpoolctl import threadpool_limits  # noqa: PLC0415
+
+    threadpool_limits(threads, user_api="blas")
+    _threads = threads
+    return threads
+
+
+def threads() -> int:
+    """The CPU threads in use (BLAS and the compiled kernels)."""
+    return _threads if _threads is not None else default_threads()
+
+
 def fused_enabled() -> bool:
     return _fused_enabled
 
 
 def fused_kernels(enabled: bool):
-    """Turn the fused GPU kernels off (or on) for a while: tests compare both paths, benchmarks time both."""
+    """Turn the fused kernels off (or on) for a while: tests compare both paths, benchmarks time both."""
     return _switched("_fused_enabled", enabled)
 
 

@@ -6,8 +6,8 @@ gradient, the dropout mask and its product, softmax cross-entropy (loss and grad
 correct predictions, im2col and col2im (convolution as one GEMM each way), max pooling, batch
 normalization (two kernels each way: per-channel statistics, one pass over the images), a GRU or LSTM
 step's pointwise part (forward and backward), and the SGD / Adam updates over one flat parameter buffer.
-The ops in dltrain/functional use them through `backend.fused(array)`, which is None on the CPU (NumPy
-keeps its own code).
+The ops in dltrain/functional use them through `backend.fused(array)` (the interface of backend/kernels.py,
+which backend/cpu.py implements for NumPy arrays).
 
 Imported only after CuPy has found a GPU; kernels compile on first use and CuPy caches them on disk.
 """

@@ -12,7 +12,7 @@ def relu(input) -> Tensor:
     x = as_tensor(input)
     xp = backend.array_module(x.data)
     kernels = backend.fused(x.data)
-    if kernels:  # GPU: the gradient reads the output, so no mask is made or kept
+    if kernels:  # the gradient reads the output, so no mask is made or kept
         out = xp.maximum(x.data, 0)
         return make_result(out, (x,), lambda g: (kernels.relu_backward(g, out),), "relu")
     positive = x.data > 0

@@ -1,8 +1,9 @@
 """Convolution and pooling over NCHW images, with torch.nn.functional's names and defaults.
 
-conv2d on the CPU is im2col on a strided view plus one (batched) matrix product per batch chunk; its input
-gradient (col2im) adds one strided slice per kernel offset, so no scatter (np.add.at) is needed. On the GPU
-it is one GEMM each way over a column matrix built and summed back by CUDA kernels (_conv2d_fused).
+The plain code is im2col on a strided view plus one (batched) matrix product per batch chunk; its input
+gradient (col2im) adds one strided slice per kernel offset, so no scatter (np.add.at) is needed: the readable
+reference. With the fused kernels (Numba on the CPU, CUDA on the GPU) it is one GEMM each way over a column matrix
+built and summed back by kernels (_conv2d_fused).
 Pooling also works on strided views: each output reads a window, each kernel offset writes back.
 """
 
@@ -101,8 +102,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups: in
 
 
 def _conv2d_fused(kernels, x, w, b, kernel, stride, padding, dilation, out_hw) -> Tensor:
-    """conv2d on the GPU: im2col into one (C*KH*KW, N*OH*OW) column matrix (one kernel, no padded copy), so
-    each direction is one large GEMM instead of a batch of small per-sample ones (TF32 in float32 where the GPU
+    """conv2d with the fused kernels: im2col into one (C*KH*KW, N*OH*OW) column matrix (one kernel, no padded copy),
+    so each direction is one large GEMM instead of a batch of small per-sample ones (TF32 in float32 where the GPU
     has it, as PyTorch's cuDNN convolutions by default; DLTRAIN_TF32=0 turns it off):
         forward        (F, C*KH*KW) @ columns           -> (F, N*OH*OW), put into NCHW with the bias by one kernel
         weight grad    g (F, N*OH*OW) @ columns.T       -> (F, C*KH*KW)
@@ -224,7 +225,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0) -> Tensor:
     x = as_tensor(input)
     kernel, stride, padding, out_hw = _pool_geometry("max_pool2d", x, kernel_size, stride, padding)
     kernels = backend.fused(x.data)
-    if kernels and kernel[0] * kernel[1] <= kernels.MAX_POOL_WINDOW:  # GPU: one kernel each way
+    if kernels and kernel[0] * kernel[1] <= kernels.MAX_POOL_WINDOW:  # one kernel each way
         out, winner = kernels.max_pool_forward(x.data, kernel, stride, padding, out_hw)
         return make_result(out, (x,), lambda g: (kernels.max_pool_backward(g, winner, x.shape, kernel, stride,
                                                                             padding, out_hw),), "max_pool2d")

@@ -15,7 +15,7 @@ def dropout(input, p: float = 0.5, training: bool = True) -> Tensor:
         return x
     # The kept values are scaled now so that evaluation needs no rescaling.
     kernels = backend.fused(x.data)
-    if kernels and p < 1:  # GPU: mask and product in one kernel
+    if kernels and p < 1:  # mask and product in one kernel
         out, mask = kernels.dropout(x.data, backend.uniform_like(x.data), p)
         return make_result(out, (x,), lambda g: (g * mask,), "dropout")
     mask = (backend.uniform_like(x.data) >= p) * (1.0 / (1 - p)) if p < 1 else x.data * 0

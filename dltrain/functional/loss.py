@@ -92,7 +92,7 @@ def _mean_cross_entropy(x: Tensor, labels) -> Tensor:
     """The training case: (N, C) logits, valid labels, mean over samples. Gradient: (softmax - onehot) / N."""
     xp = backend.array_module(x.data)
     kernels = backend.fused(x.data)
-    if kernels:  # GPU: log-softmax and per-row losses in one kernel, the gradient in another
+    if kernels:  # log-softmax and per-row losses in one kernel, the gradient in another
         log_p, row_loss = kernels.log_softmax_nll(x.data, labels)
         return make_result(row_loss.mean(), (x,), lambda g: (kernels.cross_entropy_backward(log_p, labels, g),),
                            "cross_entropy")

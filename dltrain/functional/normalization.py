@@ -89,7 +89,7 @@ def _parents(x, gamma, beta) -> tuple:
 
 
 def _fused_batch_norm(kernels, x, gamma, beta, r_mean, r_var, training, momentum, eps, count) -> Tensor:
-    """batch_norm on the GPU, the same formulas in two kernels each way (see backend/cuda.py): per-channel
+    """batch_norm with the fused kernels, the same formulas in two kernels each way (backend/kernels.py): per-channel
     statistics (in training: the batch's, with the running ones updated in the same kernel), then one pass
     out = x * scale + shift; backward, the per-channel sums, then one pass for the input gradient."""
     gamma_data = None if gamma is None else gamma.data

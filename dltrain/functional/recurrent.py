@@ -49,7 +49,7 @@ def rnn(input, h0, w_ih, w_hh, b_ih=None, b_hh=None) -> tuple[Tensor, Tensor]:
 
 def _sequence_setup(projected: Tensor, h0: Tensor, plain_step):
     """What a whole-sequence op starts from: (array module, steps, batch, hidden units, dtype, the step functions
-    (the GPU's fused kernels, else `plain_step`), the hidden states (T+1, N, H) with h_0 in place)."""
+    (the fused kernels, else `plain_step`), the hidden states (T+1, N, H) with h_0 in place)."""
     xp = backend.array_module(h0.data)
     steps = projected.shape[1]
     n, hidden = h0.shape

@@ -4,7 +4,7 @@ Formulas follow torch.optim. Weight decay applies to parameters whose `decay` fl
 (weights), not to biases or normalization parameters, unless `decay_all: true`.
 Optimizer state is a plain dict of arrays (checkpointable as is).
 
-On the GPU the update is one fused kernel over one flat buffer: the parameters (and the state
+With the fused kernels (CPU and GPU) the update is one kernel over one flat buffer: the parameters (and the state
 slots) become views of a single array, the gradients are gathered into one, and a step costs two
 kernel launches instead of several per parameter. The formulas are the same as the NumPy code.
 """
@@ -65,7 +65,7 @@ class Optimizer:
         self.decay_all = decay_all
         self.steps = 0
         self.slots = {name: [None] * len(self.params) for name in self.slot_names}
-        self._flat = None  # GPU: (flat parameters, {slot: flat slot}, decay, the views handed out) once made
+        self._flat = None  # fused: (flat parameters, {slot: flat slot}, decay, the views handed out) once made
 
     def decays(self, param) -> bool:
         return self.weight_decay > 0 and (self.decay_all or param.decay)

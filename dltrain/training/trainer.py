@@ -170,6 +170,8 @@ class Trainer:
     def setup(self) -> None:
         cfg = self.config
         backend.manual_seed(cfg.seed)
+        if self.device == "cpu":  # ranks on one machine share its cores (BLAS and the compiled kernels)
+            backend.apply_threads(backend.default_threads(local_ranks=self.comm.local_size()))
         task = Model.task_of(cfg)
         stats = self.resume.normalization if self.resume else None
         shape = tuple(self.resume.data["input_shape"]) if self.resume else None

@@ -1,0 +1,665 @@
+"""Compiled CPU kernels (Numba): the kernel interface of backend/kernels.py for NumPy arrays.
+
+A NumPy expression is one single-threaded pass over whole arrays that allocates its result, so a chain
+like "max-pool, then its mask, then the ReLU gradient" reads and writes the batch many times. Here each
+such chain is one loop compiled by Numba and spread over the cores with `prange` (over samples x
+channels, over rows, over parameter chunks); matrix products stay with BLAS. The formulas are those of
+the plain NumPy code in dltrain/functional, which stays the readable reference (DLTRAIN_FUSED_KERNELS=0)
+and the tests' oracle.
+
+Compiled lazily (a model compiles only the kernels it uses) and cached on disk by Numba, so only the
+first run on a machine pays for compilation. Sums run in float64 whatever the data's dtype.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+
+import numba
+import numpy as np
+from numba import prange
+
+# Below this many values a loop runs on one core: waking the other threads costs more (about 70 us here
+# when BLAS ran in between) than a small loop takes.
+PARALLEL_WORK = 1 << 18
+
+# cache: compiled code kept on disk; reassoc/contract let LLVM vectorize sums and fuse multiply-adds
+# without giving up IEEE NaN and infinity handling.
+_OPTIONS = {"cache": True, "nogil": True, "fastmath": {"reassoc", "contract"}}
+
+
+def _renamed(function, suffix: str):
+    """A copy of `function` under another name, so that a second compilation of it has cache files of its own."""
+    copy = types.FunctionType(function.__code__, function.__globals__, function.__name__ + suffix,
+                              function.__defaults__, function.__closure__)
+    copy.__qualname__ = function.__qualname__ + suffix
+    return copy
+
+
+class _Kernel:
+    """One loop compiled twice: spread over the cores (prange) for large work, on one core for small work.
+    Called as kernel(work, *arrays), `work` being the number of values the loop touches."""
+
+    __slots__ = ("serial", "parallel")
+
+    def __init__(self, loop):
+        self.serial = numba.njit(**_OPTIONS)(_renamed(loop, "_serial"))
+        self.parallel = numba.njit(parallel=True, **_OPTIONS)(loop)
+
+    def __call__(self, work: int, *args):
+        return (self.parallel if work >= PARALLEL_WORK else self.serial)(*args)
+
+
+_compile = _Kernel
+
+MAX_POOL_WINDOW = 255  # the winning offset is kept in one byte, as on the GPU
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def supports(dtype) -> bool:
+    return np.dtype(dtype) in _DTYPES
+
+
+def _flat(array):
+    """A contiguous 1-D view (a copy only when `array` is not C-contiguous)."""
+    return np.ascontiguousarray(array).reshape(-1)
+
+
+# ---------------------------------------------------------------- elementwise
+
+
+@_compile
+def _relu_backward(grad, out, grad_in):
+    for i in prange(grad.size):
+        grad_in[i] = grad[i] if out[i] > 0 else 0
+
+
+def relu_backward(grad, out):
+    """grad * (out > 0) (the forward keeps no mask)."""
+    grad_in = np.empty(grad.shape, dtype=grad.dtype)
+    _relu_backward(grad.size, _flat(grad), _flat(out), grad_in.reshape(-1))
+    return grad_in
+
+
+@_compile
+def _dropout(x, uniform, p, scale, y, mask):
+    for i in prange(x.size):
+        keep = scale if uniform[i] >= p else 0
+        mask[i] = keep
+        y[i] = x[i] * keep
+
+
+def dropout(x, uniform, p: float):
+    """(x * mask, mask) with mask = (uniform >= p) / (1 - p)."""
+    y, mask = np.empty(x.shape, dtype=x.dtype), np.empty(x.shape, dtype=x.dtype)
+    t = x.dtype.type
+    _dropout(x.size, _flat(x), _flat(uniform).astype(x.dtype, copy=False), t(p), t(1.0 / (1.0 - p)), y.reshape(-1),
+             mask.reshape(-1))
+    return y, mask
+
+
+# ---------------------------------------------------------------- softmax cross-entropy
+
+
+@_compile
+def _log_softmax_nll(logits, labels, log_p, row_loss):
+    rows, classes = logits.shape
+    for r in prange(rows):
+        peak = logits[r, 0]
+        for c in range(1, classes):
+            peak = max(peak, logits[r, c])
+        total = 0.0
+        for c in range(classes):
+            total += math.exp(logits[r, c] - peak)
+        log_sum = peak + math.log(total)
+        for c in range(classes):
+            log_p[r, c] = logits[r, c] - log_sum
+        row_loss[r] = -log_p[r, labels[r]]
+
+
+def log_softmax_nll(logits, labels):
+    """(log-softmax of (n, classes) logits, per-row loss -log p[label])."""
+    logits = np.ascontiguousarray(logits)
+    log_p = np.empty_like(logits)
+    row_loss = np.empty(logits.shape[0], dtype=logits.dtype)
+    _log_softmax_nll(logits.size, logits, np.ascontiguousarray(labels, dtype=np.int64), log_p, row_loss)
+    return log_p, row_loss
+
+
+@_compile
+def _count_correct(logits, labels):
+    rows, classes = logits.shape
+    correct = 0
+    for r in prange(rows):
+        best = 0  # NumPy's argmax: the first maximum, and the first NaN wins outright
+        for c in range(1, classes):
+            if logits[r, best] != logits[r, best]:
+                break
+            if logits[r, c] > logits[r, best] or logits[r, c] != logits[r, c]:
+                best = c
+        if best == labels[r]:
+            correct += 1
+    return correct
+
+
+def add_correct(logits, labels, counter) -> None:
+    """counter (0-d int64) += the number of rows of (n, classes) logits whose argmax is the label."""
+    counter += _count_correct(logits.size, np.ascontiguousarray(logits), np.ascontiguousarray(labels, dtype=np.int64))
+
+
+@_compile
+def _cross_entropy_backward(log_p, labels, factor, grad):
+    rows, classes = log_p.shape
+    for r in prange(rows):
+        for c in range(classes):
+            grad[r, c] = (math.exp(log_p[r, c]) - (1.0 if labels[r] == c else 0.0)) * factor
+
+
+def cross_entropy_backward(log_p, labels, upstream):
+    """d mean(-log p[label]) / d logits, times the upstream gradient (a 0-d array or a number)."""
+    grad = np.empty_like(log_p)
+    factor = log_p.dtype.type(float(upstream) / log_p.shape[0])
+    _cross_entropy_backward(log_p.size, np.ascontiguousarray(log_p), np.ascontiguousarray(labels, dtype=np.int64),
+                            factor, grad)
+    return grad
+
+
+# ---------------------------------------------------------------- convolution as one GEMM each way
+
+
+class _WindowKernel:
+    """A loop over image windows whose last arguments are the window geometry (kernel, stride, padding,
+    dilation). For small work it runs on one core, compiled once for any geometry. Spread over the cores, it
+    is compiled per geometry, by `for_geometry(*geometry)`, a closure that calls the loop with the geometry as
+    constants: loops over a 2x2 or 3x3 window then unroll, and indices known to be non-negative need no
+    wraparound check (a 2x2 max-pool ran eight times faster so than with the geometry read at run time)."""
+
+    def __init__(self, loop, for_geometry):
+        self.serial = numba.njit(**_OPTIONS)(_renamed(loop.py_func, "_any_geometry"))
+        self.for_geometry = for_geometry
+        self.parallel = {}  # geometry -> its compiled loop
+
+    def __call__(self, work: int, geometry: tuple, *args):
+        if work < PARALLEL_WORK:
+            return self.serial(*args, *geometry)
+        loop = self.parallel.get(geometry)
+        if loop is None:
+            loop = self.parallel[geometry] = numba.njit(parallel=True, **_OPTIONS)(self.for_geometry(*geometry))
+        return loop(*args)
+
+
+@numba.njit(inline="always")
+def _inside(kernel_offset, stride, padding, size, out_size):
+    """The outputs [first, stop) whose input index o * stride - padding + kernel_offset lies in [0, size)."""
+    first = max(0, -((kernel_offset - padding) // stride))  # ceil((padding - offset) / stride)
+    stop = min(out_size, (size - 1 + padding - kernel_offset) // stride + 1)
+    return first, max(first, stop)
+
+
+@numba.njit(inline="always")
+def _im2col_loop(image, cols, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw):
+    samples, channels, height, width = image.shape
+    for task in prange(channels * samples):  # one (channel, sample) each: its kh * kw rows of columns
+        c, n = task // samples, task % samples
+        base = n * oh * ow
+        for i in range(kh):
+            y0, y1 = _inside(i * dh, sh, ph, height, oh)
+            for j in range(kw):
+                x0, x1 = _inside(j * dw, sw, pw, width, ow)
+                out = cols[(c * kh + i) * kw + j]
+                for y in range(oh):
+                    o = base + y * ow
+                    if y < y0 or y >= y1:
+                        out[o:o + ow] = 0
+                        continue
+                    source = image[n, c, y * sh - ph + i * dh]
+                    out[o:o + x0] = 0
+                    if x1 > x0:  # a whole-row slice: one wraparound check a row, not one a value
+                        first = x0 * sw - pw + j * dw
+                        out[o + x0:o + x1] = source[first:first + (x1 - x0 - 1) * sw + 1:sw]
+                    out[o + x1:o + ow] = 0
+
+
+@numba.njit(inline="always")
+def _col2im_loop(cols, image, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw):
+    samples, channels, height, width = image.shape
+    for task in prange(samples * channels):  # one image plane each: no two tasks write one pixel
+        n, c = task // channels, task % channels
+        plane = image[n, c]
+        plane[:] = 0
+        base = n * oh * ow
+        for i in range(kh):
+            y0, y1 = _inside(i * dh, sh, ph, height, oh)
+            for j in range(kw):
+                x0, x1 = _inside(j * dw, sw, pw, width, ow)
+                source = cols[(c * kh + i) * kw + j]
+                for y in range(y0, y1):
+                    target = plane[y * sh - ph + i * dh]
+                    o = base + y * ow
+                    for x in range(x0, x1):
+                        target[x * sw - pw + j * dw] += source[o + x]
+
+
+# The closures to compile per geometry (their numbers become constants; the loops are inlined into them).
+def _im2col_for(kh, kw, sh, sw, ph, pw, dh, dw):
+    def loop(image, cols, oh, ow):
+        _im2col_loop(image, cols, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw)
+    return loop
+
+
+def _col2im_for(kh, kw, sh, sw, ph, pw, dh, dw):
+    def loop(cols, image, oh, ow):
+        _col2im_loop(cols, image, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw)
+    return loop
+
+
+_im2col = _WindowKernel(_im2col_loop, _im2col_for)
+_col2im = _WindowKernel(_col2im_loop, _col2im_for)
+
+
+def im2col(image, kernel, stride, padding, dilation, out_hw):
+    """The column matrix (C*KH*KW, N*OH*OW) of an (N, C, H, W) image: no padded copy."""
+    image = np.ascontiguousarray(image)
+    n, channels = image.shape[:2]
+    cols = np.empty((channels * kernel[0] * kernel[1], n * out_hw[0] * out_hw[1]), dtype=image.dtype)
+    _im2col(cols.size, (*kernel, *stride, *padding, *dilation), image, cols, *out_hw)
+    return cols
+
+
+def col2im(columns, image, kernel, stride, padding, dilation, out_hw) -> None:
+    """Sum a (C*KH*KW, N*OH*OW) column matrix back onto `image` (N, C, H, W, C-contiguous), overwriting it."""
+    if not image.flags.c_contiguous or image.dtype != columns.dtype:
+        raise ValueError("col2im writes into a C-contiguous image of the columns' dtype")
+    _col2im(columns.size, (*kernel, *stride, *padding, *dilation), np.ascontiguousarray(columns), image, *out_hw)
+
+
+@_compile
+def _filters_to_images(product, bias, out):
+    samples, filters, pixels = out.shape
+    for task in prange(samples * filters):
+        n, f = task // filters, task % filters
+        source = product[f, n * pixels:(n + 1) * pixels]
+        target = out[n, f]
+        shift = bias[f]
+        for p in range(pixels):
+            target[p] = source[p] + shift
+
+
+def filters_to_images(product, bias, out) -> None:
+    """out (N, F, OH, OW) = the (F, N*OH*OW) product of a convolution GEMM, plus bias (F,) or None."""
+    samples, filters = out.shape[:2]
+    _filters_to_images(out.size, np.ascontiguousarray(product), np.zeros(filters, out.dtype) if bias is None else bias,
+                       out.reshape(samples, filters, -1))
+
+
+@_compile
+def _images_to_filters(grad, out):
+    samples, filters, pixels = grad.shape
+    for task in prange(samples * filters):
+        n, f = task // filters, task % filters
+        out[f, n * pixels:(n + 1) * pixels] = grad[n, f]
+
+
+def images_to_filters(grad):
+    """(N, F, OH, OW) -> (F, N*OH*OW): the layout the convolution's gradient GEMMs take."""
+    samples, filters = grad.shape[:2]
+    out = np.empty((filters, grad.size // max(1, filters)), dtype=grad.dtype)
+    _images_to_filters(grad.size, np.ascontiguousarray(grad).reshape(samples, filters, -1), out)
+    return out
+
+
+# ---------------------------------------------------------------- max pooling
+
+
+@numba.njit(inline="always")
+def _max_pool_forward_loop(x, out, winner, kh, kw, sh, sw, ph, pw):
+    samples, channels, height, width = x.shape
+    oh, ow = out.shape[2], out.shape[3]
+    for task in prange(samples * channels):
+        n, c = task // channels, task % channels
+        plane = x[n, c]
+        for y in range(oh):
+            top = y * sh - ph
+            for xo in range(ow):
+                left = xo * sw - pw
+                # Without padding every window is inside the image (a constant test, once compiled per geometry).
+                if (ph == 0 and pw == 0) or (top >= 0 and left >= 0 and top + kh <= height and left + kw <= width):
+                    value, offset = plane[top, left], 0
+                    for i in range(kh):
+                        for j in range(kw):
+                            v = plane[top + i, left + j]
+                            if v > value:  # strict: on ties the first offset (row-major) keeps the window
+                                value, offset = v, i * kw + j
+                else:  # at the border: the window's part inside the image (never empty: padding <= kernel / 2)
+                    i0, i1, j0, j1 = max(0, -top), min(kh, height - top), max(0, -left), min(kw, width - left)
+                    value, offset = plane[top + i0, left + j0], i0 * kw + j0
+                    for i in range(i0, i1):
+                        for j in range(j0, j1):
+                            v = plane[top + i, left + j]
+                            if v > value:
+                                value, offset = v, i * kw + j
+                out[n, c, y, xo] = value
+                winner[n, c, y, xo] = offset
+
+
+@numba.njit(inline="always")
+def _max_pool_backward_loop(grad_out, winner, grad_in, kh, kw, sh, sw, ph, pw):
+    samples, channels, height, width = grad_in.shape
+    oh, ow = grad_out.shape[2], grad_out.shape[3]
+    for task in prange(samples * channels):
+        n, c = task // channels, task % channels
+        plane = grad_in[n, c]
+        plane[:] = 0
+        for y in range(oh):
+            for xo in range(ow):
+                k = winner[n, c, y, xo]
+                plane[y * sh - ph + k // kw, xo * sw - pw + k % kw] += grad_out[n, c, y, xo]
+
+
+def _max_pool_forward_for(kh, kw, sh, sw, ph, pw):
+    def loop(x, out, winner):
+        _max_pool_forward_loop(x, out, winner, kh, kw, sh, sw, ph, pw)
+    return loop
+
+
+def _max_pool_backward_for(kh, kw, sh, sw, ph, pw):
+    def loop(grad_out, winner, grad_in):
+        _max_pool_backward_loop(grad_out, winner, grad_in, kh, kw, sh, sw, ph, pw)
+    return loop
+
+
+_max_pool_forward = _WindowKernel(_max_pool_forward_loop, _max_pool_forward_for)
+_max_pool_backward = _WindowKernel(_max_pool_backward_loop, _max_pool_backward_for)
+
+
+def max_pool_forward(x, kernel, stride, padding, out_hw):
+    """(output, winner): each window's maximum and the offset (i * kw + j) that holds it (padding is -inf)."""
+    x = np.ascontiguousarray(x)
+    out = np.empty(x.shape[:2] + tuple(out_hw), dtype=x.dtype)
+    winner = np.empty(out.shape, dtype=np.uint8)
+    _max_pool_forward(x.size, (*kernel, *stride, *padding), x, out, winner)
+    return out, winner
+
+
+def max_pool_backward(grad_out, winner, input_shape, kernel, stride, padding, out_hw):
+    """The input gradient of max pooling: each window's gradient goes to the input that won it."""
+    grad_in = np.empty(input_shape, dtype=grad_out.dtype)
+    _max_pool_backward(grad_in.size, (*kernel, *stride, *padding), np.ascontiguousarray(grad_out), winner,
+                       grad_in)
+    return grad_in
+
+
+# ---------------------------------------------------------------- batch normalization
+
+
+@_compile
+def _batch_norm_statistics(x, gamma, beta, running_mean, running_var, flags, eps, momentum, mean, inv_std, scale,
+                           shift):
+    samples, channels, plane = x.shape
+    count = samples * plane
+    for c in prange(channels):
+        total = 0.0
+        for n in range(samples):
+            for p in range(plane):
+                total += x[n, c, p]
+        m = total / count
+        squares = 0.0
+        for n in range(samples):
+            for p in range(plane):
+                d = x[n, c, p] - m
+                squares += d * d
+        var = squares / count
+        s = 1.0 / math.sqrt(var + eps)
+        g = gamma[c] if flags & 1 else 1.0
+        b = beta[c] if flags & 2 else 0.0
+        mean[c], inv_std[c], scale[c] = m, s, g * s
+        shift[c] = b - m * (g * s)
+        if flags & 4:
+            running_mean[c] = (1 - momentum) * running_mean[c] + momentum * m
+        if flags & 8:
+            running_var[c] = (1 - momentum) * running_var[c] + momentum * var * (count / (count - 1))
+
+
+def _planes(array):
+    """(N, C, H*W...) view of a contiguous (N, C, ...) array."""
+    array = np.ascontiguousarray(array)
+    return array.reshape(array.shape[0], array.shape[1], -1)
+
+
+def batch_norm_statistics(x, gamma, beta, running_mean, running_var, eps: float, momentum: float):
+    """(mean, 1/std, scale, shift) per channel of (N, C, ...) x from its batch statistics; also updates the
+    running statistics given (either may be None) in place. out = x * scale + shift."""
+    channels = x.shape[1]
+    mean, inv_std, scale, shift = (np.empty(channels, dtype=x.dtype) for _ in range(4))
+    dummy = np.zeros(1, dtype=x.dtype)
+    flags = ((gamma is not None) * 1 + (beta is not None) * 2 + (running_mean is not None) * 4
+             + (running_var is not None) * 8)
+    given = (dummy if a is None else a for a in (gamma, beta, running_mean, running_var))
+    _batch_norm_statistics(2 * x.size, _planes(x), *given, flags, float(eps), float(momentum), mean, inv_std, scale,
+                           shift)
+    return mean, inv_std, scale, shift
+
+
+def batch_norm_eval_scale(mean, var, gamma, beta, eps: float):
+    """(1/std, scale, shift) per channel from given (running) statistics; gamma, beta may be None."""
+    inv_std = 1 / np.sqrt(var + var.dtype.type(eps))
+    scale = inv_std if gamma is None else gamma * inv_std
+    return inv_std, scale, (0 if beta is None else beta) - mean * scale
+
+
+@_compile
+def _batch_norm_apply(x, scale, shift, out):
+    samples, channels, plane = x.shape
+    for task in prange(samples * channels):
+        n, c = task // channels, task % channels
+        for p in range(plane):
+            out[n, c, p] = x[n, c, p] * scale[c] + shift[c]
+
+
+def batch_norm_apply(x, scale, shift):
+    """x * scale + shift with per-channel scale and shift, one pass."""
+    out = np.empty(x.shape, dtype=x.dtype)
+    _batch_norm_apply(x.size, _planes(x), scale, shift, _planes(out))
+    return out
+
+
+@_compile
+def _batch_norm_backward_statistics(grad, x, mean, scale, inv_std, training, sum_g, grad_gamma, coef_centered,
+                                    coef_const):
+    samples, channels, plane = x.shape
+    count = samples * plane
+    for c in prange(channels):
+        total = 0.0
+        centered = 0.0
+        for n in range(samples):
+            for p in range(plane):
+                total += grad[n, c, p]
+                centered += grad[n, c, p] * (x[n, c, p] - mean[c])
+        sum_g[c] = total
+        grad_gamma[c] = centered * inv_std[c]
+        coef_centered[c] = -scale[c] * inv_std[c] * inv_std[c] * centered / count if training else 0.0
+        coef_const[c] = -scale[c] * total / count if training else 0.0
+
+
+def batch_norm_backward_statistics(grad, x, mean, scale, inv_std, training: bool):
+    """(sum of grad, gamma's gradient, coef_centered, coef_const) per channel (see batch_norm_backward)."""
+    sum_g, grad_gamma, coef_centered, coef_const = (np.empty(x.shape[1], dtype=x.dtype) for _ in range(4))
+    _batch_norm_backward_statistics(2 * x.size, _planes(grad), _planes(x), mean, scale, inv_std, bool(training), sum_g,
+                                    grad_gamma, coef_centered, coef_const)
+    return sum_g, grad_gamma, coef_centered, coef_const
+
+
+@_compile
+def _batch_norm_backward(grad, x, mean, scale, coef_centered, coef_const, grad_in):
+    samples, channels, plane = x.shape
+    for task in prange(samples * channels):
+        n, c = task // channels, task % channels
+        for p in range(plane):
+            grad_in[n, c, p] = grad[n, c, p] * scale[c] + (x[n, c, p] - mean[c]) * coef_centered[c] + coef_const[c]
+
+
+def batch_norm_backward(grad, x, mean, scale, coef_centered, coef_const):
+    """The input gradient: grad * scale + (x - mean) * coef_centered + coef_const per channel, one pass."""
+    grad_in = np.empty(grad.shape, dtype=grad.dtype)
+    _batch_norm_backward(grad.size, _planes(grad), _planes(x), mean, scale, coef_centered, coef_const, _planes(grad_in))
+    return grad_in
+
+
+# ---------------------------------------------------------------- recurrent steps (pointwise parts)
+
+
+@numba.njit(inline="always")
+def _sigmoid(a):
+    return 0.5 * (1.0 + math.tanh(0.5 * a))
+
+
+@_compile
+def _gru_forward(step_in, gh, bias, has_bias, h, h_new, rz, new):
+    rows, hidden = h.shape
+    for r in prange(rows):
+        for k in range(hidden):
+            if has_bias:
+                gh[r, k] += bias[k]
+                gh[r, hidden + k] += bias[hidden + k]
+                gh[r, 2 * hidden + k] += bias[2 * hidden + k]
+            reset = _sigmoid(step_in[r, k] + gh[r, k])
+            update = _sigmoid(step_in[r, hidden + k] + gh[r, hidden + k])
+            candidate = math.tanh(step_in[r, 2 * hidden + k] + reset * gh[r, 2 * hidden + k])
+            rz[r, k], rz[r, hidden + k], new[r, k] = reset, update, candidate
+            h_new[r, k] = candidate + update * (h[r, k] - candidate)
+
+
+def gru_forward(step_in, gh, bias, h, h_new, rz, n) -> None:
+    """One GRU step's pointwise part: writes r and z (into rz), n and h_new, and adds the bias (or None) into gh.
+    step_in (N, 3H) may be a time slice; gh, h and the outputs are C-contiguous."""
+    _gru_forward(3 * h.size, step_in, gh, h[0] if bias is None else bias, bias is not None, h, h_new, rz, n)
+
+
+@_compile
+def _gru_backward(grad, carried, direct, has_next, h, rz, new, gh, d_in, d_gh):
+    rows, hidden = h.shape
+    for r in prange(rows):
+        for k in range(hidden):
+            dh = grad[r, k] + carried[r, k] + direct[r, k] if has_next else grad[r, k]
+            reset, update, candidate = rz[r, k], rz[r, hidden + k], new[r, k]
+            d_n = dh * (1 - update) * (1 - candidate * candidate)
+            d_r = d_n * gh[r, 2 * hidden + k] * reset * (1 - reset)
+            d_z = dh * (h[r, k] - candidate) * update * (1 - update)
+            d_in[r, k], d_in[r, hidden + k], d_in[r, 2 * hidden + k] = d_r, d_z, d_n
+            d_gh[r, k], d_gh[r, hidden + k], d_gh[r, 2 * hidden + k] = d_r, d_z, d_n * reset
+            direct[r, k] = dh * update
+
+
+def gru_backward(grad, carried, direct, has_next: bool, h, rz, n, gh, d_in, d_gh) -> None:
+    """One step of the GRU's backpropagation through time: dh = grad (+ carried + direct from step t+1);
+    writes d_in = [d_r, d_z, d_n], d_gh = [d_r, d_z, d_n r] and, into `direct`, dh z."""
+    _gru_backward(3 * h.size, grad, carried, direct, bool(has_next), h, rz, n, gh, d_in, d_gh)
+
+
+@_compile
+def _lstm_forward(step_in, gates, bias, has_bias, c_prev, h_new, c_new):
+    rows, hidden = c_prev.shape
+    for r in prange(rows):
+        for k in range(hidden):
+            a_i = step_in[r, k] + gates[r, k] + (bias[k] if has_bias else 0)
+            a_f = step_in[r, hidden + k] + gates[r, hidden + k] + (bias[hidden + k] if has_bias else 0)
+            a_g = step_in[r, 2 * hidden + k] + gates[r, 2 * hidden + k] + (bias[2 * hidden + k] if has_bias else 0)
+            a_o = step_in[r, 3 * hidden + k] + gates[r, 3 * hidden + k] + (bias[3 * hidden + k] if has_bias else 0)
+            i, f, g, o = _sigmoid(a_i), _sigmoid(a_f), math.tanh(a_g), _sigmoid(a_o)
+            gates[r, k], gates[r, hidden + k], gates[r, 2 * hidden + k], gates[r, 3 * hidden + k] = i, f, g, o
+            c = f * c_prev[r, k] + i * g
+            c_new[r, k] = c
+            h_new[r, k] = o * math.tanh(c)
+
+
+def lstm_forward(step_in, gates, bias, c_prev, h_new, c_new) -> None:
+    """One LSTM step's pointwise part: writes h_new and c_new, and overwrites gates (h W_hh^T) with the
+    activations i, f, g, o. step_in (N, 4H) may be a time slice; the others are C-contiguous."""
+    _lstm_forward(4 * c_prev.size, step_in, gates, c_prev[0] if bias is None else bias, bias is not None, c_prev, h_new,
+                  c_new)
+
+
+@_compile
+def _lstm_backward(grad_h, grad_c, carried, dc_next, has_next, acts, c_prev, c_new, d_in, d_gates):
+    rows, hidden = c_prev.shape
+    for r in prange(rows):
+        for k in range(hidden):
+            i, f, g, o = acts[r, k], acts[r, hidden + k], acts[r, 2 * hidden + k], acts[r, 3 * hidden + k]
+            tc = math.tanh(c_new[r, k])
+            dh = grad_h[r, k] + carried[r, k] if has_next else grad_h[r, k]
+            dc = (grad_c[r, k] + dc_next[r, k] if has_next else grad_c[r, k]) + dh * o * (1 - tc * tc)
+            d_i, d_f = dc * g * i * (1 - i), dc * c_prev[r, k] * f * (1 - f)
+            d_g, d_o = dc * i * (1 - g * g), dh * tc * o * (1 - o)
+            d_in[r, k], d_in[r, hidden + k], d_in[r, 2 * hidden + k], d_in[r, 3 * hidden + k] = d_i, d_f, d_g, d_o
+            d_gates[r, k], d_gates[r, hidden + k] = d_i, d_f
+            d_gates[r, 2 * hidden + k], d_gates[r, 3 * hidden + k] = d_g, d_o
+            dc_next[r, k] = dc * f
+
+
+def lstm_backward(grad_h, grad_c, carried, dc_next, has_next: bool, acts, c_prev, c_new, d_in, d_gates) -> None:
+    """One step of the LSTM's backpropagation through time; grad_h, grad_c and d_in may be time slices."""
+    _lstm_backward(4 * c_prev.size, grad_h, grad_c, carried, dc_next, bool(has_next), acts, c_prev, c_new, d_in,
+                   d_gates)
+
+
+# ---------------------------------------------------------------- optimizers over one flat buffer
+
+
+def _decay_array(decay, dtype):
+    """(weight decay per element, stride): a per-element array read at [i], or a number as a one-element
+    array read at [0] (indexing with stride 0 keeps the loop free of branches, so it vectorizes)."""
+    if np.ndim(decay) == 0:
+        return np.full(1, decay, dtype=dtype), 0
+    return decay, 1
+
+
+# Constants come in the parameters' dtype (a Python number in the loop would make float32 math float64).
+
+
+@_compile
+def _sgd(param, grad, decay, stride, lr):
+    for i in prange(param.size):
+        param[i] -= lr * (grad[i] + decay[i * stride] * param[i])
+
+
+@_compile
+def _sgd_momentum(param, grad, velocity, decay, stride, lr, momentum, nesterov):
+    for i in prange(param.size):
+        g = grad[i] + decay[i * stride] * param[i]
+        v = momentum * velocity[i] + g
+        velocity[i] = v
+        param[i] -= lr * (g + momentum * v if nesterov else v)
+
+
+def sgd_step(param, grad, velocity, decay, lr: float, momentum: float, nesterov: bool) -> None:
+    """One SGD update of flat buffers in place; `decay` is a per-element weight-decay array or a number."""
+    t = param.dtype.type
+    decay, stride = _decay_array(decay, param.dtype)
+    if velocity is None:
+        _sgd(param.size, param, grad, decay, stride, t(lr))
+    else:
+        _sgd_momentum(param.size, param, grad, velocity, decay, stride, t(lr), t(momentum), bool(nesterov))
+
+
+@_compile
+def _adam(param, grad, m, v, decay, stride, one, lr, beta1, beta2, eps, step_size, bias2_sqrt, decoupled):
+    for i in prange(param.size):
+        d = decay[i * stride]
+        g = grad[i]
+        if decoupled:
+            param[i] *= one - lr * d
+        else:
+            g += d * param[i]
+        m_new = beta1 * m[i] + (one - beta1) * g
+        v_new = beta2 * v[i] + (one - beta2) * g * g
+        m[i], v[i] = m_new, v_new
+        param[i] -= step_size * m_new / (np.sqrt(v_new) / bias2_sqrt + eps)
+
+
+def adam_step(param, grad, m, v, decay, lr, beta1, beta2, eps, step: int, decoupled: bool) -> None:
+    """One Adam/AdamW update of flat buffers in place (torch.optim's formulas)."""
+    t = param.dtype.type
+    decay, stride = _decay_array(decay, param.dtype)
+    _adam(param.size, param, grad, m, v, decay, stride, t(1), t(lr), t(beta1), t(beta2), t(eps),
+          t(lr / (1.0 - beta1 ** step)), t((1.0 - beta2 ** step) ** 0.5), bool(decoupled))

@@ -1,0 +1,111 @@
+"""The fused-kernel interface: what `backend.fused(array)` hands out, written down once.
+
+Two modules implement it: backend/cpu.py (Numba, for NumPy arrays) and backend/cuda.py (CuPy, for GPU
+arrays). The ops in dltrain/functional call these functions where they exist and otherwise run their
+plain NumPy/CuPy code, which is the readable reference and the tests' oracle (DLTRAIN_FUSED_KERNELS=0
+selects it everywhere). Arrays are float32 or float64 (`supports`), all of one dtype; labels are int64;
+"writes" means the function fills an array it was given, "returns" that it allocates its result. Inputs
+are never modified unless a contract says so.
+
+Geometry arguments are pairs: kernel (KH, KW), stride, padding and dilation (rows, columns), out_hw
+(OH, OW) with OH = (H + 2 * padding - dilation * (KH - 1) - 1) // stride + 1.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Kernels(Protocol):
+    MAX_POOL_WINDOW: int  # largest KH * KW that max_pool_forward takes (the winner is one byte)
+
+    def supports(self, dtype) -> bool:
+        """Whether the kernels take arrays of `dtype`."""
+
+    # ------------------------------------------------------------ elementwise
+    def relu_backward(self, grad, out):
+        """Returns grad * (out > 0): the ReLU gradient read off the forward output (no mask kept)."""
+
+    def dropout(self, x, uniform, p: float):
+        """Returns (x * mask, mask), mask = (uniform >= p) / (1 - p); uniform holds [0, 1) draws of x's shape."""
+
+    # ------------------------------------------------------------ softmax cross-entropy, (N, classes) logits
+    def log_softmax_nll(self, logits, labels):
+        """Returns (log_p, row_loss): the row-wise log-softmax (N, classes) and -log_p[row, label] (N,)."""
+
+    def cross_entropy_backward(self, log_p, labels, upstream):
+        """Returns (exp(log_p) - onehot(labels)) * upstream / N: the gradient of the mean loss; upstream 0-d."""
+
+    def add_correct(self, logits, labels, counter) -> None:
+        """counter (0-d int64) += rows whose argmax (NumPy's: the first maximum, a NaN wins) is the label."""
+
+    # ------------------------------------------------------------ convolution as one GEMM each way
+    def im2col(self, image, kernel, stride, padding, dilation, out_hw):
+        """Returns the column matrix (C*KH*KW, N*OH*OW) of an (N, C, H, W) image: row (c, i, j), column
+        (n, oh, ow) holds pixel (oh * stride + i * dilation - padding, ...) or 0 in the padding."""
+
+    def col2im(self, columns, image, kernel, stride, padding, dilation, out_hw) -> None:
+        """Overwrites `image` (N, C, H, W, C-contiguous, the columns' dtype) with the sum of each entry of a
+        (C*KH*KW, N*OH*OW) column matrix at the pixel im2col read it from: the input gradient."""
+
+    def filters_to_images(self, product, bias, out) -> None:
+        """Writes out (N, F, OH, OW) = the (F, N*OH*OW) GEMM product in image order, plus bias (F,) or None."""
+
+    def images_to_filters(self, grad):
+        """Returns (N, F, OH, OW) as (F, N*OH*OW): the layout the gradient GEMMs take."""
+
+    # ------------------------------------------------------------ max pooling, (N, C, H, W)
+    def max_pool_forward(self, x, kernel, stride, padding, out_hw):
+        """Returns (out, winner): each window's maximum (padding is -inf) and the uint8 offset i * KW + j
+        holding it, the first in row-major order on ties."""
+
+    def max_pool_backward(self, grad_out, winner, input_shape, kernel, stride, padding, out_hw):
+        """Returns the input gradient: each window's gradient added at the input that won it."""
+
+    # ------------------------------------------------------------ batch normalization over axis 1 of (N, C, ...)
+    def batch_norm_statistics(self, x, gamma, beta, running_mean, running_var, eps: float, momentum: float):
+        """Returns (mean, inv_std, scale, shift) per channel from the batch (biased variance), with
+        scale = gamma * inv_std and shift = beta - mean * scale (gamma, beta may be None); updates the
+        running statistics given in place: running = (1 - momentum) running + momentum batch (variance unbiased)."""
+
+    def batch_norm_eval_scale(self, mean, var, gamma, beta, eps: float):
+        """Returns (inv_std, scale, shift) per channel from given (running) statistics."""
+
+    def batch_norm_apply(self, x, scale, shift):
+        """Returns x * scale[c] + shift[c]."""
+
+    def batch_norm_backward_statistics(self, grad, x, mean, scale, inv_std, training: bool):
+        """Returns per channel (sum_g, gamma's gradient sum(g (x - mean)) inv_std, coef_centered, coef_const);
+        in training coef_centered = -scale inv_std^2 sum(g (x - mean)) / count and coef_const = -scale sum_g /
+        count (the batch statistics depend on x), else both 0."""
+
+    def batch_norm_backward(self, grad, x, mean, scale, coef_centered, coef_const):
+        """Returns the input gradient grad * scale + (x - mean) * coef_centered + coef_const, per channel."""
+
+    # ------------------------------------------------------------ recurrent steps, (N, H) states
+    def gru_forward(self, step_in, gh, bias, h, h_new, rz, n) -> None:
+        """One GRU step's pointwise part (torch's gate order r, z, n): adds bias (3H,) or None into gh
+        (h W_hh^T, N x 3H, kept for the backward); writes rz = [r, z], n and h_new = (1 - z) n + z h.
+        step_in (N, 3H) may be a time slice of (N, T, 3H)."""
+
+    def gru_backward(self, grad, carried, direct, has_next: bool, h, rz, n, gh, d_in, d_gh) -> None:
+        """One step of backpropagation through time: dh = grad (+ carried + direct when has_next); writes
+        d_in = [d_r, d_z, d_n], d_gh = [d_r, d_z, d_n r] and overwrites `direct` with dh z. grad and d_in may
+        be time slices."""
+
+    def lstm_forward(self, step_in, gates, bias, c_prev, h_new, c_new) -> None:
+        """One LSTM step's pointwise part: a = step_in + gates + bias; overwrites gates (h W_hh^T, N x 4H) with
+        the activations i, f, g, o; writes c_new = f c_prev + i g and h_new = o tanh(c_new)."""
+
+    def lstm_backward(self, grad_h, grad_c, carried, dc_next, has_next: bool, acts, c_prev, c_new, d_in,
+                      d_gates) -> None:
+        """One step of backpropagation through time: dh = grad_h (+ carried), dc = grad_c (+ dc_next) +
+        dh o (1 - tanh(c)^2); writes the gate pre-activation gradients into d_in and d_gates and overwrites
+        dc_next with dc f."""
+
+    # ------------------------------------------------------------ optimizers, in place over flat buffers
+    def sgd_step(self, param, grad, velocity, decay, lr: float, momentum: float, nesterov: bool) -> None:
+        """param -= lr * update (torch.optim.SGD); velocity None without momentum; decay per element or a number."""
+
+    def adam_step(self, param, grad, m, v, decay, lr, beta1, beta2, eps, step: int, decoupled: bool) -> None:
+        """One Adam (decoupled: AdamW) update of param, m and v in place, bias-corrected for `step`."""
