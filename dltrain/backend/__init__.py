@@ -220,7 +220,7 @@ def _load_cpu_kernels():
     from . import cpu  # noqa: PLC0415
 
     _cpu_kernels = cpu
-    apply_threads()
+    apply_threads(_threads)  # what was set before the kernels loaded, else the default
     return cpu
 
 
@@ -264,16 +264,15 @@ def apply_threads(threads: int | None = None) -> int:
     """Use `threads` (default: default_threads()) for the compiled CPU kernels and for BLAS; returns it."""
     global _threads
     threads = default_threads() if threads is None else threads
-    if threads == _threads:
-        return threads
     if _cpu_kernels:
         import numba  # noqa: PLC0415
 
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    from threadpoolctl import threadpool_limits  # noqa: PLC0415
+    if threads != _threads:
+        from threadpoolctl import threadpool_limits  # noqa: PLC0415
 
-    threadpool_limits(threads, user_api="blas")
-    _threads = threads
+        threadpool_limits(threads, user_api="blas")
+        _threads = threads
     return threads
 
 

@@ -170,7 +170,9 @@ class Trainer:
     def setup(self) -> None:
         cfg = self.config
         backend.manual_seed(cfg.seed)
-        if self.device == "cpu":  # ranks on one machine share its cores (BLAS and the compiled kernels)
+        if self.device == "cpu":
+            backend.fused(np.zeros(1, backend.default_dtype()))  # load the compiled kernels now, not in epoch 1
+            # ranks on one machine share its cores (BLAS and the compiled kernels)
             backend.apply_threads(backend.default_threads(local_ranks=self.comm.local_size()))
         task = Model.task_of(cfg)
         stats = self.resume.normalization if self.resume else None
