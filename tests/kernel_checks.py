@@ -80,52 +80,8 @@ def check_kernels_against_twin(cupy, cuda, dtype):
         want = twin.max_pool_backward(upstream, want_winner, images.shape, kernel, stride, padding, (oh, ow))
         got = cuda.max_pool_backward(cupy.asarray(upstream), winner, images.shape, kernel, stride, padding, (oh, ow))
         np.testing.assert_allclose(cupy.asnumpy(got), want, **tol)
-    projected = R.standard_normal((4, 6, 3 * 5)).astype(dtype)  # (batch, time, 3H): a time slice is strided
-    h, bias = R.standard_normal((4, 5)).astype(dtype), R.standard_normal(15).astype(dtype)
-    for b in (bias, None):
-        want = [R.standard_normal((4, 15)).astype(dtype)] + [np.empty(s, dtype) for s in ((4, 5), (4, 10), (4, 5))]
-        got = [cupy.asarray(want[0])] + [cupy.empty(a.shape, dtype) for a in want[1:]]
-        twin.gru_forward(projected[:, 2], want[0], b, h, *want[1:])
-        cuda.gru_forward(cupy.asarray(projected)[:, 2], got[0], None if b is None else cupy.asarray(b),
-                         cupy.asarray(h), *got[1:])
-        for a, w in zip(got, want):
-            np.testing.assert_allclose(cupy.asnumpy(a), w, **tol)
-    gh, h_new, rz, n = want
-    grad = R.standard_normal((4, 6, 5)).astype(dtype)  # the outputs' gradient, sliced in time too
-    carried, direct = R.standard_normal((4, 5)).astype(dtype), R.standard_normal((4, 5)).astype(dtype)
-    for has_next in (True, False):
-        want = [direct.copy(), np.empty((4, 6, 15), dtype), np.empty((4, 15), dtype)]
-        got = [cupy.asarray(direct), cupy.empty((4, 6, 15), dtype), cupy.empty((4, 15), dtype)]
-        twin.gru_backward(grad[:, 3], carried, want[0], has_next, h, rz, n, gh, want[1][:, 3], want[2])
-        cuda.gru_backward(cupy.asarray(grad)[:, 3], cupy.asarray(carried), got[0], has_next,
-                          *map(cupy.asarray, (h, rz, n, gh)), got[1][:, 3], got[2])
-        for a, w in zip(got, want):
-            np.testing.assert_allclose(cupy.asnumpy(a)[..., 3, :] if a.ndim == 3 else cupy.asnumpy(a),
-                                       w[..., 3, :] if w.ndim == 3 else w, **tol)
-    projected = R.standard_normal((4, 6, 20)).astype(dtype)  # the LSTM's: 4 gates of 5 units
-    c_prev, bias = R.standard_normal((4, 5)).astype(dtype), R.standard_normal(20).astype(dtype)
-    for b in (bias, None):
-        want = [R.standard_normal((4, 20)).astype(dtype), np.empty((4, 5), dtype), np.empty((4, 5), dtype)]
-        got = [cupy.asarray(want[0]), cupy.empty((4, 5), dtype), cupy.empty((4, 5), dtype)]
-        twin.lstm_forward(projected[:, 1], want[0], b, c_prev, *want[1:])
-        cuda.lstm_forward(cupy.asarray(projected)[:, 1], got[0], None if b is None else cupy.asarray(b),
-                          cupy.asarray(c_prev), *got[1:])
-        for a, w in zip(got, want):
-            np.testing.assert_allclose(cupy.asnumpy(a), w, **tol)
-    acts, c_new = want[0], want[2]
-    grad = R.standard_normal((2, 4, 6, 5)).astype(dtype)  # the gradients of every h_t and c_t
-    carried, dc_next = R.standard_normal((4, 5)).astype(dtype), R.standard_normal((4, 5)).astype(dtype)
-    for has_next in (True, False):
-        want = [dc_next.copy(), np.empty((4, 6, 20), dtype), np.empty((4, 20), dtype)]
-        got = [cupy.asarray(dc_next), cupy.empty((4, 6, 20), dtype), cupy.empty((4, 20), dtype)]
-        twin.lstm_backward(grad[0][:, 2], grad[1][:, 2], carried, want[0], has_next, acts, c_prev, c_new,
-                           want[1][:, 2], want[2])
-        on_gpu = cupy.asarray(grad)
-        cuda.lstm_backward(on_gpu[0][:, 2], on_gpu[1][:, 2], cupy.asarray(carried), got[0], has_next,
-                           *map(cupy.asarray, (acts, c_prev, c_new)), got[1][:, 2], got[2])
-        for a, w in zip(got, want):
-            np.testing.assert_allclose(cupy.asnumpy(a)[:, 2] if a.ndim == 3 else cupy.asnumpy(a),
-                                       w[:, 2] if w.ndim == 3 else w, **tol)
+    if cuda.RECURRENT_STEPS:
+        check_recurrent_steps(cupy, cuda, dtype, tol)
     # per-channel sums of a few hundred float32 terms of size ~1 differ in summation order: ~1e-5 absolute
     sums_tol = {"rtol": 1e-5, "atol": 1e-4} if dtype == np.float32 else tol
     for shape in [(6, 3, 5, 4), (300, 5), (2, 2, 3, 3, 3)]:  # images, (N, C) features, volumes
@@ -180,3 +136,53 @@ def check_kernels_against_twin(cupy, cuda, dtype):
         cuda.adam_step(got[0], cupy.asarray(g), got[1], got[2], 0.01, 0.001, 0.9, 0.999, 1e-8, 7, decoupled)
         for a, b in zip(got, want):
             np.testing.assert_allclose(cupy.asnumpy(a), b, **tol)
+
+
+def check_recurrent_steps(cupy, cuda, dtype, tol):
+    """The GRU and LSTM steps (a kernel set with RECURRENT_STEPS) against the twin, time slices included."""
+    projected = R.standard_normal((4, 6, 3 * 5)).astype(dtype)  # (batch, time, 3H): a time slice is strided
+    h, bias = R.standard_normal((4, 5)).astype(dtype), R.standard_normal(15).astype(dtype)
+    for b in (bias, None):
+        want = [R.standard_normal((4, 15)).astype(dtype)] + [np.empty(s, dtype) for s in ((4, 5), (4, 10), (4, 5))]
+        got = [cupy.asarray(want[0])] + [cupy.empty(a.shape, dtype) for a in want[1:]]
+        twin.gru_forward(projected[:, 2], want[0], b, h, *want[1:])
+        cuda.gru_forward(cupy.asarray(projected)[:, 2], got[0], None if b is None else cupy.asarray(b),
+                         cupy.asarray(h), *got[1:])
+        for a, w in zip(got, want):
+            np.testing.assert_allclose(cupy.asnumpy(a), w, **tol)
+    gh, h_new, rz, n = want
+    grad = R.standard_normal((4, 6, 5)).astype(dtype)  # the outputs' gradient, sliced in time too
+    carried, direct = R.standard_normal((4, 5)).astype(dtype), R.standard_normal((4, 5)).astype(dtype)
+    for has_next in (True, False):
+        want = [direct.copy(), np.empty((4, 6, 15), dtype), np.empty((4, 15), dtype)]
+        got = [cupy.asarray(direct), cupy.empty((4, 6, 15), dtype), cupy.empty((4, 15), dtype)]
+        twin.gru_backward(grad[:, 3], carried, want[0], has_next, h, rz, n, gh, want[1][:, 3], want[2])
+        cuda.gru_backward(cupy.asarray(grad)[:, 3], cupy.asarray(carried), got[0], has_next,
+                          *map(cupy.asarray, (h, rz, n, gh)), got[1][:, 3], got[2])
+        for a, w in zip(got, want):
+            np.testing.assert_allclose(cupy.asnumpy(a)[..., 3, :] if a.ndim == 3 else cupy.asnumpy(a),
+                                       w[..., 3, :] if w.ndim == 3 else w, **tol)
+    projected = R.standard_normal((4, 6, 20)).astype(dtype)  # the LSTM's: 4 gates of 5 units
+    c_prev, bias = R.standard_normal((4, 5)).astype(dtype), R.standard_normal(20).astype(dtype)
+    for b in (bias, None):
+        want = [R.standard_normal((4, 20)).astype(dtype), np.empty((4, 5), dtype), np.empty((4, 5), dtype)]
+        got = [cupy.asarray(want[0]), cupy.empty((4, 5), dtype), cupy.empty((4, 5), dtype)]
+        twin.lstm_forward(projected[:, 1], want[0], b, c_prev, *want[1:])
+        cuda.lstm_forward(cupy.asarray(projected)[:, 1], got[0], None if b is None else cupy.asarray(b),
+                          cupy.asarray(c_prev), *got[1:])
+        for a, w in zip(got, want):
+            np.testing.assert_allclose(cupy.asnumpy(a), w, **tol)
+    acts, c_new = want[0], want[2]
+    grad = R.standard_normal((2, 4, 6, 5)).astype(dtype)  # the gradients of every h_t and c_t
+    carried, dc_next = R.standard_normal((4, 5)).astype(dtype), R.standard_normal((4, 5)).astype(dtype)
+    for has_next in (True, False):
+        want = [dc_next.copy(), np.empty((4, 6, 20), dtype), np.empty((4, 20), dtype)]
+        got = [cupy.asarray(dc_next), cupy.empty((4, 6, 20), dtype), cupy.empty((4, 20), dtype)]
+        twin.lstm_backward(grad[0][:, 2], grad[1][:, 2], carried, want[0], has_next, acts, c_prev, c_new,
+                           want[1][:, 2], want[2])
+        on_gpu = cupy.asarray(grad)
+        cuda.lstm_backward(on_gpu[0][:, 2], on_gpu[1][:, 2], cupy.asarray(carried), got[0], has_next,
+                           *map(cupy.asarray, (acts, c_prev, c_new)), got[1][:, 2], got[2])
+        for a, w in zip(got, want):
+            np.testing.assert_allclose(cupy.asnumpy(a)[:, 2] if a.ndim == 3 else cupy.asnumpy(a),
+                                       w[:, 2] if w.ndim == 3 else w, **tol)

@@ -9,6 +9,8 @@ on a GPU, the CUDA kernels are checked against it.
 import numpy as np
 
 MAX_POOL_WINDOW = 255
+RECURRENT_STEPS = True  # as backend/cuda.py: its step functions are checked through the ops too
+GATHER_GRADIENTS = True  # as backend/cuda.py
 
 
 def supports(dtype) -> bool:

@@ -197,10 +197,35 @@ def test_both_kernel_sets_implement_the_written_interface():
     (cuda.py is read as source: it needs CuPy to import)."""
     wanted = {name: [p for p in inspect.signature(member).parameters if p != "self"]
               for name, member in vars(kernels.Kernels).items() if inspect.isfunction(member) and name[0] != "_"}
-    assert len(wanted) == 23
+    recurrent = {"gru_forward", "gru_backward", "lstm_forward", "lstm_backward"}
+    assert len(wanted) == 23 and recurrent <= set(wanted)
     source = Path(backend.__file__).with_name("cuda.py").read_text()
-    for name, module_functions in [("cpu", _signatures(ast.parse(inspect.getsource(cpu)))),
-                                   ("cuda", _signatures(ast.parse(source)))]:
+    for name, module_functions, has_recurrent in [("cpu", _signatures(ast.parse(inspect.getsource(cpu))), False),
+                                                  ("cuda", _signatures(ast.parse(source)), True)]:
         for function, parameters in wanted.items():
-            assert module_functions.get(function) == parameters, (name, function)
+            if function in recurrent and not has_recurrent:
+                assert function not in module_functions, (name, function)
+            else:
+                assert module_functions.get(function) == parameters, (name, function)
     assert cpu.MAX_POOL_WINDOW == 255 and "MAX_POOL_WINDOW = 255" in source
+    assert cpu.RECURRENT_STEPS is False and "RECURRENT_STEPS = True" in source
+
+
+def test_recurrent_layers_run_the_plain_steps_on_the_cpu(monkeypatch):
+    """The CPU has no recurrent step kernels (RECURRENT_STEPS is False): the GRU and LSTM ops run the plain
+    NumPy steps, which are faster there, and the fused kernels still serve the layers around them."""
+    from dltrain.functional import recurrent
+
+    used = []
+    for plain in (recurrent._PlainGRUStep, recurrent._PlainLSTMStep):
+        for method in ("gru_forward", "lstm_forward"):
+            if hasattr(plain, method):
+                original = getattr(plain, method)
+                monkeypatch.setattr(plain, method, staticmethod(
+                    lambda *a, _original=original, _name=method: (used.append(_name), _original(*a))[1]))
+    x = Tensor(np.ones((2, 3, 4), np.float32))
+    h0 = Tensor(np.zeros((2, 5), np.float32))
+    for op, gates in ((F.gru, 3), (F.lstm, 4)):
+        weights = [Tensor(np.full((gates * 5, n), 0.1, np.float32)) for n in (4, 5)]
+        op(x, h0 if op is F.gru else None, *weights)
+    assert used == ["gru_forward"] * 3 + ["lstm_forward"] * 3

@@ -140,8 +140,14 @@ def test_fused_batch_norm_matches_the_numpy_code(numpy_kernels, shape, training,
     lambda ps: Adam(ps, lr=0.01, weight_decay=0.01),
     lambda ps: AdamW(ps, lr=0.01),
 ])
-def test_flat_buffer_updates_match_per_parameter_updates(numpy_kernels, optimizer):
+@pytest.mark.parametrize("kernel_set", ["twin", "cpu"])
+def test_flat_buffer_updates_match_per_parameter_updates(request, kernel_set, optimizer):
+    """The GPU's way (all gradients gathered into one buffer, the twin) and the CPU's (each parameter's part of the
+    flat buffers in turn, backend/cpu.py) give the plain per-parameter updates, state slots included."""
     from dltrain.layers.module import Parameter
+
+    kernels = request.getfixturevalue("numpy_kernels") if kernel_set == "twin" else backend.fused(np.zeros(1))
+    assert kernels.GATHER_GRADIENTS is (kernel_set == "twin")
 
     shapes = [(5, 3), (5,), (2, 5)]
     start = [R.standard_normal(s) for s in shapes]

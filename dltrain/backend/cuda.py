@@ -597,6 +597,8 @@ def _pool_geometry_args(height, width, kernel, stride, padding, out_hw):
 
 
 MAX_POOL_WINDOW = 255  # the winning offset is kept in one byte
+RECURRENT_STEPS = True  # gru_forward ... lstm_backward are here
+GATHER_GRADIENTS = True  # the optimizers gather all gradients into one buffer: one launch instead of one each
 
 
 def max_pool_forward(x, kernel, stride, padding, out_hw):

@@ -18,6 +18,8 @@ from typing import Protocol
 
 class Kernels(Protocol):
     MAX_POOL_WINDOW: int  # largest KH * KW that max_pool_forward takes (the winner is one byte)
+    RECURRENT_STEPS: bool  # whether the four recurrent step functions are there (else the ops run their own)
+    GATHER_GRADIENTS: bool  # optimizers: gather all gradients into one buffer (True) or update parameter by parameter
 
     def supports(self, dtype) -> bool:
         """Whether the kernels take arrays of `dtype`."""
@@ -82,7 +84,8 @@ class Kernels(Protocol):
     def batch_norm_backward(self, grad, x, mean, scale, coef_centered, coef_const):
         """Returns the input gradient grad * scale + (x - mean) * coef_centered + coef_const, per channel."""
 
-    # ------------------------------------------------------------ recurrent steps, (N, H) states
+    # ------------------------------------------------------------ recurrent steps, (N, H) states: only where
+    # RECURRENT_STEPS (the GPU); the CPU's plain NumPy steps are faster than a compiled loop of scalar tanh calls
     def gru_forward(self, step_in, gh, bias, h, h_new, rz, n) -> None:
         """One GRU step's pointwise part (torch's gate order r, z, n): adds bias (3H,) or None into gh
         (h W_hh^T, N x 3H, kept for the backward); writes rz = [r, z], n and h_new = (1 - z) n + z h.

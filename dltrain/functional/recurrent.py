@@ -49,13 +49,14 @@ def rnn(input, h0, w_ih, w_hh, b_ih=None, b_hh=None) -> tuple[Tensor, Tensor]:
 
 def _sequence_setup(projected: Tensor, h0: Tensor, plain_step):
     """What a whole-sequence op starts from: (array module, steps, batch, hidden units, dtype, the step functions
-    (the fused kernels, else `plain_step`), the hidden states (T+1, N, H) with h_0 in place)."""
+    (the fused kernels where they have them, else `plain_step`), the hidden states (T+1, N, H) with h_0 in place)."""
     xp = backend.array_module(h0.data)
     steps = projected.shape[1]
     n, hidden = h0.shape
     states = xp.empty((steps + 1, n, hidden), dtype=h0.dtype)  # h_0 ... h_T
     states[0] = h0.data
-    return xp, steps, n, hidden, h0.dtype, backend.fused(h0.data) or plain_step, states
+    kernels = backend.fused(h0.data)
+    return xp, steps, n, hidden, h0.dtype, kernels if kernels and kernels.RECURRENT_STEPS else plain_step, states
 
 
 def lstm(input, state, w_ih, w_hh, b_ih=None, b_hh=None) -> tuple[Tensor, tuple[Tensor, Tensor]]:

@@ -79,8 +79,17 @@ class Optimizer:
         kernels = backend.fused(self.params[0].data) if self.params else None
         if kernels and all(p.grad is not None for p in self.params):
             flat, slots, decay = self._flat_buffers()
-            grads = backend.array_module(flat).concatenate([p.grad.ravel() for p in self.params])
-            self.fused_update(kernels, flat, grads.astype(flat.dtype, copy=False), slots, decay)
+            if kernels.GATHER_GRADIENTS:  # GPU: one launch for all parameters, after one gathering copy
+                grads = backend.array_module(flat).concatenate([p.grad.ravel() for p in self.params])
+                self.fused_update(kernels, flat, grads.astype(flat.dtype, copy=False), slots, decay)
+                return
+            start = 0  # CPU: the buffers' part of each parameter in turn, its gradient read where it is (no copy)
+            for p in self.params:
+                part = slice(start, start + p.size)
+                self.fused_update(kernels, flat[part], p.grad.reshape(-1).astype(flat.dtype, copy=False),
+                                  {name: slot[part] for name, slot in slots.items()},
+                                  decay if isinstance(decay, float) else decay[part])
+                start += p.size
             return
         for i, p in enumerate(self.params):
             if p.grad is not None:
