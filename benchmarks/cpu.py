@@ -17,8 +17,9 @@ batch size, a new permutation every epoch, each batch gathered by index and ever
 with loss.item(); it times the same loop of one epoch, then evaluates the validation and test images
 as dltrain does (untimed, so that both peak memories cover the same work). For the two-layer MLPs a
 hand-written NumPy loop (HandWrittenMLP, the same epoch) shows what no framework at all costs.
-One-time costs inside the epoch count, as in a user's first epoch: dltrain loading its compiled Numba
-kernels (a fraction of a second to about a second), PyTorch's lazy initialisation.
+One-time costs inside the epoch count, as in a user's first epoch (PyTorch's lazy initialisation, the
+first call of each compiled dltrain kernel); dltrain loads its Numba kernels before the epoch, in setup,
+as PyTorch's import happens before its loop.
 
 Each (case, framework) runs in its own process, so peak resident memory (ru_maxrss) is that process's
 alone, data and imports included; the frameworks alternate within each repetition so that both see
