@@ -129,7 +129,7 @@ def output_shape(name: str, opts, shape: tuple) -> tuple:
         return (math.prod(shape),)
     if name in ("linear", "gru", "lstm"):
         if opts.get("return_sequences"):
-            raise NotImplementedError("return_sequences")
+            raise ValueError("the benchmark times recurrent layers without return_sequences")
         return (opts["units"],)
     if name == "reshape":
         return tuple(opts["shape"])
@@ -144,11 +144,11 @@ def output_shape(name: str, opts, shape: tuple) -> tuple:
         stride = opts.get("stride") or (1 if name == "conv2d" else k)  # a resolved config's max_pool2d: None
         pad = opts.get("padding", 0)
         if opts.get("dilation", 1) != 1:
-            raise NotImplementedError("dilation")
+            raise ValueError("the benchmark times convolutions without dilation")
         pad = (k - 1) // 2 if pad == "same" else pad
         channels = opts["filters"] if name == "conv2d" else shape[0]
         return (channels, *((s + 2 * pad - k) // stride + 1 for s in shape[1:]))
-    raise NotImplementedError(f"layer {name!r} in the benchmark")
+    raise ValueError(f"the benchmark cannot translate layer {name!r}")
 
 
 def matmul_macs(specs, shape: tuple, first: bool = True) -> tuple[float, float, tuple, bool]:
@@ -343,7 +343,7 @@ def lr_factor(schedule: dict, epochs: int, steps_per_epoch: int):
 
 def _none_left(options: dict) -> dict:
     if options:
-        raise NotImplementedError(f"options {sorted(options)} in the benchmark's PyTorch translation")
+        raise ValueError(f"the benchmark's PyTorch translation has no options {sorted(options)}")
     return options
 
 
@@ -435,7 +435,7 @@ def run_torch(case: str, samples: int | None) -> dict:
     training = config["training"]
     batch, clip = training["batch_size"], training.get("grad_clip")
     if config.get("loss", "cross_entropy") not in ("cross_entropy", {"name": "cross_entropy"}):
-        raise NotImplementedError(f"loss {config['loss']}")
+        raise ValueError(f"the benchmark's PyTorch translation has no loss {config['loss']}")
     specs = config["model"]
     if parse(specs[-1])[0] == "softmax":  # dltrain trains a final softmax through cross_entropy on its logits
         specs = specs[:-1]
