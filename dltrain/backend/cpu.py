@@ -51,8 +51,6 @@ class _Kernel:
         return (self.parallel if work >= PARALLEL_WORK else self.serial)(*args)
 
 
-_compile = _Kernel
-
 MAX_POOL_WINDOW = 255  # the winning offset is kept in one byte, as on the GPU
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -69,7 +67,7 @@ def _flat(array):
 # ---------------------------------------------------------------- elementwise
 
 
-@_compile
+@_Kernel
 def _relu_backward(grad, out, grad_in):
     for i in prange(grad.size):
         grad_in[i] = grad[i] if out[i] > 0 else 0
@@ -82,7 +80,7 @@ def relu_backward(grad, out):
     return grad_in
 
 
-@_compile
+@_Kernel
 def _dropout(x, uniform, p, scale, y, mask):
     for i in prange(x.size):
         keep = scale if uniform[i] >= p else 0
@@ -102,7 +100,7 @@ def dropout(x, uniform, p: float):
 # ---------------------------------------------------------------- softmax cross-entropy
 
 
-@_compile
+@_Kernel
 def _log_softmax_nll(logits, labels, log_p, row_loss):
     rows, classes = logits.shape
     for r in prange(rows):
@@ -127,7 +125,7 @@ def log_softmax_nll(logits, labels):
     return log_p, row_loss
 
 
-@_compile
+@_Kernel
 def _count_correct(logits, labels):
     rows, classes = logits.shape
     correct = 0
@@ -148,7 +146,7 @@ def add_correct(logits, labels, counter) -> None:
     counter += _count_correct(logits.size, np.ascontiguousarray(logits), np.ascontiguousarray(labels, dtype=np.int64))
 
 
-@_compile
+@_Kernel
 def _cross_entropy_backward(log_p, labels, factor, grad):
     rows, classes = log_p.shape
     for r in prange(rows):
@@ -282,7 +280,7 @@ def col2im(columns, image, kernel, stride, padding, dilation, out_hw) -> None:
     _col2im(columns.size, (*kernel, *stride, *padding, *dilation), np.ascontiguousarray(columns), image, *out_hw)
 
 
-@_compile
+@_Kernel
 def _filters_to_images(product, bias, out):
     samples, filters, pixels = out.shape
     for task in prange(samples * filters):
@@ -301,7 +299,7 @@ def filters_to_images(product, bias, out) -> None:
                        out.reshape(samples, filters, -1))
 
 
-@_compile
+@_Kernel
 def _images_to_filters(grad, out):
     samples, filters, pixels = grad.shape
     for task in prange(samples * filters):
@@ -401,7 +399,7 @@ def max_pool_backward(grad_out, winner, input_shape, kernel, stride, padding, ou
 # ---------------------------------------------------------------- batch normalization
 
 
-@_compile
+@_Kernel
 def _batch_norm_statistics(x, gamma, beta, running_mean, running_var, flags, eps, momentum, mean, inv_std, scale,
                            shift):
     samples, channels, plane = x.shape
@@ -456,7 +454,7 @@ def batch_norm_eval_scale(mean, var, gamma, beta, eps: float):
     return inv_std, scale, (0 if beta is None else beta) - mean * scale
 
 
-@_compile
+@_Kernel
 def _batch_norm_apply(x, scale, shift, out):
     samples, channels, plane = x.shape
     for task in prange(samples * channels):
@@ -472,7 +470,7 @@ def batch_norm_apply(x, scale, shift):
     return out
 
 
-@_compile
+@_Kernel
 def _batch_norm_backward_statistics(grad, x, mean, scale, inv_std, training, sum_g, grad_gamma, coef_centered,
                                     coef_const):
     samples, channels, plane = x.shape
@@ -498,7 +496,7 @@ def batch_norm_backward_statistics(grad, x, mean, scale, inv_std, training: bool
     return sum_g, grad_gamma, coef_centered, coef_const
 
 
-@_compile
+@_Kernel
 def _batch_norm_backward(grad, x, mean, scale, coef_centered, coef_const, grad_in):
     samples, channels, plane = x.shape
     for task in prange(samples * channels):
@@ -541,7 +539,7 @@ def _decay_array(decay, dtype):
 # an index into the decay that may be 0 is not vectorized, and ran at half NumPy's speed.
 
 
-@_compile
+@_Kernel
 def _sgd(param, grad, decay, per_element, lr):
     if per_element:
         for i in prange(param.size):
@@ -552,7 +550,7 @@ def _sgd(param, grad, decay, per_element, lr):
             param[i] -= lr * (grad[i] + d * param[i])
 
 
-@_compile
+@_Kernel
 def _sgd_momentum(param, grad, velocity, decay, per_element, lr, momentum, nesterov):
     d = decay[0]
     for i in prange(param.size):
@@ -572,7 +570,7 @@ def sgd_step(param, grad, velocity, decay, lr: float, momentum: float, nesterov:
         _sgd_momentum(param.size, param, grad, velocity, decay, per_element, t(lr), t(momentum), bool(nesterov))
 
 
-@_compile
+@_Kernel
 def _adam(param, grad, m, v, decay, per_element, one, lr, beta1, beta2, eps, step_size, bias2_sqrt, decoupled):
     d = decay[0]
     for i in prange(param.size):
