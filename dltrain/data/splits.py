@@ -120,9 +120,9 @@ def _float_chunks(x):
 def normalization_stats(x_train, mode: str) -> dict:
     """mean/std over the training split: one pair ('global'), per feature ('feature'), or identity ('none')."""
     shape = (1,) * (x_train.ndim - 1)
-    if mode == "none":
-        return {"mean": np.zeros(shape, np.float64), "std": np.ones(shape, np.float64)}
     n = len(x_train)
+    if mode == "none" or n == 0:  # an empty split is refused later, with its own message
+        return {"mean": np.zeros(shape, np.float64), "std": np.ones(shape, np.float64)}
     mean = sum(chunk.sum(axis=0) for _, chunk in _float_chunks(x_train)) / n  # per feature
     if mode == "global":
         mean = np.full(shape, mean.mean())

@@ -4,9 +4,10 @@ Formulas follow torch.optim. Weight decay applies to parameters whose `decay` fl
 (weights), not to biases or normalization parameters, unless `decay_all: true`.
 Optimizer state is a plain dict of arrays (checkpointable as is).
 
-With the fused kernels (CPU and GPU) the update is one kernel over one flat buffer: the parameters (and the state
-slots) become views of a single array, the gradients are gathered into one, and a step costs two
-kernel launches instead of several per parameter. The formulas are the same as the NumPy code.
+With the fused kernels (CPU and GPU) the parameters (and the state slots) become views of one flat
+buffer. On the GPU the gradients are gathered into one and a step costs two kernel launches instead of
+several per parameter; on the CPU one compiled pass updates each parameter's part in turn. The formulas
+are the same as the NumPy code. An optimizer without `fused_update` (a user's own) runs its `update`.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ class Optimizer:
     def step(self) -> None:
         self.steps += 1
         kernels = backend.fused(self.params[0].data) if self.params else None
-        if kernels and all(p.grad is not None for p in self.params):
+        fusable = type(self).fused_update is not Optimizer.fused_update
+        if kernels and fusable and all(p.grad is not None for p in self.params):
             flat, slots, decay = self._flat_buffers()
             if kernels.GATHER_GRADIENTS:  # GPU: one launch for all parameters, after one gathering copy
                 grads = backend.array_module(flat).concatenate([p.grad.ravel() for p in self.params])

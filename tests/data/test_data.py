@@ -222,3 +222,12 @@ def test_labels_beyond_the_known_classes(tmp_path):
     splits = prepare({"name": "npz", "path": str(tmp_path / "d.npz"), "val_fraction": 0.0}, "classification", 0,
                      "cpu")
     assert splits.classes == 4
+
+
+def test_statistics_of_an_empty_split_are_the_identity():
+    """No division by zero: an empty training split is refused later with its own message."""
+    from dltrain.data.splits import normalization_stats
+
+    for mode in ("feature", "global"):
+        stats = normalization_stats(np.zeros((0, 2), np.float32), mode)
+        assert stats["mean"].tolist() == [0.0] and stats["std"].tolist() == [1.0]

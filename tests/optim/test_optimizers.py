@@ -83,3 +83,20 @@ def test_clip_grad_norm_scales_all_gradients_together():
 def test_nesterov_without_momentum_is_refused():
     with pytest.raises(ValueError, match="nesterov momentum needs momentum > 0"):
         optim.SGD([Parameter(np.zeros(1))], nesterov=True)
+
+
+def test_an_optimizer_without_fused_update_runs_its_own_update_where_kernels_exist():
+    """A user's optimizer defining only update() trains on the CPU, whose compiled kernels are on by default."""
+    from dltrain import backend
+    from dltrain.layers.module import Parameter
+    from dltrain.optim.optimizers import Optimizer
+
+    class HalfStep(Optimizer):
+        def update(self, index, param, grad):
+            param.data -= 0.5 * self.lr * grad
+
+    assert backend.fused(np.zeros(1, np.float32)) is not None
+    param = Parameter(np.ones(3, np.float32))
+    param.grad = np.full(3, 2.0, np.float32)
+    HalfStep([param], lr=0.1).step()
+    np.testing.assert_allclose(param.data, np.full(3, 0.9, np.float32))
