@@ -29,9 +29,8 @@ class CrossEntropy:
 
     def add_correct(self, outputs, labels, counter) -> None:
         """counter (a 0-d int64 array) += the number of rows whose argmax is the label; one kernel when fused."""
-        kernels = backend.fused(outputs)
-        if kernels and outputs.ndim == 2:
-            kernels.add_correct(outputs, labels, counter)
+        if outputs.ndim == 2:
+            backend.kernels_for(outputs).add_correct(outputs, labels, counter)
         else:
             counter += (self.predict(outputs) == labels).sum()
 

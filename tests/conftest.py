@@ -47,21 +47,6 @@ def gpu(request):
 
 
 @pytest.fixture
-def numpy_kernels(monkeypatch):
-    """Hand out the NumPy twin of the CUDA kernels for host arrays, so the GPU-only branches run on the CPU."""
-    import numpy_kernels as twin
-
-    real = backend.fused
-    def fused(array):
-        if isinstance(array, np.ndarray):
-            return twin if backend.fused_enabled() and twin.supports(array.dtype) else None
-        return real(array)
-
-    monkeypatch.setattr(backend, "fused", fused)
-    return twin
-
-
-@pytest.fixture
 def fake_gpu(monkeypatch):
     """A stand-in GPU (tests/fake_cupy.py): device 'gpu' works, and mixing its arrays with host arrays
     raises as CuPy does. The fused kernels are backend/cuda.py's own, compiled for the CPU."""
@@ -127,4 +112,5 @@ def cuda_kernels(request):
         from dltrain.backend import cuda
 
         return cupy, cuda
+    request.getfixturevalue("fake_gpu")  # the backend knows the stand-in arrays (cuda.py takes some reference code)
     return emulated_cuda()

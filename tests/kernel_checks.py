@@ -1,14 +1,15 @@
-"""Each fused kernel set against its NumPy twin (tests/numpy_kernels.py), on odd shapes, strides, padding,
-dilation, ties and both float dtypes: the CUDA kernels (tests/test_gpu_paths.py) and the compiled CPU kernels
-(tests/test_cpu_kernels.py) run the same checks."""
+"""Each compiled kernel set against the reference kernels (dltrain/backend/reference.py, plain NumPy), on odd shapes,
+strides, padding, dilation, ties and both float dtypes: the CUDA kernels (tests/test_gpu_paths.py) and the compiled
+CPU kernels (tests/test_cpu_kernels.py) run the same checks."""
 
 import numpy as np
-import numpy_kernels as twin
+
+from dltrain.backend import reference
 
 R = np.random.default_rng(11)
 
 
-def check_kernels_against_twin(cupy, cuda, dtype):
+def check_kernels_against_reference(cupy, cuda, dtype):
     """`cuda`: a kernel module (the interface of dltrain/backend/kernels.py); `cupy`: its array module's
     asarray / asnumpy / empty / zeros (numpy-like for the CPU kernels)."""
     tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-12}
@@ -18,42 +19,42 @@ def check_kernels_against_twin(cupy, cuda, dtype):
 
     grad, out = R.standard_normal((2, 300)).astype(dtype)
     np.testing.assert_array_equal(host(cuda.relu_backward(cupy.asarray(grad), cupy.asarray(out)))[0],
-                                  twin.relu_backward(grad, out))
+                                  reference.relu_backward(grad, out))
     x, uniform = R.standard_normal((100, 7)).astype(dtype), R.uniform(size=(100, 7)).astype(dtype)
     for got, want in zip(host(*cuda.dropout(cupy.asarray(x), cupy.asarray(uniform), 0.3)),
-                         twin.dropout(x, uniform, 0.3)):
+                         reference.dropout(x, uniform, 0.3)):
         np.testing.assert_allclose(got, want, **tol)
     for rows, classes in [(1, 1), (37, 10), (64, 33), (5, 1000)]:
         logits = (R.standard_normal((rows, classes)) * 5).astype(dtype)
         labels = R.integers(0, classes, rows)
         got = host(*cuda.log_softmax_nll(cupy.asarray(logits), cupy.asarray(labels)))
-        for a, b in zip(got, twin.log_softmax_nll(logits, labels)):
+        for a, b in zip(got, reference.log_softmax_nll(logits, labels)):
             np.testing.assert_allclose(a, b, **tol)
         ties = np.round(logits / 4).astype(dtype)  # many equal maxima: the first one counts, as argmax says
         ties[0, -1] = np.nan  # NaN ranks above everything, as in argmax
         for scores in (logits, ties):
             hits = np.where(np.arange(rows) % 2 == 0, np.argmax(scores, axis=1), labels)  # half the rows right
             want, got = np.zeros((), np.int64), cupy.zeros((), np.int64)
-            twin.add_correct(scores, hits, want)
+            reference.add_correct(scores, hits, want)
             cuda.add_correct(cupy.asarray(scores), cupy.asarray(hits), got)
             cuda.add_correct(cupy.asarray(scores), cupy.asarray(hits), got)  # it adds
             assert int(want) >= (rows + 1) // 2 and int(got) == 2 * int(want), (rows, classes)
-        log_p = twin.log_softmax_nll(logits, labels)[0]
+        log_p = reference.log_softmax_nll(logits, labels)[0]
         upstream = np.asarray(0.7, dtype)
         got = cuda.cross_entropy_backward(cupy.asarray(log_p), cupy.asarray(labels), cupy.asarray(upstream))
-        np.testing.assert_allclose(cupy.asnumpy(got), twin.cross_entropy_backward(log_p, labels, upstream), **tol)
+        np.testing.assert_allclose(cupy.asnumpy(got), reference.cross_entropy_backward(log_p, labels, upstream), **tol)
     for shape, kernel, stride, padding, dilation in [((2, 3, 9, 8), (3, 3), (1, 1), (1, 1), (1, 1)),
                                                      ((3, 2, 11, 10), (3, 2), (2, 3), (1, 0), (2, 1))]:
         oh = (shape[2] + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
         ow = (shape[3] + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
         image = R.standard_normal(shape).astype(dtype)
-        want = twin.im2col(image, kernel, stride, padding, dilation, (oh, ow))
+        want = reference.im2col(image, kernel, stride, padding, dilation, (oh, ow))
         assert want.shape == (shape[1] * kernel[0] * kernel[1], shape[0] * oh * ow)
         got = cuda.im2col(cupy.asarray(image), kernel, stride, padding, dilation, (oh, ow))
         np.testing.assert_array_equal(cupy.asnumpy(got), want)
         columns = R.standard_normal(want.shape).astype(dtype)
         want = np.empty(shape, dtype)
-        twin.col2im(columns, want, kernel, stride, padding, dilation, (oh, ow))
+        reference.col2im(columns, want, kernel, stride, padding, dilation, (oh, ow))
         got = cupy.empty(shape, dtype)
         cuda.col2im(cupy.asarray(columns), got, kernel, stride, padding, dilation, (oh, ow))
         np.testing.assert_allclose(cupy.asnumpy(got), want, **tol)
@@ -61,26 +62,43 @@ def check_kernels_against_twin(cupy, cuda, dtype):
         bias = R.standard_normal(4).astype(dtype)
         for b in (bias, None):
             want = np.empty((shape[0], 4, oh, ow), dtype)
-            twin.filters_to_images(product, b, want)
+            reference.filters_to_images(product, b, want)
             got = cupy.empty(want.shape, dtype)
             cuda.filters_to_images(cupy.asarray(product), None if b is None else cupy.asarray(b), got)
             np.testing.assert_array_equal(cupy.asnumpy(got), want)
         grad = R.standard_normal((shape[0], 4, oh, ow)).astype(dtype)
         np.testing.assert_array_equal(cupy.asnumpy(cuda.images_to_filters(cupy.asarray(grad))),
-                                      twin.images_to_filters(grad))
+                                      reference.images_to_filters(grad))
     images = np.round(R.standard_normal((2, 3, 9, 8)), 1).astype(dtype)  # with ties
     for kernel, stride, padding in [((2, 2), (2, 2), (0, 0)), ((3, 3), (2, 2), (1, 1)), ((3, 2), (1, 3), (1, 1))]:
         oh = (9 + 2 * padding[0] - kernel[0]) // stride[0] + 1
         ow = (8 + 2 * padding[1] - kernel[1]) // stride[1] + 1
-        want_out, want_winner = twin.max_pool_forward(images, kernel, stride, padding, (oh, ow))
+        want_out, want_winner = reference.max_pool_forward(images, kernel, stride, padding, (oh, ow))
         out, winner = cuda.max_pool_forward(cupy.asarray(images), kernel, stride, padding, (oh, ow))
         np.testing.assert_array_equal(cupy.asnumpy(out), want_out)
         np.testing.assert_array_equal(cupy.asnumpy(winner), want_winner)
         upstream = R.standard_normal(want_out.shape).astype(dtype)
-        want = twin.max_pool_backward(upstream, want_winner, images.shape, kernel, stride, padding, (oh, ow))
+        want = reference.max_pool_backward(upstream, want_winner, images.shape, kernel, stride, padding, (oh, ow))
         got = cuda.max_pool_backward(cupy.asarray(upstream), winner, images.shape, kernel, stride, padding, (oh, ow))
         np.testing.assert_allclose(cupy.asnumpy(got), want, **tol)
-    if cuda.RECURRENT_STEPS:
+    for kernel, stride, padding in [((2, 2), (2, 2), (0, 0)), ((3, 3), (2, 2), (1, 1)), ((3, 2), (1, 3), (1, 1))]:
+        out_hw = ((9 + 2 * padding[0] - kernel[0]) // stride[0] + 1, (8 + 2 * padding[1] - kernel[1]) // stride[1] + 1)
+        upstream = R.standard_normal((2, 3) + out_hw).astype(dtype)
+        for include_pad in (True, False):
+            np.testing.assert_allclose(
+                cupy.asnumpy(cuda.avg_pool_forward(cupy.asarray(images), kernel, stride, padding, out_hw, include_pad)),
+                reference.avg_pool_forward(images, kernel, stride, padding, out_hw, include_pad), **tol)
+            np.testing.assert_allclose(
+                cupy.asnumpy(cuda.avg_pool_backward(cupy.asarray(upstream), images.shape, kernel, stride, padding,
+                                                    out_hw, include_pad)),
+                reference.avg_pool_backward(upstream, images.shape, kernel, stride, padding, out_hw, include_pad),
+                **tol)
+    x = np.concatenate([R.standard_normal(500) * 3, [0.0, -0.0, 1e-30, -12.0, 12.0, 40.0, -40.0]]).astype(dtype)
+    g = R.standard_normal(x.shape).astype(dtype)
+    np.testing.assert_allclose(cupy.asnumpy(cuda.gelu_forward(cupy.asarray(x))), reference.gelu_forward(x), **tol)
+    np.testing.assert_allclose(cupy.asnumpy(cuda.gelu_backward(cupy.asarray(g), cupy.asarray(x))),
+                               reference.gelu_backward(g, x), **tol)
+    if cuda.gru_forward is not reference.gru_forward:  # the CPU takes the reference's steps
         check_recurrent_steps(cupy, cuda, dtype, tol)
     # per-channel sums of a few hundred float32 terms of size ~1 differ in summation order: ~1e-5 absolute
     sums_tol = {"rtol": 1e-5, "atol": 1e-4} if dtype == np.float32 else tol
@@ -92,7 +110,7 @@ def check_kernels_against_twin(cupy, cuda, dtype):
         for affine, running in [((gamma, beta), True), ((None, None), False)]:
             stats = [R.standard_normal(c).astype(dtype), R.uniform(0.5, 2, c).astype(dtype)] if running else [None] * 2
             on_gpu = [None if a is None else cupy.asarray(a) for a in stats]
-            want = twin.batch_norm_statistics(x, *affine, *stats, 1e-5, 0.1)
+            want = reference.batch_norm_statistics(x, *affine, *stats, 1e-5, 0.1)
             got = cuda.batch_norm_statistics(cupy.asarray(x), *[None if a is None else cupy.asarray(a) for a in affine],
                                              *on_gpu, 1e-5, 0.1)
             for a, b in zip(got + tuple(on_gpu), want + tuple(stats)):
@@ -100,18 +118,18 @@ def check_kernels_against_twin(cupy, cuda, dtype):
                     np.testing.assert_allclose(cupy.asnumpy(a), b, **sums_tol, err_msg=f"statistics {shape}")
             mean, inv_std, scale, shift = want
             np.testing.assert_allclose(cupy.asnumpy(cuda.batch_norm_apply(cupy.asarray(x), *map(cupy.asarray, (
-                scale, shift)))), twin.batch_norm_apply(x, scale, shift), **tol)
+                scale, shift)))), reference.batch_norm_apply(x, scale, shift), **tol)
             for training in (True, False):
-                want = twin.batch_norm_backward_statistics(g, x, mean, scale, inv_std, training)
+                want = reference.batch_norm_backward_statistics(g, x, mean, scale, inv_std, training)
                 got = cuda.batch_norm_backward_statistics(*map(cupy.asarray, (g, x, mean, scale, inv_std)), training)
                 for a, b in zip(got, want):
                     np.testing.assert_allclose(cupy.asnumpy(a), b, **sums_tol, err_msg=f"backward statistics {shape}")
                 np.testing.assert_allclose(
                     cupy.asnumpy(cuda.batch_norm_backward(*map(cupy.asarray, (g, x, mean, scale) + want[2:]))),
-                    twin.batch_norm_backward(g, x, mean, scale, *want[2:]), **tol)
+                    reference.batch_norm_backward(g, x, mean, scale, *want[2:]), **tol)
         var = R.uniform(0.5, 2, c).astype(dtype)
         for affine in [(gamma, beta), (None, None)]:
-            want = twin.batch_norm_eval_scale(gamma, var, *affine, 1e-5)
+            want = reference.batch_norm_eval_scale(gamma, var, *affine, 1e-5)
             got = cuda.batch_norm_eval_scale(cupy.asarray(gamma), cupy.asarray(var),
                                              *[None if a is None else cupy.asarray(a) for a in affine], 1e-5)
             for a, b in zip(got, want):
@@ -121,7 +139,7 @@ def check_kernels_against_twin(cupy, cuda, dtype):
         param, g, velocity = (R.standard_normal(size).astype(dtype) for _ in range(3))
         decay = np.where(np.arange(size) < 600, 0.01, 0.0).astype(dtype)
         want = [param.copy(), None if not momentum else velocity.copy()]
-        twin.sgd_step(want[0], g, want[1], decay, 0.1, momentum, nesterov)
+        reference.sgd_step(want[0], g, want[1], decay, 0.1, momentum, nesterov)
         got = [cupy.asarray(param), None if not momentum else cupy.asarray(velocity)]
         cuda.sgd_step(got[0], cupy.asarray(g), got[1], cupy.asarray(decay), 0.1, momentum, nesterov)
         for a, b in zip(got, want):
@@ -131,7 +149,7 @@ def check_kernels_against_twin(cupy, cuda, dtype):
         param, g, m = (R.standard_normal(size).astype(dtype) for _ in range(3))
         v = R.uniform(size=size).astype(dtype)
         want = [param.copy(), m.copy(), v.copy()]
-        twin.adam_step(*want[:1], g, *want[1:], 0.01, 0.001, 0.9, 0.999, 1e-8, 7, decoupled)
+        reference.adam_step(*want[:1], g, *want[1:], 0.01, 0.001, 0.9, 0.999, 1e-8, 7, decoupled)
         got = [cupy.asarray(a) for a in (param, m, v)]
         cuda.adam_step(got[0], cupy.asarray(g), got[1], got[2], 0.01, 0.001, 0.9, 0.999, 1e-8, 7, decoupled)
         for a, b in zip(got, want):
@@ -139,13 +157,13 @@ def check_kernels_against_twin(cupy, cuda, dtype):
 
 
 def check_recurrent_steps(cupy, cuda, dtype, tol):
-    """The GRU and LSTM steps (a kernel set with RECURRENT_STEPS) against the twin, time slices included."""
+    """The GRU and LSTM steps against the reference, time slices included."""
     projected = R.standard_normal((4, 6, 3 * 5)).astype(dtype)  # (batch, time, 3H): a time slice is strided
     h, bias = R.standard_normal((4, 5)).astype(dtype), R.standard_normal(15).astype(dtype)
     for b in (bias, None):
         want = [R.standard_normal((4, 15)).astype(dtype)] + [np.empty(s, dtype) for s in ((4, 5), (4, 10), (4, 5))]
         got = [cupy.asarray(want[0])] + [cupy.empty(a.shape, dtype) for a in want[1:]]
-        twin.gru_forward(projected[:, 2], want[0], b, h, *want[1:])
+        reference.gru_forward(projected[:, 2], want[0], b, h, *want[1:])
         cuda.gru_forward(cupy.asarray(projected)[:, 2], got[0], None if b is None else cupy.asarray(b),
                          cupy.asarray(h), *got[1:])
         for a, w in zip(got, want):
@@ -156,7 +174,7 @@ def check_recurrent_steps(cupy, cuda, dtype, tol):
     for has_next in (True, False):
         want = [direct.copy(), np.empty((4, 6, 15), dtype), np.empty((4, 15), dtype)]
         got = [cupy.asarray(direct), cupy.empty((4, 6, 15), dtype), cupy.empty((4, 15), dtype)]
-        twin.gru_backward(grad[:, 3], carried, want[0], has_next, h, rz, n, gh, want[1][:, 3], want[2])
+        reference.gru_backward(grad[:, 3], carried, want[0], has_next, h, rz, n, gh, want[1][:, 3], want[2])
         cuda.gru_backward(cupy.asarray(grad)[:, 3], cupy.asarray(carried), got[0], has_next,
                           *map(cupy.asarray, (h, rz, n, gh)), got[1][:, 3], got[2])
         for a, w in zip(got, want):
@@ -167,7 +185,7 @@ def check_recurrent_steps(cupy, cuda, dtype, tol):
     for b in (bias, None):
         want = [R.standard_normal((4, 20)).astype(dtype), np.empty((4, 5), dtype), np.empty((4, 5), dtype)]
         got = [cupy.asarray(want[0]), cupy.empty((4, 5), dtype), cupy.empty((4, 5), dtype)]
-        twin.lstm_forward(projected[:, 1], want[0], b, c_prev, *want[1:])
+        reference.lstm_forward(projected[:, 1], want[0], b, c_prev, *want[1:])
         cuda.lstm_forward(cupy.asarray(projected)[:, 1], got[0], None if b is None else cupy.asarray(b),
                           cupy.asarray(c_prev), *got[1:])
         for a, w in zip(got, want):
@@ -178,7 +196,7 @@ def check_recurrent_steps(cupy, cuda, dtype, tol):
     for has_next in (True, False):
         want = [dc_next.copy(), np.empty((4, 6, 20), dtype), np.empty((4, 20), dtype)]
         got = [cupy.asarray(dc_next), cupy.empty((4, 6, 20), dtype), cupy.empty((4, 20), dtype)]
-        twin.lstm_backward(grad[0][:, 2], grad[1][:, 2], carried, want[0], has_next, acts, c_prev, c_new,
+        reference.lstm_backward(grad[0][:, 2], grad[1][:, 2], carried, want[0], has_next, acts, c_prev, c_new,
                            want[1][:, 2], want[2])
         on_gpu = cupy.asarray(grad)
         cuda.lstm_backward(on_gpu[0][:, 2], on_gpu[1][:, 2], cupy.asarray(carried), got[0], has_next,

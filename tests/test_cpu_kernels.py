@@ -1,7 +1,7 @@
 """The compiled CPU kernels (dltrain/backend/cpu.py, Numba) and how the backend hands them out.
 
 Each kernel runs both ways it is compiled: on one core (small work, any geometry) and spread over the
-cores (large work; window loops compiled per geometry), against the NumPy twin (tests/numpy_kernels.py)
+cores (large work; window loops compiled per geometry), against the reference kernels (dltrain/backend/reference.py)
 with the checks the CUDA kernels pass (tests/kernel_checks.py). The ops' gradient checks and comparisons
 with PyTorch run through these kernels too, since they are the CPU's default.
 """
@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from kernel_checks import check_kernels_against_twin
+from kernel_checks import check_kernels_against_reference
 
 import dltrain.functional as F
 from dltrain import backend
 from dltrain.autograd import Tensor
-from dltrain.backend import cpu, kernels
+from dltrain.backend import cpu, kernels, reference
 from dltrain.errors import DeviceError
 
 
@@ -40,8 +40,8 @@ def cores(request, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_cpu_kernels_match_their_numpy_twin(cores, dtype):
-    check_kernels_against_twin(HostArrays, cpu, dtype)
+def test_cpu_kernels_match_the_reference(cores, dtype):
+    check_kernels_against_reference(HostArrays, cpu, dtype)
 
 
 def test_kernels_do_not_modify_their_inputs(cores):
@@ -192,40 +192,29 @@ def _signatures(tree: ast.Module) -> dict[str, list[str]]:
             if isinstance(node, ast.FunctionDef) and not node.name.startswith("_")}
 
 
-def test_both_kernel_sets_implement_the_written_interface():
-    """Every function of backend/kernels.py's Protocol exists in cpu.py and cuda.py with the same arguments
-    (cuda.py is read as source: it needs CuPy to import)."""
+def test_every_kernel_set_implements_the_written_interface():
+    """Every function of backend/kernels.py's Protocol exists in reference.py, cpu.py and cuda.py with the same
+    arguments (cuda.py is read as source: it needs CuPy to import); what a compiled set takes from the reference
+    is the reference's own function."""
     wanted = {name: [p for p in inspect.signature(member).parameters if p != "self"]
               for name, member in vars(kernels.Kernels).items() if inspect.isfunction(member) and name[0] != "_"}
-    recurrent = {"gru_forward", "gru_backward", "lstm_forward", "lstm_backward"}
-    assert len(wanted) == 23 and recurrent <= set(wanted)
-    source = Path(backend.__file__).with_name("cuda.py").read_text()
-    for name, module_functions, has_recurrent in [("cpu", _signatures(ast.parse(inspect.getsource(cpu))), False),
-                                                  ("cuda", _signatures(ast.parse(source)), True)]:
+    assert len(wanted) == 27 and {"gelu_forward", "avg_pool_backward", "lstm_backward"} <= set(wanted)
+    for module in (reference, cpu):
         for function, parameters in wanted.items():
-            if function in recurrent and not has_recurrent:
-                assert function not in module_functions, (name, function)
-            else:
-                assert module_functions.get(function) == parameters, (name, function)
-    assert cpu.MAX_POOL_WINDOW == 255 and "MAX_POOL_WINDOW = 255" in source
-    assert cpu.RECURRENT_STEPS is False and "RECURRENT_STEPS = True" in source
+            assert list(inspect.signature(getattr(module, function)).parameters) == parameters, (module, function)
+    tree = ast.parse(Path(backend.__file__).with_name("cuda.py").read_text())
+    in_cuda = _signatures(tree)
+    taken = {alias.name for node in ast.walk(tree)
+             if isinstance(node, ast.ImportFrom) and node.module == "dltrain.backend.reference" for alias in node.names}
+    assert taken == {"avg_pool_forward", "avg_pool_backward"}
+    for function, parameters in wanted.items():
+        assert in_cuda.get(function, parameters if function in taken else None) == parameters, function
+    assert cpu.MAX_POOL_WINDOW == 255 and "MAX_POOL_WINDOW = 255" in Path(backend.__file__).with_name(
+        "cuda.py").read_text()
 
 
-def test_recurrent_layers_run_the_plain_steps_on_the_cpu(monkeypatch):
-    """The CPU has no recurrent step kernels (RECURRENT_STEPS is False): the GRU and LSTM ops run the plain
-    NumPy steps, which are faster there, and the fused kernels still serve the layers around them."""
-    from dltrain.functional import recurrent
-
-    used = []
-    for plain in (recurrent._PlainGRUStep, recurrent._PlainLSTMStep):
-        for method in ("gru_forward", "lstm_forward"):
-            if hasattr(plain, method):
-                original = getattr(plain, method)
-                monkeypatch.setattr(plain, method, staticmethod(
-                    lambda *a, _original=original, _name=method: (used.append(_name), _original(*a))[1]))
-    x = Tensor(np.ones((2, 3, 4), np.float32))
-    h0 = Tensor(np.zeros((2, 5), np.float32))
-    for op, gates in ((F.gru, 3), (F.lstm, 4)):
-        weights = [Tensor(np.full((gates * 5, n), 0.1, np.float32)) for n in (4, 5)]
-        op(x, h0 if op is F.gru else None, *weights)
-    assert used == ["gru_forward"] * 3 + ["lstm_forward"] * 3
+def test_the_cpu_runs_the_reference_recurrent_steps():
+    """A compiled loop calls tanh value by value, NumPy's is vectorized: the CPU takes the reference's in-place
+    steps, and the GRU and LSTM ops call them through the kernels."""
+    for name in ("gru_forward", "gru_backward", "lstm_forward", "lstm_backward"):
+        assert getattr(cpu, name) is getattr(reference, name)

@@ -1,9 +1,9 @@
 """The GPU code paths.
 
-Everywhere: the code that calls the fused kernels runs on the CPU with their NumPy twin
-(tests/numpy_kernels.py) and must train exactly like the plain NumPy code; the deferred loss reads
-of the GPU loop run on the CPU too; each CUDA kernel, compiled for the CPU (tests/cuda_on_cpu.py), is
-checked against its twin; and the training tests run on the stand-in GPU of tests/fake_cupy.py, whose
+Everywhere: the ops' gradients through the reference kernels (backend/reference.py), training through the
+compiled kernels against training through the reference; the deferred loss reads of the GPU loop run on the
+CPU too; each CUDA kernel, compiled for the CPU (tests/cuda_on_cpu.py), is checked against the reference;
+and the training tests run on the stand-in GPU of tests/fake_cupy.py, whose
 arrays refuse host arrays as CuPy's do, through those same compiled kernels. Where CuPy finds a GPU,
 the same tests run on it too.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from kernel_checks import check_kernels_against_twin
+from kernel_checks import check_kernels_against_reference
 
 import dltrain.functional as F
 from dltrain import backend
@@ -69,12 +69,13 @@ def close_metrics(a, b, rtol):
                 assert float(row_a[key]) == pytest.approx(float(row_b[key]), rel=rtol, abs=rtol), key
 
 
-# ---------------------------------------------------------------- the kernel-calling code, on the CPU
+# ---------------------------------------------------------------- the ops through each kernel set, on the CPU
 
 
 @pytest.mark.parametrize("name, fn, arrays", [
     ("relu", F.relu, [np.where(np.abs(a := R.standard_normal((4, 5))) < 0.05, 0.1, a)]),
     ("dropout", lambda x: (backend.manual_seed(2), F.dropout(x, 0.3))[1], [R.standard_normal((6, 5))]),
+    ("gelu", F.gelu, [R.standard_normal((4, 5)) * 2]),
     ("cross_entropy", lambda x: F.cross_entropy(x, np.array([0, 3, 1, 1, 2])), [R.standard_normal((5, 4))]),
     ("conv2d", lambda x, w: F.conv2d(x, w, stride=2, padding=1), [R.standard_normal((2, 3, 7, 6)),
                                                                   R.standard_normal((4, 3, 3, 3))]),
@@ -83,6 +84,11 @@ def close_metrics(a, b, rtol):
     ("max_pool_disjoint", lambda x: F.max_pool2d(x, 2), [R.permutation(2 * 3 * 6 * 7).reshape(2, 3, 6, 7) * 0.1]),
     ("max_pool_overlapping_padded", lambda x: F.max_pool2d(x, 3, stride=2, padding=1),
      [R.permutation(2 * 2 * 7 * 6).reshape(2, 2, 7, 6) * 0.1]),
+    ("avg_pool_padded", lambda x: F.avg_pool2d(x, 3, stride=2, padding=1), [R.standard_normal((2, 2, 7, 6))]),
+    ("avg_pool_inside_only", lambda x: F.avg_pool2d(x, (3, 2), stride=(1, 2), padding=1, count_include_pad=False),
+     [R.standard_normal((2, 2, 5, 6))]),
+    ("batch_norm", lambda x, g, b: F.batch_norm(x, None, None, g, b, training=True),
+     [R.standard_normal((4, 3, 2, 2)), R.uniform(0.5, 1.5, 3), R.standard_normal(3)]),
     ("gru", lambda x, h0, w_ih, w_hh, b_ih, b_hh: F.gru(x, h0, w_ih, w_hh, b_ih, b_hh)[0],
      [R.standard_normal((2, 4, 3)), R.standard_normal((2, 5)), R.standard_normal((15, 3)),
       R.standard_normal((15, 5)), R.standard_normal(15), R.standard_normal(15)]),
@@ -90,11 +96,13 @@ def close_metrics(a, b, rtol):
      [R.standard_normal((2, 4, 3)), R.standard_normal((2, 5)), R.standard_normal((2, 5)),
       R.standard_normal((20, 3)), R.standard_normal((20, 5)), R.standard_normal(20)]),
 ])
-def test_fused_branches_have_correct_gradients(numpy_kernels, name, fn, arrays):
-    check_gradients(fn, arrays)
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "reference"])
+def test_ops_have_correct_gradients_through_each_kernel_set(name, fn, arrays, compiled):
+    with backend.fused_kernels(compiled):
+        check_gradients(fn, arrays)
 
 
-def test_fused_branches_give_the_values_of_the_numpy_code(numpy_kernels):
+def test_ops_through_the_compiled_kernels_give_the_values_of_the_reference():
     x = R.standard_normal((6, 4)).astype(np.float32)
     labels = np.array([0, 1, 3, 3, 2, 0])
     with backend.fused_kernels(False):
@@ -116,7 +124,7 @@ def test_fused_branches_give_the_values_of_the_numpy_code(numpy_kernels):
 
 @pytest.mark.parametrize("shape, training, affine", [((5, 3, 4, 2), True, True), ((6, 4), True, False),
                                                       ((5, 3, 4, 2), False, True)])
-def test_fused_batch_norm_matches_the_numpy_code(numpy_kernels, shape, training, affine):
+def test_compiled_batch_norm_matches_the_reference(shape, training, affine):
     x0 = R.standard_normal(shape).astype(np.float32) * 3 + 1
     gamma0, beta0 = R.standard_normal(shape[1]).astype(np.float32), R.standard_normal(shape[1]).astype(np.float32)
     upstream = R.standard_normal(shape).astype(np.float32)
@@ -140,37 +148,43 @@ def test_fused_batch_norm_matches_the_numpy_code(numpy_kernels, shape, training,
     lambda ps: Adam(ps, lr=0.01, weight_decay=0.01),
     lambda ps: AdamW(ps, lr=0.01),
 ])
-@pytest.mark.parametrize("kernel_set", ["twin", "cpu"])
-def test_flat_buffer_updates_match_per_parameter_updates(request, kernel_set, optimizer):
-    """The GPU's way (all gradients gathered into one buffer, the twin) and the CPU's (each parameter's part of the
-    flat buffers in turn, backend/cpu.py) give the plain per-parameter updates, state slots included."""
+@pytest.mark.parametrize("way", ["gathered", "parts", "compiled", "each"])
+def test_every_way_of_updating_gives_the_same_steps(monkeypatch, way, optimizer):
+    """The GPU's way (all gradients gathered into one buffer), the CPU's (each parameter's part of the flat buffers
+    in turn, reference or compiled) and one parameter at a time (some parameter has no gradient) take the same
+    steps as the reference kernels over the flat buffers, state slots included."""
     from dltrain.layers.module import Parameter
-
-    kernels = request.getfixturevalue("numpy_kernels") if kernel_set == "twin" else backend.fused(np.zeros(1))
-    assert kernels.GATHER_GRADIENTS is (kernel_set == "twin")
 
     shapes = [(5, 3), (5,), (2, 5)]
     start = [R.standard_normal(s) for s in shapes]
     grads = [[R.standard_normal(s) for s in shapes] for _ in range(3)]
-    results = []
-    for fused in (False, True):
+
+    def run(way):
         params = [Parameter(a.copy(), decay=len(a.shape) > 1) for a in start]
-        opt = optimizer(params)
-        with backend.fused_kernels(fused):
+        params.append(Parameter(np.zeros(2)))  # without a gradient in the "each" way
+        opt = optimizer(params if way == "each" else params[:-1])
+        with backend.fused_kernels(way == "compiled"):
             for step_grads in grads:
                 for p, g in zip(params, step_grads):
                     p.grad = g.copy()
                 opt.step()
-        results.append(([p.data.copy() for p in params], opt.state_dict()))
-    (plain, plain_state), (flat, flat_state) = results
-    for a, b in zip(plain, flat):
-        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
-    assert set(flat_state["slots"]) == set(plain_state["slots"])
-    for key, array in plain_state["slots"].items():
-        np.testing.assert_allclose(flat_state["slots"][key], array, rtol=1e-12, atol=1e-12)
+        state = opt.state_dict()
+        state["slots"] = {k: v for k, v in state["slots"].items() if not k.endswith("/3")}
+        return [p.data.copy() for p in params[:-1]], state
+
+    with monkeypatch.context() as patch:
+        if way == "gathered":
+            patch.setattr(backend.reference, "GATHER_GRADIENTS", True)
+        params, state = run(way)
+    want_params, want_state = run("parts")
+    for a, b in zip(params, want_params):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    assert set(state["slots"]) == set(want_state["slots"])
+    for key, array in want_state["slots"].items():
+        np.testing.assert_allclose(state["slots"][key], array, rtol=1e-12, atol=1e-12)
 
 
-def test_training_through_the_fused_branches_matches_plain_training(numpy_kernels, tmp_path):
+def test_training_through_the_compiled_kernels_matches_the_reference(tmp_path):
     cfg = config()
     with backend.fused_kernels(False):
         trained(cfg, tmp_path / "plain")
@@ -178,7 +192,7 @@ def test_training_through_the_fused_branches_matches_plain_training(numpy_kernel
     close_metrics(metrics(tmp_path / "fused"), metrics(tmp_path / "plain"), rtol=1e-5)
 
 
-def test_flat_buffers_are_rebuilt_after_resuming(numpy_kernels, tmp_path):
+def test_flat_buffers_are_rebuilt_after_resuming(tmp_path):
     cfg = config(optimizer={"name": "adamw", "lr": 0.01})
     trained(cfg, tmp_path / "whole")
     short = config(optimizer={"name": "adamw", "lr": 0.01}, training={**BLOBS["training"], "epochs": 2})
@@ -243,9 +257,9 @@ def test_clipping_on_the_device_scales_like_clipping_on_the_host():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_cuda_kernels_match_their_numpy_twin(cuda_kernels, dtype):
-    """Each CUDA kernel against its NumPy twin: on the GPU, and compiled for the CPU (tests/cuda_on_cpu.py)."""
-    check_kernels_against_twin(*cuda_kernels, dtype)
+def test_cuda_kernels_match_the_reference(cuda_kernels, dtype):
+    """Each CUDA kernel against the reference kernels: on the GPU, and compiled for the CPU (tests/cuda_on_cpu.py)."""
+    check_kernels_against_reference(*cuda_kernels, dtype)
 
 
 @pytest.mark.parametrize("model, optimizer", [

@@ -178,11 +178,15 @@ def to_numpy(array):
     return numpy.asarray(array)
 
 
+def kernels_for(array):
+    """The kernel set (the interface of backend/kernels.py) that ops call for `array`: the compiled one where it
+    is on (fused), else the plain array code of backend/reference.py."""
+    return fused(array) or reference
+
+
 def fused(array):
-    """The fused kernels for `array` (the interface of backend/kernels.py): backend/cpu.py for a NumPy array,
-    backend/cuda.py for a GPU array; None when they are off (DLTRAIN_FUSED_KERNELS=0), for other dtypes, or on
-    the CPU without Numba. Ops use them as `kernels = backend.fused(x); if kernels: ...`, keeping their plain
-    array code as the reference."""
+    """The compiled kernels for `array`: backend/cpu.py for a NumPy array, backend/cuda.py for a GPU array; None
+    when they are off (DLTRAIN_FUSED_KERNELS=0), for other dtypes, or on the CPU without Numba."""
     global _cuda_kernels
     if not _fused_enabled:
         return None
@@ -471,3 +475,7 @@ def erf(array):
     erf_large = 1.0 - numpy.exp(-xl * xl) / (_SQRT_PI * frac)
     result = numpy.sign(x) * numpy.where(small, erf_small, erf_large)
     return result.astype(array.dtype if is_floating(numpy.asarray(array)) else numpy.float64, copy=False)
+
+
+# Last: the reference kernels are written with array_module and erf above.
+from . import reference  # noqa: E402

@@ -97,6 +97,38 @@ def dropout(x, uniform, p: float):
     return y, mask
 
 
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+@_Kernel
+def _gelu_forward(x, out):
+    for i in prange(x.size):
+        v = x[i]
+        out[i] = v * 0.5 * (1.0 + math.erf(v * _INV_SQRT_2))
+
+
+@_Kernel
+def _gelu_backward(grad, x, grad_in):
+    for i in prange(x.size):
+        v = x[i]
+        grad_in[i] = grad[i] * (0.5 * (1.0 + math.erf(v * _INV_SQRT_2)) + v * math.exp(-0.5 * v * v) * _INV_SQRT_2PI)
+
+
+def gelu_forward(x):
+    """x Phi(x), Phi the standard normal CDF, with libm's erf (exact to rounding)."""
+    out = np.empty(x.shape, dtype=x.dtype)
+    _gelu_forward(x.size, _flat(x), out.reshape(-1))
+    return out
+
+
+def gelu_backward(grad, x):
+    """grad (Phi(x) + x phi(x))."""
+    grad_in = np.empty(x.shape, dtype=x.dtype)
+    _gelu_backward(x.size, _flat(grad), _flat(x), grad_in.reshape(-1))
+    return grad_in
+
+
 # ---------------------------------------------------------------- softmax cross-entropy
 
 
@@ -396,6 +428,85 @@ def max_pool_backward(grad_out, winner, input_shape, kernel, stride, padding, ou
     return grad_in
 
 
+# ---------------------------------------------------------------- average pooling
+
+
+@numba.njit(inline="always")
+def _window_inside(top, left, kh, kw, height, width):
+    """The rows [i0, i1) and columns [j0, j1) of a window at (top, left) that lie inside the image."""
+    return max(0, -top), min(kh, height - top), max(0, -left), min(kw, width - left)
+
+
+@numba.njit(inline="always")
+def _avg_pool_forward_loop(x, out, kh, kw, sh, sw, ph, pw, include_pad):
+    samples, channels, height, width = x.shape
+    oh, ow = out.shape[2], out.shape[3]
+    for task in prange(samples * channels):
+        n, c = task // channels, task % channels
+        plane = x[n, c]
+        for y in range(oh):
+            top = y * sh - ph
+            for xo in range(ow):
+                left = xo * sw - pw
+                i0, i1, j0, j1 = _window_inside(top, left, kh, kw, height, width)
+                total = 0.0
+                for i in range(i0, i1):
+                    for j in range(j0, j1):
+                        total += plane[top + i, left + j]
+                out[n, c, y, xo] = total / (kh * kw if include_pad else (i1 - i0) * (j1 - j0))
+
+
+@numba.njit(inline="always")
+def _avg_pool_backward_loop(grad_out, grad_in, kh, kw, sh, sw, ph, pw, include_pad):
+    samples, channels, height, width = grad_in.shape
+    oh, ow = grad_out.shape[2], grad_out.shape[3]
+    for task in prange(samples * channels):
+        n, c = task // channels, task % channels
+        plane = grad_in[n, c]
+        plane[:] = 0
+        for y in range(oh):
+            top = y * sh - ph
+            for xo in range(ow):
+                left = xo * sw - pw
+                i0, i1, j0, j1 = _window_inside(top, left, kh, kw, height, width)
+                share = grad_out[n, c, y, xo] / (kh * kw if include_pad else (i1 - i0) * (j1 - j0))
+                for i in range(i0, i1):
+                    for j in range(j0, j1):
+                        plane[top + i, left + j] += share
+
+
+def _avg_pool_forward_for(kh, kw, sh, sw, ph, pw, include_pad):
+    def loop(x, out):
+        _avg_pool_forward_loop(x, out, kh, kw, sh, sw, ph, pw, include_pad)
+    return loop
+
+
+def _avg_pool_backward_for(kh, kw, sh, sw, ph, pw, include_pad):
+    def loop(grad_out, grad_in):
+        _avg_pool_backward_loop(grad_out, grad_in, kh, kw, sh, sw, ph, pw, include_pad)
+    return loop
+
+
+_avg_pool_forward = _WindowKernel(_avg_pool_forward_loop, _avg_pool_forward_for)
+_avg_pool_backward = _WindowKernel(_avg_pool_backward_loop, _avg_pool_backward_for)
+
+
+def avg_pool_forward(x, kernel, stride, padding, out_hw, count_include_pad: bool):
+    """Each window's mean; padding counts as zeros in it when count_include_pad (torch's default)."""
+    x = np.ascontiguousarray(x)
+    out = np.empty(x.shape[:2] + tuple(out_hw), dtype=x.dtype)
+    _avg_pool_forward(x.size, (*kernel, *stride, *padding, bool(count_include_pad)), x, out)
+    return out
+
+
+def avg_pool_backward(grad_out, input_shape, kernel, stride, padding, out_hw, count_include_pad: bool):
+    """Each window's gradient shared equally by the values it averaged."""
+    grad_in = np.empty(input_shape, dtype=grad_out.dtype)
+    _avg_pool_backward(grad_in.size, (*kernel, *stride, *padding, bool(count_include_pad)),
+                       np.ascontiguousarray(grad_out), grad_in)
+    return grad_in
+
+
 # ---------------------------------------------------------------- batch normalization
 
 
@@ -512,12 +623,11 @@ def batch_norm_backward(grad, x, mean, scale, coef_centered, coef_const):
     return grad_in
 
 
-# ---------------------------------------------------------------- recurrent steps
-
-# None here: a GRU or LSTM step is mostly tanh, which a compiled loop calls once a value (libm) while NumPy's
-# tanh is vectorized; the plain NumPy steps ran a GRU forward in 8.5 ms against 33 ms for a Numba kernel
-# (batch 128, 28 steps, 128 units), so the ops keep them on the CPU.
-RECURRENT_STEPS = False
+# ---------------------------------------------------------------- recurrent steps: the reference's NumPy code
+# A GRU or LSTM step is mostly tanh, which a compiled loop calls once a value (libm) while NumPy's tanh is
+# vectorized; the NumPy steps ran a GRU forward in 8.5 ms against 33 ms for a Numba kernel (batch 128, 28 steps,
+# 128 units), so the CPU keeps them.
+from .reference import gru_backward, gru_forward, lstm_backward, lstm_forward  # noqa: E402, F401
 
 # The optimizers update each parameter's part of the flat buffers in turn: gathering the gradients into one
 # buffer first cost a copy of them all (0.4 ms of a 3.5 ms MLP step), and a call each costs microseconds.

@@ -5,9 +5,9 @@ bound by launches, not arithmetic. So the chains that run every step are single 
 gradient, the dropout mask and its product, softmax cross-entropy (loss and gradient) and the count of
 correct predictions, im2col and col2im (convolution as one GEMM each way), max pooling, batch
 normalization (two kernels each way: per-channel statistics, one pass over the images), a GRU or LSTM
-step's pointwise part (forward and backward), and the SGD / Adam updates over one flat parameter buffer.
-The ops in dltrain/functional use them through `backend.fused(array)` (the interface of backend/kernels.py,
-which backend/cpu.py implements for NumPy arrays).
+step's pointwise part (forward and backward), exact GELU, and the SGD / Adam updates over one flat parameter
+buffer. The ops in dltrain/functional use them through `backend.kernels_for(array)` (the interface of
+backend/kernels.py, which backend/cpu.py implements for NumPy arrays and backend/reference.py as plain array code).
 
 Imported only after CuPy has found a GPU; kernels compile on first use and CuPy caches them on disk.
 """
@@ -22,6 +22,18 @@ _relu_backward = cupy.ElementwiseKernel(
     "T grad, T out", "T grad_in",
     "grad_in = out > (T)0 ? grad : (T)0",
     "dltrain_relu_backward")
+
+# GELU, exact: x Phi(x) with Phi(x) = (1 + erf(x / sqrt 2)) / 2; its derivative Phi(x) + x phi(x).
+_gelu_forward = cupy.ElementwiseKernel(
+    "T x", "T out",
+    "out = x * (T)0.5 * ((T)1 + erf(x * (T)0.70710678118654752))",
+    "dltrain_gelu_forward")
+
+_gelu_backward = cupy.ElementwiseKernel(
+    "T grad, T x", "T grad_in",
+    "grad_in = grad * ((T)0.5 * ((T)1 + erf(x * (T)0.70710678118654752))"
+    " + x * exp((T)-0.5 * x * x) * (T)0.39894228040143268)",
+    "dltrain_gelu_backward")
 
 _dropout = cupy.ElementwiseKernel(
     "T x, T uniform, T p, T scale", "T y, T mask",
@@ -503,6 +515,14 @@ def relu_backward(grad, out):
     return _relu_backward(grad, out)
 
 
+def gelu_forward(x):
+    return _gelu_forward(x)
+
+
+def gelu_backward(grad, x):
+    return _gelu_backward(grad, x)
+
+
 def dropout(x, uniform, p: float):
     """(x * mask, mask) with mask = (uniform >= p) / (1 - p), one kernel."""
     return _dropout(x, uniform, x.dtype.type(p), x.dtype.type(1.0 / (1.0 - p)))
@@ -597,8 +617,11 @@ def _pool_geometry_args(height, width, kernel, stride, padding, out_hw):
 
 
 MAX_POOL_WINDOW = 255  # the winning offset is kept in one byte
-RECURRENT_STEPS = True  # gru_forward ... lstm_backward are here
 GATHER_GRADIENTS = True  # the optimizers gather all gradients into one buffer: one launch instead of one each
+
+
+# Average pooling runs as the reference's CuPy array code: one strided add per window offset.
+from dltrain.backend.reference import avg_pool_backward, avg_pool_forward  # noqa: E402, F401 (absolute: the tests load this file on its own)
 
 
 def max_pool_forward(x, kernel, stride, padding, out_hw):

@@ -1,11 +1,12 @@
-"""The fused-kernel interface: what `backend.fused(array)` hands out, written down once.
+"""The kernel interface: what `backend.kernels_for(array)` hands out to the ops, written down once.
 
-Two modules implement it: backend/cpu.py (Numba, for NumPy arrays) and backend/cuda.py (CuPy, for GPU
-arrays). The ops in dltrain/functional call these functions where they exist and otherwise run their
-plain NumPy/CuPy code, which is the readable reference and the tests' oracle (DLTRAIN_FUSED_KERNELS=0
-selects it everywhere). Arrays are float32 or float64 (`supports`), all of one dtype; labels are int64;
-"writes" means the function fills an array it was given, "returns" that it allocates its result. Inputs
-are never modified unless a contract says so.
+Three modules implement it: backend/reference.py as plain array code (NumPy or CuPy: the readable reference
+and the tests' oracle), backend/cpu.py compiled with Numba for NumPy arrays, and backend/cuda.py as CUDA
+kernels for GPU arrays. The compiled sets take a function from the reference where it measured no slower (the
+CPU's recurrent steps, the GPU's average pooling). DLTRAIN_FUSED_KERNELS=0 selects the reference everywhere.
+Arrays are float32 or float64 (`supports`), all of one dtype; labels are int64; "writes" means the function
+fills an array it was given, "returns" that it allocates its result. Inputs are never modified unless a
+contract says so.
 
 Geometry arguments are pairs: kernel (KH, KW), stride, padding and dilation (rows, columns), out_hw
 (OH, OW) with OH = (H + 2 * padding - dilation * (KH - 1) - 1) // stride + 1.
@@ -18,7 +19,6 @@ from typing import Protocol
 
 class Kernels(Protocol):
     MAX_POOL_WINDOW: int  # largest KH * KW that max_pool_forward takes (the winner is one byte)
-    RECURRENT_STEPS: bool  # whether the four recurrent step functions are there (else the ops run their own)
     GATHER_GRADIENTS: bool  # optimizers: gather all gradients into one buffer (True) or update parameter by parameter
 
     def supports(self, dtype) -> bool:
@@ -30,6 +30,12 @@ class Kernels(Protocol):
 
     def dropout(self, x, uniform, p: float):
         """Returns (x * mask, mask), mask = (uniform >= p) / (1 - p); uniform holds [0, 1) draws of x's shape."""
+
+    def gelu_forward(self, x):
+        """Returns x * Phi(x), Phi the standard normal CDF (erf, exact to the dtype's rounding)."""
+
+    def gelu_backward(self, grad, x):
+        """Returns grad * (Phi(x) + x * phi(x)), phi the standard normal density."""
 
     # ------------------------------------------------------------ softmax cross-entropy, (N, classes) logits
     def log_softmax_nll(self, logits, labels):
@@ -56,13 +62,20 @@ class Kernels(Protocol):
     def images_to_filters(self, grad):
         """Returns (N, F, OH, OW) as (F, N*OH*OW): the layout the gradient GEMMs take."""
 
-    # ------------------------------------------------------------ max pooling, (N, C, H, W)
+    # ------------------------------------------------------------ pooling, (N, C, H, W)
     def max_pool_forward(self, x, kernel, stride, padding, out_hw):
-        """Returns (out, winner): each window's maximum (padding is -inf) and the uint8 offset i * KW + j
+        """Returns (out, winner): each window's maximum (padding is -inf) and the offset i * KW + j (uint8)
         holding it, the first in row-major order on ties."""
 
     def max_pool_backward(self, grad_out, winner, input_shape, kernel, stride, padding, out_hw):
         """Returns the input gradient: each window's gradient added at the input that won it."""
+
+    def avg_pool_forward(self, x, kernel, stride, padding, out_hw, count_include_pad: bool):
+        """Returns each window's mean: over the whole window with padding as zeros (count_include_pad), else over
+        its values inside the image."""
+
+    def avg_pool_backward(self, grad_out, input_shape, kernel, stride, padding, out_hw, count_include_pad: bool):
+        """Returns the input gradient: each window's gradient shared equally by the values it averaged."""
 
     # ------------------------------------------------------------ batch normalization over axis 1 of (N, C, ...)
     def batch_norm_statistics(self, x, gamma, beta, running_mean, running_var, eps: float, momentum: float):
@@ -84,8 +97,7 @@ class Kernels(Protocol):
     def batch_norm_backward(self, grad, x, mean, scale, coef_centered, coef_const):
         """Returns the input gradient grad * scale + (x - mean) * coef_centered + coef_const, per channel."""
 
-    # ------------------------------------------------------------ recurrent steps, (N, H) states: only where
-    # RECURRENT_STEPS (the GPU); the CPU's plain NumPy steps are faster than a compiled loop of scalar tanh calls
+    # ------------------------------------------------------------ recurrent steps, (N, H) states
     def gru_forward(self, step_in, gh, bias, h, h_new, rz, n) -> None:
         """One GRU step's pointwise part (torch's gate order r, z, n): adds bias (3H,) or None into gh
         (h W_hh^T, N x 3H, kept for the backward); writes rz = [r, z], n and h_new = (1 - z) n + z h.

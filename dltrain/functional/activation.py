@@ -10,13 +10,9 @@ from ..autograd import Tensor, as_tensor, make_result
 
 def relu(input) -> Tensor:
     x = as_tensor(input)
-    xp = backend.array_module(x.data)
-    kernels = backend.fused(x.data)
-    if kernels:  # the gradient reads the output, so no mask is made or kept
-        out = xp.maximum(x.data, 0)
-        return make_result(out, (x,), lambda g: (kernels.relu_backward(g, out),), "relu")
-    positive = x.data > 0
-    return make_result(xp.maximum(x.data, 0), (x,), lambda g: (g * positive,), "relu")
+    out = backend.array_module(x.data).maximum(x.data, 0)
+    kernels = backend.kernels_for(x.data)  # the gradient is read off the output: no mask is made or kept
+    return make_result(out, (x,), lambda g: (kernels.relu_backward(g, out),), "relu")
 
 
 def leaky_relu(input, negative_slope: float = 0.01) -> Tensor:
@@ -41,8 +37,6 @@ def sigmoid(input) -> Tensor:
 
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 def gelu(input, approximate: str = "none") -> Tensor:
@@ -51,11 +45,11 @@ def gelu(input, approximate: str = "none") -> Tensor:
     xp = backend.array_module(x.data)
     v = x.data
     if approximate == "none":
-        cdf = 0.5 * (1 + backend.erf(v * _INV_SQRT_2))
-        out = v * cdf
+        kernels = backend.kernels_for(v)
+        out = kernels.gelu_forward(v)
 
         def backward(g):
-            return (g * (cdf + v * xp.exp(-0.5 * v * v) * _INV_SQRT_2PI),)
+            return (kernels.gelu_backward(g, v),)
     elif approximate == "tanh":
         inner = _SQRT_2_OVER_PI * (v + 0.044715 * v * v * v)
         t = xp.tanh(inner)

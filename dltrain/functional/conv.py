@@ -1,10 +1,8 @@
 """Convolution and pooling over NCHW images, with torch.nn.functional's names and defaults.
 
-The plain code is im2col on a strided view plus one (batched) matrix product per batch chunk; its input
-gradient (col2im) adds one strided slice per kernel offset, so no scatter (np.add.at) is needed: the readable
-reference. With the fused kernels (Numba on the CPU, CUDA on the GPU) it is one GEMM each way over a column matrix
-built and summed back by kernels (_conv2d_fused).
-Pooling also works on strided views: each output reads a window, each kernel offset writes back.
+Each op checks its arguments, works out the geometry and calls the kernels (backend/kernels.py): convolution is
+im2col into one (C*KH*KW, N*OH*OW) column matrix and one matrix product each way, pooling a window loop each way.
+The arithmetic itself, as plain array code, is in backend/reference.py.
 """
 
 from __future__ import annotations
@@ -30,24 +28,6 @@ def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def _windows(xp_padded, kernel, stride, dilation, out_hw):
-    """A (N, C, KH, KW, OH, OW) view: element [n, c, i, j, oh, ow] is input pixel
-    (oh * stride + i * dilation, ow * stride + j * dilation) of the padded image. No copy."""
-    xp = backend.array_module(xp_padded)
-    n_stride, c_stride, h_stride, w_stride = xp_padded.strides
-    shape = xp_padded.shape[:2] + kernel + out_hw
-    strides = (n_stride, c_stride, h_stride * dilation[0], w_stride * dilation[1],
-               h_stride * stride[0], w_stride * stride[1])
-    return xp.lib.stride_tricks.as_strided(xp_padded, shape=shape, strides=strides)
-
-
-def _pad(x, padding, value=0.0):
-    if padding == (0, 0):
-        return x
-    xp = backend.array_module(x)
-    return xp.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2), constant_values=value)
-
-
 def _check_4d(name: str, x: Tensor) -> None:
     if x.ndim != 4:
         raise ShapeError(f"{name}: expected input (N, C, H, W), got shape {x.shape}")
@@ -71,38 +51,11 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups: in
     if oh < 1 or ow < 1:
         raise ShapeError(f"conv2d: kernel {(kh, kw)} (dilation {dilation}) is larger than the padded input "
                          f"{(h + 2 * padding[0], width + 2 * padding[1])}")
-    kernels = backend.fused(x.data)
-    if kernels:
-        return _conv2d_fused(kernels, x, w, b, (kh, kw), stride, padding, dilation, (oh, ow))
-    xp = backend.array_module(x.data)
-    w2 = w.data.reshape(filters, c * kh * kw)
-    out, columns, chunk = _correlate(x.data, w2, (kh, kw), stride, padding, dilation, (oh, ow))
-    if b is not None:
-        out += b.data.reshape(1, filters, 1, 1)
-
-    def backward(g):
-        g3 = g.reshape(n, filters, oh * ow)
-        grad_w = None
-        if w.requires_grad:
-            grad_w = xp.zeros_like(w2)
-            for index, start in enumerate(range(0, n, chunk)):
-                cols = columns[index]
-                grad_w += (g3[start:start + len(cols)] @ cols.transpose(0, 2, 1)).sum(axis=0)
-            grad_w = grad_w.reshape(w.shape)
-        grad_x = None
-        if x.requires_grad:  # (as a correlation with the flipped kernel it measured slower: 21 vs 18 ms)
-            grad_x = _col2im(g3, w2, x.shape, (kh, kw), stride, padding, dilation, (oh, ow), chunk)
-        grads = [grad_x, grad_w]
-        if b is not None:
-            grads.append(g.sum(axis=(0, 2, 3)) if b.requires_grad else None)
-        return grads
-
-    parents = (x, w) if b is None else (x, w, b)
-    return make_result(out, parents, backward, "conv2d")
+    return _conv2d(backend.kernels_for(x.data), x, w, b, (kh, kw), stride, padding, dilation, (oh, ow))
 
 
-def _conv2d_fused(kernels, x, w, b, kernel, stride, padding, dilation, out_hw) -> Tensor:
-    """conv2d with the fused kernels: im2col into one (C*KH*KW, N*OH*OW) column matrix (one kernel, no padded copy),
+def _conv2d(kernels, x, w, b, kernel, stride, padding, dilation, out_hw) -> Tensor:
+    """conv2d through the kernels: im2col into one (C*KH*KW, N*OH*OW) column matrix (one kernel, no padded copy),
     so each direction is one large GEMM instead of a batch of small per-sample ones (TF32 in float32 where the GPU
     has it, as PyTorch's cuDNN convolutions by default; DLTRAIN_TF32=0 turns it off):
         forward        (F, C*KH*KW) @ columns           -> (F, N*OH*OW), put into NCHW with the bias by one kernel
@@ -149,53 +102,6 @@ def _conv2d_fused(kernels, x, w, b, kernel, stride, padding, dilation, out_hw) -
     return make_result(out, parents, backward, "conv2d")
 
 
-def _correlate(data, w2, kernel, stride, padding, dilation, out_hw):
-    """(N, C, H, W) data correlated with w2 (F, C*KH*KW): im2col copy + one batched product per chunk.
-
-    Returns (output (N, F, OH, OW), the column matrices per chunk, chunk size)."""
-    xp = backend.array_module(data)
-    n = data.shape[0]
-    filters, ckk = w2.shape
-    pixels = out_hw[0] * out_hw[1]
-    padded = _pad(data, padding)
-    chunk = max(1, COLUMN_BUDGET // max(1, ckk * pixels))
-    out = xp.empty((n, filters, pixels), dtype=data.dtype)
-    columns = []
-    for start in range(0, n, chunk):
-        view = _windows(padded[start:start + chunk], kernel, stride, dilation, out_hw)
-        # The one copy: (N, C, KH, KW, OH, OW) windows -> per-sample column matrices, read row by row.
-        cols = view.reshape(view.shape[0], ckk, pixels)
-        # One matrix product per sample, straight into NCHW order: no transpose of the output.
-        xp.matmul(w2, cols, out=out[start:start + len(cols)])
-        columns.append(cols)
-    return out.reshape((n, filters) + tuple(out_hw)), columns, chunk
-
-
-def _col2im(g3, w2, x_shape, kernel, stride, padding, dilation, out_hw, chunk):
-    """Input gradient of a convolution: for each kernel offset, one matrix product gives that offset's
-    contribution for every output pixel, added into a channels-last buffer (rows of N*C values, so the
-    adds run over long contiguous rows), which is turned back into NCHW at the end."""
-    xp = backend.array_module(g3)
-    n, c, h, width = x_shape
-    kh, kw = kernel
-    oh, ow = out_hw
-    filters = g3.shape[1]
-    weight = w2.reshape(filters, c, kh, kw)
-    grad = xp.zeros((h + 2 * padding[0], width + 2 * padding[1], n, c), dtype=g3.dtype)
-    for start in range(0, n, chunk):
-        g_chunk = g3[start:start + chunk]
-        m = len(g_chunk)
-        rows = xp.ascontiguousarray(g_chunk.transpose(2, 0, 1)).reshape(oh * ow * m, filters)  # (pixel, n) x F
-        target = grad[:, :, start:start + m]
-        for i in range(kh):
-            hs = slice(i * dilation[0], i * dilation[0] + stride[0] * (oh - 1) + 1, stride[0])
-            for j in range(kw):
-                ws = slice(j * dilation[1], j * dilation[1] + stride[1] * (ow - 1) + 1, stride[1])
-                target[hs, ws] += (rows @ weight[:, :, i, j]).reshape(oh, ow, m, c)
-    grad = grad[padding[0]:padding[0] + h, padding[1]:padding[1] + width]
-    return xp.ascontiguousarray(grad.transpose(2, 3, 0, 1))
-
-
 def _pool_geometry(name, x, kernel_size, stride, padding):
     _check_4d(name, x)
     kernel = _pair(kernel_size, "kernel_size")
@@ -211,43 +117,18 @@ def _pool_geometry(name, x, kernel_size, stride, padding):
     return kernel, stride, padding, (oh, ow)
 
 
-def _window_slices(padded, kernel, stride, out_hw):
-    """For each kernel offset (i, j): the (N, C, OH, OW) strided view of the inputs at that offset."""
-    oh, ow = out_hw
-    for i in range(kernel[0]):
-        for j in range(kernel[1]):
-            yield padded[:, :, i:i + stride[0] * (oh - 1) + 1:stride[0], j:j + stride[1] * (ow - 1) + 1:stride[1]]
-
-
 def max_pool2d(input, kernel_size, stride=None, padding=0) -> Tensor:
     """Largest value per window; padding counts as -inf. The gradient goes to one input per window
     (the first maximum in row-major order when several tie)."""
     x = as_tensor(input)
     kernel, stride, padding, out_hw = _pool_geometry("max_pool2d", x, kernel_size, stride, padding)
-    kernels = backend.fused(x.data)
-    if kernels and kernel[0] * kernel[1] <= kernels.MAX_POOL_WINDOW:  # one kernel each way
-        out, winner = kernels.max_pool_forward(x.data, kernel, stride, padding, out_hw)
-        return make_result(out, (x,), lambda g: (kernels.max_pool_backward(g, winner, x.shape, kernel, stride,
-                                                                            padding, out_hw),), "max_pool2d")
-    xp = backend.array_module(x.data)
-    padded = _pad(x.data, padding, value=-xp.inf)
-    offsets = _window_slices(padded, kernel, stride, out_hw)
-    out = next(offsets).copy()
-    winner = xp.zeros(out.shape, dtype=xp.uint8)  # which kernel offset holds each window's maximum
-    for k, view in enumerate(offsets, start=1):  # a running maximum: elementwise, no window copies
-        better = view > out  # strict: on ties the first offset (row-major) keeps the window
-        xp.maximum(out, view, out=out)
-        winner += better * (xp.uint8(k) - winner)  # = where(better, k, winner); masked writes are slower
-    disjoint = stride[0] >= kernel[0] and stride[1] >= kernel[1]
+    kernels = backend.kernels_for(x.data)
+    if kernel[0] * kernel[1] > kernels.MAX_POOL_WINDOW:  # the compiled kernels keep the winner in one byte
+        kernels = backend.reference
+    out, winner = kernels.max_pool_forward(x.data, kernel, stride, padding, out_hw)
 
     def backward(g):
-        grad_padded = xp.zeros(padded.shape, dtype=g.dtype)
-        for k, grad_view in enumerate(_window_slices(grad_padded, kernel, stride, out_hw)):
-            if disjoint:  # each input is in one window at most: write, no read-modify-write
-                xp.multiply(g, winner == k, out=grad_view)
-            else:
-                grad_view += g * (winner == k)
-        return (grad_padded[:, :, padding[0]:padding[0] + x.shape[2], padding[1]:padding[1] + x.shape[3]],)
+        return (kernels.max_pool_backward(g, winner, x.shape, kernel, stride, padding, out_hw),)
 
     return make_result(out, (x,), backward, "max_pool2d")
 
@@ -256,25 +137,11 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, count_include_pad: bo
     """Mean per window (padding zeros counted, as torch's default)."""
     x = as_tensor(input)
     kernel, stride, padding, out_hw = _pool_geometry("avg_pool2d", x, kernel_size, stride, padding)
-    xp = backend.array_module(x.data)
-    padded = _pad(x.data, padding)
-    if count_include_pad or padding == (0, 0):
-        counts = kernel[0] * kernel[1]
-    else:
-        ones = _pad(xp.ones((1, 1) + x.shape[2:], dtype=x.dtype), padding)
-        counts = sum(v.copy() for v in _window_slices(ones, kernel, stride, out_hw))
-    offsets = _window_slices(padded, kernel, stride, out_hw)
-    total = next(offsets).copy()
-    for view in offsets:
-        total += view
-    out = total / counts
+    kernels = backend.kernels_for(x.data)
+    out = kernels.avg_pool_forward(x.data, kernel, stride, padding, out_hw, count_include_pad)
 
     def backward(g):
-        grad_padded = xp.zeros(padded.shape, dtype=g.dtype)
-        share = g / counts
-        for grad_view in _window_slices(grad_padded, kernel, stride, out_hw):
-            grad_view += share
-        return (grad_padded[:, :, padding[0]:padding[0] + x.shape[2], padding[1]:padding[1] + x.shape[3]],)
+        return (kernels.avg_pool_backward(g, x.shape, kernel, stride, padding, out_hw, count_include_pad),)
 
     return make_result(out, (x,), backward, "avg_pool2d")
 

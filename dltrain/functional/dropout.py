@@ -14,10 +14,7 @@ def dropout(input, p: float = 0.5, training: bool = True) -> Tensor:
     if not training or p == 0:
         return x
     # The kept values are scaled now so that evaluation needs no rescaling.
-    kernels = backend.fused(x.data)
-    if kernels and p < 1:  # mask and product in one kernel
-        out, mask = kernels.dropout(x.data, backend.uniform_like(x.data), p)
-        return make_result(out, (x,), lambda g: (g * mask,), "dropout")
-    mask = (backend.uniform_like(x.data) >= p) * (1.0 / (1 - p)) if p < 1 else x.data * 0
-    mask = mask.astype(x.dtype, copy=False)
-    return make_result(x.data * mask, (x,), lambda g: (g * mask,), "dropout")
+    if p == 1:
+        return make_result(x.data * 0, (x,), lambda g: (g * 0,), "dropout")
+    out, mask = backend.kernels_for(x.data).dropout(x.data, backend.uniform_like(x.data), p)
+    return make_result(out, (x,), lambda g: (g * mask,), "dropout")

@@ -90,23 +90,10 @@ def cross_entropy(input, target, weight=None, ignore_index: int = -100, reductio
 
 def _mean_cross_entropy(x: Tensor, labels) -> Tensor:
     """The training case: (N, C) logits, valid labels, mean over samples. Gradient: (softmax - onehot) / N."""
-    xp = backend.array_module(x.data)
-    kernels = backend.fused(x.data)
-    if kernels:  # log-softmax and per-row losses in one kernel, the gradient in another
-        log_p, row_loss = kernels.log_softmax_nll(x.data, labels)
-        return make_result(row_loss.mean(), (x,), lambda g: (kernels.cross_entropy_backward(log_p, labels, g),),
-                           "cross_entropy")
-    log_p = _stable_log_softmax(x.data, 1)
-    rows = xp.arange(len(labels))
-    out = -log_p[rows, labels].mean()
-
-    def backward(g):
-        grad = xp.exp(log_p)
-        grad[rows, labels] -= 1
-        grad *= g / len(labels)
-        return (grad,)
-
-    return make_result(out, (x,), backward, "cross_entropy")
+    kernels = backend.kernels_for(x.data)  # log-softmax and per-row losses in one kernel, the gradient in another
+    log_p, row_loss = kernels.log_softmax_nll(x.data, labels)
+    return make_result(row_loss.mean(), (x,), lambda g: (kernels.cross_entropy_backward(log_p, labels, g),),
+                       "cross_entropy")
 
 
 def _reduce(losses, reduction: str):

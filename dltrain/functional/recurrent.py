@@ -47,16 +47,15 @@ def rnn(input, h0, w_ih, w_hh, b_ih=None, b_hh=None) -> tuple[Tensor, Tensor]:
     return stack(outputs, axis=1), h
 
 
-def _sequence_setup(projected: Tensor, h0: Tensor, plain_step):
-    """What a whole-sequence op starts from: (array module, steps, batch, hidden units, dtype, the step functions
-    (the fused kernels where they have them, else `plain_step`), the hidden states (T+1, N, H) with h_0 in place)."""
+def _sequence_setup(projected: Tensor, h0: Tensor):
+    """What a whole-sequence op starts from: (array module, steps, batch, hidden units, dtype, the kernels (their
+    recurrent step functions), the hidden states (T+1, N, H) with h_0 in place)."""
     xp = backend.array_module(h0.data)
     steps = projected.shape[1]
     n, hidden = h0.shape
     states = xp.empty((steps + 1, n, hidden), dtype=h0.dtype)  # h_0 ... h_T
     states[0] = h0.data
-    kernels = backend.fused(h0.data)
-    return xp, steps, n, hidden, h0.dtype, kernels if kernels and kernels.RECURRENT_STEPS else plain_step, states
+    return xp, steps, n, hidden, h0.dtype, backend.kernels_for(h0.data), states
 
 
 def lstm(input, state, w_ih, w_hh, b_ih=None, b_hh=None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
@@ -80,7 +79,7 @@ def _lstm_sequence(projected: Tensor, h0: Tensor, c0: Tensor, w: Tensor, b: Tens
         dc_t = (gradient of c_t) + dc_{t+1} f_{t+1} + dh_t o (1 - tanh(c_t)^2)
         d(a_t) = [dc g i (1 - i), dc c_{t-1} f (1 - f), dc i (1 - g^2), dh tanh(c_t) o (1 - o)]
     (a_t the gate pre-activations), then dW_hh = sum_t d(a_t)^T h_{t-1} and db_hh = sum_t d(a_t) over all steps."""
-    xp, steps, n, hidden, dtype, step, states = _sequence_setup(projected, h0, _PlainLSTMStep)
+    xp, steps, n, hidden, dtype, step, states = _sequence_setup(projected, h0)
     cells = xp.empty((steps + 1, n, hidden), dtype=dtype)  # c_0 ... c_T
     cells[0] = c0.data
     acts = xp.empty((steps, n, 4 * hidden), dtype=dtype)  # h_{t-1} W_hh^T, then the activations i, f, g, o
@@ -117,48 +116,6 @@ def _lstm_sequence(projected: Tensor, h0: Tensor, c0: Tensor, w: Tensor, b: Tens
     return make_result(out, parents, backward, "lstm")
 
 
-class _PlainLSTMStep:
-    """One LSTM step's pointwise part with plain array operations (NumPy; CuPy with the fused kernels off); the
-    GPU's is one CUDA kernel each way with the same arguments (backend/cuda.py)."""
-
-    @staticmethod
-    def lstm_forward(step_in, gates, bias, c_prev, h_new, c_new) -> None:
-        np_ = backend.array_module(c_prev)
-        hidden = c_prev.shape[1]
-        gates += step_in
-        if bias is not None:
-            gates += bias
-        ifo = [gates[:, k * hidden:(k + 1) * hidden] for k in (0, 1, 3)]
-        for a in ifo:  # sigmoid as (1 + tanh(a / 2)) / 2, in place
-            a *= 0.5
-            np_.tanh(a, out=a)
-            a += 1
-            a *= 0.5
-        i, f, o = ifo
-        g = gates[:, 2 * hidden:3 * hidden]
-        np_.tanh(g, out=g)
-        np_.multiply(f, c_prev, out=c_new)
-        c_new += i * g
-        np_.tanh(c_new, out=h_new)
-        h_new *= o
-
-    @staticmethod
-    def lstm_backward(grad_h, grad_c, carried, dc_next, has_next: bool, acts, c_prev, c_new, d_in, d_gates) -> None:
-        np_ = backend.array_module(c_prev)
-        hidden = c_prev.shape[1]
-        i, f, g, o = (acts[:, k * hidden:(k + 1) * hidden] for k in range(4))
-        tc = np_.tanh(c_new)
-        dh = grad_h + carried if has_next else grad_h
-        dc = grad_c + dc_next if has_next else grad_c.copy()
-        dc += dh * o * (1 - tc * tc)
-        d_gates[:, :hidden] = dc * g * i * (1 - i)
-        d_gates[:, hidden:2 * hidden] = dc * c_prev * f * (1 - f)
-        d_gates[:, 2 * hidden:3 * hidden] = dc * i * (1 - g * g)
-        d_gates[:, 3 * hidden:] = dh * tc * o * (1 - o)
-        d_in[...] = d_gates
-        np_.multiply(dc, f, out=dc_next)
-
-
 def gru(input, h0, w_ih, w_hh, b_ih=None, b_hh=None) -> tuple[Tensor, Tensor]:
     """GRU (torch's form): r, z from input and state; n = tanh(x W_in + b_in + r (h W_hn + b_hn));
     h_t = (1 - z) n + z h_{t-1}. Returns (all h_t, last h).
@@ -179,7 +136,7 @@ def _gru_sequence(projected: Tensor, h0: Tensor, w: Tensor, b: Tensor | None) ->
         dh_t  = (gradient of output t) + d(gh_{t+1}) W_hh + dh_{t+1} z_{t+1}
         d(in_t) = [d_r, d_z, d_n],  d(gh_t) = [d_r, d_z, d_n r]  (pre-activation gradients of the gates)
     then dW_hh = sum_t d(gh_t)^T h_{t-1} and db_hh = sum_t d(gh_t), each over all steps at once."""
-    xp, steps, n, hidden, dtype, step, states = _sequence_setup(projected, h0, _PlainGRUStep)
+    xp, steps, n, hidden, dtype, step, states = _sequence_setup(projected, h0)
     gh = xp.empty((steps, n, 3 * hidden), dtype=dtype)  # h_{t-1} W_hh^T + b_hh per step
     rz = xp.empty((steps, n, 2 * hidden), dtype=dtype)
     new = xp.empty((steps, n, hidden), dtype=dtype)  # the candidate n_t
@@ -211,54 +168,3 @@ def _gru_sequence(projected: Tensor, h0: Tensor, w: Tensor, b: Tensor | None) ->
 
     parents = (projected, h0, w) if b is None else (projected, h0, w, b)
     return make_result(out, parents, backward, "gru")
-
-
-class _PlainGRUStep:
-    """One GRU step's pointwise part with plain array operations (NumPy; CuPy with the fused kernels off), in place
-    (a step is many small arrays, so allocations and passes are the cost); the GPU's is one CUDA kernel each way
-    with the same arguments (backend/cuda.py)."""
-
-    @staticmethod
-    def gru_forward(step_in, gh, bias, h, h_new, rz, n) -> None:
-        """Writes r and z (into rz), n and h_new; adds the bias into gh (kept for the backward)."""
-        hidden = h.shape[1]
-        if bias is not None:
-            gh += bias
-        np_ = backend.array_module(h)
-        np_.add(step_in[:, :2 * hidden], gh[:, :2 * hidden], out=rz)
-        rz *= 0.5
-        np_.tanh(rz, out=rz)
-        rz += 1
-        rz *= 0.5  # sigmoid of r and z together, as (1 + tanh(a / 2)) / 2
-        r, z = rz[:, :hidden], rz[:, hidden:]
-        np_.multiply(r, gh[:, 2 * hidden:], out=n)
-        n += step_in[:, 2 * hidden:]
-        np_.tanh(n, out=n)
-        np_.subtract(h, n, out=h_new)
-        h_new *= z
-        h_new += n
-
-    @staticmethod
-    def gru_backward(grad, carried, direct, has_next: bool, h, rz, n, gh, d_in, d_gh) -> None:
-        """dh = grad (+ carried + direct from step t+1); writes d_in = [d_r, d_z, d_n], d_gh = [d_r, d_z, d_n r]
-        and, into `direct`, dh z (this step's direct part of dh_{t-1})."""
-        np_ = backend.array_module(h)
-        hidden = h.shape[1]
-        dh = grad + carried + direct if has_next else grad
-        r, z = rz[:, :hidden], rz[:, hidden:]
-        d_r, d_z, d_n = d_gh[:, :hidden], d_gh[:, hidden:2 * hidden], d_gh[:, 2 * hidden:]
-        np_.multiply(n, n, out=d_n)
-        np_.subtract(1, d_n, out=d_n)
-        d_n *= 1 - z
-        d_n *= dh  # through n = tanh(.) and h_t = (1 - z) n + z h
-        np_.subtract(1, r, out=d_r)
-        d_r *= r
-        d_r *= gh[:, 2 * hidden:]
-        d_r *= d_n
-        np_.subtract(1, z, out=d_z)
-        d_z *= z
-        d_z *= h - n
-        d_z *= dh
-        d_in[...] = d_gh
-        d_gh[:, 2 * hidden:] *= r  # gh_n enters as r * gh_n
-        np_.multiply(dh, z, out=direct)

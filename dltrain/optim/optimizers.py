@@ -4,15 +4,15 @@ Formulas follow torch.optim. Weight decay applies to parameters whose `decay` fl
 (weights), not to biases or normalization parameters, unless `decay_all: true`.
 Optimizer state is a plain dict of arrays (checkpointable as is).
 
-With the fused kernels (CPU and GPU) the parameters (and the state slots) become views of one flat
-buffer. On the GPU the gradients are gathered into one and a step costs two kernel launches instead of
-several per parameter; on the CPU one compiled pass updates each parameter's part in turn. The formulas
-are the same as the NumPy code. An optimizer without `fused_update` (a user's own) runs its `update`.
+The parameters (and the state slots) are views of one flat buffer, updated through the kernels
+(backend/kernels.py; the formulas, as array code, in backend/reference.py). On the GPU the gradients are
+gathered into one and a step costs two kernel launches instead of several per parameter; on the CPU one
+compiled pass updates each parameter's part in turn. An optimizer without `fused_update` (a user's own)
+runs its `update`, one parameter at a time.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Annotated
 
 from annotated_types import Ge, Lt
@@ -77,30 +77,45 @@ class Optimizer:
 
     def step(self) -> None:
         self.steps += 1
-        kernels = backend.fused(self.params[0].data) if self.params else None
-        fusable = type(self).fused_update is not Optimizer.fused_update
-        if kernels and fusable and all(p.grad is not None for p in self.params):
-            flat, slots, decay = self._flat_buffers()
-            if kernels.GATHER_GRADIENTS:  # GPU: one launch for all parameters, after one gathering copy
-                grads = backend.array_module(flat).concatenate([p.grad.ravel() for p in self.params])
-                self.fused_update(kernels, flat, grads.astype(flat.dtype, copy=False), slots, decay)
-                return
-            start = 0  # CPU: the buffers' part of each parameter in turn, its gradient read where it is (no copy)
-            for p in self.params:
-                part = slice(start, start + p.size)
-                self.fused_update(kernels, flat[part], p.grad.reshape(-1).astype(flat.dtype, copy=False),
-                                  {name: slot[part] for name, slot in slots.items()},
-                                  decay if isinstance(decay, float) else decay[part])
-                start += p.size
+        if type(self).fused_update is Optimizer.fused_update:  # a user's optimizer: its own update per parameter
+            for i, p in enumerate(self.params):
+                if p.grad is not None:
+                    self.update(i, p, p.grad)
             return
+        if not self.params or any(p.grad is None for p in self.params):
+            self._step_each()
+            return
+        kernels = backend.kernels_for(self.params[0].data)
+        flat, slots, decay = self._flat_buffers()
+        if kernels.GATHER_GRADIENTS:  # GPU: one launch for all parameters, after one gathering copy
+            grads = backend.array_module(flat).concatenate([p.grad.ravel() for p in self.params])
+            self.fused_update(kernels, flat, grads.astype(flat.dtype, copy=False), slots, decay)
+            return
+        start = 0  # CPU: the buffers' part of each parameter in turn, its gradient read where it is (no copy)
+        for p in self.params:
+            part = slice(start, start + p.size)
+            self.fused_update(kernels, flat[part], p.grad.reshape(-1).astype(flat.dtype, copy=False),
+                              {name: slot[part] for name, slot in slots.items()},
+                              decay if isinstance(decay, float) else decay[part])
+            start += p.size
+
+    def _step_each(self) -> None:
+        """Some parameters have no gradient (frozen, or unused in this step): update those that have one, each
+        through the kernels on its own part of the buffers (views: updated in place)."""
         for i, p in enumerate(self.params):
-            if p.grad is not None:
-                self.update(i, p, p.grad)
+            if p.grad is None:
+                continue
+            slots = {name: self.slot(name, i, p.data).reshape(-1) for name in self.slot_names}
+            decay = self.weight_decay if self.decays(p) else 0.0
+            grad = p.grad.reshape(-1).astype(p.data.dtype, copy=False)
+            self.fused_update(backend.kernels_for(p.data), p.data.reshape(-1), grad, slots, decay)
 
     def update(self, index: int, param, grad) -> None:
-        raise NotImplementedError(f"{type(self).__name__} must define update()")
+        raise NotImplementedError(f"{type(self).__name__} must define update() (or fused_update())")
 
     def fused_update(self, kernels, flat, grads, slots: dict, decay) -> None:
+        """The built-in optimizers' update of flat parameter and slot buffers (or parts of them), through the kernels
+        of backend/kernels.py; an optimizer without it defines update() for one parameter at a time."""
         raise NotImplementedError(f"{type(self).__name__} must define fused_update()")
 
     def _flat_buffers(self):
@@ -174,16 +189,6 @@ class SGD(Optimizer):
         if not momentum:  # plain SGD keeps no state (the NumPy update never makes a velocity)
             self.slot_names = ()
 
-    def update(self, index, param, grad):
-        if self.decays(param):
-            grad = grad + self.weight_decay * param.data
-        if self.momentum:
-            velocity = self.slot("velocity", index, param.data)
-            velocity *= self.momentum
-            velocity += grad
-            grad = grad + self.momentum * velocity if self.nesterov else velocity
-        param.data -= self.lr * grad
-
     def fused_update(self, kernels, flat, grads, slots, decay):
         kernels.sgd_step(flat, grads, slots.get("velocity"), decay, self.lr, self.momentum, self.nesterov)
 
@@ -199,23 +204,6 @@ class Adam(Optimizer):
                  eps: PositiveFloat = 1e-8, weight_decay: NonNegativeFloat = 0.0, decay_all: bool = False):
         super().__init__(params, lr, weight_decay, decay_all)
         self.beta1, self.beta2, self.eps = beta1, beta2, eps
-
-    def update(self, index, param, grad):
-        if self.decays(param):
-            if self.decoupled:
-                param.data *= 1 - self.lr * self.weight_decay
-            else:
-                grad = grad + self.weight_decay * param.data
-        m = self.slot("m", index, param.data)
-        v = self.slot("v", index, param.data)
-        m *= self.beta1
-        m += (1 - self.beta1) * grad
-        v *= self.beta2
-        v += (1 - self.beta2) * grad * grad
-        xp = backend.array_module(param.data)
-        step_size = self.lr / (1 - self.beta1 ** self.steps)
-        denom = xp.sqrt(v) / math.sqrt(1 - self.beta2 ** self.steps) + self.eps
-        param.data -= step_size * m / denom
 
     def fused_update(self, kernels, flat, grads, slots, decay):
         kernels.adam_step(flat, grads, slots["m"], slots["v"], decay, self.lr, self.beta1, self.beta2, self.eps,

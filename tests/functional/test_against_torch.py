@@ -85,6 +85,18 @@ CASES = {
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_forward_and_gradients_match_torch(name, device):
     """On every device (the GPU's fused kernels included) against torch on the CPU."""
+    _check_against_torch(name, device)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_the_reference_kernels_match_torch(name):
+    """On the CPU with the compiled kernels off (DLTRAIN_FUSED_KERNELS=0): the plain array code of
+    backend/reference.py."""
+    with dltrain.backend.fused_kernels(False):
+        _check_against_torch(name, "cpu")
+
+
+def _check_against_torch(name, device):
     ours_fn, torch_fn, inputs = CASES[name]
     ours = [dltrain.tensor(a, requires_grad=True, device=device) for a in inputs]
     theirs = [torch.tensor(a, requires_grad=True) for a in inputs]

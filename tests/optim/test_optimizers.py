@@ -37,9 +37,26 @@ def run_two_steps(opt_name, decay=True, **options):
     # decoupled: p *= 1 - 0.1 * 0.1 before each Adam step
     ("adamw", {"lr": 0.1, "weight_decay": 0.1}, [[0.89, -2.08], [0.917710, -2.152418]]),
 ])
-def test_two_steps_match_hand_computed_values(name, options, expected):
-    seen = run_two_steps(name, **options)
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "reference"])
+def test_two_steps_match_hand_computed_values(name, options, expected, compiled):
+    from dltrain import backend
+
+    with backend.fused_kernels(compiled):
+        seen = run_two_steps(name, **options)
     np.testing.assert_allclose(seen, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_a_parameter_without_a_gradient_is_left_alone_and_the_others_step(name):
+    """A frozen (or unused) parameter has no gradient: the others take the same step as alone."""
+    frozen = Parameter(np.array([5.0, 5.0]))
+    param = Parameter(np.array([1.0, -2.0]))
+    opt = optimizers.get(name)([frozen, param], lr=0.1, weight_decay=0.1)
+    for g in (G1, G2):
+        param.grad = g.copy()
+        opt.step()
+    np.testing.assert_array_equal(frozen.data, [5.0, 5.0])
+    np.testing.assert_allclose(param.data, run_two_steps(name, lr=0.1, weight_decay=0.1)[-1], rtol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
