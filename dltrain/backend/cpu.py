@@ -100,6 +100,11 @@ def dropout(x, uniform, p: float):
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
+# libm's erf and exp, value by value: exact to rounding, but about 7 ns a value where a ReLU takes 0.2, so the work
+# counts 16 per value (two threads pay off from 16,384 values on). A vectorizable approximation (Abramowitz & Stegun
+# 7.1.26 after NumPy's exp) was 2.5x faster but off by up to 3% in the far negative tail: not kept.
+_GELU_WORK = 16
+
 
 @_Kernel
 def _gelu_forward(x, out):
@@ -116,16 +121,16 @@ def _gelu_backward(grad, x, grad_in):
 
 
 def gelu_forward(x):
-    """x Phi(x), Phi the standard normal CDF, with libm's erf (exact to rounding)."""
+    """x Phi(x), Phi the standard normal CDF (computed in float64)."""
     out = np.empty(x.shape, dtype=x.dtype)
-    _gelu_forward(x.size, _flat(x), out.reshape(-1))
+    _gelu_forward(x.size * _GELU_WORK, _flat(x), out.reshape(-1))
     return out
 
 
 def gelu_backward(grad, x):
     """grad (Phi(x) + x phi(x))."""
     grad_in = np.empty(x.shape, dtype=x.dtype)
-    _gelu_backward(x.size, _flat(grad), _flat(x), grad_in.reshape(-1))
+    _gelu_backward(x.size * _GELU_WORK, _flat(grad), _flat(x), grad_in.reshape(-1))
     return grad_in
 
 
