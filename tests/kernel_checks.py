@@ -20,6 +20,15 @@ def check_kernels_against_reference(cupy, cuda, dtype):
     grad, out = R.standard_normal((2, 300)).astype(dtype)
     np.testing.assert_array_equal(host(cuda.relu_backward(cupy.asarray(grad), cupy.asarray(out)))[0],
                                   reference.relu_backward(grad, out))
+    for shape in [(3, 5), (2, 3, 300)]:  # rows of a linear layer's output, with NaN kept by the ReLU
+        x, bias = R.standard_normal(shape).astype(dtype), R.standard_normal(shape[-1]).astype(dtype)
+        x.reshape(-1)[::7] = np.nan
+        for b in (bias, None):
+            want, got = x.copy(), cupy.asarray(x)
+            reference.add_bias_relu(want, b)
+            cuda.add_bias_relu(got, None if b is None else cupy.asarray(b))
+            np.testing.assert_array_equal(cupy.asnumpy(got), want)
+            np.testing.assert_array_equal(want, np.maximum(x + (0 if b is None else b), 0))
     x, uniform = R.standard_normal((100, 7)).astype(dtype), R.uniform(size=(100, 7)).astype(dtype)
     for got, want in zip(host(*cuda.dropout(cupy.asarray(x), cupy.asarray(uniform), 0.3)),
                          reference.dropout(x, uniform, 0.3)):
@@ -60,12 +69,15 @@ def check_kernels_against_reference(cupy, cuda, dtype):
         np.testing.assert_allclose(cupy.asnumpy(got), want, **tol)
         product = R.standard_normal((4, shape[0] * oh * ow)).astype(dtype)  # 4 filters
         bias = R.standard_normal(4).astype(dtype)
-        for b in (bias, None):
+        product[0, :3] = np.nan  # the ReLU keeps NaN, as np.maximum does
+        for b, relu in [(bias, False), (None, False), (bias, True), (None, True)]:
             want = np.empty((shape[0], 4, oh, ow), dtype)
-            reference.filters_to_images(product, b, want)
+            reference.filters_to_images(product, b, want, relu)
             got = cupy.empty(want.shape, dtype)
-            cuda.filters_to_images(cupy.asarray(product), None if b is None else cupy.asarray(b), got)
+            cuda.filters_to_images(cupy.asarray(product), None if b is None else cupy.asarray(b), got, relu)
             np.testing.assert_array_equal(cupy.asnumpy(got), want)
+            plain = product.reshape(4, shape[0], oh, ow).transpose(1, 0, 2, 3) + (0 if b is None else b[:, None, None])
+            np.testing.assert_array_equal(want, np.maximum(plain, 0) if relu else plain)
         grad = R.standard_normal((shape[0], 4, oh, ow)).astype(dtype)
         np.testing.assert_array_equal(cupy.asnumpy(cuda.images_to_filters(cupy.asarray(grad))),
                                       reference.images_to_filters(grad))
@@ -117,8 +129,9 @@ def check_kernels_against_reference(cupy, cuda, dtype):
                 if b is not None:
                     np.testing.assert_allclose(cupy.asnumpy(a), b, **sums_tol, err_msg=f"statistics {shape}")
             mean, inv_std, scale, shift = want
-            np.testing.assert_allclose(cupy.asnumpy(cuda.batch_norm_apply(cupy.asarray(x), *map(cupy.asarray, (
-                scale, shift)))), reference.batch_norm_apply(x, scale, shift), **tol)
+            for relu in (False, True):
+                np.testing.assert_allclose(cupy.asnumpy(cuda.batch_norm_apply(cupy.asarray(x), *map(cupy.asarray, (
+                    scale, shift)), relu)), reference.batch_norm_apply(x, scale, shift, relu), **tol)
             for training in (True, False):
                 want = reference.batch_norm_backward_statistics(g, x, mean, scale, inv_std, training)
                 got = cuda.batch_norm_backward_statistics(*map(cupy.asarray, (g, x, mean, scale, inv_std)), training)

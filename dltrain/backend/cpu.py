@@ -81,6 +81,24 @@ def relu_backward(grad, out):
 
 
 @_Kernel
+def _add_bias_relu(x, bias, has_bias):
+    features = bias.size
+    for row in prange(x.size // features):
+        start = row * features
+        for f in range(features):
+            v = x[start + f] + bias[f] if has_bias else x[start + f]
+            x[start + f] = 0 if v < 0 else v
+
+
+def add_bias_relu(x, bias) -> None:
+    """x = max(x + bias, 0) in place (NaN stays NaN): a linear layer's bias and ReLU in one pass."""
+    if not x.flags.c_contiguous:
+        raise ValueError("add_bias_relu works in place on a C-contiguous array")
+    features = x.shape[-1]
+    _add_bias_relu(x.size, x.reshape(-1), np.zeros(features, x.dtype) if bias is None else bias, bias is not None)
+
+
+@_Kernel
 def _dropout(x, uniform, p, scale, y, mask):
     for i in prange(x.size):
         keep = scale if uniform[i] >= p else 0
@@ -318,22 +336,27 @@ def col2im(columns, image, kernel, stride, padding, dilation, out_hw) -> None:
 
 
 @_Kernel
-def _filters_to_images(product, bias, out):
+def _filters_to_images(product, bias, relu, out):
     samples, filters, pixels = out.shape
     for task in prange(samples * filters):
         n, f = task // filters, task % filters
         source = product[f, n * pixels:(n + 1) * pixels]
         target = out[n, f]
         shift = bias[f]
-        for p in range(pixels):
-            target[p] = source[p] + shift
+        if relu:
+            for p in range(pixels):
+                v = source[p] + shift
+                target[p] = 0 if v < 0 else v  # NaN stays NaN, as in np.maximum
+        else:
+            for p in range(pixels):
+                target[p] = source[p] + shift
 
 
-def filters_to_images(product, bias, out) -> None:
-    """out (N, F, OH, OW) = the (F, N*OH*OW) product of a convolution GEMM, plus bias (F,) or None."""
+def filters_to_images(product, bias, out, relu: bool) -> None:
+    """out (N, F, OH, OW) = the (F, N*OH*OW) product of a convolution GEMM, plus bias (F,) or None, then the ReLU."""
     samples, filters = out.shape[:2]
     _filters_to_images(out.size, np.ascontiguousarray(product), np.zeros(filters, out.dtype) if bias is None else bias,
-                       out.reshape(samples, filters, -1))
+                       relu, out.reshape(samples, filters, -1))
 
 
 @_Kernel
@@ -571,18 +594,23 @@ def batch_norm_eval_scale(mean, var, gamma, beta, eps: float):
 
 
 @_Kernel
-def _batch_norm_apply(x, scale, shift, out):
+def _batch_norm_apply(x, scale, shift, relu, out):
     samples, channels, plane = x.shape
     for task in prange(samples * channels):
         n, c = task // channels, task % channels
-        for p in range(plane):
-            out[n, c, p] = x[n, c, p] * scale[c] + shift[c]
+        if relu:
+            for p in range(plane):
+                v = x[n, c, p] * scale[c] + shift[c]
+                out[n, c, p] = 0 if v < 0 else v
+        else:
+            for p in range(plane):
+                out[n, c, p] = x[n, c, p] * scale[c] + shift[c]
 
 
-def batch_norm_apply(x, scale, shift):
-    """x * scale + shift with per-channel scale and shift, one pass."""
+def batch_norm_apply(x, scale, shift, relu: bool):
+    """x * scale + shift with per-channel scale and shift, then the ReLU: one pass."""
     out = np.empty(x.shape, dtype=x.dtype)
-    _batch_norm_apply(x.size, _planes(x), scale, shift, _planes(out))
+    _batch_norm_apply(x.size, _planes(x), scale, shift, relu, _planes(out))
     return out
 
 

@@ -82,12 +82,13 @@ _adam = cupy.ElementwiseKernel(
 
 # The convolution GEMM's (F, N*P) product into (N, F, P) order, with the bias.
 _filters_to_images = cupy.ElementwiseKernel(
-    "raw T product, raw T bias, int64 samples, int64 filters, int64 pixels, int32 has_bias", "T out",
+    "raw T product, raw T bias, int64 samples, int64 filters, int64 pixels, int32 has_bias, int32 relu", "T out",
     """
     const long long p = i % pixels;
     const long long f = (i / pixels) % filters;
     const long long n = i / (pixels * filters);
-    out = product[(f * samples + n) * pixels + p] + (has_bias ? bias[f] : (T)0);
+    const T v = product[(f * samples + n) * pixels + p] + (has_bias ? bias[f] : (T)0);
+    out = relu && v < (T)0 ? (T)0 : v;  // NaN stays NaN
     """,
     "dltrain_filters_to_images")
 
@@ -95,9 +96,16 @@ _filters_to_images = cupy.ElementwiseKernel(
 # out = x * scale[c] + shift[c], and the input gradient
 # grad * scale[c] + (x - mean[c]) * coef_centered[c] + coef_const[c].
 _batch_norm_apply = cupy.ElementwiseKernel(
-    "T x, raw T scale, raw T shift, int64 plane, int64 channels", "T out",
-    "const long long c = (i / plane) % channels; out = x * scale[c] + shift[c]",
+    "T x, raw T scale, raw T shift, int64 plane, int64 channels, int32 relu", "T out",
+    "const long long c = (i / plane) % channels; const T v = x * scale[c] + shift[c]; "
+    "out = relu && v < (T)0 ? (T)0 : v",
     "dltrain_batch_norm_apply")
+
+# A linear layer's bias and ReLU, in place over (rows, features).
+_add_bias_relu = cupy.ElementwiseKernel(
+    "raw T bias, int64 features, int32 has_bias", "T x",
+    "const T v = x + (has_bias ? bias[i % features] : (T)0); x = v < (T)0 ? (T)0 : v",
+    "dltrain_add_bias_relu")
 
 _batch_norm_backward = cupy.ElementwiseKernel(
     "T grad, T x, raw T mean, raw T scale, raw T coef_centered, raw T coef_const, int64 plane, int64 channels",
@@ -515,6 +523,12 @@ def relu_backward(grad, out):
     return _relu_backward(grad, out)
 
 
+def add_bias_relu(x, bias) -> None:
+    """x = max(x + bias, 0) in place, one pass."""
+    has_bias = bias is not None
+    _add_bias_relu(bias if has_bias else cupy.zeros(1, dtype=x.dtype), x.shape[-1], cupy.int32(has_bias), x)
+
+
 def gelu_forward(x):
     return _gelu_forward(x)
 
@@ -590,13 +604,14 @@ def col2im(columns, image, kernel, stride, padding, dilation, out_hw) -> None:
                                                                         out_hw)))
 
 
-def filters_to_images(product, bias, out) -> None:
-    """out (N, F, OH, OW) = the (F, N*OH*OW) product of a convolution GEMM, plus bias (F,) or None: one pass."""
+def filters_to_images(product, bias, out, relu: bool) -> None:
+    """out (N, F, OH, OW) = the (F, N*OH*OW) product of a convolution GEMM, plus bias (F,) or None, then the ReLU:
+    one pass."""
     samples, filters = out.shape[:2]
     has_bias = bias is not None
     bias = bias if has_bias else cupy.zeros(1, dtype=out.dtype)
     _filters_to_images(product, bias, samples, filters, out.size // max(1, samples * filters), cupy.int32(has_bias),
-                       out)
+                       cupy.int32(relu), out)
 
 
 def images_to_filters(grad):
@@ -687,10 +702,10 @@ def batch_norm_eval_scale(mean, var, gamma, beta, eps: float):
     return _batch_norm_eval_scale(mean, var, t(1) if gamma is None else gamma, t(0) if beta is None else beta, t(eps))
 
 
-def batch_norm_apply(x, scale, shift):
-    """x * scale + shift with per-channel scale and shift, one pass."""
+def batch_norm_apply(x, scale, shift, relu: bool):
+    """x * scale + shift with per-channel scale and shift, then the ReLU: one pass."""
     x = cupy.ascontiguousarray(x)
-    return _batch_norm_apply(x, scale, shift, _plane(x), x.shape[1])
+    return _batch_norm_apply(x, scale, shift, _plane(x), x.shape[1], cupy.int32(relu))
 
 
 def batch_norm_backward_statistics(grad, x, mean, scale, inv_std, training: bool):

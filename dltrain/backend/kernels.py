@@ -28,6 +28,10 @@ class Kernels(Protocol):
     def relu_backward(self, grad, out):
         """Returns grad * (out > 0): the ReLU gradient read off the forward output (no mask kept)."""
 
+    def add_bias_relu(self, x, bias) -> None:
+        """Overwrites x (C-contiguous, (..., F)) with max(x + bias, 0), bias (F,) or None; NaN stays NaN (as
+        np.maximum): a linear layer's bias and a following ReLU in one pass."""
+
     def dropout(self, x, uniform, p: float):
         """Returns (x * mask, mask), mask = (uniform >= p) / (1 - p); uniform holds [0, 1) draws of x's shape."""
 
@@ -56,8 +60,9 @@ class Kernels(Protocol):
         """Overwrites `image` (N, C, H, W, C-contiguous, the columns' dtype) with the sum of each entry of a
         (C*KH*KW, N*OH*OW) column matrix at the pixel im2col read it from: the input gradient."""
 
-    def filters_to_images(self, product, bias, out) -> None:
-        """Writes out (N, F, OH, OW) = the (F, N*OH*OW) GEMM product in image order, plus bias (F,) or None."""
+    def filters_to_images(self, product, bias, out, relu: bool) -> None:
+        """Writes out (N, F, OH, OW) = the (F, N*OH*OW) GEMM product in image order, plus bias (F,) or None, then
+        max(., 0) when relu (a following ReLU layer fused in)."""
 
     def images_to_filters(self, grad):
         """Returns (N, F, OH, OW) as (F, N*OH*OW): the layout the gradient GEMMs take."""
@@ -86,8 +91,8 @@ class Kernels(Protocol):
     def batch_norm_eval_scale(self, mean, var, gamma, beta, eps: float):
         """Returns (inv_std, scale, shift) per channel from given (running) statistics."""
 
-    def batch_norm_apply(self, x, scale, shift):
-        """Returns x * scale[c] + shift[c]."""
+    def batch_norm_apply(self, x, scale, shift, relu: bool):
+        """Returns x * scale[c] + shift[c], then max(., 0) when relu."""
 
     def batch_norm_backward_statistics(self, grad, x, mean, scale, inv_std, training: bool):
         """Returns per channel (sum_g, gamma's gradient sum(g (x - mean)) inv_std, coef_centered, coef_const);

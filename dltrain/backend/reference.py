@@ -32,6 +32,18 @@ def relu_backward(grad, out):
     return array_module(grad).where(out > 0, grad, 0).astype(grad.dtype, copy=False)
 
 
+def _relu_in_place(xp, x) -> None:
+    xp.maximum(x, 0, out=x)
+
+
+def add_bias_relu(x, bias) -> None:
+    """x = max(x + bias, 0), in place: a linear layer's bias and ReLU."""
+    xp = array_module(x)
+    if bias is not None:
+        x += bias
+    _relu_in_place(xp, x)
+
+
 def dropout(x, uniform, p: float):
     """Inverted dropout: keep where the draw is >= p and scale the kept values by 1 / (1 - p)."""
     xp = array_module(x)
@@ -122,13 +134,17 @@ def col2im(columns, image, kernel, stride, padding, dilation, out_hw) -> None:
     image[...] = padded[:, :, padding[0]:padding[0] + height, padding[1]:padding[1] + width]
 
 
-def filters_to_images(product, bias, out) -> None:
+def filters_to_images(product, bias, out, relu: bool) -> None:
+    """The product's (F, N*OH*OW) order to the images' (N, F, OH, OW), plus the bias, then the ReLU."""
+    xp = array_module(out)
     n, filters = out.shape[:2]
     images = product.reshape((filters, n) + out.shape[2:]).transpose(1, 0, 2, 3)
     if bias is None:
         out[...] = images
     else:
-        array_module(out).add(images, bias.reshape(1, -1, 1, 1), out=out)
+        xp.add(images, bias.reshape(1, -1, 1, 1), out=out)
+    if relu:
+        _relu_in_place(xp, out)
 
 
 def images_to_filters(grad):
@@ -245,9 +261,11 @@ def batch_norm_eval_scale(mean, var, gamma, beta, eps: float):
     return inv_std, scale, shift
 
 
-def batch_norm_apply(x, scale, shift):
+def batch_norm_apply(x, scale, shift, relu: bool):
     out = x * _per_channel(scale, x)
     out += _per_channel(shift, x)
+    if relu:
+        _relu_in_place(array_module(out), out)
     return out
 
 

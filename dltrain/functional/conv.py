@@ -10,6 +10,7 @@ from __future__ import annotations
 from .. import backend
 from ..autograd import Tensor, as_tensor, make_result
 from ..errors import ShapeError
+from .linear import fused_activation
 
 # Largest im2col matrix built at once (elements); bigger batches are processed in chunks.
 COLUMN_BUDGET = 1 << 24
@@ -33,8 +34,10 @@ def _check_4d(name: str, x: Tensor) -> None:
         raise ShapeError(f"{name}: expected input (N, C, H, W), got shape {x.shape}")
 
 
-def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 1) -> Tensor:
-    """Cross-correlation of (N, C, H, W) input with (F, C, KH, KW) weight, plus bias (F,)."""
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 1,
+           activation: str | None = None) -> Tensor:
+    """Cross-correlation of (N, C, H, W) input with (F, C, KH, KW) weight, plus bias (F,); activation='relu' applies
+    a ReLU in the same pass (what a following ReLU layer does, without a pass and an array of its own)."""
     if groups != 1:
         raise ValueError(f"conv2d: groups must be 1 (grouped and depthwise convolutions are not offered), got {groups}")
     x = as_tensor(input)
@@ -51,10 +54,11 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups: in
     if oh < 1 or ow < 1:
         raise ShapeError(f"conv2d: kernel {(kh, kw)} (dilation {dilation}) is larger than the padded input "
                          f"{(h + 2 * padding[0], width + 2 * padding[1])}")
-    return _conv2d(backend.kernels_for(x.data), x, w, b, (kh, kw), stride, padding, dilation, (oh, ow))
+    relu = fused_activation("conv2d", activation)
+    return _conv2d(backend.kernels_for(x.data), x, w, b, (kh, kw), stride, padding, dilation, (oh, ow), relu)
 
 
-def _conv2d(kernels, x, w, b, kernel, stride, padding, dilation, out_hw) -> Tensor:
+def _conv2d(kernels, x, w, b, kernel, stride, padding, dilation, out_hw, relu) -> Tensor:
     """conv2d through the kernels: im2col into one (C*KH*KW, N*OH*OW) column matrix (one kernel, no padded copy),
     so each direction is one large GEMM instead of a batch of small per-sample ones (TF32 in float32 where the GPU
     has it, as PyTorch's cuDNN convolutions by default; DLTRAIN_TF32=0 turns it off):
@@ -73,10 +77,12 @@ def _conv2d(kernels, x, w, b, kernel, stride, padding, dilation, out_hw) -> Tens
         cols = kernels.im2col(x.data[start:start + chunk], kernel, stride, padding, dilation, out_hw)
         with backend.tf32_products(cols):
             product = w2 @ cols
-        kernels.filters_to_images(product, None if b is None else b.data, out[start:start + chunk])
+        kernels.filters_to_images(product, None if b is None else b.data, out[start:start + chunk], relu)
         columns.append(cols)
 
     def backward(g):
+        if relu:
+            g = kernels.relu_backward(g, out)
         g_filters = kernels.images_to_filters(g)  # (F, N*OH*OW)
         parts = [(cols, g_filters[:, start * pixels:(start + chunk) * pixels])
                  for cols, start in zip(columns, range(0, n, chunk))]
@@ -99,7 +105,7 @@ def _conv2d(kernels, x, w, b, kernel, stride, padding, dilation, out_hw) -> Tens
         return grads
 
     parents = (x, w) if b is None else (x, w, b)
-    return make_result(out, parents, backward, "conv2d")
+    return make_result(out, parents, backward, "conv2d_relu" if relu else "conv2d")
 
 
 def _pool_geometry(name, x, kernel_size, stride, padding):

@@ -5,11 +5,13 @@ from __future__ import annotations
 from .. import backend
 from ..autograd import Tensor, as_tensor, make_result
 from ..errors import ShapeError
+from .linear import fused_activation
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training: bool = False,
-               momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
-    """Normalize with batch statistics (training) or running ones (evaluation), then scale and shift.
+               momentum: float = 0.1, eps: float = 1e-5, activation: str | None = None) -> Tensor:
+    """Normalize with batch statistics (training) or running ones (evaluation), then scale and shift (then a ReLU in
+    the same pass with activation='relu').
 
     In training the running statistics are updated in place, as torch does:
     running = (1 - momentum) * running + momentum * batch (the variance unbiased).
@@ -30,6 +32,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     count = x.size // channels
     if training and count < 2:
         raise ShapeError(f"batch_norm: training needs more than one value per channel, got input {x.shape}")
+    relu = fused_activation("batch_norm", activation)
     kernels = backend.kernels_for(x.data)
     gamma_data = None if gamma is None else gamma.data
     beta_data = None if beta is None else beta.data
@@ -39,9 +42,11 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     else:
         mean = r_mean
         inv_std, scale, shift = kernels.batch_norm_eval_scale(r_mean, r_var, gamma_data, beta_data, eps)
-    out = kernels.batch_norm_apply(x.data, scale, shift)  # x * scale + shift = gamma (x - mean) inv_std + beta
+    out = kernels.batch_norm_apply(x.data, scale, shift, relu)  # x * scale + shift = gamma (x - mean) inv_std + beta
 
     def backward(g):
+        if relu:
+            g = kernels.relu_backward(g, out)
         sum_g, grad_gamma, coef_centered, coef_const = kernels.batch_norm_backward_statistics(
             g, x.data, mean, scale, inv_std, training)
         grads = [kernels.batch_norm_backward(g, x.data, mean, scale, coef_centered, coef_const)
@@ -52,7 +57,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
             grads.append(sum_g if beta.requires_grad else None)
         return grads
 
-    return make_result(out, _parents(x, gamma, beta), backward, "batch_norm")
+    return make_result(out, _parents(x, gamma, beta), backward, "batch_norm_relu" if relu else "batch_norm")
 
 
 def _parents(x, gamma, beta) -> tuple:

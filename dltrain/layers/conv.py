@@ -55,6 +55,9 @@ class Conv2D(_Spatial):
     def forward(self, x):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
 
+    def forward_relu(self, x):
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, activation="relu")
+
     def describe(self):
         return f"filters={self.filters}, kernel={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 

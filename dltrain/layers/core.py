@@ -38,6 +38,9 @@ class Linear(Module):
     def forward(self, x):
         return F.linear(x, self.weight, self.bias)
 
+    def forward_relu(self, x):
+        return F.linear(x, self.weight, self.bias, activation="relu")
+
     def describe(self):
         return f"units={self.units}" + ("" if self.use_bias else ", bias=False")
 
@@ -155,14 +158,33 @@ class BatchNorm(Module):
         self.add_buffer("running_var", backend.np.ones(features, dtype=dtype))
         return input_shape
 
-    def forward(self, x):
+    def forward(self, x, activation=None):
         return F.batch_norm(x, self._buffers["running_mean"], self._buffers["running_var"], self.weight, self.bias,
-                            training=self.training, momentum=self.momentum, eps=self.eps)
+                            training=self.training, momentum=self.momentum, eps=self.eps, activation=activation)
+
+    def forward_relu(self, x):
+        return self.forward(x, activation="relu")
 
 
 def format_shape(shape) -> str:
     """A per-sample shape shown with its batch axis: (batch, 28, 28)."""
     return "(" + ", ".join(["batch", *map(str, shape)]) + ")"
+
+
+def run_layers(layers: list, x: Tensor, watch=None) -> Tensor:
+    """Each layer in turn. A ReLU layer right after a layer that has forward_relu (linear, conv2d, batchnorm) runs
+    inside that layer's op: the same values, one pass over the output fewer and no array of its own. Not when
+    `watch(layer, output)` is to see every layer's output (gradient logging)."""
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
+        fuse = (watch is None and i + 1 < len(layers) and type(layers[i + 1]) is ReLU
+                and hasattr(layer, "forward_relu"))
+        x = layer.forward_relu(x) if fuse else layer(x)
+        if watch is not None:
+            watch(layer, x)
+        i += 2 if fuse else 1
+    return x
 
 
 @layers.register("sequential")
@@ -186,9 +208,7 @@ class Sequential(Module):
         return shape
 
     def forward(self, x: Tensor) -> Tensor:
-        for layer in self.layers:
-            x = layer(x)
-        return x
+        return run_layers(self.layers, x)
 
     def summary_rows(self, depth: int = 0) -> list[tuple[str, str, tuple, int]]:
         """(indented name, options, output shape, parameter count) per layer, nested ones indented."""

@@ -21,7 +21,7 @@ from ..data import Split, Splits, prepare
 from ..distributed import SingleProcess, shard
 from ..errors import CheckpointError, DltrainError, ShapeError
 from ..layers import Sequential, Softmax, build_model
-from ..layers.core import format_shape
+from ..layers.core import format_shape, run_layers
 from ..optim import clip_grad_norm
 from ..registry import losses, optimizers, schedules
 from . import rundir as files
@@ -112,12 +112,7 @@ class Model:
 
     def outputs(self, x: Tensor, watch=None) -> Tensor:
         """The outputs the loss takes; `watch(layer, output)` sees every layer's output (gradient logging)."""
-        layers = self.network.layers[:-1] if self.skips_softmax else self.network.layers
-        for layer in layers:
-            x = layer(x)
-            if watch is not None:
-                watch(layer, x)
-        return x
+        return run_layers(self.network.layers[:-1] if self.skips_softmax else self.network.layers, x, watch)
 
     def evaluate(self, split: Split, batch_size: int) -> Evaluation:
         """Loss (sample-weighted mean), accuracy and predictions on a whole split, in eval mode.

@@ -1,0 +1,114 @@
+"""A ReLU layer after a linear, conv2d or batchnorm layer runs inside that layer's op (activation='relu'):
+the same values and gradients as the two ops one after the other, on every kernel set and device."""
+
+import numpy as np
+import pytest
+
+import dltrain.functional as F
+from dltrain import backend
+from dltrain.autograd import Tensor
+from dltrain.gradcheck import check_gradients
+from dltrain.layers import build_model
+from dltrain.layers.core import run_layers
+
+R = np.random.default_rng(3)
+
+def _running(x):
+    """Running statistics on the input's device."""
+    return [backend.to_device(np.full(3, v), backend.device_of(x.data)) for v in (0.2, 1.5)]
+
+
+# name -> (the op with the ReLU fused, arrays); the unfused twin is F.relu of the op without it.
+CASES = {
+    "linear": (lambda x, w, b, act=None: F.linear(x, w, b, activation=act),
+               [R.standard_normal((4, 6)), R.standard_normal((5, 6)), R.standard_normal(5)]),
+    "linear_3d_no_bias": (lambda x, w, act=None: F.linear(x, w, activation=act),
+                          [R.standard_normal((2, 3, 6)), R.standard_normal((5, 6))]),
+    "conv2d": (lambda x, w, b, act=None: F.conv2d(x, w, b, stride=2, padding=1, activation=act),
+               [R.standard_normal((2, 3, 7, 6)), R.standard_normal((4, 3, 3, 3)), R.standard_normal(4)]),
+    "batch_norm_train": (lambda x, g, b, act=None: F.batch_norm(x, None, None, g, b, training=True, activation=act),
+                         [R.standard_normal((4, 3, 2, 2)), R.uniform(0.5, 1.5, 3), R.standard_normal(3)]),
+    "batch_norm_eval": (lambda x, g, b, act=None: F.batch_norm(x, *_running(x), g, b, activation=act),
+                        [R.standard_normal((5, 3)), R.uniform(0.5, 1.5, 3), R.standard_normal(3)]),
+}
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "reference"])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_fused_relu_equals_the_op_then_relu(name, compiled, device):
+    fn, arrays = CASES[name]
+    upstream = R.standard_normal(F.relu(fn(*[Tensor(a) for a in arrays])).shape)
+    results = []
+    with backend.fused_kernels(compiled):
+        for fused in (True, False):
+            inputs = [Tensor(backend.to_device(a, device), requires_grad=True) for a in arrays]
+            out = fn(*inputs, act="relu") if fused else F.relu(fn(*inputs))
+            out.backward(backend.to_device(upstream, device))
+            results.append([backend.to_numpy(out.data)] + [backend.to_numpy(t.grad) for t in inputs])
+        assert (out.data > 0).any() and (out.data == 0).any()
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "reference"])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_fused_relu_has_the_gradients_of_finite_differences(name, compiled):
+    fn, arrays = CASES[name]
+    with backend.fused_kernels(compiled):
+        check_gradients(lambda *t: fn(*t, act="relu"), arrays)
+
+
+def test_only_relu_is_fused_into_ops():
+    with pytest.raises(ValueError, match=r"^conv2d: activation must be None or 'relu', got 'gelu'$"):
+        F.conv2d(np.zeros((1, 1, 3, 3)), np.zeros((1, 1, 3, 3)), activation="gelu")
+
+
+def test_a_fused_relu_keeps_nan_so_a_diverged_run_is_still_seen():
+    x = np.array([[np.nan], [-1.0], [2.0]])
+    out = F.linear(x, np.ones((1, 1)), np.zeros(1), activation="relu")
+    np.testing.assert_array_equal(out.data, np.maximum(x, 0))
+
+
+SPECS = [{"conv2d": {"filters": 4, "kernel_size": 3, "padding": 1}}, "relu",
+         {"conv2d": {"filters": 4, "kernel_size": 3}}, "batchnorm", "relu", {"max_pool2d": {"kernel_size": 2}},
+         {"residual": {"layers": [{"conv2d": {"filters": 4, "kernel_size": 3, "padding": 1}}, "batchnorm", "relu"]}},
+         "flatten", {"linear": {"units": 8}}, "relu", {"dropout": {"rate": 0.0}}, "relu", {"linear": {"units": 3}}]
+
+
+def _ops(tensor) -> list[str]:
+    """Every op name in the graph that made `tensor`."""
+    seen, stack, names = set(), [tensor], []
+    while stack:
+        t = stack.pop()
+        if id(t) in seen or not t.parents:
+            continue
+        seen.add(id(t))
+        names.append(t.op)
+        stack.extend(t.parents)
+    return names
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "reference"])
+def test_a_model_runs_each_relu_after_linear_conv_or_batchnorm_inside_it(compiled):
+    """Fused where a ReLU follows conv2d, batchnorm or linear (nested blocks included); not after other layers,
+    and not among the layers whose outputs are watched; the outputs and parameter gradients are the same."""
+    backend.manual_seed(0)
+    model = build_model(SPECS, (2, 6, 6))
+    x = R.standard_normal((3, 2, 6, 6))
+    results = []
+    with backend.fused_kernels(compiled):
+        for watch in (None, lambda layer, out: None):
+            for p in model.parameters():
+                p.grad = None
+            out = run_layers(model.layers, Tensor(x), watch)
+            ops = _ops(out)  # before backward, which frees the graph
+            out.backward(np.ones(out.shape))
+            results.append([out.data] + [p.grad.copy() for p in model.parameters()])
+            if watch is None:
+                assert sorted(op for op in ops if "relu" in op) == [
+                    "batch_norm_relu", "batch_norm_relu", "conv2d_relu", "linear_relu", "relu"]  # after dropout
+            else:  # the watched layers are the top-level ones: the residual block's own still fuses
+                assert ops.count("relu") == 4 and [op for op in ops if op.endswith("_relu")] == ["batch_norm_relu"]
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(model(Tensor(x)).data, results[0][0], rtol=1e-12)
