@@ -171,19 +171,32 @@ def format_shape(shape) -> str:
     return "(" + ", ".join(["batch", *map(str, shape)]) + ")"
 
 
-def run_layers(layers: list, x: Tensor, watch=None) -> Tensor:
-    """Each layer in turn. A ReLU layer right after a layer that has forward_relu (linear, conv2d, batchnorm) runs
-    inside that layer's op: the same values, one pass over the output fewer and no array of its own. Not when
-    `watch(layer, output)` is to see every layer's output (gradient logging)."""
+def fused_steps(layers: list):
+    """The layers as run: (layer, None), or (layer, relu) where a ReLU layer right after a layer that has
+    forward_relu (linear, conv2d, batchnorm) runs inside that layer's op: the same values, one pass over the
+    output fewer and no array of its own."""
     i = 0
     while i < len(layers):
         layer = layers[i]
-        fuse = (watch is None and i + 1 < len(layers) and type(layers[i + 1]) is ReLU
-                and hasattr(layer, "forward_relu"))
-        x = layer.forward_relu(x) if fuse else layer(x)
-        if watch is not None:
+        relu = layers[i + 1] if i + 1 < len(layers) and type(layers[i + 1]) is ReLU else None
+        if relu is not None and hasattr(layer, "forward_relu"):
+            yield layer, relu
+            i += 2
+        else:
+            yield layer, None
+            i += 1
+
+
+def run_layers(layers: list, x: Tensor, watch=None) -> Tensor:
+    """Each layer in turn, ReLUs fused as fused_steps says; none when `watch(layer, output)` is to see every
+    layer's output (gradient logging)."""
+    if watch is not None:
+        for layer in layers:
+            x = layer(x)
             watch(layer, x)
-        i += 2 if fuse else 1
+        return x
+    for layer, relu in fused_steps(layers):
+        x = layer(x) if relu is None else layer.forward_relu(x)
     return x
 
 
