@@ -63,13 +63,3 @@ class MeanSquaredError:
 
     def predict(self, outputs):
         return outputs
-
-
-def accuracy(predictions, targets) -> float:
-    """Fraction of predictions equal to the targets (per element for multi-label targets)."""
-    return float((predictions == targets).mean())
-
-
-def misclassification_rate(predictions, targets) -> float:
-    """1 - accuracy: the tutorial's 'misclassification loss'."""
-    return 1.0 - accuracy(predictions, targets)

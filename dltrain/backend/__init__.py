@@ -39,24 +39,29 @@ _device_rngs: dict[str, object] = {}
 # ---------------------------------------------------------------- host memory
 
 
-def _reuse_freed_memory() -> bool:
-    """Ask glibc to keep large freed blocks for reuse instead of returning them to the OS.
+_memory_reuse: bool | None = None  # whether glibc was asked to keep freed blocks (None: not asked yet)
+
+
+def reuse_freed_memory() -> bool:
+    """Ask glibc to keep large freed blocks for reuse instead of returning them to the OS; called when training
+    starts (once), never on import: it changes malloc for the whole process.
 
     By default each array over 128 KiB is a fresh mmap: the kernel zeroes and page-faults it on
     first touch and unmaps it on free. A training step allocates the same sizes every time, so
     that churn cost about a third of a CNN step and half of a GRU step here (measured).
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
-
-
-HOST_MEMORY_REUSE = _reuse_freed_memory()
+    global _memory_reuse
+    if _memory_reuse is None:
+        _memory_reuse = False
+        if sys.platform.startswith("linux"):
+            try:
+                libc = ctypes.CDLL("libc.so.6")
+            except OSError:
+                return False
+            m_trim_threshold, m_mmap_threshold = -1, -3
+            _memory_reuse = (bool(libc.mallopt(m_mmap_threshold, 32 << 20))
+                             and bool(libc.mallopt(m_trim_threshold, 1 << 30)))
+    return _memory_reuse
 
 
 # ---------------------------------------------------------------- devices

@@ -302,12 +302,21 @@ def _import_registries() -> None:
     from .. import data, layers, losses, optim  # noqa: F401, PLC0415
 
 
+def _kind(values) -> str:
+    """What a YAML document holds, in a few words: 'a list of 2 items', 'the string "x"'."""
+    if isinstance(values, list):
+        return f"a list of {len(values)} item{'s' if len(values) != 1 else ''}"
+    if isinstance(values, str):
+        return f"the string {values[:40]!r}"
+    return f"{type(values).__name__} {values!r}"[:60]
+
+
 def validate(values, positions: dict, filename: str, overrides: dict | None = None) -> Config:
     """A typed Config from loaded YAML values, or one ConfigError listing every problem."""
     _import_registries()
     v = Validator(filename, positions, overrides or {})
     if not isinstance(values, dict):
-        v.error((), f"expected a mapping of config sections ({', '.join(TOP_LEVEL_ORDER)}), got {values!r}")
+        v.error((), f"expected a mapping of config sections ({', '.join(TOP_LEVEL_ORDER)}), got {_kind(values)}")
         v.raise_if_any()
     for key in values:
         if key not in TOP_LEVEL_ORDER:
@@ -326,7 +335,7 @@ def validate(values, positions: dict, filename: str, overrides: dict | None = No
     model = v.layers(values["model"], ("model",)) if "model" in values else []
     loss = v.named(values.get("loss", "cross_entropy"), registry.losses, ("loss",), default="cross_entropy")
     optimizer = v.named(values.get("optimizer", "adam"), registry.optimizers, ("optimizer",), default="adam")
-    schedule_common = [Param(p.name, p.annotation, p.default) for p in registry.schedules.params("constant")]
+    schedule_common = list(registry.schedules.params("constant"))
     schedule = v.named(values.get("schedule", "constant"), registry.schedules, ("schedule",), extra=schedule_common,
                        default="constant")
     training = v.section(values.get("training", {}), TrainingConfig, ("training",))

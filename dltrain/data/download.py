@@ -11,15 +11,27 @@ import urllib.request
 from pathlib import Path
 
 from ..errors import DataError
+from .files import idx_type, np, read_at_most
 
 
 def content_sha256(path: Path, gzipped: bool) -> str:
-    """SHA-256 of a file's content, gunzipped first (so that recompressed copies still match)."""
+    """SHA-256 of a file's content, gunzipped first (so that recompressed copies still match). The content is an IDX
+    file (every download checked this way is): no more than its header promises plus one byte is read, so a file
+    that inflates far beyond it (a decompression bomb) is refused at once."""
     digest = hashlib.sha256()
     opener = gzip.open if gzipped else open
     with opener(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
+        magic = read_at_most(f, 4)
+        dtype, ndim = idx_type(magic, path)
+        dims = read_at_most(f, 4 * ndim)
+        digest.update(magic + dims)
+        left = int(np.prod([int.from_bytes(dims[4 * i: 4 * i + 4], "big") for i in range(len(dims) // 4)],
+                           dtype=object)) * dtype.itemsize + 1
+        while chunk := f.read(min(1 << 20, left)):
             digest.update(chunk)
+            left -= len(chunk)
+            if left == 0:
+                raise DataError(f"{path}: inflates to more than its IDX header says (a corrupt or hostile file)")
     return digest.hexdigest()
 
 
@@ -56,7 +68,7 @@ def fetch(url: str, destination: Path, checksum: tuple[str, str], manual_hint: s
             os.fsync(out.fileno())
         try:
             actual = checksum_of(tmp, checksum[0], gzipped=destination.suffix == ".gz")
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        except (OSError, EOFError, gzip.BadGzipFile, DataError) as exc:
             raise DataError(f"downloaded {url} is not a valid file ({exc}). {manual_hint}") from None
         if actual != checksum[1]:
             raise DataError(f"downloaded {url} is corrupt: its {checksum[0]} is {actual}, expected {checksum[1]}. "

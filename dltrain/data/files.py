@@ -21,27 +21,46 @@ _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0
 
 
 def read_idx(path: Path):
-    """An IDX file (e.g. train-images-idx3-ubyte[.gz]) as a NumPy array."""
+    """An IDX file (e.g. train-images-idx3-ubyte[.gz]) as a NumPy array. Reads no more than its header promises plus
+    one byte, so a compressed file that inflates far beyond it (a decompression bomb) costs no memory or time."""
     try:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as f:
-            payload = f.read()
+            magic = read_at_most(f, 4)
+            dtype, ndim = idx_type(magic, path)
+            dims = read_at_most(f, 4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise DataError(f"{path}: truncated IDX header ({4 + len(dims)} bytes)")
+            shape = tuple(int.from_bytes(dims[4 * i: 4 * i + 4], "big") for i in range(ndim))
+            size = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            payload = read_at_most(f, size + 1)
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise DataError(f"{path}: cannot read IDX file ({exc})") from None
-    if len(payload) < 4 or payload[0] != 0 or payload[1] != 0 or payload[2] not in _IDX_TYPES:
+    if len(payload) != size:
+        found = "more" if len(payload) > size else f"{4 + 4 * ndim + len(payload)} bytes"
+        raise DataError(f"{path}: IDX header says shape {shape} ({4 + 4 * ndim + size} bytes) but the file has "
+                        f"{found} (truncated or corrupt download?)")
+    return np.frombuffer(payload, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def idx_type(magic: bytes, path) -> tuple:
+    """(dtype, number of dimensions) from an IDX file's four magic bytes."""
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_TYPES:
         raise DataError(f"{path}: not an IDX file (expected magic bytes 00 00 <type> <ndim>, "
-                        f"got {payload[:4].hex(' ') or 'an empty file'})")
-    dtype = np.dtype(_IDX_TYPES[payload[2]])
-    ndim = payload[3]
-    header = 4 + 4 * ndim
-    if len(payload) < header:
-        raise DataError(f"{path}: truncated IDX header ({len(payload)} bytes)")
-    shape = tuple(int.from_bytes(payload[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(shape)) * dtype.itemsize
-    if len(payload) != expected:
-        raise DataError(f"{path}: IDX header says shape {shape} ({expected} bytes) but the file has "
-                        f"{len(payload)} bytes (truncated or corrupt download?)")
-    return np.frombuffer(payload, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+                        f"got {magic[:4].hex(' ') or 'an empty file'})")
+    return np.dtype(_IDX_TYPES[magic[2]]), magic[3]
+
+
+def read_at_most(f, size: int, chunk: int = 1 << 24) -> bytes:
+    """Up to `size` bytes of a file, read in chunks: memory follows what the file holds, not what a header claims."""
+    parts, left = [], size
+    while left > 0:
+        part = f.read(min(chunk, left))
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
 
 
 def read_npz(path: Path) -> dict:

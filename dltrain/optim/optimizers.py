@@ -46,14 +46,6 @@ def clip_grad_norm(params, max_norm: float, read: bool = True):
     return total
 
 
-def global_grad_norm(params) -> float:
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return 0.0
-    xp = backend.array_module(grads[0])
-    return float(xp.sqrt(sum((g.astype(xp.float64) ** 2).sum() for g in grads)))
-
-
 class Optimizer:
     """Base: holds the parameters, the learning rate (set by the schedule) and named state slots."""
 

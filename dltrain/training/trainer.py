@@ -165,6 +165,7 @@ class Trainer:
     def setup(self) -> None:
         cfg = self.config
         backend.manual_seed(cfg.seed)
+        backend.reuse_freed_memory()  # a training step allocates the same sizes every time
         if self.device == "cpu":
             backend.fused(np.zeros(1, backend.default_dtype()))  # load the compiled kernels now, not in epoch 1
             # ranks on one machine share its cores (BLAS and the compiled kernels)
@@ -250,14 +251,16 @@ class Trainer:
         """Run the batch again layer by layer and name the first layer whose output is NaN or infinite."""
         xp = backend.xp_for(self.device)
         buffers = {name: array.copy() for name, array in self.model.network.named_buffers()}
+        first = []
+
+        def watch(layer, output):
+            if not first and not bool(xp.isfinite(output.data).all()):
+                first.append(layer.path)
+
         try:
             with no_grad():
-                h = Tensor(x)
-                for layer in self.model.network.layers:
-                    h = layer(h)
-                    if not bool(xp.isfinite(h.data).all()):
-                        return f"the output of {layer.path}"
-            return "the loss (every layer's output is finite)"
+                run_layers(self.model.network.layers, Tensor(x), watch)
+            return f"the output of {first[0]}" if first else "the loss (every layer's output is finite)"
         finally:  # the diagnosis must not move batchnorm's running statistics
             for name, array in self.model.network.named_buffers():
                 array[...] = buffers[name]

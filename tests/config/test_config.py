@@ -166,3 +166,17 @@ def test_nested_sequential_is_validated_with_paths(tmp_path):
 def test_early_stopping_false_disables_it(tmp_path):
     cfg = load_config(write(tmp_path, MINIMAL + "training: {early_stopping: false}\n"))
     assert cfg.training.early_stopping.enabled is False
+
+
+@pytest.mark.parametrize("overrides", [(), ("seed=1",)])
+def test_a_top_level_list_is_named_as_such_with_or_without_overrides(tmp_path, overrides):
+    """--set used to replace a list by {} and report missing sections instead of the real problem."""
+    assert problems(tmp_path, "- linear\n- relu\n", overrides) == (
+        "c.yaml:1: (top level): expected a mapping of config sections (seed, device, data, model, loss, optimizer, "
+        "schedule, training), got a list of 2 items")
+
+
+def test_an_empty_file_takes_its_sections_from_overrides(tmp_path):
+    path = write(tmp_path, "")
+    config = load_config(path, ["data=xor", "model=[{linear: {units: 2}}]"])
+    assert config.data["name"] == "xor" and len(config.model) == 1

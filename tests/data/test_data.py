@@ -52,6 +52,45 @@ def test_truncated_idx_is_refused_with_sizes(tmp_path):
         read_idx(path)
 
 
+def _bomb(path: Path, extra: int) -> Path:
+    """A gzipped IDX file whose header says (60, 28, 28) but whose payload runs on for `extra` zero bytes more."""
+    header = bytes([0, 0, 0x08, 3]) + b"".join(n.to_bytes(4, "big") for n in (60, 28, 28))
+    compressor = gzip.GzipFile(path, "wb", compresslevel=9)
+    with compressor:
+        compressor.write(header)
+        zeros = bytes(1 << 22)
+        for _ in range((60 * 28 * 28 + extra) // len(zeros)):
+            compressor.write(zeros)
+        compressor.write(bytes((60 * 28 * 28 + extra) % len(zeros)))
+    return path
+
+
+def test_a_decompression_bomb_is_refused_after_what_its_header_promises(tmp_path):
+    """256 MiB of zeros behind a (60, 28, 28) header (a quarter of a MB compressed): refused in well under a second, without
+    inflating it; the download checksum stops there too."""
+    import resource
+    import time
+
+    path = _bomb(tmp_path / "train-images-idx3-ubyte.gz", 1 << 28)
+    assert path.stat().st_size < 2 << 20
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    with pytest.raises(DataError, match=r"header says shape \(60, 28, 28\) \(47056 bytes\) but the file has more"):
+        read_idx(path)
+    with pytest.raises(DataError, match="inflates to more than its IDX header says"):
+        content_sha256(path, gzipped=True)
+    assert time.perf_counter() - start < 1.0
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # KiB: no gigabyte buffer
+    exact = _bomb(tmp_path / "exact.gz", 0)
+    assert read_idx(exact).shape == (60, 28, 28)
+    assert content_sha256(exact, gzipped=True) == content_sha256(_plain(exact, tmp_path / "plain"), gzipped=False)
+
+
+def _plain(path: Path, target: Path) -> Path:
+    target.write_bytes(gzip.decompress(path.read_bytes()))
+    return target
+
+
 def test_not_an_idx_file(tmp_path):
     path = tmp_path / "x"
     path.write_bytes(b"hello world")

@@ -102,8 +102,9 @@ def test_nesterov_without_momentum_is_refused():
         optim.SGD([Parameter(np.zeros(1))], nesterov=True)
 
 
-def test_an_optimizer_without_fused_update_runs_its_own_update_where_kernels_exist():
-    """A user's optimizer defining only update() trains on the CPU, whose compiled kernels are on by default."""
+def test_an_optimizer_without_fused_update_runs_its_own_update_where_kernels_exist(device):
+    """A user's optimizer defining only update() trains on every device, where compiled kernels are on by default
+    (on the GPU it used to crash)."""
     from dltrain import backend
     from dltrain.layers.module import Parameter
     from dltrain.optim.optimizers import Optimizer
@@ -112,8 +113,8 @@ def test_an_optimizer_without_fused_update_runs_its_own_update_where_kernels_exi
         def update(self, index, param, grad):
             param.data -= 0.5 * self.lr * grad
 
-    assert backend.fused(np.zeros(1, np.float32)) is not None
-    param = Parameter(np.ones(3, np.float32))
-    param.grad = np.full(3, 2.0, np.float32)
+    param = Parameter(backend.to_device(np.ones(3, np.float32), device))
+    assert backend.fused(param.data) is not None
+    param.grad = backend.to_device(np.full(3, 2.0, np.float32), device)
     HalfStep([param], lr=0.1).step()
-    np.testing.assert_allclose(param.data, np.full(3, 0.9, np.float32))
+    np.testing.assert_allclose(backend.to_numpy(param.data), np.full(3, 0.9, np.float32))
