@@ -66,8 +66,8 @@ def _bomb(path: Path, extra: int) -> Path:
 
 
 def test_a_decompression_bomb_is_refused_after_what_its_header_promises(tmp_path):
-    """256 MiB of zeros behind a (60, 28, 28) header (a quarter of a MB compressed): refused in well under a second, without
-    inflating it; the download checksum stops there too."""
+    """256 MiB of zeros behind a (60, 28, 28) header (a quarter of a MB compressed): refused in well under a
+    second, without inflating it; the download checksum stops there too."""
     import resource
     import time
 
