@@ -38,14 +38,25 @@ def format_path(path: Path_) -> str:
     return text or "(top level)"
 
 
+# What a config may expand to: a real one has hundreds of values and a few levels. YAML aliases can make a 1 KB
+# file expand exponentially (nine levels of nine aliases: 387 million values), and deep nesting exhausts the stack.
+MAX_VALUES = 100_000
+MAX_DEPTH = 64
+
+
 def load_yaml(text: str, filename: str) -> tuple[object, dict[Path_, int]]:
     positions: dict[Path_, int] = {}
+    _check_bracket_depth(text, filename)
     loader = _Loader(text)
     try:
-        node = loader.get_single_node()
+        try:
+            node = loader.get_single_node()
+        except RecursionError:
+            raise ConfigError(f"{filename}: nested more than the parser can follow (a config has a few levels, "
+                              f"at most {MAX_DEPTH})") from None
         if node is None:
             return {}, positions
-        return _construct(loader, node, (), positions, filename), positions
+        return _construct(loader, node, (), positions, filename, [0]), positions
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
@@ -66,9 +77,36 @@ def _tag_in(message: str) -> str:
     return message[start:end + 1] if start >= 0 and end > start else "(unknown)"
 
 
-def _construct(loader, node, path: Path_, positions: dict, filename: str):
-    positions.setdefault(path, node.start_mark.line + 1)
+def _check_bracket_depth(text: str, filename: str) -> None:
+    """Flow collections ([...], {...}) nested deeper than MAX_DEPTH, found before the parser recurses into them."""
+    depth, quote = 0, None
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        for char in line:
+            if quote:
+                quote = None if char == quote else quote
+            elif char in "'\"":
+                quote = char
+            elif char == "#":
+                break
+            elif char in "[{":
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise ConfigError(f"{filename}:{line_number}: brackets nested more than {MAX_DEPTH} deep "
+                                      "(a config has a few levels)")
+            elif char in "]}":
+                depth = max(0, depth - 1)
+
+
+def _construct(loader, node, path: Path_, positions: dict, filename: str, count: list):
     line = node.start_mark.line + 1
+    count[0] += 1
+    if count[0] > MAX_VALUES:
+        raise ConfigError(f"{filename}:{line}: {format_path(path)}: the config expands to more than {MAX_VALUES:,} "
+                          "values (YAML aliases repeating one another?)")
+    if len(path) > MAX_DEPTH:
+        raise ConfigError(f"{filename}:{line}: {format_path(path[:4])}...: nested more than {MAX_DEPTH} levels deep "
+                          "(a config has a few levels)")
+    positions.setdefault(path, line)
     if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_COLLECTION_TAGS:
         raise ConfigError(f"{filename}:{line}: {format_path(path)}: YAML tag {node.tag!r} is not allowed "
                           "(configs hold plain values only)")
@@ -84,10 +122,11 @@ def _construct(loader, node, path: Path_, positions: dict, filename: str):
                 raise ConfigError(f"{filename}:{key_node.start_mark.line + 1}: {format_path(path + (key,))}: "
                                   f"duplicate key (first given on line {positions[path + (key,)]})")
             positions[path + (key,)] = key_node.start_mark.line + 1
-            result[key] = _construct(loader, value_node, path + (key,), positions, filename)
+            result[key] = _construct(loader, value_node, path + (key,), positions, filename, count)
         return result
     if isinstance(node, yaml.SequenceNode):
-        return [_construct(loader, child, path + (i,), positions, filename) for i, child in enumerate(node.value)]
+        return [_construct(loader, child, path + (i,), positions, filename, count)
+                for i, child in enumerate(node.value)]
     return loader.construct_object(node, deep=True)
 
 

@@ -180,3 +180,35 @@ def test_an_empty_file_takes_its_sections_from_overrides(tmp_path):
     path = write(tmp_path, "")
     config = load_config(path, ["data=xor", "model=[{linear: {units: 2}}]"])
     assert config.data["name"] == "xor" and len(config.model) == 1
+
+
+def _alias_bomb() -> str:
+    """Nine levels of nine aliases: 1 KB that a plain YAML loader expands to 387 million values."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    return "\n".join(lines) + "\ndata: xor\nmodel: *a9\n"
+
+
+@pytest.mark.parametrize("text, expected", [
+    (_alias_bomb(), r"^c\.yaml:1: a5\[0\](\[\d\])+: the config expands to more than 100,000 values \(YAML aliases "
+                    r"repeating one another\?\)$"),
+    ("data: " + "[" * 5000 + "]" * 5000 + "\n", r"^c\.yaml:1: brackets nested more than 64 deep \(a config has a few "
+                                                r"levels\)$"),
+    ("".join("  " * i + f"k{i}:\n" for i in range(200)) + "  " * 200 + "v\n",
+     r"^c\.yaml:66: k0\.k1\.k2\.k3\.\.\.: nested more than 64 levels deep \(a config has a few levels\)$"),
+])
+def test_hostile_configs_are_refused_quickly_with_the_line(tmp_path, text, expected):
+    """An alias bomb (was: past 5 GB and a minute) and 5,000 nested brackets (was: a RecursionError traceback)."""
+    import re
+    import time
+
+    start = time.perf_counter()
+    message = problems(tmp_path, text)
+    assert time.perf_counter() - start < 0.5
+    assert re.match(expected, message), message
+
+
+def test_a_hostile_override_is_refused_too(tmp_path):
+    path = write(tmp_path, MINIMAL)
+    with pytest.raises(ConfigError, match=r"brackets nested more than 64 deep"):
+        load_config(path, ["model=" + "[" * 100 + "]" * 100])
