@@ -30,6 +30,14 @@ Probability = Annotated[float, Ge(0), Lt(1)]
 UnitInterval = Annotated[float, Ge(0), Le(1)]
 
 
+class EntryOf:
+    """Annotation metadata: the value names an entry of `registry`, checked against what is registered when a config
+    is validated (not frozen at import, so entries registered later by a user's code can be named)."""
+
+    def __init__(self, registry: Registry):
+        self.registry = registry
+
+
 @dataclass(frozen=True)
 class Param:
     """One parameter of a registry entry, read from its signature."""

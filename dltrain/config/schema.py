@@ -107,8 +107,18 @@ TOP_LEVEL_ORDER = ("seed", "device", "data", "model", "loss", "optimizer", "sche
 # ---------------------------------------------------------------- describing types for messages
 
 
+def _entry_of(annotation) -> registry.EntryOf | None:
+    """The EntryOf marker of an Annotated[str, EntryOf(...)] annotation, else None."""
+    if typing.get_origin(annotation) is Annotated:
+        return next((m for m in typing.get_args(annotation)[1:] if isinstance(m, registry.EntryOf)), None)
+    return None
+
+
 def describe(annotation) -> str:
     """A type in words: 'a positive integer', "one of 'min', 'max'", 'a number in [0, 1)'."""
+    entry_of = _entry_of(annotation)
+    if entry_of is not None:
+        return "one of " + ", ".join(repr(name) for name in entry_of.registry.names())
     origin = typing.get_origin(annotation)
     if origin is Annotated:
         base, *meta = typing.get_args(annotation)
@@ -204,6 +214,14 @@ class Validator:
         """Check one value against its type; on failure record 'expected ..., got ...'."""
         if dataclasses.is_dataclass(annotation):
             return self.section(raw, annotation, path)
+        entry_of = _entry_of(annotation)
+        if entry_of is not None:
+            names = entry_of.registry.names()
+            if not isinstance(raw, str) or raw not in names:
+                self.error(path, f"unknown {entry_of.registry.kind} {raw!r}{did_you_mean(raw, names)}; "
+                                 f"available: {', '.join(names)}")
+                return None
+            return raw
         try:
             return _adapter(annotation).validate_python(raw, strict=True)
         except ValidationError:

@@ -7,16 +7,16 @@ parameter list (see dltrain/registry.py).
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 from .. import backend
 from .. import functional as F
 from ..autograd import Tensor
-from ..registry import NonNegativeFloat, PositiveFloat, PositiveInt, Probability, initializers, layers
-from .init import INIT_NAMES
+from ..registry import EntryOf, NonNegativeFloat, PositiveFloat, PositiveInt, Probability, initializers, layers
+from . import init as _init  # noqa: F401 (registers the initializers)
 from .module import Module
 
-InitName = Literal[INIT_NAMES]
+InitName = Annotated[str, EntryOf(initializers)]  # a registered initializer, looked up when a config is checked
 
 
 @layers.register("linear")

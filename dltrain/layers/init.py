@@ -71,5 +71,3 @@ def ones(shape):
     """All ones (batchnorm scale)."""
     return np.ones(shape, dtype=backend.default_dtype())
 
-
-INIT_NAMES = tuple(initializers.names())

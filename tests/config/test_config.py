@@ -212,3 +212,29 @@ def test_a_hostile_override_is_refused_too(tmp_path):
     path = write(tmp_path, MINIMAL)
     with pytest.raises(ConfigError, match=r"brackets nested more than 64 deep"):
         load_config(path, ["model=" + "[" * 100 + "]" * 100])
+
+
+def test_an_initializer_registered_after_import_can_be_named(tmp_path):
+    """Initializer names were frozen into a Literal when dltrain was imported."""
+    import numpy as np
+
+    from dltrain.layers import build_model
+    from dltrain.registry import initializers
+
+    @initializers.register("test_halves")
+    def halves(shape):
+        return np.full(shape, 0.5, np.float32)
+
+    try:
+        config = load_config(write(tmp_path, MINIMAL), ["model[0].linear.init=test_halves"])
+        assert config.model[0]["linear"]["init"] == "test_halves"
+        model = build_model(config.model, (2,))
+        assert (model.layers[0].weight.data == 0.5).all()
+    finally:
+        initializers._entries.pop("test_halves")
+
+
+def test_an_unknown_initializer_suggests_the_right_one(tmp_path):
+    message = problems(tmp_path, MINIMAL, ["model[0].linear.init=he_unifrom"])
+    assert message.startswith("--set model[0].linear.init=he_unifrom: model[0].linear.init: unknown initializer "
+                              "'he_unifrom' (did you mean 'he_uniform'?); available: glorot_normal, "), message
