@@ -194,12 +194,14 @@ def _topological_order(root: Tensor) -> list[Tensor]:
 
 
 def tensor(data, requires_grad: bool = False, dtype=None, device: str | None = None) -> Tensor:
-    """Build a Tensor from an array, a list or a number (floats in the default dtype)."""
+    """Build a Tensor from an array, a list or a number. As torch.tensor: an array keeps its dtype (float64 stays
+    float64); Python floats and lists of them take the default dtype."""
     if isinstance(data, Tensor):
         data = data.data
     xp = backend.xp_for(device) if device else backend.array_module(data)
     array = xp.asarray(data, dtype=dtype)
-    if dtype is None and array.dtype.kind == "f" and array.dtype != backend.default_dtype():
+    has_dtype = hasattr(data, "dtype")  # NumPy or CuPy arrays and NumPy scalars
+    if dtype is None and not has_dtype and array.dtype.kind == "f" and array.dtype != backend.default_dtype():
         array = array.astype(backend.default_dtype())
     if requires_grad and array.dtype.kind != "f":
         raise TypeError(f"only floating-point tensors can require grad, got dtype {array.dtype}")

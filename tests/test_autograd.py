@@ -141,3 +141,24 @@ def test_stepping_through_a_sequence_backpropagates_each_step():
         total = total + x[:, t] * t
     total.sum().backward()
     np.testing.assert_allclose(x.grad[0, :, 0], np.maximum(np.arange(50), 1))
+
+
+def test_tensor_keeps_an_arrays_dtype_and_gives_numbers_the_default_as_torch_does():
+    """torch.tensor(np.ones(2)) is float64; torch.tensor([1.0]) takes the default dtype. dltrain used to cast
+    every float array to the default (float32), so float64 comparisons silently lost precision."""
+    import dltrain
+    from dltrain import backend
+
+    assert dltrain.tensor(np.ones(2)).dtype == np.float64
+    assert dltrain.tensor(np.ones(2, np.float32)).dtype == np.float32
+    assert dltrain.tensor(np.float64(1.5)).dtype == np.float64
+    assert dltrain.tensor([1.0, 2.0]).dtype == np.float32 and dltrain.tensor(0.5).dtype == np.float32
+    assert dltrain.tensor(np.ones(2), dtype=np.float32).dtype == np.float32
+    assert dltrain.tensor([1, 2]).dtype == np.int64
+    backend.set_default_dtype(np.float64)
+    try:
+        assert dltrain.tensor([1.0]).dtype == np.float64 and dltrain.tensor(np.ones(1, np.float32)).dtype == np.float32
+    finally:
+        backend.set_default_dtype(np.float32)
+    x = np.array([1e-10, 1.0 + 1e-12])
+    np.testing.assert_array_equal((dltrain.tensor(x) * 1).data, x)  # no float32 rounding on the way
