@@ -18,9 +18,8 @@ from dltrain.config import config_from_dict
 from dltrain.data import prepare
 from dltrain.export.onnx import export_checkpoint
 from dltrain.layers import build_model
-from dltrain.training.checkpoint import load_checkpoint
-from dltrain.training.evaluate import resolve_checkpoint
-from dltrain.training.trainer import Model
+from dltrain.training.checkpoint import load_checkpoint, resolve_checkpoint
+from dltrain.training.model import Model
 
 
 def agreement(run: str) -> tuple[str, int, float]:

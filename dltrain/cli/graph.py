@@ -49,9 +49,8 @@ def _model_and_data(source: Path):
     from .. import backend  # noqa: PLC0415
     from ..config import config_from_dict, load_config  # noqa: PLC0415
     from ..data import prepare  # noqa: PLC0415
-    from ..training.checkpoint import load_checkpoint  # noqa: PLC0415
-    from ..training.evaluate import resolve_checkpoint  # noqa: PLC0415
-    from ..training.trainer import Model  # noqa: PLC0415
+    from ..training.checkpoint import load_checkpoint, resolve_checkpoint  # noqa: PLC0415
+    from ..training.model import Model  # noqa: PLC0415
 
     checkpoint = None
     if source.is_dir() or source.suffix == ".safetensors":

@@ -97,7 +97,7 @@ def check(
     """Validate a config, load its data and print the model summary, without training."""
     from ..config import load_config  # noqa: PLC0415
     from ..data import prepare  # noqa: PLC0415
-    from ..training.trainer import Model  # noqa: PLC0415
+    from ..training.model import Model  # noqa: PLC0415
 
     cfg = load_config(config, set_)
     task = Model.task_of(cfg)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .. import __version__, backend
 from ..errors import CheckpointError
-from .rundir import atomic_write
+from .rundir import BEST, LAST, atomic_write
 
 np = backend.np
 
@@ -132,3 +132,14 @@ def _metadata(raw: bytes) -> dict:
     if not isinstance(metadata, dict):
         raise ValueError("metadata is not a mapping")
     return metadata
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run directory means its best checkpoint (its last one if no best was written)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in (BEST, LAST):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"{path}: no checkpoint in this directory (expected {BEST} or {LAST})")
+    return path

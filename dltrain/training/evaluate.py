@@ -10,24 +10,12 @@ from ..config import config_from_dict
 from ..data import prepare
 from ..errors import CheckpointError, DataError, DltrainError, ShapeError
 from ..registry import losses
-from . import rundir as files
-from .checkpoint import load_checkpoint
-from .trainer import Model
+from .checkpoint import load_checkpoint, resolve_checkpoint
+from .model import Model
 
 np = backend.np
 
 SPLITS = ("test", "val", "train")
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run directory means its best checkpoint (its last one if no best was written)."""
-    path = Path(path)
-    if path.is_dir():
-        for name in (files.BEST, files.LAST):
-            if (path / name).is_file():
-                return path / name
-        raise CheckpointError(f"{path}: no checkpoint in this directory (expected {files.BEST} or {files.LAST})")
-    return path
 
 
 def confusion_matrix(predictions, targets, classes: int):

@@ -12,22 +12,21 @@ import math
 import signal
 import threading
 import time
-from dataclasses import dataclass
 
 from .. import __version__, backend
 from ..autograd import Tensor, no_grad
 from ..config import Config
-from ..data import Split, Splits, prepare
+from ..data import Split, prepare
 from ..distributed import SingleProcess, shard
 from ..errors import CheckpointError, DltrainError, ShapeError
-from ..layers import Sequential, Softmax, build_model
-from ..layers.core import format_shape, run_layers
+from ..layers.core import run_layers
 from ..optim import clip_grad_norm
-from ..registry import losses, optimizers, schedules
+from ..registry import optimizers, schedules
 from . import rundir as files
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .early_stopping import EarlyStopping
 from .gradients import GradientMonitor
+from .model import Model, data_info
 from .rundir import RunDir, RunDirError
 
 np = backend.np
@@ -70,79 +69,6 @@ def sigterm_interrupts():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-@dataclass
-class Evaluation:
-    loss: float
-    accuracy: float | None
-    predictions: object  # host array
-    targets: object  # host array
-
-
-class Model:
-    """A built network plus the loss it trains with: one place that knows how outputs become losses and predictions.
-
-    A final softmax layer before a cross_entropy loss is skipped for training and prediction
-    (cross_entropy takes logits, and argmax is the same), so the tutorial's
-    Linear-ReLU-Linear-Softmax model trains stably.
-    """
-
-    def __init__(self, config: Config, input_shape: tuple[int, ...], classes: int | None, target_width: int | None):
-        self.network: Sequential = build_model(config.model, input_shape)
-        self.loss = losses.get(config.loss["name"])(**{k: v for k, v in config.loss.items() if k != "name"})
-        self.task = self.loss.task
-        last = self.network.layers[-1]
-        self.skips_softmax = isinstance(last, Softmax) and config.loss["name"] == "cross_entropy"
-        self._check_output(classes, target_width)
-
-    @staticmethod
-    def task_of(config: Config) -> str:
-        """'classification', 'binary' or 'regression': what the config's loss trains."""
-        return losses.get(config.loss["name"]).task
-
-    def _check_output(self, classes, target_width) -> None:
-        out = self.network.output_shape
-        last = self.network.layers[-1]
-        expected = (classes,) if self.task == "classification" else (target_width,)
-        if out != expected:
-            what = f"{classes} classes" if self.task == "classification" else f"targets of width {target_width}"
-            raise ShapeError(f"{last.path}: the model's output {format_shape(out)} does not fit the data's {what}; "
-                             f"loss {self.loss.registry_name!r} expects {format_shape(expected)}")
-
-    def outputs(self, x: Tensor, watch=None) -> Tensor:
-        """The outputs the loss takes; `watch(layer, output)` sees every layer's output (gradient logging)."""
-        return run_layers(self.network.layers[:-1] if self.skips_softmax else self.network.layers, x, watch)
-
-    def evaluate(self, split: Split, batch_size: int) -> Evaluation:
-        """Loss (sample-weighted mean), accuracy and predictions on a whole split, in eval mode.
-        Losses and predictions stay on the device until the end: one transfer, not one per batch."""
-        was_training = self.network.training
-        self.network.eval()
-        xp = backend.array_module(split.x)
-        losses, sizes, predictions = [], [], []
-        try:  # a model with huge weights reports an infinite or NaN loss, without NumPy's warnings
-            with no_grad(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                for start in range(0, len(split), batch_size):
-                    x, y = split.x[start:start + batch_size], split.y[start:start + batch_size]
-                    out = self.outputs(Tensor(x))
-                    losses.append(self.loss(out, y).data)
-                    sizes.append(len(x))
-                    predictions.append(self.loss.predict(out.data))
-        finally:
-            self.network.train(was_training)
-        weighted = xp.stack(losses).astype(xp.float64) * xp.asarray(sizes, dtype=xp.float64)
-        total_loss = float(weighted.sum())
-        predictions = backend.to_numpy(xp.concatenate(predictions))
-        targets = backend.to_numpy(split.y)
-        accuracy = None if self.task == "regression" else float((predictions == targets).mean())
-        return Evaluation(total_loss / len(split), accuracy, predictions, targets)
-
-
-def data_info(splits: Splits, task: str) -> dict:
-    target_width = None if task == "classification" else int(splits.train.y.shape[1])
-    return {"input_shape": list(splits.input_shape), "classes": splits.classes, "class_names": splits.class_names,
-            "target_width": target_width}
 
 
 def _fmt(value) -> str:
@@ -215,7 +141,6 @@ class Trainer:
 
     def load_weights(self, path) -> None:
         """Start from another checkpoint's weights (fine-tuning); the optimizer and schedule start fresh."""
-        from .evaluate import resolve_checkpoint  # noqa: PLC0415 (evaluate imports this module)
 
         source = load_checkpoint(resolve_checkpoint(path))
         try:

@@ -7,7 +7,7 @@ import dltrain
 from dltrain.cli import app
 from dltrain.config import validate
 from dltrain.training.graph import graph_of, record, to_dot
-from dltrain.training.trainer import Model
+from dltrain.training.model import Model
 
 
 def test_shared_subexpression_is_one_node():
