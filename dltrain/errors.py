@@ -25,3 +25,30 @@ class CheckpointError(DltrainError):
 
 class DeviceError(DltrainError):
     """A device that was asked for and is not there."""
+
+
+class RunDirError(DltrainError):
+    """A run directory that cannot be created, written or read."""
+
+
+class ExportError(DltrainError):
+    """A model or option that cannot be exported."""
+
+
+class Diverged(DltrainError):
+    """The loss became NaN or infinite."""
+
+    exit_code = 1
+
+
+class Interrupted(DltrainError):
+    """Ctrl-C (exit 130) or SIGTERM (exit 143): the run stopped with its files complete."""
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Terminated(BaseException):
+    """Raised in the training loop by SIGTERM, as KeyboardInterrupt is by SIGINT (a BaseException, as that is: no
+    `except Exception` in between swallows it)."""

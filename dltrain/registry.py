@@ -86,6 +86,12 @@ class Registry:
             raise ConfigError(f"unknown {self.kind} {name!r}{did_you_mean(name, self._entries)}; "
                               f"available: {', '.join(self.names())}") from None
 
+    def build(self, spec: dict, **from_code):
+        """The entry a validated spec {'name': ..., option: value, ...} names, called with its options and the
+        arguments only code supplies (an optimizer's parameters, a schedule's epochs)."""
+        options = {key: value for key, value in spec.items() if key != "name"}
+        return self.get(spec["name"])(**from_code, **options)
+
     def params(self, name: str) -> list[Param]:
         """The entry's parameters from its signature (self, *args and **kwargs left out)."""
         entry = self.get(name)

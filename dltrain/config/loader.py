@@ -14,7 +14,7 @@ import yaml
 
 from ..errors import ConfigError
 
-Path_ = tuple  # a key path: str keys and int indices
+KeyPath = tuple  # a key path: str keys and int indices
 
 _PLAIN_COLLECTION_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
 
@@ -30,7 +30,7 @@ _Loader.add_implicit_resolver(
 )
 
 
-def format_path(path: Path_) -> str:
+def format_path(path: KeyPath) -> str:
     """('model', 2, 'linear', 'units') -> 'model[2].linear.units'."""
     text = ""
     for part in path:
@@ -44,8 +44,8 @@ MAX_VALUES = 100_000
 MAX_DEPTH = 64
 
 
-def load_yaml(text: str, filename: str) -> tuple[object, dict[Path_, int]]:
-    positions: dict[Path_, int] = {}
+def load_yaml(text: str, filename: str) -> tuple[object, dict[KeyPath, int]]:
+    positions: dict[KeyPath, int] = {}
     _check_bracket_depth(text, filename)
     loader = _Loader(text)
     try:
@@ -97,7 +97,7 @@ def _check_bracket_depth(text: str, filename: str) -> None:
                 depth = max(0, depth - 1)
 
 
-def _construct(loader, node, path: Path_, positions: dict, filename: str, count: list):
+def _construct(loader, node, path: KeyPath, positions: dict, filename: str, count: list):
     line = node.start_mark.line + 1
     count[0] += 1
     if count[0] > MAX_VALUES:
@@ -130,7 +130,7 @@ def _construct(loader, node, path: Path_, positions: dict, filename: str, count:
     return loader.construct_object(node, deep=True)
 
 
-def read_config_file(path: str | Path) -> tuple[object, dict[Path_, int], str]:
+def read_config_file(path: str | Path) -> tuple[object, dict[KeyPath, int], str]:
     """(values, positions, display name) of a YAML file; a clear error when it cannot be read."""
     path = Path(path)
     try:
@@ -145,7 +145,7 @@ def read_config_file(path: str | Path) -> tuple[object, dict[Path_, int], str]:
     return values, positions, str(path)
 
 
-def parse_override(expression: str) -> tuple[Path_, object]:
+def parse_override(expression: str) -> tuple[KeyPath, object]:
     """'training.epochs=5' -> (('training', 'epochs'), 5); 'model[0].linear.units=8' too.
 
     The value is read as a YAML scalar or flow collection, so 5 is an int, 0.1 a float, true a bool.
@@ -173,7 +173,7 @@ def parse_override(expression: str) -> tuple[Path_, object]:
     return tuple(path), value
 
 
-def apply_override(values: dict, path: Path_, value, expression: str) -> None:
+def apply_override(values: dict, path: KeyPath, value, expression: str) -> None:
     """Set `value` at `path` inside `values`, creating mappings on the way."""
     target = values
     for i, part in enumerate(path[:-1]):

@@ -12,14 +12,10 @@ import math
 from pathlib import Path
 
 from .. import __version__, backend
-from ..errors import DltrainError
+from ..errors import ExportError
 
 np = backend.np
 DEFAULT_OPSET = 17
-
-
-class ExportError(DltrainError):
-    """A model or option that cannot be exported."""
 
 
 class _Graph:

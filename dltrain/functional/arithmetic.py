@@ -10,7 +10,7 @@ from .. import backend
 from ..autograd import Tensor, as_tensor, make_result, unbroadcast
 
 
-def _pair(a, b) -> tuple[Tensor, Tensor]:
+def _both_tensors(a, b) -> tuple[Tensor, Tensor]:
     """Two operands as Tensors; a plain number or array takes the other's dtype and device."""
     if isinstance(a, Tensor):
         return a, as_tensor(b, like=a)
@@ -19,7 +19,7 @@ def _pair(a, b) -> tuple[Tensor, Tensor]:
 
 
 def add(a, b) -> Tensor:
-    a, b = _pair(a, b)
+    a, b = _both_tensors(a, b)
 
     def backward(g):
         return unbroadcast(g, a.shape), unbroadcast(g, b.shape)
@@ -28,7 +28,7 @@ def add(a, b) -> Tensor:
 
 
 def sub(a, b) -> Tensor:
-    a, b = _pair(a, b)
+    a, b = _both_tensors(a, b)
 
     def backward(g):
         return unbroadcast(g, a.shape), (unbroadcast(-g, b.shape) if b.requires_grad else None)
@@ -37,7 +37,7 @@ def sub(a, b) -> Tensor:
 
 
 def mul(a, b) -> Tensor:
-    a, b = _pair(a, b)
+    a, b = _both_tensors(a, b)
 
     def backward(g):
         return (unbroadcast(g * b.data, a.shape) if a.requires_grad else None,
@@ -47,7 +47,7 @@ def mul(a, b) -> Tensor:
 
 
 def div(a, b) -> Tensor:
-    a, b = _pair(a, b)
+    a, b = _both_tensors(a, b)
 
     def backward(g):
         grad_a = g / b.data
@@ -63,7 +63,7 @@ def neg(x) -> Tensor:
 
 
 def pow(base, exponent) -> Tensor:
-    base, exponent = _pair(base, exponent)
+    base, exponent = _both_tensors(base, exponent)
     xp = backend.array_module(base.data)
     out = base.data ** exponent.data
 
@@ -112,7 +112,7 @@ def _select_by_comparison(g, a_data, b_data, prefer_a, shape_a, shape_b, a_needs
 
 
 def maximum(a, b) -> Tensor:
-    a, b = _pair(a, b)
+    a, b = _both_tensors(a, b)
     xp = backend.array_module(a.data)
 
     def backward(g):
@@ -123,7 +123,7 @@ def maximum(a, b) -> Tensor:
 
 
 def minimum(a, b) -> Tensor:
-    a, b = _pair(a, b)
+    a, b = _both_tensors(a, b)
     xp = backend.array_module(a.data)
 
     def backward(g):
@@ -148,7 +148,7 @@ def clip(x, min=None, max=None) -> Tensor:
 
 def where(condition, input, other) -> Tensor:
     """`input` where `condition` holds, else `other` (broadcasting; condition gets no gradient)."""
-    input, other = _pair(input, other)
+    input, other = _both_tensors(input, other)
     cond = condition.data if isinstance(condition, Tensor) else condition
     xp = backend.array_module(input.data)
     cond = xp.asarray(cond, dtype=bool)
@@ -163,7 +163,7 @@ def where(condition, input, other) -> Tensor:
 
 def matmul(a, b) -> Tensor:
     """Matrix product with NumPy's rules: 1-D operands promoted, leading dimensions broadcast."""
-    a, b = _pair(a, b)
+    a, b = _both_tensors(a, b)
     xp = backend.array_module(a.data)
 
     def backward(g):

@@ -86,7 +86,7 @@ def evaluate_onnx(path: Path, split: str = "test", data_path: str | None = None)
     batch = config.training.eval_batch_size
     outputs = np.concatenate([session.run(None, {"input": np.asarray(chosen.x[i:i + batch], np.float32)})[0]
                               for i in range(0, len(chosen), batch)])
-    loss_fn = losses.get(config.loss["name"])(**{k: v for k, v in config.loss.items() if k != "name"})
+    loss_fn = losses.build(config.loss)
     if props.get("dltrain_outputs") == "probabilities":
         outputs = np.log(np.clip(outputs, 1e-30, None))  # log-probabilities act as logits for cross-entropy
     loss = float(loss_fn(Tensor(outputs.astype(np.float32)), chosen.y).data)

@@ -37,7 +37,7 @@ class Model:
 
     def __init__(self, config: Config, input_shape: tuple[int, ...], classes: int | None, target_width: int | None):
         self.network: Sequential = build_model(config.model, input_shape)
-        self.loss = losses.get(config.loss["name"])(**{k: v for k, v in config.loss.items() if k != "name"})
+        self.loss = losses.build(config.loss)
         self.task = self.loss.task
         last = self.network.layers[-1]
         self.skips_softmax = isinstance(last, Softmax) and config.loss["name"] == "cross_entropy"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import DltrainError
+from ..errors import RunDirError
 
 CONFIG = "config.yaml"
 METRICS = "metrics.csv"
@@ -36,10 +36,6 @@ METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accu
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-
-
-class RunDirError(DltrainError):
-    """A run directory that cannot be created, written or read."""
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -18,7 +18,7 @@ from ..autograd import Tensor, no_grad
 from ..config import Config
 from ..data import Split, prepare
 from ..distributed import SingleProcess, shard
-from ..errors import CheckpointError, DltrainError, ShapeError
+from ..errors import CheckpointError, Diverged, DltrainError, Interrupted, ShapeError, Terminated
 from ..layers.core import run_layers
 from ..optim import clip_grad_norm
 from ..registry import optimizers, schedules
@@ -34,24 +34,6 @@ np = backend.np
 # On a GPU the step's loss stays on the device and is read every this many steps (reading it waits
 # for the GPU to finish, which would stall the queue of kernels every step).
 DEVICE_READ_EVERY = 50
-
-
-class Diverged(DltrainError):
-    """The loss became NaN or infinite."""
-
-    exit_code = 1
-
-
-class Interrupted(DltrainError):
-    """Ctrl-C (exit 130) or SIGTERM (exit 143): the run stopped with its files complete."""
-
-    def __init__(self, message: str, exit_code: int = 130):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-class Terminated(BaseException):
-    """Raised in the training loop by SIGTERM, as KeyboardInterrupt is by SIGINT."""
 
 
 @contextlib.contextmanager
@@ -110,12 +92,10 @@ class Trainer:
         self.info = data_info(self.splits, task)
         self.model = Model(cfg, self.splits.input_shape, self.splits.classes, self.info["target_width"])
         self.model.network.to(self.device)
-        opt_options = {k: v for k, v in cfg.optimizer.items() if k != "name"}
-        self.optimizer = optimizers.get(cfg.optimizer["name"])(self.model.network.parameters(), **opt_options)
+        self.optimizer = optimizers.build(cfg.optimizer, params=self.model.network.parameters())
         self.steps_per_epoch = math.ceil(len(train) / cfg.training.batch_size)
-        self.schedule = schedules.get(cfg.schedule["name"])(
-            base_lr=self.optimizer.lr, total_epochs=cfg.training.epochs, steps_per_epoch=self.steps_per_epoch,
-            batch_size=cfg.training.batch_size, **{k: v for k, v in cfg.schedule.items() if k != "name"})
+        self.schedule = schedules.build(cfg.schedule, base_lr=self.optimizer.lr, total_epochs=cfg.training.epochs,
+                                        steps_per_epoch=self.steps_per_epoch, batch_size=cfg.training.batch_size)
         es = cfg.training.early_stopping
         self.early = EarlyStopping(es.monitor, cfg.monitor_mode, es.patience, es.min_delta, es.start_from_epoch,
                                    es.enabled)
