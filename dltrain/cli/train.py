@@ -143,7 +143,8 @@ def _plot_quietly(path) -> None:
 def _print_summary(summary: dict) -> None:
     parts = [f"stop: {summary['stop_reason']} after {summary['epochs_run']} epochs"]
     if summary.get("best_epoch") is not None:
-        parts.append(f"best {summary['monitor']} {summary['best_value']:.4f} at epoch {summary['best_epoch']}")
+        no_val = " (no validation split)" if summary["monitor"].startswith("train_") else ""
+        parts.append(f"best {summary['monitor']}{no_val} {summary['best_value']:.4f} at epoch {summary['best_epoch']}")
     if "test_accuracy" in summary:
         parts.append(f"test accuracy {summary['test_accuracy']:.4f}")
     if "test_loss" in summary:

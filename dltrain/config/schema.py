@@ -370,7 +370,12 @@ def _cross_checks(config: Config, v: Validator) -> None:
     """Rules that involve two keys; each message names both."""
     es = config.training.early_stopping
     has_val = config.data["val_fraction"] > 0 or config.data["val_path"] is not None
-    if es.monitor.startswith("val_") and not has_val:
+    monitor_path = ("training", "early_stopping", "monitor")
+    named = monitor_path in v.positions or monitor_path in v.overrides
+    if es.monitor.startswith("val_") and not has_val and not named:
+        # the default monitor with nothing to validate on: the best epoch is the one with the lowest training loss
+        es.monitor = "train_" + es.monitor.removeprefix("val_")
+    elif es.monitor.startswith("val_") and not has_val:
         v.error(("training", "early_stopping", "monitor"),
                 f"monitors {es.monitor!r} but there is no validation split (data.val_fraction is 0 and "
                 "data.val_path is not set); monitor a train_ metric or hold out validation data")

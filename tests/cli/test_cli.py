@@ -252,6 +252,18 @@ def test_plot_copes_with_no_validation_and_no_accuracy(tmp_path):
     assert png_size(run / "curves.png") == (1500, 450)
 
 
+def test_stopping_off_without_validation_trains_and_says_what_best_means(tmp_path):
+    """early_stopping: false with val_fraction 0 used to be refused for its (default) val_loss monitor."""
+    text = TINY.replace("data: {name: blobs, n_samples: 200, classes: 3}",
+                        "data: {name: blobs, n_samples: 200, classes: 3, val_fraction: 0}")
+    text = text.replace("batch_size: 16}", "batch_size: 16, early_stopping: false}")
+    run = tmp_path / "run"
+    result = dltrain("train", write(tmp_path, text), "--run-dir", run)
+    assert result.returncode == 0, result.stderr
+    assert "; best train_loss (no validation split) " in result.stdout
+    assert json.loads((run / "summary.json").read_text())["monitor"] == "train_loss"
+
+
 @pytest.mark.parametrize("signal_name, exit_code", [("SIGINT", 130), ("SIGTERM", 143)])
 def test_interrupt_stops_with_complete_files(tmp_path, signal_name, exit_code):
     import signal

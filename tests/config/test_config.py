@@ -115,8 +115,8 @@ def test_missing_sections_and_required_options(tmp_path):
 
 def test_cross_field_check_names_both_keys(tmp_path):
     text = MINIMAL.replace("data: xor", "data: {name: xor, val_fraction: 0}")
-    assert problems(tmp_path, text) == (
-        "c.yaml:1: training.early_stopping.monitor: monitors 'val_loss' but there is no validation split "
+    assert problems(tmp_path, text + "training: {early_stopping: {monitor: val_loss}}\n") == (
+        "c.yaml:6: training.early_stopping.monitor: monitors 'val_loss' but there is no validation split "
         "(data.val_fraction is 0 and data.val_path is not set); monitor a train_ metric or hold out validation data")
 
 
@@ -238,3 +238,20 @@ def test_an_unknown_initializer_suggests_the_right_one(tmp_path):
     message = problems(tmp_path, MINIMAL, ["model[0].linear.init=he_unifrom"])
     assert message.startswith("--set model[0].linear.init=he_unifrom: model[0].linear.init: unknown initializer "
                               "'he_unifrom' (did you mean 'he_uniform'?); available: glorot_normal, "), message
+
+
+@pytest.mark.parametrize("stopping", ["false", "{patience: 2}"])
+def test_without_a_validation_split_the_default_monitor_becomes_the_training_loss(tmp_path, stopping):
+    """Turning stopping off (or leaving the monitor out) must not require naming a monitor: was refused with
+    "monitors 'val_loss' but there is no validation split"."""
+    text = MINIMAL.replace("data: xor", "data: {name: xor, val_fraction: 0}")
+    text += f"training: {{early_stopping: {stopping}}}\n"
+    config = load_config(write(tmp_path, text))
+    assert config.training.early_stopping.monitor == "train_loss"
+    assert config.training.early_stopping.enabled is (stopping != "false")
+
+
+def test_a_named_validation_monitor_without_a_validation_split_is_still_an_error(tmp_path):
+    text = MINIMAL.replace("data: xor", "data: {name: xor, val_fraction: 0}")
+    assert "monitors 'val_accuracy' but there is no validation split" in problems(
+        tmp_path, text + "training: {early_stopping: {monitor: val_accuracy}}\n")
