@@ -380,6 +380,12 @@ def images_to_filters(grad):
 
 
 @numba.njit(inline="always")
+def _window_inside(top, left, kh, kw, height, width):
+    """The rows [i0, i1) and columns [j0, j1) of a window at (top, left) that lie inside the image."""
+    return max(0, -top), min(kh, height - top), max(0, -left), min(kw, width - left)
+
+
+@numba.njit(inline="always")
 def _max_pool_forward_loop(x, out, winner, kh, kw, sh, sw, ph, pw):
     samples, channels, height, width = x.shape
     oh, ow = out.shape[2], out.shape[3]
@@ -399,7 +405,7 @@ def _max_pool_forward_loop(x, out, winner, kh, kw, sh, sw, ph, pw):
                             if v > value:  # strict: on ties the first offset (row-major) keeps the window
                                 value, offset = v, i * kw + j
                 else:  # at the border: the window's part inside the image (never empty: padding <= kernel / 2)
-                    i0, i1, j0, j1 = max(0, -top), min(kh, height - top), max(0, -left), min(kw, width - left)
+                    i0, i1, j0, j1 = _window_inside(top, left, kh, kw, height, width)
                     value, offset = plane[top + i0, left + j0], i0 * kw + j0
                     for i in range(i0, i1):
                         for j in range(j0, j1):
@@ -458,12 +464,6 @@ def max_pool_backward(grad_out, winner, input_shape, kernel, stride, padding, ou
 
 
 # ---------------------------------------------------------------- average pooling
-
-
-@numba.njit(inline="always")
-def _window_inside(top, left, kh, kw, height, width):
-    """The rows [i0, i1) and columns [j0, j1) of a window at (top, left) that lie inside the image."""
-    return max(0, -top), min(kh, height - top), max(0, -left), min(kw, width - left)
 
 
 @numba.njit(inline="always")
