@@ -35,6 +35,10 @@ class ExportError(DltrainError):
     """A model or option that cannot be exported."""
 
 
+class UserCodeError(DltrainError):
+    """A --code file or an installed plugin that cannot be imported."""
+
+
 class Diverged(DltrainError):
     """The loss became NaN or infinite."""
 

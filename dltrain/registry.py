@@ -1,4 +1,4 @@
-"""Every registry in one place: layers, losses, optimizers, schedules, initializers, datasets.
+"""Every registry in one place: layers, losses, optimizers, schedules, initializers, datasets, callbacks.
 
 An entry is a class or function whose typed signature IS its parameter list: the config
 schema, its validation and `dltrain layers` all read that one signature.
@@ -115,3 +115,4 @@ optimizers = Registry("optimizer", skip=("params",))
 schedules = Registry("schedule", skip=("base_lr", "total_epochs", "steps_per_epoch", "batch_size"))
 initializers = Registry("initializer", skip=("shape",))
 datasets = Registry("dataset", skip=("path", "rng"))
+callbacks = Registry("callback")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from .options import CODE_OPTION
+
 
 def evaluate(
     checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint, or a run directory (uses its best)."),
@@ -14,12 +16,15 @@ def evaluate(
     data: Path | None = typer.Option(None, "--data", help="Evaluate on this data path instead of the config's."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object and nothing else."),
     device: str = typer.Option("cpu", "--device", help="cpu, gpu or auto."),
+    code: list[Path] = CODE_OPTION,
 ) -> None:
     """Test metrics from a self-contained checkpoint: loss, accuracy, per-class scores, confusion matrix."""
     from .. import backend  # noqa: PLC0415
     from ..errors import ConfigError  # noqa: PLC0415
+    from ..plugins import load_code  # noqa: PLC0415
     from ..training.evaluate import SPLITS, evaluate_checkpoint  # noqa: PLC0415
 
+    load_code(code)
     if split not in SPLITS:
         raise ConfigError(f"--split: expected one of {', '.join(SPLITS)}, got {split!r}")
     report = evaluate_checkpoint(checkpoint, split, data, backend.resolve_device(device))

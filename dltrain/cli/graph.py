@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from .options import CODE_OPTION
+
 
 def graph(
     source: Path = typer.Argument(..., help="A YAML config, a .safetensors checkpoint or a run directory."),
@@ -15,11 +17,14 @@ def graph(
     backward: bool = typer.Option(False, "--backward", help="Also run backward; label edges with gradient norms."),
     ops: bool = typer.Option(False, "--ops", help="One node per op (grouped by layer) instead of one box per layer."),
     batch: int = typer.Option(4, "--batch", min=1, help="Samples in the recorded batch."),
+    code: list[Path] = CODE_OPTION,
 ) -> None:
     """Draw the autodiff graph of one forward (and backward) pass of a model on a small batch."""
     from ..errors import DltrainError  # noqa: PLC0415
+    from ..plugins import load_code  # noqa: PLC0415
     from ..training.graph import record, to_dot  # noqa: PLC0415
 
+    load_code(code)
     model, split = _model_and_data(source)
     graph_data = record(model, split.x[:batch], split.y[:batch], backward=backward)
     dot_text = to_dot(graph_data, ops=ops, backward=backward)
@@ -46,11 +51,9 @@ def graph(
 
 def _model_and_data(source: Path):
     """A training Model with its weights (from a checkpoint) or freshly initialised (from a config), and its data."""
-    from .. import backend  # noqa: PLC0415
     from ..config import config_from_dict, load_config  # noqa: PLC0415
-    from ..data import prepare  # noqa: PLC0415
     from ..training.checkpoint import load_checkpoint, resolve_checkpoint  # noqa: PLC0415
-    from ..training.model import Model  # noqa: PLC0415
+    from ..training.model import build_for  # noqa: PLC0415
 
     checkpoint = None
     if source.is_dir() or source.suffix == ".safetensors":
@@ -58,14 +61,10 @@ def _model_and_data(source: Path):
         config = config_from_dict(checkpoint.config, f"{checkpoint.path} (config)")
     else:
         config = load_config(source)
-    backend.manual_seed(config.seed)
-    task = Model.task_of(config)
-    splits = prepare(config.data, task, config.seed, "cpu", stats=checkpoint.normalization if checkpoint else None)
-    width = None if task == "classification" else int(splits.train.y.shape[1])
-    model = Model(config, splits.input_shape, splits.classes, width)
+    built = build_for(config, "cpu", checkpoint)
     if checkpoint is not None:
-        model.network.load_state_dict(checkpoint.model)
-    return model, splits.train
+        built.model.network.load_state_dict(checkpoint.model)
+    return built.model, built.splits.train
 
 
 def register(app: typer.Typer, reports_errors) -> None:

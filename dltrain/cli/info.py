@@ -7,14 +7,18 @@ from pathlib import Path
 
 import typer
 
+from .options import CODE_OPTION
 
-def _show_registry(kind: str, extra_note: str = "") -> None:
+
+def _show_registry(kind: str, code, extra_note: str = "") -> None:
     from rich.console import Console  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
 
     from .. import registry  # noqa: PLC0415
     from ..config.schema import _import_registries, describe  # noqa: PLC0415
+    from ..plugins import load_code  # noqa: PLC0415
 
+    load_code(code)
     _import_registries()
     reg = getattr(registry, kind)
     table = Table(title=f"{reg.kind}s", show_lines=False)
@@ -33,38 +37,39 @@ def _show_registry(kind: str, extra_note: str = "") -> None:
         console.print(extra_note, highlight=False)
 
 
-def layers() -> None:
+def layers(code: list[Path] = CODE_OPTION) -> None:
     """The layers a config's model list can use, with their parameters."""
-    _show_registry("layers", "Input sizes are never given: each layer learns its input shape when the model is built.")
+    _show_registry("layers", code,
+                   "Input sizes are never given: each layer learns its input shape when the model is built.")
 
 
-def losses() -> None:
+def losses(code: list[Path] = CODE_OPTION) -> None:
     """The losses a config can name."""
-    _show_registry("losses")
+    _show_registry("losses", code)
 
 
-def optimizers() -> None:
+def optimizers(code: list[Path] = CODE_OPTION) -> None:
     """The optimizers a config can name."""
-    _show_registry("optimizers")
+    _show_registry("optimizers", code)
 
 
-def schedules() -> None:
+def schedules(code: list[Path] = CODE_OPTION) -> None:
     """The learning-rate schedules, and the options every schedule takes."""
     from .. import registry  # noqa: PLC0415
     from ..config.schema import describe  # noqa: PLC0415
 
     common = ", ".join(f"{p.name} ({describe(p.annotation)}, default {p.default!r})"
                        for p in registry.schedules.params("constant"))
-    _show_registry("schedules", f"Every schedule also takes: {common}.")
+    _show_registry("schedules", code, f"Every schedule also takes: {common}.")
 
 
-def datasets() -> None:
+def datasets(code: list[Path] = CODE_OPTION) -> None:
     """The built-in datasets, and the options every dataset takes."""
     from ..config.schema import DataConfig, dataclass_params, describe  # noqa: PLC0415
 
     common = ", ".join(f"{p.name} ({describe(p.annotation)}, default {p.default!r})"
                        for p in dataclass_params(DataConfig) if p.name != "name")
-    _show_registry("datasets", f"Every dataset also takes: {common}.")
+    _show_registry("datasets", code, f"Every dataset also takes: {common}.")
 
 
 def devices() -> None:
@@ -93,17 +98,17 @@ def devices() -> None:
 def check(
     config: Path = typer.Argument(..., help="The YAML config to check."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key (repeatable)."),
+    code: list[Path] = CODE_OPTION,
 ) -> None:
     """Validate a config, load its data and print the model summary, without training."""
     from ..config import load_config  # noqa: PLC0415
-    from ..data import prepare  # noqa: PLC0415
-    from ..training.model import Model  # noqa: PLC0415
+    from ..plugins import load_code  # noqa: PLC0415
+    from ..training.model import build_for  # noqa: PLC0415
 
+    load_code(code)
     cfg = load_config(config, set_)
-    task = Model.task_of(cfg)
-    splits = prepare(cfg.data, task, cfg.seed, "cpu")
-    model = Model(cfg, splits.input_shape, splits.classes,
-                  None if task == "classification" else int(splits.train.y.shape[1]))
+    built = build_for(cfg)
+    model, splits = built.model, built.splits
     sizes = ", ".join(f"{name} {len(s)}" for name, s in (("train", splits.train), ("val", splits.val),
                                                           ("test", splits.test)) if s is not None)
     print(f"{config}: valid. data {cfg.data['name']}: {sizes}; per-sample input {splits.input_shape}")

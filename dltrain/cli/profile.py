@@ -6,23 +6,28 @@ from pathlib import Path
 
 import typer
 
+from .options import CODE_OPTION
+
 
 def profile(
     config: Path = typer.Argument(..., help="The YAML config whose training step to profile."),
     steps: int = typer.Option(20, "--steps", min=1, help="Timed steps (after 3 warm-up steps)."),
     device: str | None = typer.Option(None, "--device", help="cpu, gpu or auto (overrides the config's device)."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key (repeatable)."),
+    code: list[Path] = CODE_OPTION,
 ) -> None:
     """Time a training step part by part: batch gather, each layer's forward and backward, loss, optimizer."""
     import tempfile  # noqa: PLC0415
 
     from .. import backend  # noqa: PLC0415
     from ..config import load_config  # noqa: PLC0415
+    from ..plugins import load_code  # noqa: PLC0415
     from ..training.profile import format_profile, profile_steps  # noqa: PLC0415
     from ..training.reporting import SilentReporter  # noqa: PLC0415
     from ..training.rundir import RunDir  # noqa: PLC0415
     from ..training.trainer import Trainer  # noqa: PLC0415
 
+    load_code(code)
     cfg = load_config(config, set_)
     if device is not None:
         cfg.device = device

@@ -88,6 +88,7 @@ class Config:
     optimizer: dict = field(default_factory=lambda: {"name": "adam"})
     schedule: dict = field(default_factory=lambda: {"name": "constant"})
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    callbacks: list = field(default_factory=list)  # registered callbacks, run after the built-in ones
 
     def to_dict(self) -> dict:
         """The resolved config as plain values (written to the run and into checkpoints)."""
@@ -101,7 +102,7 @@ class Config:
         return "max" if es.monitor.endswith("accuracy") else "min"
 
 
-TOP_LEVEL_ORDER = ("seed", "device", "data", "model", "loss", "optimizer", "schedule", "training")
+TOP_LEVEL_ORDER = ("seed", "device", "data", "model", "loss", "optimizer", "schedule", "training", "callbacks")
 
 
 # ---------------------------------------------------------------- describing types for messages
@@ -269,12 +270,12 @@ class Validator:
             raw = {"name": default, **raw}
         if not isinstance(raw, dict) or "name" not in raw:
             self.error(path, f"expected the name of a {reg.kind} or a mapping with 'name', got {raw!r}; "
-                             f"available: {', '.join(reg.names())}")
+                             f"available: {available(reg)}")
             return None
         name = raw["name"]
         if not isinstance(name, str) or name not in reg:
             self.error(path + ("name",), f"unknown {reg.kind} {name!r}{did_you_mean(name, reg.names())}; "
-                                         f"available: {', '.join(reg.names())}")
+                                         f"available: {available(reg)}")
             return None
         options = {k: v for k, v in raw.items() if k != "name"}
         params = list(extra) + [p for p in reg.params(name) if p.name not in {e.name for e in extra}]
@@ -316,8 +317,15 @@ class Validator:
 
 
 def _import_registries() -> None:
-    """Importing these modules fills the registries the schema checks against."""
+    """Importing these modules fills the registries the schema checks against (installed plugins' too)."""
     from .. import data, layers, losses, optim  # noqa: F401, PLC0415
+    from ..plugins import load_plugins  # noqa: PLC0415
+
+    load_plugins()
+
+
+def available(reg: registry.Registry) -> str:
+    return ", ".join(reg.names()) or "none (a file given with --code, or an installed plugin, registers them)"
 
 
 def _kind(values) -> str:
@@ -357,10 +365,15 @@ def validate(values, positions: dict, filename: str, overrides: dict | None = No
     schedule = v.named(values.get("schedule", "constant"), registry.schedules, ("schedule",), extra=schedule_common,
                        default="constant")
     training = v.section(values.get("training", {}), TrainingConfig, ("training",))
+    callbacks = values.get("callbacks", [])
+    if isinstance(callbacks, list):
+        callbacks = [v.named(item, registry.callbacks, ("callbacks", i)) for i, item in enumerate(callbacks)]
+    else:
+        v.error(("callbacks",), f"expected a list of callbacks, got {_kind(callbacks)}")
     v.raise_if_any()
 
     config = Config(data=data, model=model, seed=seed, device=device, loss=loss, optimizer=optimizer,
-                    schedule=schedule, training=training)
+                    schedule=schedule, training=training, callbacks=callbacks)
     _cross_checks(config, v)
     v.raise_if_any()
     return config

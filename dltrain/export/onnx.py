@@ -1,8 +1,9 @@
 """Export a trained model to ONNX: standard operators only, input normalization folded in, a dynamic
 batch dimension, dropout removed. The model runs anywhere onnxruntime does.
 
-Each layer class has one `_export_<registry name>` function below that appends its nodes; a layer
-without one is named in a clear error.
+Each built-in layer has a function in _EXPORTERS below that appends its nodes; a layer of a user's own
+(--code, plugins) exports itself with a method `to_onnx(self, graph, x, opset) -> output name`, using
+graph.op / graph.const as these functions do. A layer with neither is named in a clear error.
 """
 
 from __future__ import annotations
@@ -79,12 +80,25 @@ def export_onnx(network, normalization: dict, input_shape: tuple, path: Path, op
     return Path(path)
 
 
+def exportable(layer_class) -> bool:
+    """Whether export knows the layer: a built-in exporter or the layer's own to_onnx method. A layer that cannot be
+    exported says why in a class attribute `not_exportable`, which the export error repeats."""
+    return layer_class.registry_name in _EXPORTERS or callable(getattr(layer_class, "to_onnx", None))
+
+
 def _export_layers(g: _Graph, layers, x: str, opset: int) -> str:
     for layer in layers:
-        exporter = _EXPORTERS.get(layer.registry_name)
-        if exporter is None:
-            raise ExportError(f"{layer.path}: layer '{layer.registry_name}' has no ONNX export")
-        x = exporter(g, layer, x, opset)
+        if layer.registry_name in _EXPORTERS:
+            x = _EXPORTERS[layer.registry_name](g, layer, x, opset)
+        elif callable(getattr(layer, "to_onnx", None)):
+            x = layer.to_onnx(g, x, opset)
+        elif getattr(layer, "not_exportable", None):
+            raise ExportError(f"{layer.path}: layer '{layer.registry_name}' cannot be exported to ONNX: "
+                              f"{layer.not_exportable}")
+        else:
+            raise ExportError(f"{layer.path}: layer '{layer.registry_name}' has no ONNX export (a layer of your "
+                              f"own exports itself with a method to_onnx(self, graph, x, opset); see "
+                              f"dltrain/export/onnx.py)")
     return x
 
 

@@ -8,10 +8,10 @@ from .. import backend
 from ..autograd import Tensor
 from ..config import config_from_dict
 from ..data import prepare
-from ..errors import CheckpointError, DataError, DltrainError, ShapeError
+from ..errors import CheckpointError, DltrainError, ShapeError
 from ..registry import losses
 from .checkpoint import load_checkpoint, resolve_checkpoint
-from .model import Model
+from .model import Model, build_for
 
 np = backend.np
 
@@ -102,22 +102,12 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", data_path: str | 
     config = config_from_dict(ckpt.config, f"{ckpt.path} (config)")
     if data_path is not None:
         config.data["path"] = str(data_path)
-    task = Model.task_of(config)
+    built = build_for(config, device, ckpt)
+    chosen = _choose_split(built.splits, split)
     try:
-        splits = prepare(config.data, task, config.seed, device, stats=ckpt.normalization,
-                         expected_shape=tuple(ckpt.data.get("input_shape", ())))
-    except ShapeError as exc:
-        raise ShapeError(f"{ckpt.path}: {exc}") from None
-    chosen = _choose_split(splits, split)
-    trained_classes = ckpt.data.get("classes")
-    if task == "classification" and trained_classes is not None and splits.classes > trained_classes:
-        raise DataError(f"{config.data.get('path') or config.data['name']}: labels go up to {splits.classes - 1} "
-                        f"but {ckpt.path} was trained on {trained_classes} classes (0..{trained_classes - 1})")
-    model = Model(config, splits.input_shape, ckpt.data.get("classes"), ckpt.data.get("target_width"))
-    try:
-        model.network.load_state_dict(ckpt.model)
+        built.model.network.load_state_dict(ckpt.model)
     except ShapeError as exc:
         raise CheckpointError(f"{ckpt.path}: weights do not fit the model in its config ({exc})") from None
-    model.network.to(device)
-    result = model.evaluate(chosen, batch_size or config.training.eval_batch_size)
-    return _report(ckpt.path, split, len(chosen), result.loss, result.predictions, result.targets, task, ckpt.data)
+    result = built.model.evaluate(chosen, batch_size or config.training.eval_batch_size)
+    return _report(ckpt.path, split, len(chosen), result.loss, result.predictions, result.targets, built.model.task,
+                   ckpt.data)

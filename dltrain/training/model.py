@@ -1,6 +1,7 @@
 """A built network and the loss it trains with: outputs, losses, predictions and evaluation on a split.
 
-What training, evaluation, graphs and the info command all build from a config (dltrain.training.trainer trains it).
+`build_for(config)` is the one road from a config to its data and model (task -> data -> output width -> Model),
+taken by training, evaluation, `dltrain graph` and `dltrain info` alike.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from dataclasses import dataclass
 from .. import backend
 from ..autograd import Tensor, no_grad
 from ..config import Config
-from ..data import Split, Splits
-from ..errors import ShapeError
+from ..data import Split, Splits, prepare
+from ..errors import DataError, ShapeError
 from ..layers import Sequential, Softmax, build_model
 from ..layers.core import format_shape, run_layers
 from ..registry import losses
@@ -61,6 +62,11 @@ class Model:
         """The outputs the loss takes; `watch(layer, output)` sees every layer's output (gradient logging)."""
         return run_layers(self.network.layers[:-1] if self.skips_softmax else self.network.layers, x, watch)
 
+    def count_correct(self, outputs, targets, counter) -> None:
+        """counter (a 0-d int64 device array) += the number of predictions that are right; nothing for regression."""
+        if self.task != "regression":
+            self.loss.add_correct(outputs, targets, counter)
+
     def evaluate(self, split: Split, batch_size: int) -> Evaluation:
         """Loss (sample-weighted mean), accuracy and predictions on a whole split, in eval mode.
         Losses and predictions stay on the device until the end: one transfer, not one per batch."""
@@ -90,3 +96,36 @@ def data_info(splits: Splits, task: str) -> dict:
     target_width = None if task == "classification" else int(splits.train.y.shape[1])
     return {"input_shape": list(splits.input_shape), "classes": splits.classes, "class_names": splits.class_names,
             "target_width": target_width}
+
+
+@dataclass
+class Built:
+    model: Model
+    splits: Splits
+    info: dict  # what a checkpoint records of the data: input_shape, classes, class_names, target_width
+
+
+def build_for(config: Config, device: str = "cpu", checkpoint=None) -> Built:
+    """The config's data and a freshly initialised model on `device`, seeded by config.seed. With a checkpoint the
+    data is normalized by its statistics and must have its input shape, and the model has its output width (load
+    its weights yourself: training restores more than weights)."""
+    backend.manual_seed(config.seed)
+    task = Model.task_of(config)
+    trained = checkpoint.data if checkpoint is not None else {}
+    shape = tuple(trained["input_shape"]) if trained.get("input_shape") else None
+    try:
+        splits = prepare(config.data, task, config.seed, device,
+                         stats=checkpoint.normalization if checkpoint is not None else None, expected_shape=shape)
+    except ShapeError as exc:
+        if checkpoint is None:
+            raise
+        raise ShapeError(f"{checkpoint.path}: {exc}") from None
+    info = data_info(splits, task)
+    if task == "classification" and trained.get("classes") is not None and splits.classes > trained["classes"]:
+        raise DataError(f"{config.data.get('path') or config.data['name']}: labels go up to {splits.classes - 1} "
+                        f"but {checkpoint.path} was trained on {trained['classes']} classes "
+                        f"(0..{trained['classes'] - 1})")
+    model = Model(config, splits.input_shape, trained.get("classes", info["classes"]),
+                  trained.get("target_width", info["target_width"]))
+    model.network.to(device)
+    return Built(model, splits, info)

@@ -1,8 +1,9 @@
 """Where a training step's time goes, layer by layer: `dltrain profile CONFIG`.
 
-Runs training steps of the config's model on its data (nothing is written), then times one part at a
-time: gathering the batch, each top-level layer's forward, the loss, each layer's backward (every op
-made while a layer ran has its backward timed and charged to that layer), and the optimizer step. On a
+Runs the trainer's own train_step on the config's model and data (nothing is written) for the free-running
+step time, then times one part at a time: gathering the batch, each top-level layer's forward, the loss, each
+layer's backward (every op made while a layer ran has its backward timed and charged to that layer), gradient
+clipping when the config clips, and the optimizer step. On a
 GPU the device is synchronised around every part, so the parts add up to more than a free-running
 step (no overlap of host and GPU work); the free-running step time is measured separately and shown.
 """
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 from .. import backend
 from ..autograd import Tensor
 from ..layers.core import fused_steps
+from ..optim import clip_grad_norm
+from .steps import Batch
 
 
 @dataclass
@@ -33,7 +36,8 @@ class Profile:
         """(part, forward ms, backward ms, total ms), medians over the timed steps, in step order;
         None where a part has no forward and backward (batch gather, optimizer step)."""
         rows = []
-        for part in dict.fromkeys(["batch gather", *self.forward, *self.backward, "optimizer step"]):
+        for part in dict.fromkeys(["batch gather", *self.forward, *self.backward, "gradient clipping",
+                                   "optimizer step"]):
             if part in self.other:
                 rows.append((part, None, None, _median(self.other[part])))
             elif part in self.forward or part in self.backward:
@@ -101,18 +105,20 @@ def profile_steps(trainer, steps: int = 20, warmup: int = 3) -> Profile:
         start = (step * batch) % max(1, len(train) - batch + 1)
         return order[start:start + batch]
 
-    def plain_step(step):
+    trainer.prepare_steps()
+    trainer.tally.start_epoch()
+
+    def train_step(step):  # as training runs it: schedule, clipping, non-finite checks
+        at = step % trainer.steps_per_epoch
+        optimizer.lr = trainer.schedule.lr(0, at)
         idx = indices(step)
-        loss = model.loss(model.outputs(Tensor(train.x[idx])), train.y[idx])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        trainer.train_step(Batch(0, at, optimizer.lr, train.x[idx], train.y[idx], len(idx)))
 
     for step in range(warmup):
-        plain_step(step)
+        train_step(step)
     start = clock.now()
     for step in range(steps):
-        plain_step(warmup + step)
+        train_step(warmup + step)
     result.free_running_ms = (clock.now() - start) / steps * 1e3
 
     for step in range(steps):
@@ -134,6 +140,10 @@ def profile_steps(trainer, steps: int = 20, warmup: int = 3) -> Profile:
         _charge_backward(_tensors_made_since(loss, known), "loss", spent, clock)
         optimizer.zero_grad()
         loss.backward()
+        if cfg.grad_clip:
+            t0 = clock.now()
+            clip_grad_norm(network.parameters(), cfg.grad_clip)
+            other["gradient clipping"] = clock.now() - t0
         t0 = clock.now()
         optimizer.step()
         other["optimizer step"] = clock.now() - t0

@@ -95,7 +95,7 @@ def test_all_problems_are_reported_at_once(tmp_path):
     lines = problems(tmp_path, text).splitlines()
     assert lines == [
         "c.yaml:6: trainig: unknown key 'trainig' (did you mean 'training'?); allowed: seed, device, data, model, "
-        "loss, optimizer, schedule, training",
+        "loss, optimizer, schedule, training, callbacks",
         "c.yaml:1: data.val_fraction: expected a number in [0, 1), got 1.5",
         "c.yaml:3: model[0].linear.units: expected a positive integer, got 0",
         "c.yaml:4: model[1].dropout.rate: expected a number in [0, 1), got 1.0",
@@ -173,7 +173,7 @@ def test_a_top_level_list_is_named_as_such_with_or_without_overrides(tmp_path, o
     """--set used to replace a list by {} and report missing sections instead of the real problem."""
     assert problems(tmp_path, "- linear\n- relu\n", overrides) == (
         "c.yaml:1: (top level): expected a mapping of config sections (seed, device, data, model, loss, optimizer, "
-        "schedule, training), got a list of 2 items")
+        "schedule, training, callbacks), got a list of 2 items")
 
 
 def test_an_empty_file_takes_its_sections_from_overrides(tmp_path):

@@ -41,3 +41,26 @@ def test_every_part_of_a_step_is_timed(tmp_path, device):
     assert text.splitlines()[0].split() == ["part", "forward", "ms", "backward", "ms", "total", "ms", "share"]
     assert "free-running step:" in text and "at batch 32" in text
     assert not (tmp_path / "run").exists()  # profiling writes nothing
+
+
+def test_the_free_running_step_is_the_trainers_own(tmp_path, monkeypatch):
+    """The profiled step is Trainer.train_step (schedule and clipping included), and clipping has its own row."""
+    values = json.loads(json.dumps(CONFIG))
+    values["training"]["grad_clip"] = 1.0
+    values["schedule"] = {"name": "cosine", "interval": "step"}
+    trainer = Trainer(validate(values, {}, "test"), RunDir(tmp_path / "run", writable=False), "cpu",
+                      SilentReporter())
+    trainer.setup()
+    steps, rates = [], []
+    real_step = Trainer.train_step
+
+    def train_step(self, batch):
+        steps.append(batch.step)
+        rates.append(self.optimizer.lr)
+        return real_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    profile = profile_steps(trainer, steps=3, warmup=2)
+    assert steps == [0, 1, 2, 3, 4]  # 180 samples at 32 per step: 6 steps per epoch
+    assert rates == [trainer.schedule.lr(0, s) for s in steps] and rates[0] > rates[-1]
+    assert "gradient clipping" in [part for part, *_ in profile.rows()]

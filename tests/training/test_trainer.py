@@ -10,8 +10,10 @@ from dltrain import backend
 from dltrain.config import validate
 from dltrain.errors import CheckpointError
 from dltrain.training import rundir as files
+from dltrain.training.callbacks import Callback
 from dltrain.training.checkpoint import load_checkpoint
 from dltrain.training.reporting import SilentReporter
+from dltrain.training.run import run_training
 from dltrain.training.trainer import Diverged, Trainer
 
 BLOBS = {
@@ -34,13 +36,17 @@ def config(base=BLOBS, **changes):
     return validate(values, {}, "test")
 
 
-def train(cfg, run_dir, resume=None, device="cpu"):
-    run = files.RunDir(run_dir)
-    trainer = Trainer(cfg, run, device, SilentReporter(), resume=resume)
-    trainer.setup()
-    if resume is None:
-        run.create()
-    return trainer, trainer.fit()
+class KeepTrainer(Callback):
+    def on_train_begin(self, trainer):
+        self.trainer = trainer
+
+
+def train(cfg, run_dir, resume=False, device="cpu", overrides=()):
+    """(trainer, summary) of `dltrain train` with CONFIG, or with --resume RUN_DIR --set OVERRIDES (cfg None)."""
+    keep = KeepTrainer()
+    summary = run_training(cfg, run_dir=None if resume else run_dir, resume=run_dir if resume else None,
+                           overrides=overrides, device=device, callbacks=[keep], plot=False)
+    return keep.trainer, summary
 
 
 def metrics_without_time(run_dir):
@@ -75,7 +81,7 @@ def test_resume_continues_bit_for_bit(tmp_path, device):
     train(config(training__epochs=3), tmp_path / "split", device=device)
     checkpoint = load_checkpoint(tmp_path / "split" / files.LAST)
     assert checkpoint.state["epoch"] == 3
-    train(config(training__epochs=6), tmp_path / "split", resume=checkpoint, device=device)
+    train(None, tmp_path / "split", resume=True, overrides=["training.epochs=6"], device=device)
     assert metrics_without_time(tmp_path / "split") == metrics_without_time(tmp_path / "full")
     full = load_checkpoint(tmp_path / "full" / files.LAST)
     resumed = load_checkpoint(tmp_path / "split" / files.LAST)
@@ -100,8 +106,7 @@ def test_resume_keeps_early_stopping_state(tmp_path, device):
     partial_cfg = validate({**overfit.to_dict(), "training": {**overfit.to_dict()["training"],
                                                               "epochs": stop_epoch - 2}}, {}, "test")
     train(partial_cfg, tmp_path / "split", device=device)
-    _, resumed = train(overfit, tmp_path / "split", resume=load_checkpoint(tmp_path / "split" / files.LAST),
-                       device=device)
+    _, resumed = train(None, tmp_path / "split", resume=True, overrides=["training.epochs=60"], device=device)
     assert resumed["stop_reason"] == "early_stopping" and resumed["epochs_run"] == stop_epoch
     assert metrics_without_time(tmp_path / "split") == metrics_without_time(tmp_path / "full")
 
@@ -126,10 +131,9 @@ def test_divergence_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(tmp
                        training={"epochs": 3, "batch_size": 10, "early_stopping": False})
     train(diverging, tmp_path / "run", device=device)  # stable at this rate: leaves good checkpoints
     good = (tmp_path / "run" / files.LAST).read_bytes()
-    exploding = validate({**diverging.to_dict(), "optimizer": {"name": "sgd", "lr": 50.0},
-                          "training": {**diverging.to_dict()["training"], "epochs": 5}}, {}, "test")
     with pytest.raises(Diverged, match=r"loss became (nan|inf) at epoch 4, step \d+"):
-        train(exploding, tmp_path / "run", resume=load_checkpoint(tmp_path / "run" / files.LAST), device=device)
+        train(None, tmp_path / "run", resume=True, overrides=["optimizer.lr=50.0", "training.epochs=5"],
+              device=device)
     assert (tmp_path / "run" / files.LAST).read_bytes() == good
     summary = json.loads((tmp_path / "run" / files.SUMMARY).read_text())
     assert summary["stop_reason"] == "diverged" and "epoch 4" in summary["error"]
@@ -196,24 +200,20 @@ def test_skip_policy_skips_a_bounded_number_of_batches(tmp_path, device, bad_row
 
 
 @pytest.mark.parametrize("interrupt_in_epoch", [1, 3])
-def test_an_interrupted_run_reports_what_is_on_disk(tmp_path, monkeypatch, interrupt_in_epoch):
+def test_an_interrupted_run_reports_what_is_on_disk(tmp_path, interrupt_in_epoch):
     """Ctrl-C mid-epoch: the summary's test metrics are those of the last checkpoint (what eval reproduces),
     and an interrupt before any epoch completed says there is nothing to resume (and reports no test metrics)."""
     from dltrain.training.evaluate import evaluate_checkpoint
     from dltrain.training.trainer import Interrupted
 
-    real_epoch = Trainer.train_epoch
+    class CtrlC(Callback):
+        def on_batch_end(self, trainer, step, logs):  # the weights moved on, but this epoch's checkpoint is not written
+            if trainer.epoch == interrupt_in_epoch and step == trainer.steps_per_epoch:
+                raise KeyboardInterrupt
 
-    def train_epoch(self, epoch):
-        if epoch + 1 == interrupt_in_epoch:
-            real_epoch(self, epoch)  # the weights move on, but this epoch's checkpoint is never written
-            raise KeyboardInterrupt
-        return real_epoch(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
     cfg = config(training__early_stopping={"monitor": "val_loss", "patience": 100, "restore_best": False})
     with pytest.raises(Interrupted) as stopped:
-        train(cfg, tmp_path / "run")
+        run_training(cfg, run_dir=tmp_path / "run", callbacks=[CtrlC()], plot=False)
     summary = json.loads((tmp_path / "run" / files.SUMMARY).read_text())
     assert summary["stop_reason"] == "interrupted" and summary["epochs_run"] == interrupt_in_epoch - 1
     if interrupt_in_epoch == 1:

@@ -1,0 +1,174 @@
+"""Training is a loop that calls hooks; what a run does beside stepping the optimizer lives in callbacks.
+
+Keras's hook names, Lightning's `on_after_backward`. Every hook gets the Trainer; one sets
+`trainer.stop_training = True` to end training after the current epoch (`trainer.stop_reason` says why).
+
+    on_train_begin(trainer)
+      on_epoch_begin(trainer, epoch)                  epochs count from 1
+        on_layer_output(trainer, layer, output)       each top-level layer's output, training forward pass
+        on_after_backward(trainer)                    gradients computed, before clipping and the update
+        on_batch_end(trainer, step, logs)             logs: loss (running mean, None while unread), samples_per_second
+      on_epoch_end(trainer, epoch, logs)              logs: the metrics.csv row; `is_best` set by early stopping
+    on_train_end(trainer, summary)                    summary.json's contents (None if training failed before one)
+
+The built-in callbacks run in the order below on every epoch end. That order keeps a crash between any two
+writes resumable: a metrics row or a best checkpoint ahead of `last` is simply redone (identically) by the
+resumed run, which starts after the epoch `last` holds.
+
+    EarlyStopping -> MetricsWriter -> GradientLogger -> CheckpointWriter (best, then last) -> ProgressReporter
+    -> the config's own callbacks (`callbacks:`), in the order given
+"""
+
+from __future__ import annotations
+
+from .. import backend
+from ..errors import RunDirError
+from ..registry import callbacks
+from . import rundir as files
+from .checkpoint import save_checkpoint
+from .early_stopping import EarlyStopping as Tracker
+from .gradients import GradientMonitor
+
+
+class Callback:
+    """Override the hooks you need; the Trainer calls `on_layer_output` and `on_after_backward` only on callbacks
+    that override them (they run every step)."""
+
+    def on_train_begin(self, trainer) -> None:
+        pass
+
+    def on_epoch_begin(self, trainer, epoch: int) -> None:
+        pass
+
+    def on_layer_output(self, trainer, layer, output) -> None:
+        pass
+
+    def on_after_backward(self, trainer) -> None:
+        pass
+
+    def on_batch_end(self, trainer, step: int, logs: dict) -> None:
+        pass
+
+    def on_epoch_end(self, trainer, epoch: int, logs: dict) -> None:
+        pass
+
+    def on_train_end(self, trainer, summary: dict | None) -> None:
+        pass
+
+
+def overrides(callback: Callback, hook: str) -> bool:
+    return getattr(type(callback), hook) is not getattr(Callback, hook)
+
+
+def _fmt(value) -> str:
+    """Exact, shortest text of a float (so resumed and uninterrupted runs compare bit for bit)."""
+    return "" if value is None else repr(float(value))
+
+
+class EarlyStopping(Callback):
+    """Decides whether this epoch is the best so far (`logs['is_best']`) and whether to stop; its state goes into
+    every checkpoint so a resumed run continues it exactly."""
+
+    def __init__(self, config):
+        es = config.training.early_stopping
+        self.tracker = Tracker(es.monitor, config.monitor_mode, es.patience, es.min_delta, es.start_from_epoch,
+                               es.enabled)
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        logs["is_best"], stop = self.tracker.update(epoch, logs)
+        if trainer.comm.broadcast(stop):  # every rank stops together, as rank 0 decides
+            t = self.tracker
+            trainer.stop_training, trainer.stop_reason = True, "early_stopping"
+            trainer.stop_message = (f"early stopping: {t.monitor} has not improved for {t.wait} epochs "
+                                    f"(best {t.best:.6g} at epoch {t.best_epoch})")
+
+
+class MetricsWriter(Callback):
+    """metrics.csv: one row per epoch, floats written exactly; a resumed run keeps the rows of finished epochs."""
+
+    def on_train_begin(self, trainer):
+        trainer.run.start_metrics(keep_epochs=trainer.start_epoch)
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        trainer.run.append_metrics({k: (v if k == "epoch" else _fmt(v)) for k, v in logs.items()
+                                    if k in files.METRIC_COLUMNS})
+
+
+class GradientLogger(Callback):
+    """training.log_gradients: per-layer gradient norms, averaged over each epoch's steps -> gradients.csv."""
+
+    def __init__(self, layers):
+        self.monitor = GradientMonitor(layers)
+
+    def on_train_begin(self, trainer):
+        trainer.run.start_table(files.GRADIENTS, self.monitor.header(), keep_epochs=trainer.start_epoch)
+
+    def on_epoch_begin(self, trainer, epoch):
+        self.monitor.start_epoch()
+
+    def on_layer_output(self, trainer, layer, output):
+        self.monitor.watch(layer, output)
+
+    def on_after_backward(self, trainer):
+        self.monitor.after_backward()
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        trainer.run.append_row(files.GRADIENTS, self.monitor.header(), self.monitor.epoch_row(epoch))
+
+
+class CheckpointWriter(Callback):
+    """checkpoints/best.safetensors when the epoch is the best, then checkpoints/last.safetensors (atomic writes;
+    MPI ranks other than 0 write nothing). `trainer.completed` counts the epochs `last` holds."""
+
+    def __init__(self, early_stopping: EarlyStopping):
+        self.early_stopping = early_stopping
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        if logs.get("is_best"):
+            self.save(trainer, files.BEST, epoch)
+        self.save(trainer, files.LAST, epoch)
+        trainer.completed = epoch
+
+    def save(self, trainer, name: str, epoch: int) -> None:
+        if not trainer.run.writable:
+            return
+        state = {"epoch": epoch, "global_step": trainer.global_step, "rng": backend.get_rng_state(),
+                 "early_stopping": self.early_stopping.tracker.state_dict()}
+        try:
+            save_checkpoint(trainer.run.file(name), trainer.model.network, trainer.optimizer,
+                            trainer.splits.normalization, trainer.config.to_dict(), state, trainer.info)
+        except OSError as exc:  # the previous checkpoint of that name is still intact (atomic write)
+            raise RunDirError(f"cannot write {trainer.run.file(name)}: {exc.strerror or exc}") from None
+
+
+class ProgressReporter(Callback):
+    """Hands progress to a reporter (a live bar on a terminal, one line per epoch otherwise, nothing when quiet)."""
+
+    def __init__(self, reporter):
+        self.reporter = reporter
+
+    def on_train_begin(self, trainer):
+        self.reporter.start(trainer.config.training.epochs, trainer.steps_per_epoch)
+
+    def on_batch_end(self, trainer, step, logs):
+        if logs["loss"] is not None:
+            self.reporter.batch(trainer.epoch, step, logs["loss"], logs["samples_per_second"])
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        self.reporter.epoch_end({k: v for k, v in logs.items() if k in files.METRIC_COLUMNS}, logs.get("is_best"))
+        if trainer.stop_training and trainer.stop_message:
+            self.reporter.message(trainer.stop_message)
+
+    def on_train_end(self, trainer, summary):
+        self.reporter.close()
+
+
+def built_in(trainer, reporter) -> list[Callback]:
+    """The callbacks every run has, in the order that keeps it resumable, then the config's own."""
+    early = EarlyStopping(trainer.config)
+    found = [early, MetricsWriter()]
+    if trainer.config.training.log_gradients:
+        found.append(GradientLogger(trainer.model.network.layers))
+    found += [CheckpointWriter(early), ProgressReporter(reporter)]
+    found += [callbacks.build(spec) for spec in trainer.config.callbacks]
+    return found

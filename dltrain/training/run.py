@@ -1,0 +1,125 @@
+"""One training run from start to finish, as `dltrain train` does it: run directory, resume, fine-tuning, MPI ranks.
+
+    summary = run_training(load_config("configs/quickstart.yaml"), run_dir="runs/mine")
+    summary = run_training(None, resume="runs/mine")          # continue from its last checkpoint
+
+Under mpiexec every rank calls it; rank 0 alone writes files and announces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from .. import backend
+from ..config import Config, apply_override, config_from_dict, format_path, parse_override, validate
+from ..distributed import communicator
+from ..errors import ConfigError, DltrainError
+from . import rundir as files
+from .checkpoint import load_checkpoint
+from .reporting import SilentReporter
+from .trainer import Trainer
+
+
+def run_training(config: Config | None, *, run_dir: str | Path | None = None, resume: str | Path | None = None,
+                 init_from: str | Path | None = None, device: str | None = None, comm=None,
+                 overrides: list[str] = (), config_path: str | Path | None = None, reporter=None,
+                 announce: Callable[[str], None] | None = None, callbacks=(), plot: bool = True) -> dict:
+    """Train `config` into a new run directory (default runs/<config_path's name>-<time>), or continue the run
+    directory `resume` (then `config`, if given, must agree with the run's on what shapes it, and `overrides`
+    (--set expressions) apply to the run's own config). `init_from` starts from another run's weights. Returns the
+    summary (also in summary.json); raises Diverged or Interrupted after writing it. `callbacks` run after the
+    built-in ones; `plot` writes curves.png at the end."""
+    comm = comm or communicator()  # one rank without MPI
+    main = comm.rank == 0
+    say = announce if (announce and main) else (lambda text: None)
+    checkpoint = None
+    if resume is not None:
+        if run_dir is not None:
+            raise ConfigError("--resume continues RUN_DIR itself; it cannot be combined with --run-dir")
+        run = files.RunDir(resume, writable=main)
+        if not run.path.is_dir():
+            raise ConfigError(f"--resume {resume}: not a run directory")
+        run.remove_stale_temporaries()
+        checkpoint = load_checkpoint(run.file(files.LAST))
+        config = resumed_config(checkpoint, config, overrides, config_path)
+    else:
+        if config is None:
+            raise ConfigError("missing CONFIG: give a YAML config file (or --resume RUN_DIR)")
+        path = comm.broadcast(run_dir or files.default_run_dir(config_path or "run"))  # one name on every rank
+        run = files.RunDir(path, writable=main)
+    if device is not None:
+        config.device = device
+    resolved_device = backend.resolve_device(config.device)
+    comm = comm.for_device(resolved_device)  # GPU ranks: one GPU each, gradients summed by NCCL
+
+    trainer = Trainer(config, run, resolved_device, reporter if main and reporter else SilentReporter(),
+                      resume=checkpoint, comm=comm, callbacks=callbacks)
+    trainer.setup()  # data and model first: a bad dataset leaves no empty run directory behind
+    if init_from is not None:
+        if checkpoint is not None:
+            raise ConfigError("--init-from starts a new run from a checkpoint's weights; --resume continues a run: "
+                              "use one of them")
+        trainer.load_weights(init_from)
+    problem = None
+    if checkpoint is None and main:
+        try:
+            run.create()
+            run.write_config(config.to_dict())
+        except DltrainError as exc:
+            problem = exc
+    if comm.broadcast(problem is not None):  # every rank stops if rank 0 cannot write
+        raise problem or DltrainError("rank 0 could not create the run directory")
+    say(f"run directory: {run.path}" + (f" ({comm.size} ranks)" if comm.size > 1 else ""))
+    if checkpoint is not None:
+        say(f"resuming after epoch {trainer.start_epoch} of {config.training.epochs}")
+    try:
+        return trainer.fit()
+    finally:
+        if main and plot:
+            _plot_quietly(run.path)
+
+
+def resumed_config(checkpoint, given: Config | None, overrides, config_path=None) -> Config:
+    """The checkpoint's config with --set applied; a given config must agree with it on what shapes the run."""
+    values = checkpoint.config
+    written_by = {}
+    for expression in overrides:
+        key_path, value = parse_override(expression)
+        apply_override(values, key_path, value, expression)
+        written_by[key_path] = expression
+    cfg = validate(values, {}, "checkpoint config", written_by) if overrides else config_from_dict(values)
+    if given is not None:
+        given_values, stored = given.to_dict(), cfg.to_dict()
+        changed = [key for key in ("model", "loss", "optimizer", "data", "seed") if given_values[key] != stored[key]]
+        if changed:
+            name = config_path or "the given config"
+            diff = "\n".join(f"  {path}: run has {old!r}, {name} has {new!r}"
+                             for key in changed
+                             for path, old, new in _differences(stored[key], given_values[key], (key,)))
+            raise ConfigError(f"--resume: {name} differs from the run's config in {', '.join(changed)}; "
+                              f"resume with the run's config, or use --init-from to start a new run from its "
+                              f"weights:\n{diff}")
+    return cfg
+
+
+def _differences(old, new, path: tuple):
+    """(key path, old, new) for every leaf where two resolved configs differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in list(old) + [k for k in new if k not in old]:
+            yield from _differences(old.get(key), new.get(key), path + (key,))
+    elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new)):
+            yield from _differences(a, b, path + (i,))
+    elif old != new:
+        yield format_path(path), old, new
+
+
+def _plot_quietly(path) -> None:
+    """Write curves.png; a plotting problem never fails a finished training run."""
+    try:
+        from .plotting import plot_runs  # noqa: PLC0415 (matplotlib loads only here)
+
+        plot_runs([path], path / files.CURVES)
+    except Exception:  # noqa: BLE001 (matplotlib missing or a run with no rows yet)
+        pass
