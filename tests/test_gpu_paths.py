@@ -436,3 +436,20 @@ def test_gpu_kernel_sources_compile_with_nvrtc():
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "FAILED" not in result.stdout and "raw kernels" in result.stdout
+
+
+@pytest.mark.parametrize("loss, classes", [("cross_entropy", 4), ("binary_cross_entropy", 2)])
+@pytest.mark.parametrize("defer", [False, True])
+def test_train_accuracy_counts_what_evaluation_counts(tmp_path, loss, classes, defer):
+    """Correct predictions are counted in one place (Model.count_correct) whichever way steps are read: with a
+    learning rate too small to move the weights, epoch 1's train_accuracy is the accuracy of evaluating the
+    training split."""
+    cfg = config(loss=loss, data={"name": "blobs", "n_samples": 400, "classes": classes, "spread": 3.0},
+                 model=[{"linear": {"units": 16}}, "relu", {"linear": {"units": classes if classes > 2 else 1}}],
+                 optimizer={"name": "sgd", "lr": 1e-30},
+                 training={"epochs": 1, "batch_size": 16, "early_stopping": False})
+    trainer = trained(cfg, tmp_path / "run", defer=defer)
+    row = files.RunDir(tmp_path / "run").read_metrics()[0]
+    expected = trainer.model.evaluate(trainer.splits.train, 1024).accuracy
+    assert 0.0 < expected < 1.0
+    assert float(row["train_accuracy"]) == expected
