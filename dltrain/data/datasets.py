@@ -10,15 +10,16 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from annotated_types import Gt, Le
+from annotated_types import Ge, Gt, Le, Lt, MaxLen, MinLen
 
 from .. import backend
 from ..errors import DataError
 from ..registry import NonNegativeFloat, datasets
 from .download import fetch
 from .files import read_csv, read_idx, read_npz
+from .images import cached_pixels, scan_classes
 
 np = backend.np
 
@@ -38,6 +39,7 @@ class RawData:
     classes: int | None = None  # known number of classes (None: from the labels)
     class_names: list[str] | None = None
     normalize: str = "feature"  # what normalize: auto means here ('global' for images)
+    feature_names: list[str] | None = None  # a table's input columns, found by name when predicting
 
 
 # ---------------------------------------------------------------- IDX image sets
@@ -238,13 +240,50 @@ def csv(path: str | None = None, rng=None, label_column: str = "label") -> RawDa
     """Your own table: a .csv with a header row, numeric feature columns and a label column."""
     if not path:
         raise DataError("data.path: the csv dataset needs the path of a .csv file")
-    x, y = read_csv(Path(path), label_column)
-    return RawData(x, y)
+    x, y, names = read_csv(Path(path), label_column)
+    return RawData(x, y, feature_names=names)
+
+
+ImageSide = Annotated[int, Gt(0), Le(4096)]
+
+
+@datasets.register("image_folder")
+def image_folder(path: str | None = None, rng=None,
+                 image_size: Annotated[list[ImageSide], MinLen(2), MaxLen(2)] = None,
+                 channels: Literal[1, 3] = 3, test_fraction: Annotated[float, Ge(0), Lt(1)] = 0.0) -> RawData:
+    """Your own images: one subfolder per class (or train/, val/, test/ folders of those), resized to image_size
+    [height, width], decoded once into a cache."""
+    from .splits import RowView, stratified_split  # noqa: PLC0415 (splits imports this module)
+
+    if not path:
+        raise DataError("data.path: the image_folder dataset needs the folder of class subfolders")
+    if image_size is None:
+        raise DataError("data.image_size: the image_folder dataset needs the size to train at, [height, width]")
+    root, size = Path(path).expanduser(), tuple(image_size)
+    split_roots = {name: root / name for name in ("train", "val", "test") if (root / name).is_dir()}
+    train_root = split_roots.get("train", root)
+    files, labels, names = scan_classes(train_root)
+    cache = cache_dir() / "images"
+
+    def load(files, labels):
+        return RowView(cached_pixels(files, channels, size, cache)), np.asarray(labels, dtype=np.int64)
+
+    x, y = load(files, labels)
+    raw = RawData(x, y, classes=len(names), class_names=names, normalize="global")
+    if "val" in split_roots:
+        raw.x_val, raw.y_val = load(*scan_classes(split_roots["val"], names)[:2])
+    if "test" in split_roots:
+        raw.x_test, raw.y_test = load(*scan_classes(split_roots["test"], names)[:2])
+    elif test_fraction > 0:
+        train_rows, test_rows = stratified_split(y, test_fraction, rng, True)
+        raw.x_train, raw.y_train, raw.x_test, raw.y_test = x.take(train_rows), y[train_rows], x.take(test_rows), \
+            y[test_rows]
+    return raw
 
 
 def read_extra_split(path: str, dataset: str, options: dict) -> tuple:
     """(x, y) of a separately given validation or test file, in the dataset's file format."""
     if dataset == "csv":
-        return read_csv(Path(path), options.get("label_column", "label"))
+        return read_csv(Path(path), options.get("label_column", "label"))[:2]
     x, y, _ = _npz_arrays(Path(path))
     return x, y

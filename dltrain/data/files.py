@@ -80,7 +80,7 @@ def read_npz(path: Path) -> dict:
 
 
 def read_csv(path: Path, label_column: str) -> tuple:
-    """(features, labels) from a CSV with a header row; every other column must be numeric."""
+    """(features, labels, feature column names) from a CSV with a header row; every other column must be numeric."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))
@@ -108,7 +108,8 @@ def read_csv(path: Path, label_column: str) -> tuple:
             raise DataError(f"{path}:{line_number}: expected numbers, got {bad!r}") from None
         labels.append(values[label_index])
         features.append(values[:label_index] + values[label_index + 1:])
-    return np.asarray(features, dtype=np.float64).reshape(len(features), len(header) - 1), np.asarray(labels)
+    names = header[:label_index] + header[label_index + 1:]
+    return np.asarray(features, dtype=np.float64).reshape(len(features), len(header) - 1), np.asarray(labels), names
 
 
 def _is_number(text: str) -> bool:

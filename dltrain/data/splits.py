@@ -18,9 +18,55 @@ from .datasets import RawData, read_extra_split
 np = backend.np
 
 
+class RowView:
+    """Rows of a uint8 image array (a memory map of the decoded-image cache) without copying them: a split of an
+    image folder. Indexing it reads just those rows."""
+
+    def __init__(self, pixels, rows=None):
+        self.pixels = pixels
+        self.rows = np.arange(len(pixels)) if rows is None else np.asarray(rows)
+        self.shape = (len(self.rows), *pixels.shape[1:])
+        self.ndim, self.dtype = len(self.shape), pixels.dtype
+        self.size = int(np.prod(self.shape))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index):
+        return np.asarray(self.pixels[self.rows[index]])
+
+    def take(self, indices) -> RowView:
+        return RowView(self.pixels, self.rows[indices])
+
+
+class NormalizedRows:
+    """A RowView read batch by batch: each batch goes to the device as uint8 and is normalized there, so an image
+    folder larger than memory trains (the float copy of a whole split never exists)."""
+
+    def __init__(self, view: RowView, stats: dict, device: str):
+        self.view, self.device = view, device
+        self.stats = {key: backend.to_device(np.asarray(a, np.float64), device) for key, a in stats.items()}
+        self.shape, self.ndim, self.dtype = view.shape, view.ndim, np.dtype(backend.default_dtype())
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+    def __getitem__(self, index):
+        if not isinstance(index, slice):
+            index = backend.to_numpy(index)
+        return normalize(backend.to_device(self.view[index], self.device), self.stats)
+
+
+def normalize(batch, stats: dict):
+    """(inputs - mean) / std computed in float64 and rounded once to the default dtype, on the inputs' device (stats
+    there too): one formula for whole splits, image batches and predictions, so they agree to the bit."""
+    xp = backend.array_module(batch)
+    return ((batch.astype(xp.float64) - stats["mean"]) / stats["std"]).astype(backend.default_dtype())
+
+
 @dataclass
 class Split:
-    x: object  # device array, samples first, default float dtype
+    x: object  # device array, samples first, default float dtype (or NormalizedRows for image folders)
     y: object  # device array: int64 class labels, or float targets (N, k)
 
     def __len__(self) -> int:
@@ -36,6 +82,7 @@ class Splits:
     classes: int | None
     class_names: list[str] | None
     normalization: dict  # {'mean': array, 'std': array}, broadcastable to one sample
+    feature_names: list[str] | None = None
 
 
 def load_raw(data: dict, seed: int) -> RawData:
@@ -52,7 +99,7 @@ def load_raw(data: dict, seed: int) -> RawData:
 
 
 def _check_arrays(name: str, x, y, task: str) -> tuple:
-    x = np.asarray(x)
+    x = x if isinstance(x, RowView) else np.asarray(x)  # decoded images stay where they are (uint8: all finite)
     y = np.asarray(y)
     if x.dtype.kind not in "biuf":
         raise DataError(f"{name} inputs: expected numbers, got dtype {x.dtype}")
@@ -133,9 +180,12 @@ def normalization_stats(x_train, mode: str) -> dict:
 
 
 def to_split(x, y, stats: dict, device: str) -> Split:
+    if isinstance(x, RowView):
+        y = y if y.dtype.kind == "i" else y.astype(backend.default_dtype())
+        return Split(NormalizedRows(x, stats, device), backend.to_device(y, device))
     normalized = np.empty(x.shape, dtype=backend.default_dtype())
-    for start, chunk in _float_chunks(x):
-        normalized[start:start + len(chunk)] = (chunk - stats["mean"]) / stats["std"]
+    for start in range(0, len(x), CHUNK):
+        normalized[start:start + CHUNK] = normalize(x[start:start + CHUNK], stats)
     y = y if y.dtype.kind == "i" else y.astype(normalized.dtype)
     return Split(backend.to_device(normalized, device), backend.to_device(y, device))
 
@@ -158,8 +208,9 @@ def prepare(data: dict, task: str, seed: int, device: str, stats: dict | None = 
         if len(val_idx) == 0 or len(train_idx) == 0:
             raise DataError(f"data.val_fraction {data['val_fraction']} of {len(y_train)} samples leaves an empty "
                             "split; use a fraction that keeps samples on both sides")
-        val = (x_train[val_idx], y_train[val_idx])
-        x_train, y_train = x_train[train_idx], y_train[train_idx]
+        pick = (lambda x, rows: x.take(rows)) if isinstance(x_train, RowView) else (lambda x, rows: x[rows])
+        val = (pick(x_train, val_idx), y_train[val_idx])
+        x_train, y_train = pick(x_train, train_idx), y_train[train_idx]
     if raw.x_test is not None:
         test = _check_arrays("test", raw.x_test, raw.y_test, task)
 
@@ -185,4 +236,5 @@ def prepare(data: dict, task: str, seed: int, device: str, stats: dict | None = 
         classes=classes,
         class_names=raw.class_names,
         normalization=stats,
+        feature_names=raw.feature_names,
     )

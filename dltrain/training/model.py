@@ -72,7 +72,7 @@ class Model:
         Losses and predictions stay on the device until the end: one transfer, not one per batch."""
         was_training = self.network.training
         self.network.eval()
-        xp = backend.array_module(split.x)
+        xp = backend.array_module(split.y)  # split.x may be read batch by batch (image folders)
         losses, sizes, predictions = [], [], []
         try:  # a model with huge weights reports an infinite or NaN loss, without NumPy's warnings
             with no_grad(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -95,7 +95,7 @@ class Model:
 def data_info(splits: Splits, task: str) -> dict:
     target_width = None if task == "classification" else int(splits.train.y.shape[1])
     return {"input_shape": list(splits.input_shape), "classes": splits.classes, "class_names": splits.class_names,
-            "target_width": target_width}
+            "target_width": target_width, "feature_names": splits.feature_names}
 
 
 @dataclass

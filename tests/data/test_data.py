@@ -246,6 +246,7 @@ def test_csv_with_a_label_column(tmp_path):
     raw = datasets.csv(path=str(tmp_path / "d.csv"), rng=None)
     np.testing.assert_array_equal(raw.x_train, [[1, 2], [3, 4], [5, 6]])
     np.testing.assert_array_equal(raw.y_train, [0, 1, 1])
+    assert raw.feature_names == ["a", "b"]
 
 
 def test_csv_errors_name_the_line(tmp_path):

@@ -1,0 +1,158 @@
+"""New inputs for a trained model, read in batches: image files and folders, CSV, .npz and IDX files.
+
+Each source yields Batches of raw inputs shaped as the model's training inputs (before normalization), with what
+identifies each row in the output: the file path or row number, and a CSV's other columns.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import backend
+from ..errors import DataError, ShapeError
+from .files import read_idx, read_npz
+from .images import IMAGE_SUFFIXES, decode_image, image_files
+
+np = backend.np
+
+
+@dataclass
+class Batch:
+    x: object  # host array (n, *input_shape): uint8 pixels or float64 values
+    ids: list[str]  # the file path, or "FILE:ROW" for rows of a table or array
+    carried: dict = field(default_factory=dict)  # column name -> values (a CSV's columns the model does not read)
+
+
+@dataclass
+class Skipped:
+    path: str
+    reason: str
+
+
+class InputSet:
+    """The inputs named on the command line, in order; `len()` counts the rows to predict."""
+
+    def __init__(self, paths: list[Path], input_shape: tuple, feature_names: list[str] | None, label: str | None):
+        self.input_shape, self.feature_names, self.label = tuple(input_shape), feature_names, label
+        self.sources = []  # (kind, path, items)
+        for path in paths:
+            if path.is_dir():
+                found = image_files(path)
+                if not found:
+                    raise DataError(f"{path}: no images in this folder ({', '.join(IMAGE_SUFFIXES)})")
+                self.sources.append(("images", path, found))
+            elif not path.exists():
+                raise DataError(f"{path}: no such file or folder")
+            elif path.suffix.lower() in IMAGE_SUFFIXES:
+                self.sources.append(("images", path, [path]))
+            elif path.suffix.lower() == ".csv":
+                self.sources.append(("csv", path, None))
+            elif path.suffix.lower() == ".npz":
+                self.sources.append(("npz", path, None))
+            elif "idx" in path.name or path.name.endswith("-ubyte") or path.name.endswith("-ubyte.gz"):
+                self.sources.append(("idx", path, None))
+            else:
+                raise DataError(f"{path}: not an input dltrain reads (expected images ({', '.join(IMAGE_SUFFIXES)}) "
+                                f"or folders of them, .csv, .npz or IDX files)")
+        self.image_format = _image_format(self.input_shape) if any(k == "images" for k, *_ in self.sources) else None
+        self.skipped: list[Skipped] = []
+
+    def count(self) -> int | None:
+        """Rows to predict where known without reading (images); None when a table must be read to know."""
+        if all(kind == "images" for kind, *_ in self.sources):
+            return sum(len(items) for *_, items in self.sources)
+        return None
+
+    def batches(self, size: int, skip_bad: bool = False) -> Iterator[Batch]:
+        for kind, path, items in self.sources:
+            if kind == "images":
+                yield from self._images(items, size, skip_bad)
+            else:
+                x, ids, carried = {"csv": self._csv, "npz": self._npz, "idx": self._idx}[kind](path)
+                for start in range(0, len(x), size):
+                    yield Batch(x[start:start + size], ids[start:start + size],
+                                {k: v[start:start + size] for k, v in carried.items()})
+
+    def _images(self, files: list[Path], size: int, skip_bad: bool) -> Iterator[Batch]:
+        channels, hw = self.image_format
+        for start in range(0, len(files), size):
+            pixels, ids = [], []
+            for path in files[start:start + size]:
+                try:
+                    pixels.append(decode_image(path, channels, hw))
+                except DataError as exc:
+                    if not skip_bad:
+                        raise
+                    self.skipped.append(Skipped(str(path), str(exc)))
+                    continue
+                ids.append(str(path))
+            if ids:
+                yield Batch(np.stack(pixels).reshape(len(ids), *self.input_shape), ids)
+
+    def _csv(self, path: Path):
+        if not self.feature_names:
+            raise DataError(f"{path}: this model was not trained on a CSV (it has no feature columns to find by name)")
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                rows = [row for row in csv.reader(f)]
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise DataError(f"{path}: cannot read CSV ({exc})") from None
+        if not rows:
+            raise DataError(f"{path}: empty CSV file (expected a header row)")
+        header = [h.strip() for h in rows[0]]
+        missing = [name for name in self.feature_names if name not in header]
+        if missing:
+            raise DataError(f"{path}:1: missing the column(s) the model was trained on: {', '.join(missing)} "
+                            f"(found: {', '.join(header)})")
+        columns = [header.index(name) for name in self.feature_names]
+        other = [i for i, name in enumerate(header) if i not in columns and name != self.label]
+        values, ids, carried = [], [], {header[i]: [] for i in other}
+        for line, row in enumerate(rows[1:], start=2):
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                raise DataError(f"{path}:{line}: expected {len(header)} columns as in the header, got {len(row)}")
+            values.append([row[i] for i in columns])
+            ids.append(f"{path}:{line}")
+            for i in other:
+                carried[header[i]].append(row[i])
+        return values, ids, carried
+
+    def _npz(self, path: Path):
+        arrays = read_npz(path)
+        if "x" not in arrays:
+            raise DataError(f"{path}: expected an array 'x' in the .npz, found {', '.join(arrays) or 'none'}")
+        x = self._shaped(arrays["x"], path)
+        return x, [f"{path}:{i}" for i in range(len(x))], {}
+
+    def _idx(self, path: Path):
+        x = self._shaped(read_idx(path), path)
+        return x, [f"{path}:{i}" for i in range(len(x))], {}
+
+    def _shaped(self, x, path: Path):
+        """x as (n, *input_shape): the same shape, or one that differs only by axes of size 1 ((n, 28, 28) for
+        (1, 28, 28))."""
+        if x.dtype.kind not in "biuf":
+            raise DataError(f"{path}: expected numbers, got dtype {x.dtype}")
+        sample = tuple(x.shape[1:])
+        if sample != self.input_shape and _squeezed(sample) != _squeezed(self.input_shape):
+            raise ShapeError(f"{path}: the model expects inputs of per-sample shape {self.input_shape}, found "
+                             f"{sample}")
+        return x.reshape(len(x), *self.input_shape)
+
+
+def _squeezed(shape: tuple) -> tuple:
+    return tuple(d for d in shape if d != 1)
+
+
+def _image_format(input_shape: tuple) -> tuple[int, tuple[int, int]]:
+    """(channels, (height, width)) that images must be converted to for a model with this input shape."""
+    if len(input_shape) == 3 and input_shape[0] in (1, 3):
+        return input_shape[0], tuple(input_shape[1:])
+    if len(input_shape) == 2:
+        return 1, tuple(input_shape)
+    raise ShapeError(f"the model expects inputs of per-sample shape {input_shape}, which are not images "
+                     f"(expected (channels 1 or 3, height, width) or (height, width))")

@@ -1,0 +1,229 @@
+"""A trained model on new inputs: `dltrain predict MODEL INPUT...`.
+
+The model is a run directory (its best checkpoint), a checkpoint, or an exported .onnx file (run by onnxruntime).
+Inputs are prepared as the training data was (images converted to the trained channels and size, the stored
+normalization applied) and streamed in batches; each row's output names the predicted class and its probability
+(classification), the probability and label (binary), or the values (regression).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import backend
+from ..autograd import Tensor, no_grad
+from ..config import config_from_dict
+from ..data.inputs import InputSet
+from ..data.splits import normalize
+from ..errors import CheckpointError, DataError, DltrainError
+from .checkpoint import load_checkpoint, resolve_checkpoint
+from .model import Model
+
+np = backend.np
+
+
+@dataclass
+class Predictor:
+    """What predicting needs of a trained model: how to run it and what its outputs mean."""
+
+    run: object  # raw inputs (n, *input_shape) -> outputs (n, width) as float64, logits or values
+    task: str
+    input_shape: tuple
+    class_names: list[str] | None
+    feature_names: list[str] | None
+    label_column: str | None
+    outputs_are_probabilities: bool = False
+
+
+def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
+    path = Path(path)
+    if path.suffix == ".onnx":
+        return _onnx_predictor(path)
+    ckpt = load_checkpoint(resolve_checkpoint(path))
+    config = config_from_dict(ckpt.config, f"{ckpt.path} (config)")
+    data = ckpt.data
+    model = Model(config, tuple(data["input_shape"]), data.get("classes"), data.get("target_width"))
+    try:
+        model.network.load_state_dict(ckpt.model)
+    except DltrainError as exc:
+        raise CheckpointError(f"{ckpt.path}: weights do not fit the model in its config ({exc})") from None
+    model.network.to(device)
+    model.network.eval()
+    stats = {key: backend.to_device(np.asarray(a, np.float64), device) for key, a in ckpt.normalization.items()}
+
+    def run(x):
+        with no_grad():
+            out = model.outputs(Tensor(normalize(backend.to_device(x, device), stats)))
+        return backend.to_numpy(out.data).astype(np.float64)
+
+    return Predictor(run, model.task, tuple(data["input_shape"]), _class_names(data), data.get("feature_names"),
+                     config.data.get("label_column"))
+
+
+def _onnx_predictor(path: Path) -> Predictor:
+    try:
+        import onnx  # noqa: PLC0415
+        import onnxruntime  # noqa: PLC0415
+    except ImportError:
+        raise DltrainError("predicting with an ONNX model needs onnx and onnxruntime: pip install 'dltrain[onnx]'") \
+            from None
+    try:
+        props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnx and onnxruntime raise many kinds for unreadable files
+        raise CheckpointError(f"{path}: not a loadable ONNX model ({exc})") from None
+    if "dltrain_config" not in props:
+        raise CheckpointError(f"{path}: an ONNX model without dltrain's metadata (export it with dltrain export)")
+    config, data = json.loads(props["dltrain_config"]), json.loads(props["dltrain_data"])
+    task = {"cross_entropy": "classification", "binary_cross_entropy": "binary"}.get(config["loss"]["name"],
+                                                                                   "regression")
+
+    def run(x):  # normalization is folded into the exported graph: it takes raw inputs
+        return session.run(None, {"input": np.asarray(x, np.float32)})[0].astype(np.float64)
+
+    return Predictor(run, task, tuple(data["input_shape"]), _class_names(data), data.get("feature_names"),
+                     config["data"].get("label_column"), props.get("dltrain_outputs") == "probabilities")
+
+
+def _class_names(data: dict) -> list[str] | None:
+    if data.get("class_names"):
+        return [str(name) for name in data["class_names"]]
+    return [str(i) for i in range(data["classes"])] if data.get("classes") else None
+
+
+def _softmax(outputs):
+    shifted = outputs - outputs.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _sigmoid(outputs):
+    return 1.0 / (1.0 + np.exp(-outputs))
+
+
+def output_columns(predictor: Predictor, top_k: int, probabilities: bool, width: int, carried: list[str]) -> list:
+    columns = ["input", *carried]
+    if predictor.task == "classification":
+        columns += ["prediction", "probability"]
+        for k in range(2, top_k + 1):
+            columns += [f"top{k}", f"top{k}_probability"]
+        if probabilities:
+            columns += [f"probability_{name}" for name in predictor.class_names]
+    elif predictor.task == "binary":
+        columns += (["prediction", "probability"] if width == 1 else
+                    [f"{kind}_{i}" for i in range(width) for kind in ("prediction", "probability")])
+    else:
+        columns += ["prediction"] if width == 1 else [f"prediction_{i}" for i in range(width)]
+    return columns
+
+
+def rows_of(predictor: Predictor, outputs, ids: list[str], carried: dict, top_k: int, probabilities: bool):
+    """One dict per input, values as the output formats write them (floats exact: repr)."""
+    rows = []
+    if predictor.task == "classification":
+        probs = outputs if predictor.outputs_are_probabilities else _softmax(outputs)
+        order = np.argsort(-outputs, axis=1, kind="stable")  # argmax of the outputs, as eval predicts
+        for i, input_id in enumerate(ids):
+            row = {"input": input_id, **{k: v[i] for k, v in carried.items()}}
+            best = order[i, :max(top_k, 1)]
+            row["prediction"], row["probability"] = predictor.class_names[best[0]], float(probs[i, best[0]])
+            for k, c in enumerate(best[1:], start=2):
+                row[f"top{k}"], row[f"top{k}_probability"] = predictor.class_names[c], float(probs[i, c])
+            if probabilities:
+                row.update({f"probability_{name}": float(p) for name, p in zip(predictor.class_names, probs[i])})
+            rows.append(row)
+    elif predictor.task == "binary":
+        probs = _sigmoid(outputs)
+        names = predictor.class_names if predictor.class_names and len(predictor.class_names) == 2 else ["0", "1"]
+        for i, input_id in enumerate(ids):
+            row = {"input": input_id, **{k: v[i] for k, v in carried.items()}}
+            suffixes = [""] if outputs.shape[1] == 1 else [f"_{j}" for j in range(outputs.shape[1])]
+            for j, suffix in enumerate(suffixes):
+                row[f"prediction{suffix}"] = names[int(outputs[i, j] > 0)]  # as eval: the logit's sign
+                row[f"probability{suffix}"] = float(probs[i, j])
+            rows.append(row)
+    else:
+        for i, input_id in enumerate(ids):
+            row = {"input": input_id, **{k: v[i] for k, v in carried.items()}}
+            if outputs.shape[1] == 1:
+                row["prediction"] = float(outputs[i, 0])
+            else:
+                row.update({f"prediction_{j}": float(v) for j, v in enumerate(outputs[i])})
+            rows.append(row)
+    return rows
+
+
+def predict(model: str | Path, inputs: list[Path], out: Path | None = None, fmt: str = "csv", top_k: int = 1,
+            probabilities: bool = False, batch_size: int = 256, device: str = "cpu", skip_bad: bool = False,
+            progress=None) -> InputSet:
+    """Write one row per input to `out` (atomically) or stdout; returns the InputSet (its `skipped` files)."""
+    predictor = load_predictor(model, device)
+    if predictor.task == "classification" and top_k > len(predictor.class_names):
+        raise DataError(f"--top-k {top_k}: the model has {len(predictor.class_names)} classes")
+    source = InputSet(list(inputs), predictor.input_shape, predictor.feature_names, predictor.label_column)
+    if out is None:
+        _write_all(predictor, source, sys.stdout, fmt, top_k, probabilities, batch_size, skip_bad, progress)
+        return source
+    out = Path(out)
+    fd, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent if str(out.parent) else ".")
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as stream:
+            _write_all(predictor, source, stream, fmt, top_k, probabilities, batch_size, skip_bad, progress)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())
+        os.replace(temporary, out)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return source
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_all(predictor, source: InputSet, stream, fmt, top_k, probabilities, batch_size, skip_bad, progress):
+    writer = None
+    done = 0
+    for batch in source.batches(batch_size, skip_bad):
+        x = _numeric(batch.x, batch.ids) if isinstance(batch.x, list) else batch.x
+        outputs = predictor.run(x)
+        rows = rows_of(predictor, outputs, batch.ids, batch.carried, top_k, probabilities)
+        if fmt == "jsonl":
+            for row in rows:
+                stream.write(json.dumps(row) + "\n")
+        else:
+            if writer is None:
+                columns = output_columns(predictor, top_k, probabilities, outputs.shape[1], list(batch.carried))
+                writer = csv.DictWriter(stream, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+                writer.writeheader()
+            writer.writerows({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()} for row in rows)
+        done += len(rows)
+        if progress is not None:
+            progress(done)
+    stream.flush()
+
+
+def _numeric(values: list[list[str]], ids: list[str]):
+    """A CSV's feature cells as numbers; a cell that is not one is named by file:line and column number."""
+    out = np.empty((len(values), len(values[0]) if values else 0), np.float64)
+    for i, row in enumerate(values):
+        for j, cell in enumerate(row):
+            try:
+                out[i, j] = float(cell)
+            except ValueError:
+                raise DataError(f"{ids[i]}: expected a number in feature column {j + 1}, got {cell!r}") from None
+            if not math.isfinite(out[i, j]):
+                raise DataError(f"{ids[i]}: feature column {j + 1} is {cell!r}; expected a finite number")
+    return out
+
