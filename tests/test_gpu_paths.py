@@ -215,7 +215,7 @@ def test_deferred_loss_reads_give_the_same_metrics(tmp_path):
 @pytest.mark.parametrize("grad_clip", [None, 1.0])
 def test_deferred_reads_name_the_step_whose_loss_was_not_finite(tmp_path, grad_clip):
     cfg = config(loss="mse", model=[{"linear": {"units": 1}}], optimizer={"name": "sgd", "lr": 0.01},
-                 data={"name": "blobs", "n_samples": 400, "classes": 2},
+                 data={"name": "blobs", "n_samples": 400, "classes": 2, "normalize_targets": False},
                  training={"epochs": 1, "batch_size": 4, "shuffle": False, "early_stopping": False,
                            "grad_clip": grad_clip})
     messages = []

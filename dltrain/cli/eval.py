@@ -42,6 +42,9 @@ def _print_report(report: dict) -> None:
     head = f"{report['checkpoint']}  split {report['split']}  n {report['n']}  loss {report['loss']:.4f}"
     if "accuracy" in report:
         head += f"  accuracy {report['accuracy']:.4f}"
+    for key, label in (("mae", "MAE"), ("rmse", "RMSE"), ("r2", "R²")):
+        if report.get(key) is not None:
+            head += f"  {label} {report[key]:.4g}"
     console.print(head, highlight=False)
     if "per_class" not in report:
         return

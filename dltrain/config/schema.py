@@ -76,6 +76,7 @@ class DataConfig:
     val_path: str | None = None
     test_path: str | None = None
     normalize: Literal["auto", "global", "feature", "none"] = "auto"  # statistics from the training split
+    normalize_targets: bool = True  # regression: train on standardized targets, predict in the original units
 
 
 @dataclass

@@ -18,8 +18,9 @@ from .. import backend
 from ..errors import DataError
 from ..registry import NonNegativeFloat, datasets
 from .download import fetch
-from .files import read_csv, read_idx, read_npz
+from .files import read_idx, read_npz
 from .images import cached_pixels, scan_classes
+from .tables import labels_to_array, read_table
 
 np = backend.np
 
@@ -40,6 +41,7 @@ class RawData:
     class_names: list[str] | None = None
     normalize: str = "feature"  # what normalize: auto means here ('global' for images)
     feature_names: list[str] | None = None  # a table's input columns, found by name when predicting
+    table_options: dict | None = None  # a table's missing / unknown_category policies (TableEncoding)
 
 
 # ---------------------------------------------------------------- IDX image sets
@@ -236,12 +238,16 @@ def npz(path: str | None = None, rng=None) -> RawData:
 
 
 @datasets.register("csv")
-def csv(path: str | None = None, rng=None, label_column: str = "label") -> RawData:
-    """Your own table: a .csv with a header row, numeric feature columns and a label column."""
+def csv(path: str | None = None, rng=None, label_column: str = "label", ignore_columns: list[str] | None = None,
+        missing: Literal["error", "mean"] = "error", unknown_category: Literal["error", "zeros"] = "error") -> RawData:
+    """Your own table: a .csv with a header row and a label column (numbers, or words: classes); feature columns of
+    numbers are inputs, other columns categories (one-hot); ignore_columns (ids, notes) are left out."""
     if not path:
         raise DataError("data.path: the csv dataset needs the path of a .csv file")
-    x, y, names = read_csv(Path(path), label_column)
-    return RawData(x, y, feature_names=names)
+    cells, labels = read_table(Path(path), label_column, ignore_columns or [])
+    y, class_names = labels_to_array(labels, cells.where, None)
+    return RawData(cells, y, classes=len(class_names) if class_names else None, class_names=class_names,
+                   feature_names=cells.names, table_options={"missing": missing, "unknown_category": unknown_category})
 
 
 ImageSide = Annotated[int, Gt(0), Le(4096)]
@@ -281,9 +287,12 @@ def image_folder(path: str | None = None, rng=None,
     return raw
 
 
-def read_extra_split(path: str, dataset: str, options: dict) -> tuple:
-    """(x, y) of a separately given validation or test file, in the dataset's file format."""
+def read_extra_split(path: str, dataset: str, options: dict, class_names: list[str] | None = None) -> tuple:
+    """(x, y) of a separately given validation or test file, in the dataset's file format (a table's word labels
+    mapped to the training file's classes)."""
     if dataset == "csv":
-        return read_csv(Path(path), options.get("label_column", "label"))[:2]
+        cells, labels = read_table(Path(path), options.get("label_column", "label"),
+                                   options.get("ignore_columns") or [])
+        return cells, labels_to_array(labels, cells.where, class_names)[0]
     x, y, _ = _npz_arrays(Path(path))
     return x, y

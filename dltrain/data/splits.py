@@ -14,6 +14,7 @@ from .. import backend
 from ..errors import DataError, ShapeError
 from ..registry import datasets
 from .datasets import RawData, read_extra_split
+from .tables import Cells, TableEncoding
 
 np = backend.np
 
@@ -82,7 +83,9 @@ class Splits:
     classes: int | None
     class_names: list[str] | None
     normalization: dict  # {'mean': array, 'std': array}, broadcastable to one sample
-    feature_names: list[str] | None = None
+    feature_names: list[str] | None = None  # a table's columns, as its header names them
+    encoding: dict | None = None  # a table's TableEncoding state
+    target_normalization: dict | None = None  # regression: {'mean': [...], 'std': [...]} per target column
 
 
 def load_raw(data: dict, seed: int) -> RawData:
@@ -92,24 +95,26 @@ def load_raw(data: dict, seed: int) -> RawData:
     rng = np.random.default_rng([seed, 1])  # data has its own stream: splits do not shift training randomness
     raw = loader(path=data.get("path"), rng=rng, **{k: v for k, v in data.items() if k in own})
     if data.get("val_path"):
-        raw.x_val, raw.y_val = read_extra_split(data["val_path"], data["name"], data)
+        raw.x_val, raw.y_val = read_extra_split(data["val_path"], data["name"], data, raw.class_names)
     if data.get("test_path"):
-        raw.x_test, raw.y_test = read_extra_split(data["test_path"], data["name"], data)
+        raw.x_test, raw.y_test = read_extra_split(data["test_path"], data["name"], data, raw.class_names)
     return raw
 
 
 def _check_arrays(name: str, x, y, task: str) -> tuple:
-    x = x if isinstance(x, RowView) else np.asarray(x)  # decoded images stay where they are (uint8: all finite)
+    x = x if isinstance(x, RowView | Cells) else np.asarray(x)  # decoded images stay where they are; tables are text
     y = np.asarray(y)
-    if x.dtype.kind not in "biuf":
+    if isinstance(x, Cells):
+        pass  # checked when encoded
+    elif x.dtype.kind not in "biuf":
         raise DataError(f"{name} inputs: expected numbers, got dtype {x.dtype}")
     if len(x) == 0:
         raise DataError(f"{name} split is empty (0 samples)")
     if len(x) != len(y):
         raise DataError(f"{name}: {len(x)} inputs but {len(y)} labels (expected one label per sample)")
-    if x.ndim < 2:
+    if not isinstance(x, Cells) and x.ndim < 2:
         x = x.reshape(len(x), 1)
-    if x.dtype.kind == "f" and not np.isfinite(x).all():
+    if not isinstance(x, Cells) and x.dtype.kind == "f" and not np.isfinite(x).all():
         bad = np.argwhere(~np.isfinite(x))[0]
         raise DataError(f"{name} inputs contain NaN or Inf (first at index {tuple(int(i) for i in bad)})")
     if task == "classification":
@@ -191,14 +196,12 @@ def to_split(x, y, stats: dict, device: str) -> Split:
 
 
 def prepare(data: dict, task: str, seed: int, device: str, stats: dict | None = None,
-            expected_shape: tuple | None = None) -> Splits:
-    """Load, check, split and normalize; `stats` (and the per-sample `expected_shape`) come from a
-    checkpoint when one is evaluated or resumed."""
+            expected_shape: tuple | None = None, encoding: dict | None = None,
+            target_normalization: dict | None = None) -> Splits:
+    """Load, check, split and normalize; `stats` (and the per-sample `expected_shape`, a table's `encoding`, the
+    regression targets' `target_normalization`) come from a checkpoint when one is evaluated or resumed."""
     raw = load_raw(data, seed)
     x_train, y_train = _check_arrays("train", raw.x_train, raw.y_train, task)
-    if expected_shape is not None and tuple(x_train.shape[1:]) != tuple(expected_shape):
-        raise ShapeError(f"the model was trained on inputs of per-sample shape {tuple(expected_shape)}, but the "
-                         f"data has shape {tuple(x_train.shape[1:])}")
     val = test = None
     if raw.x_val is not None:
         val = _check_arrays("val", raw.x_val, raw.y_val, task)
@@ -208,11 +211,19 @@ def prepare(data: dict, task: str, seed: int, device: str, stats: dict | None = 
         if len(val_idx) == 0 or len(train_idx) == 0:
             raise DataError(f"data.val_fraction {data['val_fraction']} of {len(y_train)} samples leaves an empty "
                             "split; use a fraction that keeps samples on both sides")
-        pick = (lambda x, rows: x.take(rows)) if isinstance(x_train, RowView) else (lambda x, rows: x[rows])
+        pick = (lambda x, rows: x.take(rows)) if isinstance(x_train, RowView | Cells) else (lambda x, rows: x[rows])
         val = (pick(x_train, val_idx), y_train[val_idx])
         x_train, y_train = pick(x_train, train_idx), y_train[train_idx]
     if raw.x_test is not None:
         test = _check_arrays("test", raw.x_test, raw.y_test, task)
+    table = None
+    if isinstance(x_train, Cells):  # encoded as the training split alone says (after validation is held out)
+        table = TableEncoding.from_state(encoding) if encoding else TableEncoding.fit(x_train, **raw.table_options)
+        x_train = table.transform(x_train)
+        val, test = ((table.transform(p[0]), p[1]) if p is not None else None for p in (val, test))
+    if expected_shape is not None and tuple(x_train.shape[1:]) != tuple(expected_shape):
+        raise ShapeError(f"the model was trained on inputs of per-sample shape {tuple(expected_shape)}, but the "
+                         f"data has shape {tuple(x_train.shape[1:])}")
 
     for name, pair in (("val", val), ("test", test)):
         if pair is not None and pair[0].shape[1:] != x_train.shape[1:]:
@@ -224,6 +235,17 @@ def prepare(data: dict, task: str, seed: int, device: str, stats: dict | None = 
         classes = raw.classes or seen
         if seen > classes:
             raise DataError(f"labels go up to {seen - 1} but {data['name']} has {classes} classes (0..{classes - 1})")
+
+    if task == "regression" and data.get("normalize_targets", True):
+        if target_normalization is None:
+            std = y_train.std(axis=0)
+            target_normalization = {"mean": y_train.mean(axis=0).tolist(),
+                                    "std": np.where(std < 1e-12, 1.0, std).tolist()}
+        mean, std = (np.asarray(target_normalization[k]) for k in ("mean", "std"))
+        y_train = (y_train - mean) / std
+        val, test = ((p[0], (p[1] - mean) / std) if p is not None else None for p in (val, test))
+    else:
+        target_normalization = None
 
     if stats is None:
         mode = raw.normalize if data.get("normalize", "auto") == "auto" else data["normalize"]
@@ -237,4 +259,6 @@ def prepare(data: dict, task: str, seed: int, device: str, stats: dict | None = 
         class_names=raw.class_names,
         normalization=stats,
         feature_names=raw.feature_names,
+        encoding=table.state() if table else None,
+        target_normalization=target_normalization,
     )

@@ -117,6 +117,40 @@ def _metadata_problem(state: dict, data: dict) -> str | None:
     classes = data.get("classes")
     if classes is not None and (not isinstance(classes, int) or classes < 1):
         return f"data.classes should be a positive integer or null, got {classes!r}"
+    for key in ("class_names", "feature_names"):
+        names = data.get(key)
+        if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+            return f"data.{key} should be a list of strings or null, got {names!r}"
+    return _features_problem(data.get("features")) or _targets_problem(data.get("target_normalization"))
+
+
+def _features_problem(features) -> str | None:
+    if features is None:
+        return None
+    what = "data.features should be a table encoding (columns, missing, unknown_category)"
+    if not isinstance(features, dict) or not isinstance(features.get("columns"), list):
+        return what
+    if features.get("missing") not in ("error", "mean") or features.get("unknown_category") not in ("error", "zeros"):
+        return what
+    for column in features["columns"]:
+        if not isinstance(column, dict) or not isinstance(column.get("name"), str):
+            return what
+        number = column.get("kind") == "number" and isinstance(column.get("mean"), int | float)
+        category = column.get("kind") == "category" and isinstance(column.get("categories"), list) and all(
+            isinstance(c, str) for c in column["categories"])
+        if not (number or category):
+            return what
+    return None
+
+
+def _targets_problem(targets) -> str | None:
+    if targets is None:
+        return None
+    ok = isinstance(targets, dict) and all(
+        isinstance(targets.get(k), list) and targets[k] and all(isinstance(v, int | float) for v in targets[k])
+        for k in ("mean", "std"))
+    if not ok or len(targets["mean"]) != len(targets["std"]) or not all(v > 0 for v in targets["std"]):
+        return "data.target_normalization should be {mean: [...], std: [...]} of one length, std positive"
     return None
 
 

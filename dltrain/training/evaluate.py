@@ -47,7 +47,25 @@ def _report(path, split: str, n: int, loss: float, predictions, targets, task: s
         report["confusion_matrix"] = matrix.tolist()
     elif task == "binary":
         report["accuracy"] = float((predictions == targets).mean())
+    else:
+        report.update(regression_scores(*(to_target_units(a, data) for a in (predictions, targets))))
     return report
+
+
+def to_target_units(values, data: dict):
+    """Regression outputs or targets back in the units of the data (training standardizes them)."""
+    norm = data.get("target_normalization")
+    values = np.asarray(values, np.float64)
+    return values if not norm else values * np.asarray(norm["std"]) + np.asarray(norm["mean"])
+
+
+def regression_scores(predictions, targets) -> dict:
+    """MAE, RMSE and R² (the mean over target columns of 1 - residual / total sum of squares), in the data's units."""
+    errors = predictions - targets
+    total = ((targets - targets.mean(axis=0)) ** 2).sum(axis=0)
+    r2 = 1 - (errors ** 2).sum(axis=0) / np.where(total > 0, total, np.nan)
+    return {"mae": float(np.abs(errors).mean()), "rmse": float(np.sqrt((errors ** 2).mean())),
+            "r2": float(np.nanmean(r2)) if np.isfinite(r2).any() else None}
 
 
 def _choose_split(splits, split: str):
@@ -81,7 +99,8 @@ def evaluate_onnx(path: Path, split: str = "test", data_path: str | None = None)
     task = Model.task_of(config)
     identity = {"mean": np.zeros((1,) * len(data["input_shape"])), "std": np.ones((1,) * len(data["input_shape"]))}
     splits = prepare(config.data, task, config.seed, "cpu", stats=identity,
-                     expected_shape=tuple(data["input_shape"]))
+                     expected_shape=tuple(data["input_shape"]), encoding=data.get("features"),
+                     target_normalization=data.get("target_normalization"))
     chosen = _choose_split(splits, split)
     batch = config.training.eval_batch_size
     outputs = np.concatenate([session.run(None, {"input": np.asarray(chosen.x[i:i + batch], np.float32)})[0]

@@ -95,7 +95,8 @@ class Model:
 def data_info(splits: Splits, task: str) -> dict:
     target_width = None if task == "classification" else int(splits.train.y.shape[1])
     return {"input_shape": list(splits.input_shape), "classes": splits.classes, "class_names": splits.class_names,
-            "target_width": target_width, "feature_names": splits.feature_names}
+            "target_width": target_width, "feature_names": splits.feature_names, "features": splits.encoding,
+            "target_normalization": splits.target_normalization}
 
 
 @dataclass
@@ -115,7 +116,8 @@ def build_for(config: Config, device: str = "cpu", checkpoint=None) -> Built:
     shape = tuple(trained["input_shape"]) if trained.get("input_shape") else None
     try:
         splits = prepare(config.data, task, config.seed, device,
-                         stats=checkpoint.normalization if checkpoint is not None else None, expected_shape=shape)
+                         stats=checkpoint.normalization if checkpoint is not None else None, expected_shape=shape,
+                         encoding=trained.get("features"), target_normalization=trained.get("target_normalization"))
     except ShapeError as exc:
         if checkpoint is None:
             raise

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import sys
 import tempfile
@@ -22,8 +21,10 @@ from ..autograd import Tensor, no_grad
 from ..config import config_from_dict
 from ..data.inputs import InputSet
 from ..data.splits import normalize
+from ..data.tables import Cells, TableEncoding
 from ..errors import CheckpointError, DataError, DltrainError
 from .checkpoint import load_checkpoint, resolve_checkpoint
+from .evaluate import to_target_units
 from .model import Model
 
 np = backend.np
@@ -39,6 +40,7 @@ class Predictor:
     class_names: list[str] | None
     feature_names: list[str] | None
     label_column: str | None
+    data: dict  # the checkpoint's record of its data: a table's encoding, the targets' normalization
     outputs_are_probabilities: bool = False
 
 
@@ -64,7 +66,7 @@ def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
         return backend.to_numpy(out.data).astype(np.float64)
 
     return Predictor(run, model.task, tuple(data["input_shape"]), _class_names(data), data.get("feature_names"),
-                     config.data.get("label_column"))
+                     config.data.get("label_column"), data)
 
 
 def _onnx_predictor(path: Path) -> Predictor:
@@ -89,7 +91,7 @@ def _onnx_predictor(path: Path) -> Predictor:
         return session.run(None, {"input": np.asarray(x, np.float32)})[0].astype(np.float64)
 
     return Predictor(run, task, tuple(data["input_shape"]), _class_names(data), data.get("feature_names"),
-                     config["data"].get("label_column"), props.get("dltrain_outputs") == "probabilities")
+                     config["data"].get("label_column"), data, props.get("dltrain_outputs") == "probabilities")
 
 
 def _class_names(data: dict) -> list[str] | None:
@@ -150,6 +152,7 @@ def rows_of(predictor: Predictor, outputs, ids: list[str], carried: dict, top_k:
                 row[f"probability{suffix}"] = float(probs[i, j])
             rows.append(row)
     else:
+        outputs = to_target_units(outputs, predictor.data)
         for i, input_id in enumerate(ids):
             row = {"input": input_id, **{k: v[i] for k, v in carried.items()}}
             if outputs.shape[1] == 1:
@@ -196,7 +199,7 @@ def _write_all(predictor, source: InputSet, stream, fmt, top_k, probabilities, b
     writer = None
     done = 0
     for batch in source.batches(batch_size, skip_bad):
-        x = _numeric(batch.x, batch.ids) if isinstance(batch.x, list) else batch.x
+        x = _encoded(predictor, batch) if isinstance(batch.x, list) else batch.x
         outputs = predictor.run(x)
         rows = rows_of(predictor, outputs, batch.ids, batch.carried, top_k, probabilities)
         if fmt == "jsonl":
@@ -214,16 +217,9 @@ def _write_all(predictor, source: InputSet, stream, fmt, top_k, probabilities, b
     stream.flush()
 
 
-def _numeric(values: list[list[str]], ids: list[str]):
-    """A CSV's feature cells as numbers; a cell that is not one is named by file:line and column number."""
-    out = np.empty((len(values), len(values[0]) if values else 0), np.float64)
-    for i, row in enumerate(values):
-        for j, cell in enumerate(row):
-            try:
-                out[i, j] = float(cell)
-            except ValueError:
-                raise DataError(f"{ids[i]}: expected a number in feature column {j + 1}, got {cell!r}") from None
-            if not math.isfinite(out[i, j]):
-                raise DataError(f"{ids[i]}: feature column {j + 1} is {cell!r}; expected a finite number")
-    return out
-
+def _encoded(predictor: Predictor, batch):
+    """A CSV's feature cells as the model's inputs, encoded as its training table was."""
+    if not predictor.data.get("features"):
+        raise DataError(f"{batch.ids[0].rsplit(':', 1)[0]}: this model was not trained on a CSV table")
+    cells = Cells(batch.x, predictor.feature_names, batch.ids)
+    return TableEncoding.from_state(predictor.data["features"]).transform(cells)

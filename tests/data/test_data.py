@@ -244,14 +244,17 @@ def test_pickled_npz_is_refused_without_running_it(tmp_path):
 def test_csv_with_a_label_column(tmp_path):
     (tmp_path / "d.csv").write_text("a,b,label\n1,2,0\n3,4,1\n5,6,1\n")
     raw = datasets.csv(path=str(tmp_path / "d.csv"), rng=None)
-    np.testing.assert_array_equal(raw.x_train, [[1, 2], [3, 4], [5, 6]])
+    assert raw.x_train.values == [["1", "2"], ["3", "4"], ["5", "6"]]  # text: encoded after the split
     np.testing.assert_array_equal(raw.y_train, [0, 1, 1])
-    assert raw.feature_names == ["a", "b"]
+    assert raw.feature_names == ["a", "b"] and raw.class_names is None
+    splits = prepare({"name": "csv", "path": str(tmp_path / "d.csv"), "val_fraction": 0.0, "normalize": "none"},
+                     "classification", 0, "cpu")
+    np.testing.assert_array_equal(splits.train.x, [[1, 2], [3, 4], [5, 6]])
 
 
 def test_csv_errors_name_the_line(tmp_path):
-    (tmp_path / "d.csv").write_text("a,b,label\n1,2,0\n3,x,1\n")
-    with pytest.raises(DataError, match=r"d.csv:3: expected numbers, got 'x'"):
+    (tmp_path / "d.csv").write_text("a,b,label\n1,2,0\n3,4\n")
+    with pytest.raises(DataError, match=r"d.csv:3: expected 3 columns as in the header, got 2"):
         datasets.csv(path=str(tmp_path / "d.csv"), rng=None)
     with pytest.raises(DataError, match=r"d.csv:1: no label column 'y' in the header; columns: a, b, label"):
         datasets.csv(path=str(tmp_path / "d.csv"), rng=None, label_column="y")

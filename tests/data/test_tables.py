@@ -1,0 +1,148 @@
+"""CSV files as users have them: word labels, categorical columns, missing values, regression in real units."""
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from dltrain.cli import app
+from dltrain.config import load_config, validate
+from dltrain.data.tables import Cells, TableEncoding
+from dltrain.errors import DataError
+from dltrain.training.checkpoint import load_checkpoint, resolve_checkpoint
+from dltrain.training.model import build_for
+from dltrain.training.run import run_training
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def fruit_rows(n, seed, colours=("red", "green", "blue")):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        colour = colours[rng.integers(len(colours))]
+        size = rng.normal(5 if colour == "red" else 2, 1)
+        kind = "apple" if size + (colour == "green") > 3.5 else "cherry"
+        rows.append({"id": f"f{seed}-{i}", "colour": colour, "size": "" if i % 29 == 0 else f"{size:.3f}",
+                     "weight": f"{rng.normal(3, 1):.3f}", "kind": kind})
+    return rows
+
+
+def write_csv(path, rows, columns=("id", "colour", "size", "weight", "kind")):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def fruit_config(tmp_path, **data):
+    path = tmp_path / "fruit.yaml"
+    options = {"name": "csv", "path": str(write_csv(tmp_path / "train.csv", fruit_rows(300, 0))),
+               "test_path": str(write_csv(tmp_path / "test.csv", fruit_rows(80, 1))), "label_column": "kind",
+               "ignore_columns": ["id"], "missing": "mean", **data}
+    path.write_text(json.dumps({"seed": 2, "data": options,
+                                "model": [{"linear": {"units": 16}}, "relu", {"linear": {"units": 2}}],
+                                "optimizer": {"name": "adam", "lr": 0.02},
+                                "training": {"epochs": 8, "batch_size": 32}}))
+    return path
+
+
+def test_word_labels_and_a_categorical_column_train_evaluate_and_predict(tmp_path):
+    config = fruit_config(tmp_path)
+    summary = run_training(load_config(config), run_dir=tmp_path / "run", plot=False)
+    assert summary["test_accuracy"] > 0.85
+    checkpoint = load_checkpoint(resolve_checkpoint(tmp_path / "run"))
+    assert checkpoint.data["class_names"] == ["apple", "cherry"]
+    assert checkpoint.data["feature_names"] == ["colour", "size", "weight"]
+    colour, size, _ = checkpoint.data["features"]["columns"]
+    assert colour == {"name": "colour", "kind": "category", "categories": ["blue", "green", "red"]}
+    assert size["kind"] == "number" and checkpoint.data["input_shape"] == [5]  # 3 one-hot + 2 numbers
+    report = json.loads(invoke("eval", tmp_path / "run", "--json").stdout)
+    assert [row["class"] for row in report["per_class"]] == ["apple", "cherry"]
+
+    # columns in another order, an extra column: features found by name, the rest carried, the label ignored
+    rows = fruit_rows(80, 1)
+    write_csv(tmp_path / "new.csv", [{**r, "note": f"n{i}"} for i, r in enumerate(rows)],
+              ("weight", "note", "kind", "colour", "id", "size"))
+    result = invoke("predict", tmp_path / "run", tmp_path / "new.csv")
+    assert result.exit_code == 0, result.output
+    predicted = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert list(predicted[0]) == ["input", "note", "id", "prediction", "probability"]
+    assert predicted[0]["input"] == f"{tmp_path / 'new.csv'}:2" and predicted[0]["id"] == "f1-0"
+    built = build_for(load_config(config), "cpu", checkpoint)
+    built.model.network.load_state_dict(checkpoint.model)
+    evaluation = built.model.evaluate(built.splits.test, 1024)
+    assert [r["prediction"] for r in predicted] == [["apple", "cherry"][i] for i in evaluation.predictions]
+    assert np.mean([r["prediction"] == row["kind"] for r, row in zip(predicted, rows)]) == report["accuracy"]
+
+
+def test_table_errors_name_row_and_column(tmp_path):
+    config = fruit_config(tmp_path)
+    run_training(load_config(config), run_dir=tmp_path / "run", plot=False)
+    rows = fruit_rows(5, 3)
+    rows[2]["colour"] = "purple"
+    write_csv(tmp_path / "unseen.csv", rows)
+    result = invoke("predict", tmp_path / "run", tmp_path / "unseen.csv")
+    assert result.exit_code == 2
+    assert (f"error: {tmp_path / 'unseen.csv'}:4: column 'colour' has 'purple', a category not seen in training "
+            f"(seen: blue, green, red); data.unknown_category: zeros encodes it as all zeros") in result.output
+    write_csv(tmp_path / "short.csv", rows, ("id", "colour", "kind"))
+    result = invoke("predict", tmp_path / "run", tmp_path / "short.csv")
+    assert result.exit_code == 2
+    assert (f"{tmp_path / 'short.csv'}:1: missing the column(s) the model was trained on: size, weight "
+            f"(found: id, colour, kind)") in result.output
+
+    without_fill = validate({**load_config(config).to_dict(), "data": {**load_config(config).data, "missing": "error"}},
+                            {}, "test")
+    with pytest.raises(DataError, match=r"train.csv:2: column 'size' has a missing value; data.missing: mean fills it "
+                                        r"with the training mean"):
+        build_for(without_fill)
+
+
+def test_encoding_by_hand():
+    cells = Cells([["a", "1"], ["b", ""], ["a", "3"]], ["c", "n"], ["f:2", "f:3", "f:4"])
+    encoding = TableEncoding.fit(cells, missing="mean", unknown_category="zeros")
+    assert encoding.columns == [{"name": "c", "kind": "category", "categories": ["a", "b"]},
+                                {"name": "n", "kind": "number", "mean": 2.0}]
+    np.testing.assert_array_equal(encoding.transform(cells), [[1, 0, 1], [0, 1, 2], [1, 0, 3]])
+    new = Cells([["3", "z"], ["NA", "b"]], ["n", "c"], ["g:2", "g:3"])  # columns by name; unseen -> zeros
+    np.testing.assert_array_equal(encoding.transform(new), [[0, 0, 3], [0, 1, 2]])
+    with pytest.raises(DataError, match=r"g:2: column 'n': expected a number, got 'x'"):
+        encoding.transform(Cells([["x", "a"]], ["n", "c"], ["g:2"]))
+
+
+def test_regression_on_a_real_table_reports_and_predicts_in_its_units(tmp_path):
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    diabetes = sklearn_datasets.load_diabetes(scaled=False)
+    names = list(diabetes.feature_names)
+    rows = [dict(zip([*names, "progression"], map(str, [*x, y]))) for x, y in zip(diabetes.data, diabetes.target)]
+    write_csv(tmp_path / "train.csv", rows[:350], [*names, "progression"])
+    write_csv(tmp_path / "test.csv", rows[350:], [*names, "progression"])
+    config = tmp_path / "diabetes.yaml"
+    config.write_text(json.dumps({
+        "seed": 0, "loss": "mse",
+        "data": {"name": "csv", "path": str(tmp_path / "train.csv"), "test_path": str(tmp_path / "test.csv"),
+                 "label_column": "progression"},
+        "model": [{"linear": {"units": 32}}, "relu", {"linear": {"units": 1}}],
+        "optimizer": {"name": "adam", "lr": 0.01}, "training": {"epochs": 40, "batch_size": 32}}))
+    run_training(load_config(config), run_dir=tmp_path / "run", plot=False)
+    report = json.loads(invoke("eval", tmp_path / "run", "--json").stdout)
+    assert 30 < report["mae"] < 60 and report["rmse"] > report["mae"] and 0.3 < report["r2"] < 0.7
+    text = invoke("eval", tmp_path / "run").stdout
+    assert f"MAE {report['mae']:.4g}" in text and "R²" in text
+    predicted = list(csv.DictReader(io.StringIO(invoke("predict", tmp_path / "run", tmp_path / "test.csv").stdout)))
+    values = np.array([float(r["prediction"]) for r in predicted])
+    targets = diabetes.target[350:]
+    assert 25 < values.mean() < 346  # the data's units, not standardized ones
+    assert np.abs(values - targets).mean() == pytest.approx(report["mae"], rel=1e-5)
+    # turned off, the network learns outputs in the hundreds (the loss is in squared units)
+    checkpoint = load_checkpoint(resolve_checkpoint(tmp_path / "run"))
+    assert checkpoint.data["target_normalization"]["mean"][0] == pytest.approx(targets.mean(), rel=0.1)
