@@ -57,7 +57,8 @@ class InputSet:
             else:
                 raise DataError(f"{path}: not an input dltrain reads (expected images ({', '.join(IMAGE_SUFFIXES)}) "
                                 f"or folders of them, .csv, .npz or IDX files)")
-        self.image_format = _image_format(self.input_shape) if any(k == "images" for k, *_ in self.sources) else None
+        images = next((path for kind, path, _ in self.sources if kind == "images"), None)
+        self.image_format = _image_format(self.input_shape, images) if images else None
         self.skipped: list[Skipped] = []
 
     def count(self) -> int | None:
@@ -148,11 +149,11 @@ def _squeezed(shape: tuple) -> tuple:
     return tuple(d for d in shape if d != 1)
 
 
-def _image_format(input_shape: tuple) -> tuple[int, tuple[int, int]]:
+def _image_format(input_shape: tuple, path: Path) -> tuple[int, tuple[int, int]]:
     """(channels, (height, width)) that images must be converted to for a model with this input shape."""
     if len(input_shape) == 3 and input_shape[0] in (1, 3):
         return input_shape[0], tuple(input_shape[1:])
     if len(input_shape) == 2:
         return 1, tuple(input_shape)
-    raise ShapeError(f"the model expects inputs of per-sample shape {input_shape}, which are not images "
-                     f"(expected (channels 1 or 3, height, width) or (height, width))")
+    raise ShapeError(f"{path}: the model expects inputs of per-sample shape {input_shape}, not images (images "
+                     f"convert to (1 or 3 channels, height, width) or (height, width))")

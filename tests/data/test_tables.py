@@ -94,6 +94,13 @@ def test_table_errors_name_row_and_column(tmp_path):
     assert result.exit_code == 2
     assert (f"error: {tmp_path / 'unseen.csv'}:4: column 'colour' has 'purple', a category not seen in training "
             f"(seen: blue, green, red); data.unknown_category: zeros encodes it as all zeros") in result.output
+    from PIL import Image
+
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "photo.png")
+    result = invoke("predict", tmp_path / "run", tmp_path / "photo.png")
+    assert result.exit_code == 2
+    assert (f"error: {tmp_path / 'photo.png'}: the model expects inputs of per-sample shape (5,), not images (images "
+            f"convert to (1 or 3 channels, height, width) or (height, width))") in result.output
     write_csv(tmp_path / "short.csv", rows, ("id", "colour", "kind"))
     result = invoke("predict", tmp_path / "run", tmp_path / "short.csv")
     assert result.exit_code == 2
