@@ -220,3 +220,14 @@ def test_image_folder_errors_name_the_path(tmp_path, monkeypatch):
     Image.fromarray(np.zeros((6, 6), np.uint8)).save(root / "dogs" / "2.png")
     raw = image_folder(path=str(root), rng=None, image_size=[8, 8], channels=3)
     np.testing.assert_array_equal(raw.x_train[np.arange(2)][1], 0)
+
+
+def test_image_size_must_be_two_sides():
+    from dltrain.config import validate
+    from dltrain.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data.image_size: expected a list of 2 items, each an integer in "
+                                          r"\(0, 4096\], got \[28\]"):
+        validate({"data": {"name": "image_folder", "path": "x", "image_size": [28]}, "model": ["flatten"]}, {}, "t")
+    with pytest.raises(ConfigError, match=r"data: missing required key 'image_size' \(a list of 2 items"):
+        validate({"data": {"name": "image_folder", "path": "x"}, "model": ["flatten"]}, {}, "t")

@@ -26,7 +26,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from annotated_types import Ge, Gt, Le, Lt
+from annotated_types import Ge, Gt, Le, Lt, MaxLen, MinLen
 from pydantic import TypeAdapter, ValidationError
 
 from .. import registry
@@ -139,6 +139,12 @@ def describe(annotation) -> str:
 
 
 def _describe_bounded(base, meta) -> str:
+    if typing.get_origin(base) is list:
+        item = describe(typing.get_args(base)[0])
+        least = next((m.min_length for m in meta if isinstance(m, MinLen)), None)
+        most = next((m.max_length for m in meta if isinstance(m, MaxLen)), None)
+        count = f"{least}" if least == most else f"{least or 0} to {most}" if most is not None else f"{least} or more"
+        return f"a list of {count} items, each {item}"
     lower = upper = None
     for m in meta:
         if isinstance(m, Gt):
@@ -154,12 +160,13 @@ def _describe_bounded(base, meta) -> str:
         return f"a positive {noun}"
     if upper is None and lower == ("[", 0):
         return f"a non-negative {noun}"
+    article = "an" if noun == "integer" else "a"
     if lower and upper:
-        return f"a {noun} in {lower[0]}{lower[1]}, {upper[1]}{upper[0]}"
+        return f"{article} {noun} in {lower[0]}{lower[1]}, {upper[1]}{upper[0]}"
     if lower:
-        return f"a {noun} {'>' if lower[0] == '(' else '>='} {lower[1]}"
+        return f"{article} {noun} {'>' if lower[0] == '(' else '>='} {lower[1]}"
     if upper:
-        return f"a {noun} {'<' if upper[0] == ')' else '<='} {upper[1]}"
+        return f"{article} {noun} {'<' if upper[0] == ')' else '<='} {upper[1]}"
     return describe(base)
 
 

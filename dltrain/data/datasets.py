@@ -254,8 +254,7 @@ ImageSide = Annotated[int, Gt(0), Le(4096)]
 
 
 @datasets.register("image_folder")
-def image_folder(path: str | None = None, rng=None,
-                 image_size: Annotated[list[ImageSide], MinLen(2), MaxLen(2)] = None,
+def image_folder(path: str | None = None, rng=None, *, image_size: Annotated[list[ImageSide], MinLen(2), MaxLen(2)],
                  channels: Literal[1, 3] = 3, test_fraction: Annotated[float, Ge(0), Lt(1)] = 0.0) -> RawData:
     """Your own images: one subfolder per class (or train/, val/, test/ folders of those), resized to image_size
     [height, width], decoded once into a cache."""
@@ -263,8 +262,6 @@ def image_folder(path: str | None = None, rng=None,
 
     if not path:
         raise DataError("data.path: the image_folder dataset needs the folder of class subfolders")
-    if image_size is None:
-        raise DataError("data.image_size: the image_folder dataset needs the size to train at, [height, width]")
     root, size = Path(path).expanduser(), tuple(image_size)
     split_roots = {name: root / name for name in ("train", "val", "test") if (root / name).is_dir()}
     train_root = split_roots.get("train", root)
