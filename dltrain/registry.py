@@ -1,4 +1,4 @@
-"""Every registry in one place: layers, losses, optimizers, schedules, initializers, datasets, callbacks.
+"""Every registry in one place: layers, losses, optimizers, schedules, initializers, datasets, callbacks, augmentations.
 
 An entry is a class or function whose typed signature IS its parameter list: the config
 schema, its validation and `dltrain layers` all read that one signature.
@@ -116,3 +116,4 @@ schedules = Registry("schedule", skip=("base_lr", "total_epochs", "steps_per_epo
 initializers = Registry("initializer", skip=("shape",))
 datasets = Registry("dataset", skip=("path", "rng"))
 callbacks = Registry("callback")
+augmentations = Registry("augmentation")

@@ -72,6 +72,12 @@ def datasets(code: list[Path] = CODE_OPTION) -> None:
     _show_registry("datasets", code, f"Every dataset also takes: {common}.")
 
 
+def augmentations(code: list[Path] = CODE_OPTION) -> None:
+    """The augmentations a config's data.augment list can use (training batches only)."""
+    _show_registry("augmentations", code, "Applied in order to each training batch, on its device; never to "
+                                         "validation, test, eval or predict.")
+
+
 def devices() -> None:
     """What this machine can train on: the CPU, the GPUs CuPy sees (or why none), NCCL and MPI."""
     import importlib.util  # noqa: PLC0415
@@ -116,6 +122,6 @@ def check(
 
 
 def register(app: typer.Typer, reports_errors) -> None:
-    for command in (layers, losses, optimizers, schedules, datasets, devices):
+    for command in (layers, losses, optimizers, schedules, datasets, augmentations, devices):
         app.command(command.__name__)(reports_errors(command))
     app.command("check")(reports_errors(check))

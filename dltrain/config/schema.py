@@ -54,9 +54,18 @@ class EarlyStoppingConfig:
 
 
 @dataclass
+class EmaConfig:
+    """An exponential moving average of the weights, validated, tested and checkpointed: `ema: {decay: 0.999}`."""
+
+    enabled: bool = False
+    decay: Annotated[float, Gt(0), Lt(1)] = 0.999
+
+
+@dataclass
 class TrainingConfig:
     epochs: PositiveInt = 10
     batch_size: PositiveInt = 32
+    accumulate_steps: PositiveInt = 1  # batches whose gradients add up to one optimizer step (effective batch x N)
     eval_batch_size: PositiveInt = 1024
     shuffle: bool = True
     grad_clip: PositiveFloat | None = None  # max global L2 norm of the gradients (also checks them for NaN/Inf)
@@ -64,6 +73,7 @@ class TrainingConfig:
     max_nonfinite_skips: NonNegativeInt = 10  # with skip: stop after this many skipped batches
     log_gradients: bool = False  # per-layer gradient norms each epoch -> gradients.csv (dltrain plot --gradients)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)  # a mapping turns it on (enabled: true is implied)
 
 
 @dataclass
@@ -77,6 +87,7 @@ class DataConfig:
     test_path: str | None = None
     normalize: Literal["auto", "global", "feature", "none"] = "auto"  # statistics from the training split
     normalize_targets: bool = True  # regression: train on standardized targets, predict in the original units
+    augment: list = field(default_factory=list)  # training-batch augmentations (dltrain/data/augment.py)
 
 
 @dataclass
@@ -263,6 +274,10 @@ class Validator:
     def section(self, raw, cls, path: tuple):
         if cls is EarlyStoppingConfig and raw is False:
             return EarlyStoppingConfig(enabled=False)
+        if cls is EmaConfig and raw in (False, None):
+            return EmaConfig(enabled=False)
+        if cls is EmaConfig and isinstance(raw, dict) and "enabled" not in raw:
+            raw = {"enabled": True, **raw}
         values = self.mapping(raw, dataclass_params(cls), path, format_path(path))
         try:
             return cls(**values)
@@ -277,7 +292,8 @@ class Validator:
         if isinstance(raw, dict) and "name" not in raw and default is not None:
             raw = {"name": default, **raw}
         if not isinstance(raw, dict) or "name" not in raw:
-            self.error(path, f"expected the name of a {reg.kind} or a mapping with 'name', got {raw!r}; "
+            article = "an" if reg.kind[0] in "aeiou" else "a"
+            self.error(path, f"expected the name of {article} {reg.kind} or a mapping with 'name', got {raw!r}; "
                              f"available: {available(reg)}")
             return None
         name = raw["name"]
@@ -332,6 +348,15 @@ def _import_registries() -> None:
     load_plugins()
 
 
+def _one_key_form(item, reg: registry.Registry):
+    """{random_crop: {padding: 4}} (as model layers are written) read as {name: random_crop, padding: 4}."""
+    if isinstance(item, dict) and len(item) == 1 and "name" not in item:
+        ((name, options),) = item.items()
+        if name in reg and isinstance(options, dict | type(None)):
+            return {"name": name, **(options or {})}
+    return item
+
+
 def available(reg: registry.Registry) -> str:
     return ", ".join(reg.names()) or "none (a file given with --code, or an installed plugin, registers them)"
 
@@ -364,8 +389,17 @@ def validate(values, positions: dict, filename: str, overrides: dict | None = No
     device = v.value(values.get("device", "cpu"), params["device"].annotation, ("device",))
     data = None
     if "data" in values:
-        common = [p for p in dataclass_params(DataConfig) if p.name != "name"]
-        data = v.named(values["data"], registry.datasets, ("data",), extra=common)
+        common = [p for p in dataclass_params(DataConfig) if p.name not in ("name", "augment")]
+        raw_data = values["data"]
+        augment = raw_data.get("augment", []) if isinstance(raw_data, dict) else []
+        if isinstance(raw_data, dict):
+            raw_data = {k: value for k, value in raw_data.items() if k != "augment"}
+        data = v.named(raw_data, registry.datasets, ("data",), extra=common)
+        if not isinstance(augment, list):
+            v.error(("data", "augment"), f"expected a list of augmentations, got {_kind(augment)}")
+        elif data is not None:
+            data["augment"] = [v.named(_one_key_form(item, registry.augmentations), registry.augmentations,
+                                       ("data", "augment", i)) for i, item in enumerate(augment)]
     model = v.layers(values["model"], ("model",)) if "model" in values else []
     loss = v.named(values.get("loss", "cross_entropy"), registry.losses, ("loss",), default="cross_entropy")
     optimizer = v.named(values.get("optimizer", "adam"), registry.optimizers, ("optimizer",), default="adam")

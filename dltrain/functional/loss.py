@@ -21,7 +21,8 @@ def _raw(value):
 
 def cross_entropy(input, target, weight=None, ignore_index: int = -100, reduction: str = "mean",
                   label_smoothing: float = 0.0, check_targets: bool = True) -> Tensor:
-    """Softmax cross-entropy from logits (N, C) or (N, C, d1, ...) and integer class targets.
+    """Softmax cross-entropy from logits (N, C) or (N, C, d1, ...) and integer class targets, or class
+    probabilities shaped like the logits (mixup, cutmix), as torch.nn.functional.cross_entropy takes them.
 
     With class weights w and smoothing e, each sample's loss is
     (1 - e) * w[y] * -log p[y] + e / C * sum_c w[c] * -log p[c]; 'mean' divides by sum of w[y].
@@ -32,6 +33,8 @@ def cross_entropy(input, target, weight=None, ignore_index: int = -100, reductio
     x = as_tensor(input)
     xp = backend.array_module(x.data)
     labels = xp.asarray(_raw(target))
+    if labels.dtype.kind == "f" and labels.shape == x.shape:
+        return _soft_cross_entropy(x, labels, weight, reduction, label_smoothing)
     if labels.dtype.kind not in "iu":
         raise TypeError(f"cross_entropy: target must hold integer class indices, got dtype {labels.dtype}")
     if x.ndim < 2 or labels.shape != x.shape[:1] + x.shape[2:]:
@@ -84,6 +87,28 @@ def cross_entropy(input, target, weight=None, ignore_index: int = -100, reductio
         grad *= scale
         moved = grad.reshape(x.shape[:1] + x.shape[2:] + (classes,))
         return (xp.moveaxis(moved, -1, 1),)
+
+    return make_result(out, (x,), backward, "cross_entropy")
+
+
+def _soft_cross_entropy(x: Tensor, probabilities, weight, reduction: str, label_smoothing: float) -> Tensor:
+    """-sum_c w_c t_c log p_c per sample, t the target probabilities (smoothed towards 1/C); 'mean' divides by the
+    number of samples, as torch does for probability targets."""
+    xp = backend.array_module(x.data)
+    classes = x.shape[1]
+    logits = xp.moveaxis(x.data, 1, -1).reshape(-1, classes)
+    t = xp.moveaxis(probabilities.astype(logits.dtype), 1, -1).reshape(-1, classes)
+    if label_smoothing:
+        t = t * (1 - label_smoothing) + label_smoothing / classes
+    wt = t if weight is None else t * xp.asarray(_raw(weight), dtype=logits.dtype)
+    log_p = _stable_log_softmax(logits, 1)
+    losses = -(wt * log_p).sum(axis=1)
+    out = losses.reshape(x.shape[:1] + x.shape[2:]) if reduction == "none" else _reduce(losses, reduction)
+
+    def backward(g):
+        scale = g.reshape(-1)[:, None] if reduction == "none" else _reduced_grad_scale(g, len(losses), reduction)
+        grad = (xp.exp(log_p) * wt.sum(axis=1, keepdims=True) - wt) * scale
+        return (xp.moveaxis(grad.reshape(x.shape[:1] + x.shape[2:] + (classes,)), -1, 1),)
 
     return make_result(out, (x,), backward, "cross_entropy")
 

@@ -67,6 +67,9 @@ class Optimizer:
         for p in self.params:
             p.grad = None
 
+    def set_momentum(self, momentum: float) -> None:
+        """A schedule's momentum (one_cycle): an optimizer without one ignores it."""
+
     def step(self) -> None:
         self.steps += 1
         if type(self).fused_update is Optimizer.fused_update:  # a user's optimizer: its own update per parameter
@@ -181,6 +184,11 @@ class SGD(Optimizer):
         if not momentum:  # plain SGD keeps no state (the NumPy update never makes a velocity)
             self.slot_names = ()
 
+    def set_momentum(self, momentum: float) -> None:
+        """A schedule's momentum (one_cycle); plain SGD (momentum 0, no velocity) stays plain."""
+        if self.momentum:
+            self.momentum = momentum
+
     def fused_update(self, kernels, flat, grads, slots, decay):
         kernels.sgd_step(flat, grads, slots.get("velocity"), decay, self.lr, self.momentum, self.nesterov)
 
@@ -196,6 +204,10 @@ class Adam(Optimizer):
                  eps: PositiveFloat = 1e-8, weight_decay: NonNegativeFloat = 0.0, decay_all: bool = False):
         super().__init__(params, lr, weight_decay, decay_all)
         self.beta1, self.beta2, self.eps = beta1, beta2, eps
+
+    def set_momentum(self, momentum: float) -> None:
+        """A schedule's momentum (one_cycle) is Adam's beta1, as torch's OneCycleLR sets it."""
+        self.beta1 = momentum
 
     def fused_update(self, kernels, flat, grads, slots, decay):
         kernels.adam_step(flat, grads, slots["m"], slots["v"], decay, self.lr, self.beta1, self.beta2, self.eps,

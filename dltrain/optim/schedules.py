@@ -14,9 +14,9 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
-from annotated_types import Gt, Le
+from annotated_types import Ge, Gt, Le, Lt
 
-from ..registry import NonNegativeFloat, PositiveInt, UnitInterval, schedules
+from ..registry import NonNegativeFloat, PositiveFloat, PositiveInt, UnitInterval, schedules
 
 Gamma = Annotated[float, Gt(0), Le(1)]
 
@@ -37,6 +37,10 @@ class Schedule:
 
     def factor(self, epochs_after_warmup: float) -> float:
         return 1.0
+
+    def momentum(self, epoch: int, step: int = 0) -> float | None:
+        """The momentum to train with at this step (SGD's momentum, Adam's beta1), or None to leave it."""
+        return None
 
     def lr(self, epoch: int, step: int = 0) -> float:
         """Learning rate for `step` (0-based, within the epoch) of `epoch` (0-based)."""
@@ -89,3 +93,48 @@ class Cosine(Schedule):
         span = max(self.total_epochs - self.warmup_epochs, 1e-12)
         progress = min(e / span, 1.0)
         return self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@schedules.register("one_cycle")
+class OneCycle(Schedule):
+    """Smith's one cycle, as torch's OneCycleLR (cosine): from max_lr / div_factor up to max_lr over pct_start of
+    the steps, then down to max_lr / div_factor / final_div_factor; the momentum (SGD's, Adam's beta1) the other way,
+    max_momentum -> base_momentum -> max_momentum. Per step; max_lr defaults to the optimizer's lr."""
+
+    def __init__(self, max_lr: PositiveFloat | None = None, pct_start: Annotated[float, Gt(0), Lt(1)] = 0.3,
+                 div_factor: Annotated[float, Ge(1)] = 25.0, final_div_factor: Annotated[float, Ge(1)] = 1e4,
+                 cycle_momentum: bool = True, base_momentum: UnitInterval = 0.85, max_momentum: UnitInterval = 0.95,
+                 **common):
+        super().__init__(**common)
+        self.max_lr = (max_lr or self.base_lr) * self.scale
+        self.pct_start, self.div_factor, self.final_div_factor = pct_start, div_factor, final_div_factor
+        self.cycle_momentum, self.base_momentum, self.max_momentum = cycle_momentum, base_momentum, max_momentum
+        total = self.total_epochs * self.steps_per_epoch
+        initial = self.max_lr / div_factor
+        # (last step of the phase, lr at its start and end, momentum at its start and end)
+        self.phases = [(pct_start * total - 1, initial, self.max_lr, max_momentum, base_momentum),
+                       (total - 1, self.max_lr, initial / final_div_factor, base_momentum, max_momentum)]
+
+    def _position(self, epoch: int, step: int) -> tuple:
+        """(phase, fraction of it done) at this step."""
+        now = min(epoch * self.steps_per_epoch + step, self.phases[-1][0])
+        start = 0.0
+        for i, phase in enumerate(self.phases):
+            if now <= phase[0] or i == len(self.phases) - 1:
+                return phase, (now - start) / (phase[0] - start) if phase[0] > start else 1.0
+            start = phase[0]
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _cosine(start: float, end: float, fraction: float) -> float:
+        return end + (start - end) / 2 * (math.cos(math.pi * fraction) + 1)
+
+    def lr(self, epoch: int, step: int = 0) -> float:
+        phase, fraction = self._position(epoch, step)
+        return self._cosine(phase[1], phase[2], fraction)
+
+    def momentum(self, epoch: int, step: int = 0) -> float | None:
+        if not self.cycle_momentum:
+            return None
+        phase, fraction = self._position(epoch, step)
+        return self._cosine(phase[3], phase[4], fraction)

@@ -15,11 +15,13 @@ The built-in callbacks run in the order below on every epoch end. That order kee
 writes resumable: a metrics row or a best checkpoint ahead of `last` is simply redone (identically) by the
 resumed run, which starts after the epoch `last` holds.
 
-    EarlyStopping -> MetricsWriter -> GradientLogger -> CheckpointWriter (best, then last) -> ProgressReporter
-    -> the config's own callbacks (`callbacks:`), in the order given
+    (WeightAveraging) -> EarlyStopping -> MetricsWriter -> GradientLogger -> CheckpointWriter (best, then last)
+    -> ProgressReporter -> the config's own callbacks (`callbacks:`), in the order given
 """
 
 from __future__ import annotations
+
+import contextlib
 
 from .. import backend
 from ..errors import RunDirError
@@ -116,6 +118,65 @@ class GradientLogger(Callback):
         trainer.run.append_row(files.GRADIENTS, self.monitor.header(), self.monitor.epoch_row(epoch))
 
 
+class WeightAveraging(Callback):
+    """training.ema: after every optimizer step, average = decay * average + (1 - decay) * weights. Validation, the
+    test and checkpoints' model/ use the average (checkpoints keep the trained weights under training/, for resume).
+    Batchnorm's running statistics are averaged the same way (as timm's ModelEmaV2), so the averaged model
+    normalizes with statistics that followed its own averaged weights, not only the last ones."""
+
+    def __init__(self, decay: float):
+        self.decay = decay
+        self.average = None
+
+    def restore(self, trainer, checkpoint) -> None:
+        """Resume: the average is the checkpoint's model/, the weights being trained its training/."""
+        if checkpoint.training is None:
+            raise RunDirError(f"{checkpoint.path}: training.ema is on, but this checkpoint has no trained weights "
+                              f"beside its average (it was written without training.ema)")
+        names = list(trainer.model.network.state_dict())
+        self.average = [backend.to_device(checkpoint.model[name], trainer.device) for name in names]
+        trainer.model.network.load_state_dict(checkpoint.training)
+
+    def on_train_begin(self, trainer):
+        self.network = trainer.model.network
+        if self.average is None:
+            self.average = [a.copy() for a in self.arrays]
+        self.steps_seen = trainer.global_step
+
+    @property
+    def arrays(self) -> list:
+        """The model's weights and buffers, read afresh (the optimizer's first step makes them views of its flat
+        buffer)."""
+        return list(self.network.state_dict().values())
+
+    def on_batch_end(self, trainer, step, logs):
+        if trainer.global_step == self.steps_seen:  # a batch whose gradient waits for more (accumulate_steps)
+            return
+        self.steps_seen = trainer.global_step
+        for average, live in zip(self.average, self.arrays):
+            if backend.is_floating(live):
+                average *= self.decay
+                average += (1 - self.decay) * live
+
+    @contextlib.contextmanager
+    def swapped_in(self):
+        """The model holds the average inside this block, its trained weights again after it."""
+        arrays = self.arrays
+        kept = [a.copy() for a in arrays]
+        try:
+            for live, average in zip(arrays, self.average):
+                live[...] = average
+            yield kept
+        finally:
+            for live, saved in zip(arrays, kept):
+                live[...] = saved
+
+    def keep_average(self) -> None:
+        """End of training: the model keeps the average."""
+        for live, average in zip(self.arrays, self.average):
+            live[...] = average
+
+
 class CheckpointWriter(Callback):
     """checkpoints/best.safetensors when the epoch is the best, then checkpoints/last.safetensors (atomic writes;
     MPI ranks other than 0 write nothing). `trainer.completed` counts the epochs `last` holds."""
@@ -134,9 +195,16 @@ class CheckpointWriter(Callback):
             return
         state = {"epoch": epoch, "global_step": trainer.global_step, "rng": backend.get_rng_state(),
                  "early_stopping": self.early_stopping.tracker.state_dict()}
+        network = trainer.model.network
         try:
-            save_checkpoint(trainer.run.file(name), trainer.model.network, trainer.optimizer,
-                            trainer.splits.normalization, trainer.config.to_dict(), state, trainer.info)
+            if trainer.averaging is None:
+                save_checkpoint(trainer.run.file(name), network, trainer.optimizer, trainer.splits.normalization,
+                                trainer.config.to_dict(), state, trainer.info)
+                return
+            with trainer.averaging.swapped_in() as trained:
+                save_checkpoint(trainer.run.file(name), network, trainer.optimizer, trainer.splits.normalization,
+                                trainer.config.to_dict(), state, trainer.info,
+                                training=dict(zip(network.state_dict(), trained)))
         except OSError as exc:  # the previous checkpoint of that name is still intact (atomic write)
             raise RunDirError(f"cannot write {trainer.run.file(name)}: {exc.strerror or exc}") from None
 
@@ -166,7 +234,8 @@ class ProgressReporter(Callback):
 def built_in(trainer, reporter) -> list[Callback]:
     """The callbacks every run has, in the order that keeps it resumable, then the config's own."""
     early = EarlyStopping(trainer.config)
-    found = [early, MetricsWriter()]
+    found = [trainer.averaging] if trainer.averaging else []  # the average is up to date before anything reads it
+    found += [early, MetricsWriter()]
     if trainer.config.training.log_gradients:
         found.append(GradientLogger(trainer.model.network.layers))
     found += [CheckpointWriter(early), ProgressReporter(reporter)]

@@ -34,11 +34,13 @@ class Checkpoint:
     optimizer: dict  # {'steps': n, 'slots': {...}}
     normalization: dict
     path: Path | None = None
+    training: dict | None = None  # with weight averaging: the weights being trained (model/ holds the average)
 
 
 def save_checkpoint(path: Path, model, optimizer, normalization: dict, config: dict, state: dict,
-                    data_info: dict) -> None:
+                    data_info: dict, training: dict | None = None) -> None:
     tensors = {f"model/{name}": backend.to_numpy(a) for name, a in model.state_dict().items()}
+    tensors.update({f"training/{name}": backend.to_numpy(a) for name, a in (training or {}).items()})
     opt_state = optimizer.state_dict()
     tensors.update({f"optimizer/{key}": backend.to_numpy(a) for key, a in opt_state["slots"].items()})
     tensors.update({f"normalization/{key}": np.asarray(a) for key, a in normalization.items()})
@@ -101,7 +103,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
     return Checkpoint(config=config, state=state, data=data, model=group("model/"),
                       optimizer={"steps": state.get("optimizer_steps", 0), "slots": group("optimizer/")},
-                      normalization=group("normalization/"), path=path)
+                      normalization=group("normalization/"), path=path, training=group("training/") or None)
 
 
 def _metadata_problem(state: dict, data: dict) -> str | None:

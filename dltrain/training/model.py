@@ -64,6 +64,8 @@ class Model:
 
     def count_correct(self, outputs, targets, counter) -> None:
         """counter (a 0-d int64 device array) += the number of predictions that are right; nothing for regression."""
+        if self.task == "classification" and targets.ndim == 2:  # class probabilities (mixup): their argmax
+            targets = backend.array_module(targets).argmax(targets, axis=1)
         if self.task != "regression":
             self.loss.add_correct(outputs, targets, counter)
 
@@ -130,4 +132,10 @@ def build_for(config: Config, device: str = "cpu", checkpoint=None) -> Built:
     model = Model(config, splits.input_shape, trained.get("classes", info["classes"]),
                   trained.get("target_width", info["target_width"]))
     model.network.to(device)
+    if hasattr(model.loss, "weights_for"):
+        weights = trained.get("class_weights") or model.loss.weights_for(backend.to_numpy(splits.train.y),
+                                                                         model.network.output_shape[0])
+        info["class_weights"] = weights
+        model.loss.weight = None if weights is None else backend.to_device(np.asarray(weights, backend.default_dtype()),
+                                                                           device)
     return Built(model, splits, info)

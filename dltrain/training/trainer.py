@@ -20,11 +20,12 @@ from .. import __version__, backend
 from ..autograd import Tensor, no_grad
 from ..config import Config
 from ..data import Split
+from ..data.augment import Augmenter
 from ..distributed import SingleProcess, shard
-from ..errors import CheckpointError, Diverged, DltrainError, Interrupted, ShapeError, Terminated
+from ..errors import CheckpointError, ConfigError, Diverged, DltrainError, Interrupted, ShapeError, Terminated
 from ..registry import optimizers, schedules
 from . import rundir as files
-from .callbacks import EarlyStopping, built_in, overrides
+from .callbacks import EarlyStopping, WeightAveraging, built_in, overrides
 from .checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
 from .model import build_for
 from .reporting import SilentReporter
@@ -85,13 +86,23 @@ class Trainer:
         if cfg.training.batch_size > len(train):
             raise DltrainError(f"training.batch_size {cfg.training.batch_size} is larger than the training split "
                                f"({len(train)} samples); use a smaller batch or more data")
+        stats = self.splits.normalization
+        fill = float(np.mean(-np.asarray(stats["mean"]) / np.asarray(stats["std"])))  # a raw 0, normalized
+        self.augment = Augmenter(cfg.data.get("augment") or [], self.splits.classes, fill, self.model.task)
         self.optimizer = optimizers.build(cfg.optimizer, params=self.model.network.parameters())
-        self.steps_per_epoch = math.ceil(len(train) / cfg.training.batch_size)
+        self.steps_per_epoch = math.ceil(len(train) / cfg.training.batch_size)  # batches
+        accumulate = cfg.training.accumulate_steps  # batches per optimizer step
+        if accumulate > 1 and self.comm.size > 1:
+            raise ConfigError("training.accumulate_steps > 1 is not supported across MPI ranks yet; a larger global "
+                              "batch_size spreads over the ranks instead")
+        self.updates_per_epoch = math.ceil(self.steps_per_epoch / accumulate)
         self.schedule = schedules.build(cfg.schedule, base_lr=self.optimizer.lr, total_epochs=cfg.training.epochs,
-                                        steps_per_epoch=self.steps_per_epoch, batch_size=cfg.training.batch_size)
+                                        steps_per_epoch=self.updates_per_epoch,
+                                        batch_size=cfg.training.batch_size * accumulate)
         self.start_epoch = 0
         self.global_step = 0
         self.skipped = 0  # batches skipped for non-finite values (training.on_nonfinite: skip)
+        self.averaging = WeightAveraging(cfg.training.ema.decay) if cfg.training.ema.enabled else None
         self.callbacks = built_in(self, self.reporter) + self.extra_callbacks
         self.early_stopping = next(c for c in self.callbacks if isinstance(c, EarlyStopping)).tracker
         # losses read every step unless on one GPU that may stop at a non-finite loss (see steps.py); tests set
@@ -103,6 +114,8 @@ class Trainer:
     def _restore(self, ckpt: Checkpoint) -> None:
         try:
             self.model.network.load_state_dict(ckpt.model)
+            if self.averaging:
+                self.averaging.restore(self, ckpt)
             self.optimizer.load_state_dict(ckpt.optimizer)
             backend.set_rng_state(ckpt.state["rng"])
             self.early_stopping.load_state_dict(ckpt.state["early_stopping"])
@@ -131,6 +144,7 @@ class Trainer:
         self._layer_watchers = [c for c in self.callbacks if overrides(c, "on_layer_output")]
         self._after_backward = [c for c in self.callbacks if overrides(c, "on_after_backward")]
         self._watch = self._watch_layers if self._layer_watchers else None
+        self._zero_before_backward = True  # false inside a group of accumulated batches
 
     def train_step(self, batch: Batch) -> bool:
         """One optimizer step on a batch: forward, loss, backward, (clip), update. False when the batch was
@@ -140,8 +154,17 @@ class Trainer:
         params = self.model.network.parameters()
         if not self.tally.loss_is_finite(loss, batch):
             return False
-        self.optimizer.zero_grad()
-        loss.backward()
+        accumulate = self.config.training.accumulate_steps
+        if self._zero_before_backward:
+            self.optimizer.zero_grad()
+        group_start = batch.step - batch.step % accumulate
+        group = min(accumulate, self.steps_per_epoch - group_start)  # the last group of an epoch may be short
+        (loss if group == 1 else loss * (1.0 / group)).backward()  # the group's gradient: the mean of its batches'
+        self._zero_before_backward = False
+        if batch.step + 1 < group_start + group:
+            self.tally.record(out, batch)
+            return True  # more batches of this group to come
+        self._zero_before_backward = True
         if not self.tally.combine(params, loss, out, batch):
             return False
         for callback in self._after_backward:
@@ -213,12 +236,18 @@ class Trainer:
         self.model.network.train()
         self.tally.start_epoch()
         started = time.perf_counter()
+        self._zero_before_backward = True
         for step in range(self.steps_per_epoch):
-            lr = self.schedule.lr(epoch, step)
+            update = step // cfg.accumulate_steps
+            lr = self.schedule.lr(epoch, update)
             self.optimizer.lr = lr
+            momentum = self.schedule.momentum(epoch, update)
+            if momentum is not None:
+                self.optimizer.set_momentum(momentum)
             batch = self.order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             idx = shard(batch, self.comm.rank, self.comm.size) if self.comm.size > 1 else batch
-            if self.train_step(Batch(epoch, step, lr, train.x[idx], train.y[idx], len(batch))):
+            x, y = self.augment(train.x[idx], train.y[idx]) if self.augment else (train.x[idx], train.y[idx])
+            if self.train_step(Batch(epoch, step, lr, x, y, len(batch))):
                 logs = {"loss": self.tally.running_loss(),
                         "samples_per_second": self.tally.seen / (time.perf_counter() - started)}
                 self._call("on_batch_end", step + 1, logs)
@@ -234,6 +263,12 @@ class Trainer:
         the sums are reduced."""
         if split is None:
             return {"val_loss": None, "val_accuracy": None}
+        if self.averaging and not self.averaging_kept:
+            with self.averaging.swapped_in():
+                return self._validate(split)
+        return self._validate(split)
+
+    def _validate(self, split: Split) -> dict:
         batch_size = self.config.training.eval_batch_size
         if self.comm.size == 1:
             result = self.model.evaluate(split, batch_size)
@@ -252,6 +287,7 @@ class Trainer:
         self.trained_samples, self.train_seconds = 0, 0.0
         self.stop_training, self.stop_reason, self.stop_message = False, "completed", None
         self.prepare_steps()
+        self.averaging_kept = False  # true once the model holds the average for good (end of training)
         error, summary = None, None
         try:
             try:
@@ -316,6 +352,9 @@ class Trainer:
             restored = state is not None
             if restored:
                 self.model.network.load_state_dict(state)
+        if self.averaging and not restored and hasattr(self.averaging, "network"):
+            self.averaging.keep_average()  # the model that is tested and returned is the average
+        self.averaging_kept = True  # a checkpoint's model/ is the average already
         summary = {
             "stop_reason": stop_reason,
             "epochs_run": epochs_run,

@@ -120,7 +120,7 @@ def test_safetensors_weights_load_into_equivalent_torch_modules(tmp_path):
     nn = torch.nn
     net = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
                         nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
-                        nn.Flatten(), nn.Linear(3136, 128), nn.ReLU(), nn.Dropout(0.3), nn.Linear(128, 10))
+                        nn.Flatten(), nn.Linear(3136, 256), nn.ReLU(), nn.Dropout(0.3), nn.Linear(256, 10))
     # The README's mapping: model/<index>.<name> is torch's '<index>.<name>' for the same layer order.
     missing, unexpected = net.load_state_dict({k[len("model/"):]: v for k, v in tensors.items()}, strict=False)
     assert unexpected == [] and all(name.endswith("num_batches_tracked") for name in missing)
