@@ -1,6 +1,7 @@
 """Augmentation, class weights, weight averaging, gradient accumulation and the one-cycle schedule."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -257,3 +258,30 @@ def test_augmentations_are_checked_like_the_rest_of_the_config():
     assert ("data.augment[0].paddin: unknown key 'paddin' for augmentation 'random_crop' (did you mean 'padding'?)"
             in text)
     assert "data.augment[1].name: unknown augmentation 'flip'" in text
+
+
+def test_find_lr_plots_the_range_test_and_suggests_a_rate(tmp_path):
+    from typer.testing import CliRunner
+
+    from dltrain.cli import app
+    from dltrain.training.find_lr import suggest
+
+    config = tmp_path / "blobs.yaml"
+    config.write_text(json.dumps({**BLOBS, "training": {**BLOBS["training"], "batch_size": 16}}))
+    result = CliRunner().invoke(app, ["find-lr", str(config), "--steps", "60", "--start", "1e-5", "--end", "100",
+                                      "--out", str(tmp_path / "lr.png")])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert re.fullmatch(rf"\d+ steps from lr 1e-05 to [0-9.e+-]+; plot: {re.escape(str(tmp_path / 'lr.png'))}",
+                        lines[0])
+    assert lines[1].startswith("suggested learning rate: ")
+    suggested = float(lines[2].split("=")[1])
+    assert lines[2] == f"  --set optimizer.lr={suggested:.3g}" and 1e-4 < suggested < 10
+    assert (tmp_path / "lr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(tmp_path.iterdir()) == {config, tmp_path / "lr.png"}  # nothing else written
+    # the rule by hand: a tenth of the rate with the lowest loss after the first 10 steps
+    rates = [10.0 ** (k / 4) for k in range(20)]
+    losses = [5.0] * 10 + [4, 3, 2, 1.5, 1.0, 1.2, 3, 9, 20, 50]
+    assert suggest(rates, losses) == pytest.approx(rates[14] / 10)
+    result = CliRunner().invoke(app, ["find-lr", str(config), "--start", "1", "--end", "0.1"])
+    assert result.exit_code == 2 and "find-lr: expected 0 < --start < --end, got 1.0 and 0.1" in result.output
