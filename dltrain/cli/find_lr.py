@@ -20,23 +20,13 @@ def find_lr(
     code: list[Path] = CODE_OPTION,
 ) -> None:
     """The learning-rate range test: loss against an exponentially rising learning rate, and the rate to use."""
-    import tempfile  # noqa: PLC0415
-
-    from .. import backend  # noqa: PLC0415
     from ..config import load_config  # noqa: PLC0415
     from ..plugins import load_code  # noqa: PLC0415
     from ..training.find_lr import lr_range_test, plot_range_test  # noqa: PLC0415
-    from ..training.rundir import RunDir  # noqa: PLC0415
-    from ..training.trainer import Trainer  # noqa: PLC0415
+    from ..training.run import scratch_trainer  # noqa: PLC0415
 
     load_code(code)
-    cfg = load_config(config, set_)
-    if device is not None:
-        cfg.device = device
-    resolved = backend.resolve_device(cfg.device)
-    with tempfile.TemporaryDirectory() as nowhere:  # nothing is written but the plot
-        trainer = Trainer(cfg, RunDir(Path(nowhere) / "run", writable=False), resolved)
-        trainer.setup()
+    with scratch_trainer(load_config(config, set_), device) as trainer:  # nothing is written but the plot
         result = lr_range_test(trainer, start, end, steps)
     out = out or Path(f"{config.stem}-lr.png")
     plot_range_test(result, out, f"{config.name}: learning-rate range test")

@@ -17,25 +17,14 @@ def profile(
     code: list[Path] = CODE_OPTION,
 ) -> None:
     """Time a training step part by part: batch gather, each layer's forward and backward, loss, optimizer."""
-    import tempfile  # noqa: PLC0415
-
-    from .. import backend  # noqa: PLC0415
     from ..config import load_config  # noqa: PLC0415
     from ..plugins import load_code  # noqa: PLC0415
     from ..training.profile import format_profile, profile_steps  # noqa: PLC0415
-    from ..training.reporting import SilentReporter  # noqa: PLC0415
-    from ..training.rundir import RunDir  # noqa: PLC0415
-    from ..training.trainer import Trainer  # noqa: PLC0415
+    from ..training.run import scratch_trainer  # noqa: PLC0415
 
     load_code(code)
-    cfg = load_config(config, set_)
-    if device is not None:
-        cfg.device = device
-    resolved = backend.resolve_device(cfg.device)
-    with tempfile.TemporaryDirectory() as nowhere:  # nothing is written: the run directory stays read-only
-        trainer = Trainer(cfg, RunDir(Path(nowhere) / "run", writable=False), resolved, SilentReporter())
-        trainer.setup()
-        print(f"{config}: {cfg.training.batch_size} samples per step on the {resolved}")
+    with scratch_trainer(load_config(config, set_), device) as trainer:  # nothing is written
+        print(f"{config}: {trainer.config.training.batch_size} samples per step on the {trainer.device}")
         print(format_profile(profile_steps(trainer, steps=steps)))
 
 

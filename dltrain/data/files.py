@@ -1,4 +1,4 @@
-"""Reading data files: IDX (MNIST's format, optionally gzipped), .npz and .csv.
+"""Reading data files: IDX (MNIST's format, optionally gzipped) and .npz (CSV tables: tables.py).
 
 Each reader checks what it reads and says what was expected, what was found and where.
 Nothing here unpickles: .npz files are opened with allow_pickle=False.
@@ -6,7 +6,6 @@ Nothing here unpickles: .npz files are opened with allow_pickle=False.
 
 from __future__ import annotations
 
-import csv
 import gzip
 import zipfile
 from pathlib import Path
@@ -77,44 +76,3 @@ def read_npz(path: Path) -> dict:
         raise DataError(f"{path}: not a valid .npz file ({exc})") from None
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise DataError(f"{path}: not a valid .npz file ({exc})") from None
-
-
-def read_csv(path: Path, label_column: str) -> tuple:
-    """(features, labels, feature column names) from a CSV with a header row; every other column must be numeric."""
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
-    except FileNotFoundError:
-        raise DataError(f"{path}: data file not found") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{path}: cannot read CSV ({exc})") from None
-    if not rows:
-        raise DataError(f"{path}: empty CSV file (expected a header row and data rows)")
-    header = [h.strip() for h in rows[0]]
-    if label_column not in header:
-        raise DataError(f"{path}:1: no label column {label_column!r} in the header; columns: {', '.join(header)} "
-                        "(set data.label_column)")
-    label_index = header.index(label_column)
-    features, labels = [], []
-    for line_number, row in enumerate(rows[1:], start=2):
-        if not row or all(not cell.strip() for cell in row):
-            continue
-        if len(row) != len(header):
-            raise DataError(f"{path}:{line_number}: expected {len(header)} columns as in the header, got {len(row)}")
-        try:
-            values = [float(cell) for cell in row]
-        except ValueError:
-            bad = next(c for c in row if not _is_number(c))
-            raise DataError(f"{path}:{line_number}: expected numbers, got {bad!r}") from None
-        labels.append(values[label_index])
-        features.append(values[:label_index] + values[label_index + 1:])
-    names = header[:label_index] + header[label_index + 1:]
-    return np.asarray(features, dtype=np.float64).reshape(len(features), len(header) - 1), np.asarray(labels), names
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False

@@ -76,15 +76,13 @@ def _choose_split(splits, split: str):
     return chosen
 
 
-def evaluate_onnx(path: Path, split: str = "test", data_path: str | None = None) -> dict:
-    """The same report for an exported model, run by onnxruntime on raw (unnormalized) inputs."""
-    import json  # noqa: PLC0415
-
+def load_onnx(path: Path, doing: str) -> tuple:
+    """(onnxruntime session, dltrain's metadata) of an exported model; CheckpointError for anything else."""
     try:
         import onnx  # noqa: PLC0415
         import onnxruntime  # noqa: PLC0415
     except ImportError:
-        raise DltrainError("evaluating an ONNX model needs onnx and onnxruntime: pip install 'dltrain[onnx]'") from None
+        raise DltrainError(f"{doing} an ONNX model needs onnx and onnxruntime: pip install 'dltrain[onnx]'") from None
     try:
         props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -92,6 +90,14 @@ def evaluate_onnx(path: Path, split: str = "test", data_path: str | None = None)
         raise CheckpointError(f"{path}: not a loadable ONNX model ({exc})") from None
     if "dltrain_config" not in props:
         raise CheckpointError(f"{path}: an ONNX model without dltrain's metadata (export it with dltrain export)")
+    return session, props
+
+
+def evaluate_onnx(path: Path, split: str = "test", data_path: str | None = None) -> dict:
+    """The same report for an exported model, run by onnxruntime on raw (unnormalized) inputs."""
+    import json  # noqa: PLC0415
+
+    session, props = load_onnx(path, "evaluating")
     config = config_from_dict(json.loads(props["dltrain_config"]), f"{path} (config)")
     data = json.loads(props["dltrain_data"])
     if data_path is not None:

@@ -24,7 +24,7 @@ from ..data.splits import normalize
 from ..data.tables import Cells, TableEncoding
 from ..errors import CheckpointError, DataError, DltrainError
 from .checkpoint import load_checkpoint, resolve_checkpoint
-from .evaluate import to_target_units
+from .evaluate import load_onnx, to_target_units
 from .model import Model
 
 np = backend.np
@@ -70,19 +70,7 @@ def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
 
 
 def _onnx_predictor(path: Path) -> Predictor:
-    try:
-        import onnx  # noqa: PLC0415
-        import onnxruntime  # noqa: PLC0415
-    except ImportError:
-        raise DltrainError("predicting with an ONNX model needs onnx and onnxruntime: pip install 'dltrain[onnx]'") \
-            from None
-    try:
-        props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnx and onnxruntime raise many kinds for unreadable files
-        raise CheckpointError(f"{path}: not a loadable ONNX model ({exc})") from None
-    if "dltrain_config" not in props:
-        raise CheckpointError(f"{path}: an ONNX model without dltrain's metadata (export it with dltrain export)")
+    session, props = load_onnx(path, "predicting with")
     config, data = json.loads(props["dltrain_config"]), json.loads(props["dltrain_data"])
     task = {"cross_entropy": "classification", "binary_cross_entropy": "binary"}.get(config["loss"]["name"],
                                                                                    "regression")

@@ -8,6 +8,8 @@ Under mpiexec every rank calls it; rank 0 alone writes files and announces.
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -78,6 +80,18 @@ def run_training(config: Config | None, *, run_dir: str | Path | None = None, re
     finally:
         if main and plot:
             _plot_quietly(run.path)
+
+
+@contextlib.contextmanager
+def scratch_trainer(config: Config, device: str | None = None):
+    """A set-up Trainer of `config` whose run directory is never written (dltrain profile, find-lr)."""
+    if device is not None:
+        config.device = device
+    with tempfile.TemporaryDirectory() as nowhere:
+        trainer = Trainer(config, files.RunDir(Path(nowhere) / "run", writable=False),
+                          backend.resolve_device(config.device))
+        trainer.setup()
+        yield trainer
 
 
 def resumed_config(checkpoint, given: Config | None, overrides, config_path=None) -> Config:
