@@ -25,8 +25,8 @@ np = backend.np
 Pair = Annotated[list[Annotated[float, Gt(0)]], MinLen(2), MaxLen(2)]
 
 
-class Batch:
-    """What an augmentation may need beside the arrays."""
+class AugmentContext:
+    """What an augmentation may need beside the batch: the number of classes, the fill value of uncovered pixels."""
 
     def __init__(self, classes: int | None, fill: float):
         self.classes, self.fill = classes, fill
@@ -68,11 +68,11 @@ class RandomCrop:
     def __init__(self, padding: PositiveInt = 4, padding_mode: Literal["constant", "reflect", "edge"] = "constant"):
         self.padding, self.padding_mode = padding, padding_mode
 
-    def __call__(self, x, y, batch: Batch):
+    def __call__(self, x, y, context: AugmentContext):
         _images(x, "random_crop")
         n = len(x)
         dy, dx = _offsets(x, n, 2 * self.padding), _offsets(x, n, 2 * self.padding)
-        return _shift(x, dy, dx, self.padding, batch.fill, self.padding_mode), y
+        return _shift(x, dy, dx, self.padding, context.fill, self.padding_mode), y
 
 
 @augmentations.register("random_translate")
@@ -82,11 +82,11 @@ class RandomTranslate:
     def __init__(self, max_pixels: PositiveInt = 2):
         self.max_pixels = max_pixels
 
-    def __call__(self, x, y, batch: Batch):
+    def __call__(self, x, y, context: AugmentContext):
         _images(x, "random_translate")
         n = len(x)
         dy, dx = _offsets(x, n, 2 * self.max_pixels), _offsets(x, n, 2 * self.max_pixels)
-        return _shift(x, dy, dx, self.max_pixels, batch.fill), y
+        return _shift(x, dy, dx, self.max_pixels, context.fill), y
 
 
 class _Flip:
@@ -95,7 +95,7 @@ class _Flip:
     def __init__(self, p: UnitInterval = 0.5):
         self.p = p
 
-    def __call__(self, x, y, batch: Batch):
+    def __call__(self, x, y, context: AugmentContext):
         _images(x, self.registry_name)
         xp = backend.array_module(x)
         flip = _uniform(x, len(x)) < self.p
@@ -141,7 +141,7 @@ class RandomErasing:
             raise ConfigError(f"random_erasing: scale is a fraction of the image's area, at most 1, got {scale[1]}")
         self.p, self.scale, self.ratio, self.value = p, tuple(scale), tuple(ratio), value
 
-    def __call__(self, x, y, batch: Batch):
+    def __call__(self, x, y, context: AugmentContext):
         _images(x, "random_erasing")
         xp = backend.array_module(x)
         n, _, h, w = x.shape
@@ -162,7 +162,7 @@ class Cutout:
     def __init__(self, size: PositiveInt = 8, p: UnitInterval = 1.0, value: float = 0.0):
         self.size, self.p, self.value = size, p, value
 
-    def __call__(self, x, y, batch: Batch):
+    def __call__(self, x, y, context: AugmentContext):
         _images(x, "cutout")
         xp = backend.array_module(x)
         n, _, h, w = x.shape
@@ -197,10 +197,10 @@ class Mixup:
     def __init__(self, alpha: PositiveFloat = 0.2):
         self.alpha = alpha
 
-    def __call__(self, x, y, batch: Batch):
+    def __call__(self, x, y, context: AugmentContext):
         lam = float(backend.host_rng().beta(self.alpha, self.alpha))
         partner = _partners(x)
-        soft = _soft_labels(y, batch.classes, x.dtype)
+        soft = _soft_labels(y, context.classes, x.dtype)
         return lam * x + (1 - lam) * x[partner], lam * soft + (1 - lam) * soft[partner]
 
 
@@ -214,7 +214,7 @@ class CutMix:
     def __init__(self, alpha: PositiveFloat = 1.0):
         self.alpha = alpha
 
-    def __call__(self, x, y, batch: Batch):
+    def __call__(self, x, y, context: AugmentContext):
         _images(x, "cutmix")
         xp = backend.array_module(x)
         n, _, h, w = x.shape
@@ -222,7 +222,7 @@ class CutMix:
         side = np.sqrt(1 - lam)
         bh, bw = max(int(round(h * side)), 0), max(int(round(w * side)), 0)
         partner = _partners(x)
-        soft = _soft_labels(y, batch.classes, x.dtype)
+        soft = _soft_labels(y, context.classes, x.dtype)
         if bh == 0 or bw == 0:
             return x, soft
         box = _boxes(x, xp.full(n, bh), xp.full(n, bw))
@@ -237,7 +237,7 @@ class GaussianNoise:
     def __init__(self, std: Annotated[float, Ge(0), Le(10)] = 0.1):
         self.std = std
 
-    def __call__(self, x, y, batch: Batch):
+    def __call__(self, x, y, context: AugmentContext):
         xp = backend.array_module(x)
         u1, u2 = 1 - _uniform(x, *x.shape), _uniform(x, *x.shape)  # (0, 1] and [0, 1): Box-Muller
         noise = xp.sqrt(-2 * xp.log(u1)) * xp.cos(2 * np.pi * u2)
@@ -253,13 +253,13 @@ class Augmenter:
             names = [a.registry_name for a in self.steps if getattr(a, "needs_classes", False)]
             raise ConfigError(f"data.augment: {', '.join(names)} mix class labels; this run's loss is not "
                               f"cross_entropy (task {task})")
-        self.batch = Batch(classes, fill)
+        self.context = AugmentContext(classes, fill)
 
     def __bool__(self) -> bool:
         return bool(self.steps)
 
     def __call__(self, x, y):
         for step in self.steps:
-            x, y = step(x, y, self.batch)
+            x, y = step(x, y, self.context)
         return x, y
 

@@ -20,6 +20,7 @@ from ..registry import NonNegativeFloat, datasets
 from .download import fetch
 from .files import read_idx, read_npz
 from .images import cached_pixels, scan_classes
+from .rows import RowView, stratified_split
 from .tables import labels_to_array, read_table
 
 np = backend.np
@@ -258,8 +259,6 @@ def image_folder(path: str | None = None, rng=None, *, image_size: Annotated[lis
                  channels: Literal[1, 3] = 3, test_fraction: Annotated[float, Ge(0), Lt(1)] = 0.0) -> RawData:
     """Your own images: one subfolder per class (or train/, val/, test/ folders of those), resized to image_size
     [height, width], decoded once into a cache."""
-    from .splits import RowView, stratified_split  # noqa: PLC0415 (splits imports this module)
-
     if not path:
         raise DataError("data.path: the image_folder dataset needs the folder of class subfolders")
     root, size = Path(path).expanduser(), tuple(image_size)

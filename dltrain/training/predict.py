@@ -43,6 +43,10 @@ class Predictor:
     data: dict  # the checkpoint's record of its data: a table's encoding, the targets' normalization
     outputs_are_probabilities: bool = False
 
+    def __post_init__(self):
+        features = self.data.get("features")
+        self.encoding = TableEncoding.from_state(features) if features else None
+
 
 def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
     path = Path(path)
@@ -207,7 +211,6 @@ def _write_all(predictor, source: InputSet, stream, fmt, top_k, probabilities, b
 
 def _encoded(predictor: Predictor, batch):
     """A CSV's feature cells as the model's inputs, encoded as its training table was."""
-    if not predictor.data.get("features"):
+    if predictor.encoding is None:
         raise DataError(f"{batch.ids[0].rsplit(':', 1)[0]}: this model was not trained on a CSV table")
-    cells = Cells(batch.x, predictor.feature_names, batch.ids)
-    return TableEncoding.from_state(predictor.data["features"]).transform(cells)
+    return predictor.encoding.transform(Cells(batch.x, predictor.feature_names, batch.ids))

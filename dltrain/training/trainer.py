@@ -147,8 +147,9 @@ class Trainer:
         self._zero_before_backward = True  # false inside a group of accumulated batches
 
     def train_step(self, batch: Batch) -> bool:
-        """One optimizer step on a batch: forward, loss, backward, (clip), update. False when the batch was
-        skipped for a non-finite loss or gradient (training.on_nonfinite: skip; with stop, Diverged is raised)."""
+        """One batch: forward, loss, backward, and at the last batch of a group of training.accumulate_steps (each
+        batch with the default 1) clip and update. False when the batch was skipped for a non-finite loss or
+        gradient (training.on_nonfinite: skip; with stop, Diverged is raised)."""
         out = self.model.outputs(Tensor(batch.x), watch=self._watch)
         loss = self.model.loss(out, batch.y)
         params = self.model.network.parameters()

@@ -10,7 +10,7 @@ import dltrain
 from dltrain import backend
 from dltrain.config import validate
 from dltrain.data import augment
-from dltrain.data.augment import Batch
+from dltrain.data.augment import AugmentContext
 from dltrain.errors import ConfigError
 from dltrain.losses import CrossEntropy
 from dltrain.registry import augmentations
@@ -43,7 +43,7 @@ def on(device, array):
 def test_random_crop_by_hand(monkeypatch, device):
     x = image()
     draws(monkeypatch, [0.0], [0.99])  # dy = 0, dx = 2 (of 0..2 with padding 1)
-    out, _ = augmentations.build({"name": "random_crop", "padding": 1})(on(device, x), None, Batch(3, -1.0))
+    out, _ = augmentations.build({"name": "random_crop", "padding": 1})(on(device, x), None, AugmentContext(3, -1.0))
     padded = np.pad(x[0, 0], 1, constant_values=-1.0)
     np.testing.assert_array_equal(backend.to_numpy(out)[0, 0], padded[0:3, 2:6])
     assert out.shape == x.shape and out.dtype == x.dtype
@@ -52,22 +52,23 @@ def test_random_crop_by_hand(monkeypatch, device):
 def test_flips_by_hand_and_their_probability(monkeypatch, device):
     x = image(n=2)
     draws(monkeypatch, [0.1, 0.9])
-    out = backend.to_numpy(augmentations.build({"name": "horizontal_flip"})(on(device, x), None, Batch(3, 0))[0])
+    flip = augmentations.build({"name": "horizontal_flip"})
+    out = backend.to_numpy(flip(on(device, x), None, AugmentContext(3, 0))[0])
     np.testing.assert_array_equal(out[0], x[0, :, :, ::-1])
     np.testing.assert_array_equal(out[1], x[1])
     draws(monkeypatch, [0.2])
     out = backend.to_numpy(augmentations.build({"name": "vertical_flip", "p": 0.3})(on(device, x[:1]), None,
-                                                                                    Batch(3, 0))[0])
+                                                                                    AugmentContext(3, 0))[0])
     np.testing.assert_array_equal(out[0], x[0, :, ::-1])
 
 
 def test_probability_p_is_honoured_over_many_draws():
     x = np.zeros((20000, 1, 1, 2), np.float32)
     x[..., 1] = 1
-    out, _ = augmentations.build({"name": "horizontal_flip", "p": 0.3})(x, None, Batch(3, 0))
+    out, _ = augmentations.build({"name": "horizontal_flip", "p": 0.3})(x, None, AugmentContext(3, 0))
     assert abs((out[:, 0, 0, 0] == 1).mean() - 0.3) < 0.015  # 4.5 standard deviations
     erased, _ = augmentations.build({"name": "random_erasing", "p": 0.25, "value": -5.0})(
-        np.zeros((20000, 1, 8, 8), np.float32), None, Batch(3, 0))
+        np.zeros((20000, 1, 8, 8), np.float32), None, AugmentContext(3, 0))
     assert abs((erased == -5).any(axis=(1, 2, 3)).mean() - 0.25) < 0.015
 
 
@@ -78,7 +79,7 @@ def test_random_erasing_by_hand(monkeypatch, device):
     draws(monkeypatch, [0.5], [0.5], [0.5], [0.25], [0.1])
     step = augmentations.build({"name": "random_erasing", "p": 0.5, "scale": [0.1, 0.3], "ratio": [0.5, 2.0],
                                 "value": 7.0})
-    out = backend.to_numpy(step(on(device, x), None, Batch(3, 0))[0])
+    out = backend.to_numpy(step(on(device, x), None, AugmentContext(3, 0))[0])
     expected = np.zeros_like(x)
     expected[:, :, 2:5, 1:4] = 7.0  # every channel
     np.testing.assert_array_equal(out, expected)
@@ -88,7 +89,7 @@ def test_every_augmentation_keeps_shapes_and_dtypes(device):
     x = on(device, np.random.default_rng(0).standard_normal((8, 3, 10, 12)).astype(np.float32))
     y = on(device, np.arange(8) % 4)
     for name in augmentations.names():
-        out, labels = augmentations.build({"name": name})(x, y, Batch(4, 0.0))
+        out, labels = augmentations.build({"name": name})(x, y, AugmentContext(4, 0.0))
         assert out.shape == x.shape and out.dtype == x.dtype, name
         if name in ("mixup", "cutmix"):
             assert labels.shape == (8, 4) and np.allclose(backend.to_numpy(labels).sum(axis=1), 1)
@@ -104,7 +105,7 @@ def test_the_same_draws_give_the_same_images_on_the_cpu_and_a_gpu(monkeypatch, g
         results = []
         for device in ("cpu", gpu):
             draws(monkeypatch, *u)
-            results.append(backend.to_numpy(augmentations.build(spec)(on(device, x), None, Batch(3, -1.0))[0]))
+            results.append(backend.to_numpy(augmentations.build(spec)(on(device, x), None, AugmentContext(3, -1.0))[0]))
         np.testing.assert_array_equal(results[0], results[1])
 
 
@@ -118,7 +119,7 @@ def test_mixup_loss_is_the_cross_entropy_of_the_mixed_targets(monkeypatch):
 
     monkeypatch.setattr(backend, "host_rng", lambda: Fixed())
     draws(monkeypatch, [0.4, 0.1, 0.3, 0.2])  # argsort: partners 1, 3, 2, 0
-    mixed_x, soft = augmentations.build({"name": "mixup"})(x, y, Batch(3, 0))
+    mixed_x, soft = augmentations.build({"name": "mixup"})(x, y, AugmentContext(3, 0))
     partners = [1, 3, 2, 0]
     np.testing.assert_allclose(mixed_x, 0.7 * x + 0.3 * x[partners], rtol=1e-6)
     onehot = np.eye(3)[y]
