@@ -1,4 +1,4 @@
-"""dltrain eval CHECKPOINT_OR_RUN_DIR [--split test|val|train] [--data PATH] [--json]"""
+"""dltrain eval CHECKPOINT_OR_RUN_DIR [--split test|val|train] [--data PATH] [--json] [--plots [--plots-dir DIR]]"""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ def evaluate(
     data: Path | None = typer.Option(None, "--data", help="Evaluate on this data path instead of the config's."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object and nothing else."),
     device: str = typer.Option("cpu", "--device", help="cpu, gpu or auto."),
+    plots: bool = typer.Option(False, "--plots", help="Also draw the results: confusion matrix, ROC and "
+                                                      "precision-recall curves, or predicted against true."),
+    plots_dir: Path | None = typer.Option(None, "--plots-dir", help="Where --plots writes (default: RUN/plots)."),
     code: list[Path] = CODE_OPTION,
 ) -> None:
     """Test metrics from a self-contained checkpoint: loss, accuracy, per-class scores, confusion matrix."""
@@ -27,11 +30,22 @@ def evaluate(
     load_code(code)
     if split not in SPLITS:
         raise ConfigError(f"--split: expected one of {', '.join(SPLITS)}, got {split!r}")
-    report = evaluate_checkpoint(checkpoint, split, data, backend.resolve_device(device))
+    where = (plots_dir or _plots_dir(checkpoint)) if plots or plots_dir else None
+    report = evaluate_checkpoint(checkpoint, split, data, backend.resolve_device(device), plots=where)
     if as_json:
         print(json.dumps(report))
         return
     _print_report(report)
+    for name, path in report.get("plots", {}).get("files", {}).items():
+        print(f"{name}: {path}")
+
+
+def _plots_dir(checkpoint: Path) -> Path:
+    """RUN/plots for a run directory or a checkpoint inside one, else beside the file."""
+    if checkpoint.is_dir():
+        return checkpoint / "plots"
+    parent = checkpoint.parent
+    return (parent.parent if parent.name == "checkpoints" else parent) / "plots"
 
 
 def _print_report(report: dict) -> None:
@@ -45,6 +59,9 @@ def _print_report(report: dict) -> None:
     for key, label in (("mae", "MAE"), ("rmse", "RMSE"), ("r2", "R²")):
         if report.get(key) is not None:
             head += f"  {label} {report[key]:.4g}"
+    for key, label in (("roc_auc", "ROC AUC"), ("average_precision", "average precision")):
+        if report.get("plots", {}).get(key) is not None:
+            head += f"  {label} {report['plots'][key]:.4f}"
     console.print(head, highlight=False)
     if "per_class" not in report:
         return

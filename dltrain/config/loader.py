@@ -145,14 +145,8 @@ def read_config_file(path: str | Path) -> tuple[object, dict[KeyPath, int], str]
     return values, positions, str(path)
 
 
-def parse_override(expression: str) -> tuple[KeyPath, object]:
-    """'training.epochs=5' -> (('training', 'epochs'), 5); 'model[0].linear.units=8' too.
-
-    The value is read as a YAML scalar or flow collection, so 5 is an int, 0.1 a float, true a bool.
-    """
-    if "=" not in expression:
-        raise ConfigError(f"--set {expression}: expected KEY.PATH=VALUE, e.g. training.epochs=5")
-    key, _, raw_value = expression.partition("=")
+def parse_key(key: str, where: str) -> KeyPath:
+    """'model[0].linear.units' -> ('model', 0, 'linear', 'units'); errors start with `where`."""
     path: list = []
     for part in key.strip().split("."):
         name, _, rest = part.partition("[")
@@ -161,11 +155,23 @@ def parse_override(expression: str) -> tuple[KeyPath, object]:
         while rest:
             index, _, rest = rest.partition("]")
             if not index.isdigit():
-                raise ConfigError(f"--set {expression}: list index must be a number, got [{index}]")
+                raise ConfigError(f"{where}: list index must be a number, got [{index}]")
             path.append(int(index))
             rest = rest.lstrip("[")
     if not path or any(p == "" for p in path):
-        raise ConfigError(f"--set {expression}: empty key path")
+        raise ConfigError(f"{where}: empty key path")
+    return tuple(path)
+
+
+def parse_override(expression: str) -> tuple[KeyPath, object]:
+    """'training.epochs=5' -> (('training', 'epochs'), 5); 'model[0].linear.units=8' too.
+
+    The value is read as a YAML scalar or flow collection, so 5 is an int, 0.1 a float, true a bool.
+    """
+    if "=" not in expression:
+        raise ConfigError(f"--set {expression}: expected KEY.PATH=VALUE, e.g. training.epochs=5")
+    key, _, raw_value = expression.partition("=")
+    path = parse_key(key, f"--set {expression}")
     try:
         value, _ = load_yaml(raw_value, f"--set {expression}") if raw_value.strip() else (None, {})
     except ConfigError as exc:

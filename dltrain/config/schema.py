@@ -62,6 +62,14 @@ class EmaConfig:
 
 
 @dataclass
+class MlflowConfig:
+    """Where training.loggers: [mlflow] logs (MLFLOW_TRACKING_URI, when set, wins over tracking_uri)."""
+
+    tracking_uri: str | None = None  # default ./mlruns; or sqlite:///mlflow.db, or http://server:5000
+    experiment: str | None = None  # default: the config file's name
+
+
+@dataclass
 class TrainingConfig:
     epochs: PositiveInt = 10
     batch_size: PositiveInt = 32
@@ -74,6 +82,8 @@ class TrainingConfig:
     log_gradients: bool = False  # per-layer gradient norms each epoch -> gradients.csv (dltrain plot --gradients)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)  # a mapping turns it on (enabled: true is implied)
+    loggers: list[Literal["tensorboard", "mlflow"]] = field(default_factory=list)  # trackers (loggers.py)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
 
 @dataclass
@@ -115,6 +125,7 @@ class Config:
 
 
 TOP_LEVEL_ORDER = ("seed", "device", "data", "model", "loss", "optimizer", "schedule", "training", "callbacks")
+SEARCH_SECTION = "tune"  # read by `dltrain tune` (dltrain/tune/space.py); a run trains the values as written
 
 
 # ---------------------------------------------------------------- describing types for messages
@@ -142,6 +153,8 @@ def describe(annotation) -> str:
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         text = " or ".join(describe(a) for a in args)
         return text + " or null" if len(args) < len(typing.get_args(annotation)) else text
+    if origin is list and typing.get_args(annotation):
+        return f"a list, each {describe(typing.get_args(annotation)[0])}"
     if origin is list or annotation is list:
         return "a list"
     if dataclasses.is_dataclass(annotation):
@@ -378,9 +391,9 @@ def validate(values, positions: dict, filename: str, overrides: dict | None = No
         v.error((), f"expected a mapping of config sections ({', '.join(TOP_LEVEL_ORDER)}), got {_kind(values)}")
         v.raise_if_any()
     for key in values:
-        if key not in TOP_LEVEL_ORDER:
-            v.error((key,), f"unknown key {key!r}{did_you_mean(key, TOP_LEVEL_ORDER)}; "
-                            f"allowed: {', '.join(TOP_LEVEL_ORDER)}")
+        if key not in TOP_LEVEL_ORDER and key != SEARCH_SECTION:
+            allowed = TOP_LEVEL_ORDER + (SEARCH_SECTION,)
+            v.error((key,), f"unknown key {key!r}{did_you_mean(key, allowed)}; allowed: {', '.join(allowed)}")
     for key in ("data", "model"):
         if key not in values:
             v.error((), f"missing required section {key!r}")

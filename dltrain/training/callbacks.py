@@ -16,7 +16,8 @@ writes resumable: a metrics row or a best checkpoint ahead of `last` is simply r
 resumed run, which starts after the epoch `last` holds.
 
     (WeightAveraging) -> EarlyStopping -> MetricsWriter -> GradientLogger -> CheckpointWriter (best, then last)
-    -> ProgressReporter -> the config's own callbacks (`callbacks:`), in the order given
+    -> ProgressReporter -> CurvesWriter -> the trackers (`training.loggers`, loggers.py)
+    -> the config's own callbacks (`callbacks:`), in the order given
 """
 
 from __future__ import annotations
@@ -231,13 +232,28 @@ class ProgressReporter(Callback):
         self.reporter.close()
 
 
-def built_in(trainer, reporter) -> list[Callback]:
-    """The callbacks every run has, in the order that keeps it resumable, then the config's own."""
+class CurvesWriter(Callback):
+    """curves.png when training ends, however it ends (the epochs that finished); before the trackers, which
+    upload it. A plotting problem never fails a finished run."""
+
+    def on_train_end(self, trainer, summary):
+        if not (trainer.run.writable and trainer.plot_curves):
+            return
+        try:
+            from .plotting import plot_runs  # noqa: PLC0415 (matplotlib loads only here)
+
+            plot_runs([trainer.run.path], trainer.run.file(files.CURVES))
+        except Exception:  # noqa: BLE001 (matplotlib missing, or a run with no rows yet)
+            pass
+
+
+def built_in(trainer, reporter, loggers=()) -> list[Callback]:
+    """The callbacks every run has, in the order that keeps it resumable, then the trackers and the config's own."""
     early = EarlyStopping(trainer.config)
     found = [trainer.averaging] if trainer.averaging else []  # the average is up to date before anything reads it
     found += [early, MetricsWriter()]
     if trainer.config.training.log_gradients:
         found.append(GradientLogger(trainer.model.network.layers))
-    found += [CheckpointWriter(early), ProgressReporter(reporter)]
+    found += [CheckpointWriter(early), ProgressReporter(reporter), CurvesWriter(), *loggers]
     found += [callbacks.build(spec) for spec in trainer.config.callbacks]
     return found

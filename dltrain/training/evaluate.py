@@ -11,6 +11,7 @@ from ..data import prepare
 from ..errors import CheckpointError, DltrainError, ShapeError
 from ..registry import losses
 from .checkpoint import load_checkpoint, resolve_checkpoint
+from .eval_plots import write_plots
 from .model import Model, build_for
 
 np = backend.np
@@ -93,7 +94,7 @@ def load_onnx(path: Path, doing: str) -> tuple:
     return session, props
 
 
-def evaluate_onnx(path: Path, split: str = "test", data_path: str | None = None) -> dict:
+def evaluate_onnx(path: Path, split: str = "test", data_path: str | None = None, plots: Path | None = None) -> dict:
     """The same report for an exported model, run by onnxruntime on raw (unnormalized) inputs."""
     import json  # noqa: PLC0415
 
@@ -115,14 +116,17 @@ def evaluate_onnx(path: Path, split: str = "test", data_path: str | None = None)
     if props.get("dltrain_outputs") == "probabilities":
         outputs = np.log(np.clip(outputs, 1e-30, None))  # log-probabilities act as logits for cross-entropy
     loss = float(loss_fn(Tensor(outputs.astype(np.float32)), chosen.y).data)
-    return _report(path, split, len(chosen), loss, loss_fn.predict(outputs), chosen.y, task, data)
+    report = _report(path, split, len(chosen), loss, loss_fn.predict(outputs), chosen.y, task, data)
+    if plots is not None:
+        report["plots"] = _plots(plots, task, loss_fn.predict(outputs), chosen.y, outputs, data, split, report)
+    return report
 
 
 def evaluate_checkpoint(path: str | Path, split: str = "test", data_path: str | None = None,
-                        device: str = "cpu", batch_size: int | None = None) -> dict:
-    """The report `dltrain eval` prints (and --json writes)."""
+                        device: str = "cpu", batch_size: int | None = None, plots: Path | None = None) -> dict:
+    """The report `dltrain eval` prints (and --json writes); with `plots`, the pictures of it in that folder."""
     if Path(path).suffix == ".onnx":
-        return evaluate_onnx(Path(path), split, data_path)
+        return evaluate_onnx(Path(path), split, data_path, plots)
     ckpt = load_checkpoint(resolve_checkpoint(path))
     config = config_from_dict(ckpt.config, f"{ckpt.path} (config)")
     if data_path is not None:
@@ -133,6 +137,16 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", data_path: str | 
         built.model.network.load_state_dict(ckpt.model)
     except ShapeError as exc:
         raise CheckpointError(f"{ckpt.path}: weights do not fit the model in its config ({exc})") from None
-    result = built.model.evaluate(chosen, batch_size or config.training.eval_batch_size)
-    return _report(ckpt.path, split, len(chosen), result.loss, result.predictions, result.targets, built.model.task,
-                   ckpt.data)
+    result = built.model.evaluate(chosen, batch_size or config.training.eval_batch_size, keep_outputs=plots is not None)
+    report = _report(ckpt.path, split, len(chosen), result.loss, result.predictions, result.targets, built.model.task,
+                     ckpt.data)
+    if plots is not None:
+        report["plots"] = _plots(plots, built.model.task, result.predictions, result.targets, result.outputs, ckpt.data,
+                                 split, report)
+    return report
+
+
+def _plots(directory, task, predictions, targets, outputs, data, split, report) -> dict:
+    if task == "regression":
+        predictions, targets = (to_target_units(a, data) for a in (predictions, targets))
+    return write_plots(directory, task, predictions, targets, outputs, data, split, report.get("confusion_matrix"))

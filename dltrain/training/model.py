@@ -26,6 +26,7 @@ class Evaluation:
     accuracy: float | None
     predictions: object  # host array
     targets: object  # host array
+    outputs: object = None  # host array of the network's outputs, when asked for (ROC curves)
 
 
 class Model:
@@ -69,13 +70,13 @@ class Model:
         if self.task != "regression":
             self.loss.add_correct(outputs, targets, counter)
 
-    def evaluate(self, split: Split, batch_size: int) -> Evaluation:
+    def evaluate(self, split: Split, batch_size: int, keep_outputs: bool = False) -> Evaluation:
         """Loss (sample-weighted mean), accuracy and predictions on a whole split, in eval mode.
         Losses and predictions stay on the device until the end: one transfer, not one per batch."""
         was_training = self.network.training
         self.network.eval()
         xp = backend.array_module(split.y)  # split.x may be read batch by batch (image folders)
-        losses, sizes, predictions = [], [], []
+        losses, sizes, predictions, outputs = [], [], [], []
         try:  # a model with huge weights reports an infinite or NaN loss, without NumPy's warnings
             with no_grad(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 for start in range(0, len(split), batch_size):
@@ -84,6 +85,8 @@ class Model:
                     losses.append(self.loss(out, y).data)
                     sizes.append(len(x))
                     predictions.append(self.loss.predict(out.data))
+                    if keep_outputs:
+                        outputs.append(out.data)
         finally:
             self.network.train(was_training)
         weighted = xp.stack(losses).astype(xp.float64) * xp.asarray(sizes, dtype=xp.float64)
@@ -91,7 +94,8 @@ class Model:
         predictions = backend.to_numpy(xp.concatenate(predictions))
         targets = backend.to_numpy(split.y)
         accuracy = None if self.task == "regression" else float((predictions == targets).mean())
-        return Evaluation(total_loss / len(split), accuracy, predictions, targets)
+        kept = backend.to_numpy(xp.concatenate(outputs)) if keep_outputs else None
+        return Evaluation(total_loss / len(split), accuracy, predictions, targets, kept)
 
 
 def data_info(splits: Splits, task: str) -> dict:

@@ -14,12 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .. import backend
-from ..config import Config, apply_override, config_from_dict, format_path, parse_override, validate
+from ..config import Config, apply_override, config_from_dict, parse_override, validate
 from ..distributed import communicator
 from ..errors import ConfigError, DltrainError
 from . import rundir as files
 from .checkpoint import load_checkpoint
 from .reporting import SilentReporter
+from .runs import differences
 from .trainer import Trainer
 
 
@@ -57,6 +58,8 @@ def run_training(config: Config | None, *, run_dir: str | Path | None = None, re
 
     trainer = Trainer(config, run, resolved_device, reporter if main and reporter else SilentReporter(),
                       resume=checkpoint, comm=comm, callbacks=callbacks)
+    trainer.config_name = Path(config_path).stem if config_path else None
+    trainer.plot_curves = plot
     trainer.setup()  # data and model first: a bad dataset leaves no empty run directory behind
     if init_from is not None:
         if checkpoint is not None:
@@ -75,11 +78,9 @@ def run_training(config: Config | None, *, run_dir: str | Path | None = None, re
     say(f"run directory: {run.path}" + (f" ({comm.size} ranks)" if comm.size > 1 else ""))
     if checkpoint is not None:
         say(f"resuming after epoch {trainer.start_epoch} of {config.training.epochs}")
-    try:
-        return trainer.fit()
-    finally:
-        if main and plot:
-            _plot_quietly(run.path)
+    if main:
+        run.write_process()  # who is training it: `dltrain runs` tells running from killed
+    return trainer.fit()
 
 
 @contextlib.contextmanager
@@ -110,30 +111,8 @@ def resumed_config(checkpoint, given: Config | None, overrides, config_path=None
             name = config_path or "the given config"
             diff = "\n".join(f"  {path}: run has {old!r}, {name} has {new!r}"
                              for key in changed
-                             for path, old, new in _differences(stored[key], given_values[key], (key,)))
+                             for path, old, new in differences(stored[key], given_values[key], (key,)))
             raise ConfigError(f"--resume: {name} differs from the run's config in {', '.join(changed)}; "
                               f"resume with the run's config, or use --init-from to start a new run from its "
                               f"weights:\n{diff}")
     return cfg
-
-
-def _differences(old, new, path: tuple):
-    """(key path, old, new) for every leaf where two resolved configs differ."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in list(old) + [k for k in new if k not in old]:
-            yield from _differences(old.get(key), new.get(key), path + (key,))
-    elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        for i, (a, b) in enumerate(zip(old, new)):
-            yield from _differences(a, b, path + (i,))
-    elif old != new:
-        yield format_path(path), old, new
-
-
-def _plot_quietly(path) -> None:
-    """Write curves.png; a plotting problem never fails a finished training run."""
-    try:
-        from .plotting import plot_runs  # noqa: PLC0415 (matplotlib loads only here)
-
-        plot_runs([path], path / files.CURVES)
-    except Exception:  # noqa: BLE001 (matplotlib missing or a run with no rows yet)
-        pass

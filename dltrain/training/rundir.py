@@ -6,6 +6,7 @@
         summary.json                 how the run ended, best epoch, test metrics, speed
         checkpoints/best.safetensors checkpoints/last.safetensors
         curves.png                   learning curves (dltrain plot)
+        process.json                 the process training it (pid, host, start): running, or killed?
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import csv
 import io
 import json
 import os
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +31,7 @@ CHECKPOINTS = "checkpoints"
 BEST = "checkpoints/best.safetensors"
 LAST = "checkpoints/last.safetensors"
 CURVES = "curves.png"
+PROCESS = "process.json"
 GRADIENTS = "gradients.csv"  # with training.log_gradients
 GRADIENT_PLOT = "gradients.png"
 METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
@@ -109,6 +112,21 @@ class RunDir:
     def write_summary(self, summary: dict) -> None:
         self._write(SUMMARY, (json.dumps(summary, indent=2) + "\n").encode())
 
+    def write_process(self) -> None:
+        """Who trains this run now; a resumed run's old summary goes, as it no longer says how the run ended."""
+        if not self.writable:
+            return
+        self.file(SUMMARY).unlink(missing_ok=True)
+        self._write(PROCESS, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                         "process_start": process_start(os.getpid()),
+                                         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode())
+
+    def read_process(self) -> dict | None:
+        try:
+            return json.loads(self.file(PROCESS).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
     def _write(self, name: str, data: bytes) -> None:
         if not self.writable:
             return
@@ -171,3 +189,33 @@ class RunDir:
             return json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
+
+
+def process_start(pid: int) -> str | None:
+    """When the kernel started process `pid` (Linux /proc/PID/stat, field 22), which tells it apart from a later
+    process given the same pid; None where /proc is not there."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # fields after the command name, which ends with ')'
+
+
+def is_alive(process: dict) -> bool | None:
+    """Whether the process a run's process.json names still runs: None when it ran on another host."""
+    if process.get("host") != socket.gethostname():
+        return None
+    pid = process.get("pid")
+    if not isinstance(pid, int):
+        return False
+    started = process_start(pid)
+    if started is not None or process.get("process_start") is not None:
+        return started is not None and started == process.get("process_start")
+    try:  # no /proc: whether some process has that pid
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+

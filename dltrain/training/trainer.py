@@ -27,6 +27,7 @@ from ..registry import optimizers, schedules
 from . import rundir as files
 from .callbacks import EarlyStopping, WeightAveraging, built_in, overrides
 from .checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
+from .loggers import make_loggers
 from .model import build_for
 from .reporting import SilentReporter
 from .rundir import RunDir
@@ -67,6 +68,8 @@ class Trainer:
         self.reporter = reporter or SilentReporter()
         self.resume = resume
         self.extra_callbacks = list(callbacks)
+        self.config_name = None  # the config file's name, when there is one (MLflow's experiment by default)
+        self.plot_curves = True  # curves.png at the end
 
     # ------------------------------------------------------------ setup
 
@@ -103,7 +106,7 @@ class Trainer:
         self.global_step = 0
         self.skipped = 0  # batches skipped for non-finite values (training.on_nonfinite: skip)
         self.averaging = WeightAveraging(cfg.training.ema.decay) if cfg.training.ema.enabled else None
-        self.callbacks = built_in(self, self.reporter) + self.extra_callbacks
+        self.callbacks = built_in(self, self.reporter, make_loggers(self)) + self.extra_callbacks
         self.early_stopping = next(c for c in self.callbacks if isinstance(c, EarlyStopping)).tracker
         # losses read every step unless on one GPU that may stop at a non-finite loss (see steps.py); tests set
         # it on the CPU, where the same code runs on NumPy

@@ -95,7 +95,7 @@ def test_all_problems_are_reported_at_once(tmp_path):
     lines = problems(tmp_path, text).splitlines()
     assert lines == [
         "c.yaml:6: trainig: unknown key 'trainig' (did you mean 'training'?); allowed: seed, device, data, model, "
-        "loss, optimizer, schedule, training, callbacks",
+        "loss, optimizer, schedule, training, callbacks, tune",
         "c.yaml:1: data.val_fraction: expected a number in [0, 1), got 1.5",
         "c.yaml:3: model[0].linear.units: expected a positive integer, got 0",
         "c.yaml:4: model[1].dropout.rate: expected a number in [0, 1), got 1.0",

@@ -87,7 +87,7 @@ def test_writes_happen_in_the_order_that_keeps_a_crash_resumable(tmp_path, monke
         expected += [(epoch, files.LAST)]
     assert writes == expected
     assert recorder.callbacks == ["EarlyStopping", "MetricsWriter", "GradientLogger", "CheckpointWriter",
-                                  "ProgressReporter", "Recorder"]
+                                  "ProgressReporter", "CurvesWriter", "Recorder"]
 
 
 class StopAfter(Callback):

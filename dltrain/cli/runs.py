@@ -1,0 +1,113 @@
+"""dltrain runs [DIR...] [--sort KEY] [--where KEY=VALUE]... [--json]   and   dltrain diff RUN_A RUN_B"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+
+def runs(
+    directories: list[Path] = typer.Argument(None, help="Folders to search for run directories (default runs/)."),
+    sort: str | None = typer.Option(None, "--sort", help="Sort by a column or config key; -KEY for descending."),
+    where: list[str] = typer.Option([], "--where", help="Keep runs whose column or config key has this value: "
+                                                        "status=completed, optimizer.name=adam (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON and nothing else."),
+) -> None:
+    """A table of run directories: status, epochs, best value, test accuracy, time, speed."""
+    from ..errors import ConfigError  # noqa: PLC0415
+    from ..training.runs import find_runs, matches, run_row, sort_key  # noqa: PLC0415
+
+    roots = list(directories or [Path("runs")])
+    for condition in where:
+        if "=" not in condition:
+            raise ConfigError(f"--where {condition}: expected KEY=VALUE, e.g. status=completed or optimizer.lr=0.01")
+    rows = []
+    for root in roots:
+        rows += [run_row(path, root) for path in find_runs([root])]
+    rows = [row for row in rows if all(matches(row, condition) for condition in where)]
+    if sort:
+        rows.sort(key=sort_key(sort.lstrip("-")), reverse=sort.startswith("-"))
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        print(f"no run directories in {', '.join(map(str, roots))}" + (" matching --where" if where else ""))
+        return
+    header = ["run", "started", "device", "status", "epochs", "best", "test", "seconds", "samples/s"]
+    lines = [[row["run"], row["started"][:19].replace("T", " "), str(row["device"] or ""), row["status"],
+              str(row["epochs"]), _best(row), _test(row), _number(row["seconds"], ".1f"),
+              _number(row["samples_per_second"], ",.0f")] for row in rows]
+    _table(header, lines, right=("epochs", "seconds", "samples/s"))
+
+
+def _best(row) -> str:
+    if row["best_value"] is None:
+        return ""
+    return f"{row['monitor']} {row['best_value']:.4f} @ {row['best_epoch']}"
+
+
+def _test(row) -> str:
+    if row["test_accuracy"] is not None:
+        return f"accuracy {row['test_accuracy']:.4f}"
+    return f"loss {row['test_loss']:.4f}" if row["test_loss"] is not None else ""
+
+
+def _number(value, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def _table(header: list[str], lines: list[list[str]], right=()) -> None:
+    """A rich table on a terminal, aligned plain columns otherwise (pipes, files, CI logs)."""
+    if sys.stdout.isatty():
+        from rich.console import Console  # noqa: PLC0415
+        from rich.table import Table  # noqa: PLC0415
+
+        table = Table()
+        for column in header:
+            table.add_column(column, justify="right" if column in right else "left")
+        for line in lines:
+            table.add_row(*line)
+        Console().print(table)
+        return
+    widths = [max(len(column), *(len(line[i]) for line in lines)) for i, column in enumerate(header)]
+    for line in [header, *lines]:
+        cells = [cell.rjust(w) if column in right else cell.ljust(w) for cell, w, column in zip(line, widths, header)]
+        print("  ".join(cells).rstrip())
+
+
+def diff(
+    run_a: Path = typer.Argument(..., help="A run directory."),
+    run_b: Path = typer.Argument(..., help="Another run directory."),
+) -> None:
+    """The config keys in which two runs differ, and their results side by side."""
+    from ..errors import DltrainError  # noqa: PLC0415
+    from ..training.runs import SUMMARY_FIGURES, differences, find_runs, read_config, run_row  # noqa: PLC0415
+
+    for path in (run_a, run_b):
+        if not (path.is_dir() and path in find_runs([path])):
+            raise DltrainError(f"{path}: not a run directory (no config.yaml with metrics.csv or summary.json)")
+    changed = list(differences(read_config(run_a), read_config(run_b)))
+    names = [str(run_a), str(run_b)]
+    if changed:
+        _table(["config key", *names], [[key, _value(old), _value(new)] for key, old, new in changed])
+    else:
+        print("the configs are the same")
+    print()
+    rows = [run_row(run_a), run_row(run_b)]
+    _table(["result", *names], [[figure, *(_value(row[figure]) for row in rows)] for figure in SUMMARY_FIGURES])
+
+
+def _value(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def register(app: typer.Typer, reports_errors) -> None:
+    app.command("runs")(reports_errors(runs))
+    app.command("diff")(reports_errors(diff))

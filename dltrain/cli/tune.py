@@ -1,0 +1,153 @@
+"""dltrain tune CONFIG [--space SPACE.yaml] [--trials N] [--workers K] [--storage URL] [--study NAME] [--dir DIR]
+[--timeout SECONDS] [--device D] [--set k=v]... [--code FILE]"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+from .options import CODE_OPTION
+
+
+def tune(
+    config: Path = typer.Argument(..., help="The config to search around (its `tune:` section, or --space)."),
+    space: Path | None = typer.Option(None, "--space", help="A YAML file with the `tune:` section."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key in every trial (repeatable)."),
+    trials: int | None = typer.Option(None, "--trials", min=1, help="Finished trials to reach (default tune.trials)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Local processes running trials side by side."),
+    storage: str | None = typer.Option(None, "--storage",
+                                       help="An SQLAlchemy URL shared by workers on several machines "
+                                            "(default: sqlite in the study directory)."),
+    study: str | None = typer.Option(None, "--study", help="The study's name (default: the config file's name)."),
+    directory: Path | None = typer.Option(None, "--dir", help="The study directory (default runs/<study>)."),
+    timeout: float | None = typer.Option(None, "--timeout", min=0,
+                                         help="Start no trial after this many seconds (running ones finish)."),
+    device: str | None = typer.Option(None, "--device", help="cpu, gpu or auto, for every trial."),
+    code: list[Path] = CODE_OPTION,
+    worker: int | None = typer.Option(None, "--worker", hidden=True, help="Run as worker N of a --workers study."),
+) -> None:
+    """Search hyperparameters with Optuna: each trial a run directory; trials.csv, best.yaml and plots at the end."""
+    from ..errors import ConfigError  # noqa: PLC0415
+    from ..plugins import load_code  # noqa: PLC0415
+    from ..tune.space import load_search  # noqa: PLC0415
+
+    load_code(code)
+    search = load_search(config, set_, space)  # the whole search checked before Optuna is imported
+    if trials is not None:
+        search.trials = trials
+    try:
+        from ..tune import study as studies  # noqa: PLC0415
+    except ImportError as exc:
+        raise ConfigError(f"dltrain tune needs Optuna ({exc}): pip install 'dltrain[tune]'") from None
+    name = study or config.stem
+    study_dir = directory or Path("runs") / name
+    try:
+        study_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--dir {study_dir}: cannot create the study directory ({exc})") from None
+    url = storage or studies.default_storage(study_dir)
+    opened = studies.open_study(search, studies.open_storage(url), name, worker or 0)
+    deadline = None if timeout is None else time.time() + timeout
+    if worker is not None:
+        studies.run_worker(search, opened, study_dir, device=device, deadline=deadline, announce=_say)
+        return
+
+    _say(f"study {name!r} in {study_dir}: {studies.target_trials(search)} trials, {search.metric} "
+         f"({search.direction}), sampler {search.sampler}, pruner {search.pruner}"
+         + (f", {workers} workers" if workers > 1 else ""))
+    started = time.perf_counter()
+    problem = None
+    try:
+        if workers == 1:
+            studies.run_worker(search, opened, study_dir, device=device, deadline=deadline, announce=_say)
+        else:
+            problem = _run_workers(workers, config, space, set_, search.trials, url, name, study_dir, deadline,
+                                   device, code)
+    finally:  # also after Ctrl-C or a failed trial: the table of what finished
+        studies.fail_stale_trials(opened)
+        results = studies.write_results(opened, search, study_dir, name)
+        _print_results(results, search, name, study_dir, time.perf_counter() - started)
+    if problem:
+        raise problem
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _run_workers(count, config, space, set_, trials, url, name, study_dir, deadline, device, code):
+    """K processes on one study; each gets cores / K threads unless DLTRAIN_THREADS says otherwise."""
+    from ..backend import default_threads  # noqa: PLC0415
+    from ..errors import DltrainError  # noqa: PLC0415
+
+    env = dict(os.environ)
+    if not env.get("DLTRAIN_THREADS"):
+        env["DLTRAIN_THREADS"] = str(max(1, default_threads() // count))
+    command = [sys.executable, "-m", "dltrain", "tune", str(config), "--trials", str(trials), "--storage", url,
+               "--study", name, "--dir", str(study_dir)]
+    command += ["--space", str(space)] if space else []
+    command += [part for expression in set_ for part in ("--set", expression)]
+    command += ["--device", device] if device else []
+    command += [part for path in code for part in ("--code", str(path))]
+    processes = []
+    try:
+        for i in range(count):
+            remaining = [] if deadline is None else ["--timeout", f"{max(0.0, deadline - time.time()):.1f}"]
+            processes.append(subprocess.Popen([*command, *remaining, "--worker", str(i)], env=env))
+        codes = [process.wait() for process in processes]
+    except KeyboardInterrupt:  # the workers got the same Ctrl-C; let them write their runs' summaries
+        for process in processes:
+            process.wait()
+        raise
+    failed = [(i, code) for i, code in enumerate(codes) if code != 0]
+    for i, code in failed:
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        print(f"warning: worker {i} {how}", file=sys.stderr, flush=True)
+    worst = max((code for _, code in failed if code > 0), default=0)
+    return DltrainError(f"{len(failed)} of {count} workers failed (see above)") if worst else None
+
+
+def _print_results(results: dict, search, name: str, study_dir: Path, seconds: float) -> None:
+    rows = results["rows"]
+    counts = {state: sum(row["state"] == state for row in rows) for state in ("complete", "pruned", "failed")}
+    head = (f"study {name!r}: {len(rows)} trials ({counts['complete']} complete, {counts['pruned']} pruned, "
+            f"{counts['failed']} failed) in {seconds:.1f}s")
+    best = results["best"]
+    if best is None:
+        _say(head + "; no trial completed")
+        return
+    _say(f"{head}; best trial {best['number']}: {search.metric} {best['value']:.4f}")
+    ranked = sorted((row for row in rows if row["state"] == "complete"), key=lambda row: row["value"],
+                    reverse=search.direction == "maximize")[:5]
+    keys = [p.key for p in search.parameters]
+    header = ["trial", search.metric, *keys, "epochs", "seconds"]
+    lines = [[str(row["number"]), f"{row['value']:.4f}", *(_cell(row[key]) for key in keys), str(row["epochs"]),
+              f"{row['seconds']:.1f}" if row["seconds"] is not None else ""] for row in ranked]
+    if sys.stdout.isatty():
+        from rich.console import Console  # noqa: PLC0415
+        from rich.table import Table  # noqa: PLC0415
+
+        table = Table(title="best trials")
+        for column in header:
+            table.add_column(column, justify="right")
+        for line in lines:
+            table.add_row(*line)
+        Console().print(table)
+    else:
+        widths = [max(len(column), *(len(line[i]) for line in lines)) for i, column in enumerate(header)]
+        for line in [header, *lines]:
+            _say("  ".join(cell.rjust(width) for cell, width in zip(line, widths)))
+    _say(f"best config: {study_dir / 'best.yaml'}; all trials: {study_dir / 'trials.csv'}")
+
+
+def _cell(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def register(app: typer.Typer, reports_errors) -> None:
+    app.command("tune")(reports_errors(tune))

@@ -1,0 +1,1 @@
+"""Hyperparameter search: the `tune:` section (space.py) and Optuna studies of dltrain runs (study.py)."""

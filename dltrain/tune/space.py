@@ -1,0 +1,288 @@
+"""The `tune:` section: what `dltrain tune` searches, checked against the config it searches before any trial runs.
+
+    tune:
+      metric: val_accuracy          # an early-stopping monitor; maximized for accuracies, minimized for losses
+      trials: 40
+      sampler: tpe                  # tpe | random | grid | cmaes
+      pruner: median                # median | hyperband | none
+      parameters:                   # config key paths, written as for --set
+        optimizer.lr: {log_uniform: [1.0e-4, 1.0e-1]}
+        model[1].linear.units: {choice: [256, 512, 1024]}
+        model[3].dropout.rate: {uniform: [0.0, 0.5]}
+
+Each parameter's key must exist in the config, and every value it can take must validate there: the bounds of a
+range (and, for a range of numbers with fractions, a value between them) and each choice are written into a copy of
+the config and validated, so `{uniform: [32, 512]}` for `units` is refused as `units` would refuse 272.0.
+This module needs no Optuna: `dltrain tune` checks the whole search before it imports it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ..config import format_path
+from ..config.loader import apply_override, parse_key, parse_override, read_config_file
+from ..config.schema import MONITORS, SEARCH_SECTION, Config, Validator, validate
+from ..errors import ConfigError
+from ..registry import PositiveInt, did_you_mean, losses
+
+RANGES = {"uniform": float, "log_uniform": float, "int_uniform": int, "int_log_uniform": int}
+KINDS = (*RANGES, "choice")
+SAMPLERS = ("tpe", "random", "grid", "cmaes")
+PRUNERS = ("median", "hyperband", "none")
+
+
+@dataclass
+class TuneSection:
+    """The section's plain options; `parameters` is checked by `_parameter` below."""
+
+    parameters: dict
+    metric: Literal[MONITORS] | None = None  # default: the config's early-stopping monitor
+    trials: PositiveInt = 20
+    sampler: Literal[SAMPLERS] = "tpe"
+    pruner: Literal[PRUNERS] = "median"
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One searched key: `values` holds (low, high) for a range, the options for a choice."""
+
+    key: str  # as written: 'model[1].linear.units'
+    path: tuple  # ('model', 1, 'linear', 'units')
+    kind: str
+    values: tuple
+
+    @property
+    def log(self) -> bool:
+        return self.kind.endswith("log_uniform")
+
+    def categories(self) -> list:
+        """A choice's options as Optuna stores them (None, bool, int, float, str); lists and mappings as JSON text."""
+        return [value if _is_scalar(value) else json.dumps(value) for value in self.values]
+
+    def from_category(self, category):
+        """The config value of a stored category (inverse of categories())."""
+        return self.values[self.categories().index(category)]
+
+
+@dataclass
+class Search:
+    """A validated search: the base config (raw values, where each came from) and what to vary in it."""
+
+    config: Config
+    values: dict  # the config file's values with --set applied, `tune` removed
+    positions: dict
+    filename: str
+    overrides: dict  # key path -> the --set expression that wrote it
+    metric: str
+    direction: str  # 'maximize' or 'minimize'
+    trials: int
+    sampler: str
+    pruner: str
+    parameters: list[Parameter] = field(default_factory=list)
+
+    def trial_config(self, assignment: dict) -> Config:
+        """The config of one trial: the base values with `assignment` (key -> value) written in, validated."""
+        values = copy.deepcopy(self.values)
+        written_by = dict(self.overrides)
+        for parameter in self.parameters:
+            value = assignment[parameter.key]
+            apply_override(values, parameter.path, value, f"{parameter.key}={value!r}")
+            written_by[parameter.path] = f"{parameter.key}={value!r} (tune)"
+        return validate(values, self.positions, self.filename, written_by)
+
+    @property
+    def grid_size(self) -> int:
+        size = 1
+        for parameter in self.parameters:
+            size *= len(parameter.values)
+        return size
+
+
+def load_search(config_path: str | Path, overrides: list[str] = (), space_path: str | Path | None = None) -> Search:
+    """Read the config (and --space file), apply --set, validate both; one ConfigError naming every problem."""
+    values, positions, filename = read_config_file(config_path)
+    values = {} if values is None else values
+    if not isinstance(values, dict):
+        validate(values, positions, filename)  # raises: a config is a mapping of sections
+    section_positions, section_file = positions, filename
+    if space_path is not None:
+        space, space_positions, section_file = read_config_file(space_path)
+        if isinstance(space, dict) and SEARCH_SECTION in space:
+            values[SEARCH_SECTION], section_positions = space[SEARCH_SECTION], space_positions
+        else:  # the file holds the section's keys themselves
+            values[SEARCH_SECTION] = space
+            section_positions = {(SEARCH_SECTION, *key): line for key, line in space_positions.items()}
+    written_by = {}
+    for expression in overrides:  # --set tune.trials=10 changes the search, --set optimizer.lr=... every trial
+        key_path, value = parse_override(expression)
+        apply_override(values, key_path, value, expression)
+        written_by[key_path] = expression
+    section = values.pop(SEARCH_SECTION, None)
+    config = validate(copy.deepcopy(values), positions, filename, written_by)
+    if section is None:
+        raise ConfigError(f"{filename}: no 'tune:' section says what to search; add one (see README, "
+                          f"'Searching hyperparameters') or give a file with --space")
+
+    v = Validator(section_file, section_positions, written_by)
+    options = v.section(section, TuneSection, (SEARCH_SECTION,))
+    v.raise_if_any()
+    metric = options.metric or config.training.early_stopping.monitor
+    _check_metric(v, config, metric, options.metric is not None)
+    raw_parameters = options.parameters
+    parameters = []
+    if not isinstance(raw_parameters, dict) or not raw_parameters:
+        example = "optimizer.lr: {log_uniform: [1.0e-4, 1.0e-1]}"
+        v.error((SEARCH_SECTION, "parameters"),
+                f"expected a mapping of config keys to ranges or choices, e.g. {example}, got {raw_parameters!r}")
+    else:
+        for key, spec in raw_parameters.items():
+            parameter = _parameter(v, key, spec, values, config.to_dict(), positions, filename, written_by)
+            if parameter is not None:
+                parameters.append(parameter)
+    if options.sampler == "grid":
+        ranges = [p.key for p in parameters if p.kind != "choice"]
+        if ranges:
+            what = "is a range (give it" if len(ranges) == 1 else "are ranges (give them"
+            v.error((SEARCH_SECTION, "sampler"), f"the grid sampler tries every combination of choices; "
+                                                 f"{', '.join(ranges)} {what} as choice: [...])")
+    v.raise_if_any()
+    direction = "maximize" if metric.endswith("accuracy") else "minimize"
+    return Search(config, values, positions, filename, written_by, metric, direction, options.trials,
+                  options.sampler, options.pruner, parameters)
+
+
+def _check_metric(v: Validator, config: Config, metric: str, named: bool) -> None:
+    path = (SEARCH_SECTION, "metric")
+    has_val = config.data["val_fraction"] > 0 or config.data["val_path"] is not None
+    if metric.startswith("val_") and not has_val:
+        v.error(path, f"{metric!r} needs a validation split, and data.val_fraction is 0 with no data.val_path; "
+                      "search on a train_ metric or hold out validation data")
+    if metric.endswith("accuracy") and losses.get(config.loss["name"]).task == "regression":
+        v.error(path, f"{metric!r}: loss {config.loss['name']!r} is a regression loss with no accuracy; "
+                      "search on val_loss or train_loss")
+
+
+def _parameter(v: Validator, key, spec, values: dict, resolved: dict, positions, filename, written_by
+               ) -> Parameter | None:
+    where = (SEARCH_SECTION, "parameters", key)
+    if not isinstance(key, str):
+        v.error(where, f"expected a config key path like optimizer.lr, got {key!r}")
+        return None
+    try:
+        path = parse_key(key, "key")
+    except ConfigError as exc:
+        v.error(where, str(exc))
+        return None
+    missing = _missing(path, resolved)
+    if missing:
+        v.error(where, missing)
+        return None
+    if not isinstance(spec, dict) or len(spec) != 1:
+        v.error(where, f"expected one of {', '.join(KINDS)} as a one-key mapping, e.g. {{uniform: [0.0, 0.5]}}, "
+                       f"got {spec!r}")
+        return None
+    ((kind, arguments),) = spec.items()
+    if kind not in KINDS:
+        v.error(where + (kind,), f"unknown kind of range {kind!r}{did_you_mean(kind, KINDS)}; "
+                                 f"available: {', '.join(KINDS)}")
+        return None
+    checked = _arguments(v, where + (kind,), kind, arguments)
+    if checked is None:
+        return None
+    parameter = Parameter(key, path, kind, checked)
+    for candidate in _candidates(parameter):
+        trial_values = copy.deepcopy(values)
+        marker = "\0tune"
+        try:
+            apply_override(trial_values, path, candidate, marker)
+            validate(trial_values, positions, filename, {**written_by, path: marker})
+        except ConfigError as exc:
+            first = next(line for line in str(exc).splitlines() if line.startswith(f"--set {marker}: "))
+            problem = first.removeprefix(f"--set {marker}: ")
+            hint = ""
+            if RANGES.get(kind) is float and "integer" in problem:
+                hint = f" (int_{kind} draws whole numbers)"
+            v.error(where + (kind,), f"{kind} can give {candidate!r}, which the config refuses: {problem}{hint}")
+            return None
+    return parameter
+
+
+def _missing(path: tuple, resolved) -> str | None:
+    """Why `path` names nothing in the resolved config, or None when it names a value."""
+    target = resolved
+    for i, part in enumerate(path):
+        here = format_path(path[:i]) if i else "the config"
+        if isinstance(part, int):
+            if not isinstance(target, list):
+                return f"{here} is not a list; [{part}] names nothing"
+            if part >= len(target):
+                return f"{here} has {len(target)} items; [{part}] is not one of them"
+        else:
+            if not isinstance(target, dict):
+                return f"{here} is {target!r}, not a mapping with {part!r}"
+            if part not in target:
+                known = [k for k in target if k != "enabled"]
+                if i >= 2 and path[0] == "model" and isinstance(path[i - 1], int):
+                    layer = next(iter(target))
+                    return f"{format_path(path[:i])} is layer {layer!r}, not {part!r}"
+                return (f"{here} has no key {part!r}{did_you_mean(part, known)}; "
+                        f"it has: {', '.join(map(str, known))}")
+        target = target[part]
+    return None
+
+
+def _arguments(v: Validator, where: tuple, kind: str, arguments) -> tuple | None:
+    if kind == "choice":
+        if not isinstance(arguments, list) or not arguments:
+            v.error(where, f"expected a non-empty list of values to choose from, got {arguments!r}")
+            return None
+        texts = [json.dumps(a, sort_keys=True) for a in arguments]
+        if len(set(texts)) != len(texts):
+            v.error(where, f"the same value is given twice in {arguments!r}")
+            return None
+        return tuple(arguments)
+    number = RANGES[kind]
+    noun = "whole numbers" if number is int else "numbers"
+    if (not isinstance(arguments, list) or len(arguments) != 2
+            or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in arguments)):
+        v.error(where, f"expected [low, high], two {noun}, got {arguments!r}")
+        return None
+    if number is int and not all(isinstance(a, int) for a in arguments):
+        v.error(where, f"expected [low, high], two whole numbers, got {arguments!r} (for numbers with fractions: "
+                       f"{kind.removeprefix('int_')})")
+        return None
+    low, high = arguments
+    if not low < high:
+        v.error(where, f"expected low < high, got [{low}, {high}]")
+        return None
+    if kind.endswith("log_uniform") and low <= 0:
+        v.error(where, f"a log range needs low > 0, got {low}")
+        return None
+    return (number(low), number(high))
+
+
+def _candidates(parameter: Parameter) -> list:
+    """The values that stand for everything a parameter can take, for validation."""
+    if parameter.kind == "choice":
+        return list(parameter.values)
+    low, high = parameter.values
+    if RANGES[parameter.kind] is int:
+        return [low, high]
+    return [low, high, low + (high - low) * 0.37]  # a value between: a float range gives fractions
+
+
+def _is_scalar(value) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def describe_assignment(assignment: dict) -> str:
+    return ", ".join(f"{key}={_short(value)}" for key, value in assignment.items())
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else json.dumps(value) if not _is_scalar(value) else str(value)
