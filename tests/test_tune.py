@@ -301,6 +301,15 @@ def test_a_val_metric_without_a_validation_split_and_a_config_without_a_search(t
     assert "plain.yaml: no 'tune:' section says what to search; add one" in output
 
 
+@pytest.mark.parametrize("space", sorted((Path(__file__).parents[1] / "configs" / "search").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_search_spaces_fit_their_configs(space):
+    from dltrain.tune.space import load_search
+
+    search = load_search(space.parents[1] / space.name, [], space)
+    assert search.parameters and search.trials > 0
+
+
 def test_without_optuna_tune_says_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna -> ImportError
     monkeypatch.delitem(sys.modules, "dltrain.tune.study", raising=False)

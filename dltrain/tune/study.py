@@ -163,7 +163,7 @@ def run_worker(search: Search, study: optuna.Study, study_dir: Path, *, device: 
                 lock.release()
                 time.sleep(POLL_SECONDS)
                 continue
-            study.optimize(_Objective(search, study_dir, lock, device, announce), n_trials=1, gc_after_trial=False)
+            study.optimize(_Objective(search, study_dir, lock, device, announce), n_trials=1, gc_after_trial=True)
         finally:
             lock.release()
 
