@@ -29,7 +29,7 @@ from pathlib import Path
 import optuna
 import yaml
 
-from ..errors import ConfigError, Diverged, DltrainError
+from ..errors import ConfigError, Diverged
 from ..training import rundir as files
 from ..training.callbacks import Callback
 from ..training.run import run_training
@@ -279,11 +279,13 @@ def write_results(study: optuna.Study, search: Search, study_dir: Path, name: st
 
 
 def _write_best_config(best: dict, search: Search, study_dir: Path, name: str) -> None:
+    """The config the best trial's run wrote; rebuilt from its parameters when that run directory is on another
+    machine (a study shared through --storage)."""
     config_file = Path(best["run_dir"]) / files.CONFIG
-    try:
+    if config_file.is_file():
         config = yaml.safe_load(config_file.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise DltrainError(f"{config_file}: cannot read the best trial's config ({exc})") from None
+    else:
+        config = search.trial_config({p.key: best[p.key] for p in search.parameters}).to_dict()
     head = (f"# The best trial of study {name!r}: trial {best['number']}, {search.metric} {best['value']:.6g} "
             f"at epoch {best['best_epoch']}.\n# Train it again with: dltrain train {study_dir / BEST_FILE}\n")
     files.atomic_write(study_dir / BEST_FILE, (head + yaml.safe_dump(config, sort_keys=False)).encode())
