@@ -45,6 +45,12 @@ class Diverged(DltrainError):
     exit_code = 1
 
 
+class SearchIncomplete(DltrainError):
+    """dltrain tune ended short of its trials (workers that failed or were killed)."""
+
+    exit_code = 1
+
+
 class Interrupted(DltrainError):
     """Ctrl-C (exit 130) or SIGTERM (exit 143): the run stopped with its files complete."""
 

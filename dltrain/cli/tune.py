@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -32,8 +33,9 @@ def tune(
     worker: int | None = typer.Option(None, "--worker", hidden=True, help="Run as worker N of a --workers study."),
 ) -> None:
     """Search hyperparameters with Optuna: each trial a run directory; trials.csv, best.yaml and plots at the end."""
-    from ..errors import ConfigError  # noqa: PLC0415
+    from ..errors import ConfigError, Interrupted, SearchIncomplete, Terminated  # noqa: PLC0415
     from ..plugins import load_code  # noqa: PLC0415
+    from ..training.trainer import sigterm_interrupts  # noqa: PLC0415
     from ..tune.space import load_search  # noqa: PLC0415
 
     load_code(code)
@@ -63,17 +65,24 @@ def tune(
     started = time.perf_counter()
     problem = None
     try:
-        if workers == 1:
-            studies.run_worker(search, opened, study_dir, device=device, deadline=deadline, announce=_say)
-        else:
-            problem = _run_workers(workers, config, space, set_, search.trials, url, name, study_dir, deadline,
-                                   device, code)
+        with sigterm_interrupts():  # SIGTERM, as Ctrl-C: workers stop, the results of what finished are written
+            if workers == 1:
+                studies.run_worker(search, opened, study_dir, device=device, deadline=deadline, announce=_say)
+            else:
+                problem = _run_workers(workers, config, space, set_, search.trials, url, name, study_dir, deadline,
+                                       device, code)
+    except Terminated:
+        raise Interrupted("terminated (SIGTERM): the finished trials are kept; run the same command to continue "
+                          "the study", 143) from None
     finally:  # also after Ctrl-C or a failed trial: the table of what finished
         studies.fail_stale_trials(opened)
         results = studies.write_results(opened, search, study_dir, name)
         _print_results(results, search, name, study_dir, time.perf_counter() - started)
-    if problem:
-        raise problem
+    done, _ = studies.counts(opened)
+    target = studies.target_trials(search)
+    if done < target and (deadline is None or time.time() < deadline):
+        raise SearchIncomplete(f"the study has {done} of its {target} trials" + (f": {problem}" if problem else "")
+                               + "; run the same command to continue it")
 
 
 def _say(text: str) -> None:
@@ -83,7 +92,7 @@ def _say(text: str) -> None:
 def _run_workers(count, config, space, set_, trials, url, name, study_dir, deadline, device, code):
     """K processes on one study; each gets cores / K threads unless DLTRAIN_THREADS says otherwise."""
     from ..backend import default_threads  # noqa: PLC0415
-    from ..errors import DltrainError  # noqa: PLC0415
+    from ..errors import Terminated  # noqa: PLC0415
 
     env = dict(os.environ)
     if not env.get("DLTRAIN_THREADS"):
@@ -100,7 +109,14 @@ def _run_workers(count, config, space, set_, trials, url, name, study_dir, deadl
             remaining = [] if deadline is None else ["--timeout", f"{max(0.0, deadline - time.time()):.1f}"]
             processes.append(subprocess.Popen([*command, *remaining, "--worker", str(i)], env=env))
         codes = [process.wait() for process in processes]
-    except KeyboardInterrupt:  # the workers got the same Ctrl-C; let them write their runs' summaries
+    except KeyboardInterrupt:  # Ctrl-C reached the workers too; each writes its run's summary
+        for process in processes:
+            process.wait()
+        raise
+    except Terminated:  # SIGTERM reached this process alone: pass it on
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
         for process in processes:
             process.wait()
         raise
@@ -108,8 +124,7 @@ def _run_workers(count, config, space, set_, trials, url, name, study_dir, deadl
     for i, code in failed:
         how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
         print(f"warning: worker {i} {how}", file=sys.stderr, flush=True)
-    worst = max((code for _, code in failed if code > 0), default=0)
-    return DltrainError(f"{len(failed)} of {count} workers failed (see above)") if worst else None
+    return f"{len(failed)} of {count} workers failed (see above)" if failed else None
 
 
 def _print_results(results: dict, search, name: str, study_dir: Path, seconds: float) -> None:

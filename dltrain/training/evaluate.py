@@ -8,7 +8,7 @@ from .. import backend
 from ..autograd import Tensor
 from ..config import config_from_dict
 from ..data import prepare
-from ..errors import CheckpointError, DltrainError, ShapeError
+from ..errors import CheckpointError, DltrainError, RunDirError, ShapeError
 from ..registry import losses
 from .checkpoint import load_checkpoint, resolve_checkpoint
 from .eval_plots import write_plots
@@ -149,4 +149,7 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", data_path: str | 
 def _plots(directory, task, predictions, targets, outputs, data, split, report) -> dict:
     if task == "regression":
         predictions, targets = (to_target_units(a, data) for a in (predictions, targets))
-    return write_plots(directory, task, predictions, targets, outputs, data, split, report.get("confusion_matrix"))
+    try:
+        return write_plots(directory, task, predictions, targets, outputs, data, split, report.get("confusion_matrix"))
+    except OSError as exc:
+        raise RunDirError(f"--plots: cannot write into {directory}: {exc.strerror or exc}") from None

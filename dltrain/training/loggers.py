@@ -47,6 +47,13 @@ class _Tracker(Callback):
         self.active = False
         print(f"warning: training.loggers: {self.name}: {problem}; training goes on, the run directory is complete",
               file=sys.stderr, flush=True)
+        try:
+            self.shutdown()
+        except Exception:  # noqa: BLE001 (already failing: what can be closed is closed)
+            pass
+
+    def shutdown(self) -> None:
+        """Release what the tracker holds after it failed (files, threads, a run left open)."""
 
     def guarded(self, action, *args) -> None:
         if not self.active:
@@ -116,6 +123,10 @@ class TensorBoardLogger(_Tracker):
     def on_train_end(self, trainer, summary):
         self.guarded(self._close, summary)
 
+    def shutdown(self):
+        for writer in getattr(self, "writers", {}).values():
+            writer.close()
+
     def _close(self, summary):
         if summary and ("test_loss" in summary):
             self.writers["test"] = self.writer_class(str(self.root / "test"))
@@ -182,15 +193,15 @@ class MlflowLogger(_Tracker):
 
     def _start(self, trainer, client_class):
         self.uri, artifacts = tracking_uri(self.settings)
-        self.client = client_class(tracking_uri=self.uri)
         marker = trainer.run.file(MLFLOW_RUN_FILE)
-        if trainer.start_epoch and marker.is_file():  # a resumed run continues its MLflow run
-            self.run_id = json.loads(marker.read_text())["run_id"]
+        if trainer.start_epoch and marker.is_file():  # a resumed run continues its MLflow run, where it is
+            logged = json.loads(marker.read_text())
+            self.uri, self.run_id = logged["tracking_uri"], logged["run_id"]
+            self.client = client_class(tracking_uri=self.uri)
             self.client.update_run(self.run_id, status="RUNNING")
             return
-        found = self.client.get_experiment_by_name(self.experiment)
-        experiment_id = found.experiment_id if found else self.client.create_experiment(
-            self.experiment, artifact_location=artifacts)
+        self.client = client_class(tracking_uri=self.uri)
+        experiment_id = self._experiment_id(artifacts)
         run = self.client.create_run(experiment_id, run_name=trainer.run.path.name,
                                      tags={"dltrain.run_dir": str(trainer.run.path.resolve())})
         self.run_id = run.info.run_id
@@ -199,6 +210,22 @@ class MlflowLogger(_Tracker):
         params = [self.Param(mlflow_key(key), _text(value)) for key, value in flatten(trainer.config.to_dict()).items()]
         for start in range(0, len(params), 100):  # MLflow takes at most 100 parameters per call
             self.client.log_batch(self.run_id, params=params[start:start + 100])
+
+    def _experiment_id(self, artifacts: str | None) -> str:
+        found = self.client.get_experiment_by_name(self.experiment)
+        if found:
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(self.experiment, artifact_location=artifacts)
+        except Exception:  # noqa: BLE001 (another process, e.g. a tune worker, created it first)
+            found = self.client.get_experiment_by_name(self.experiment)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    def shutdown(self):
+        if getattr(self, "run_id", None):
+            self.client.set_terminated(self.run_id, status="FAILED")
 
     def _metrics(self, values: dict, step: int) -> None:
         now = int(time.time() * 1000)

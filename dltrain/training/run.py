@@ -27,12 +27,14 @@ from .trainer import Trainer
 def run_training(config: Config | None, *, run_dir: str | Path | None = None, resume: str | Path | None = None,
                  init_from: str | Path | None = None, device: str | None = None, comm=None,
                  overrides: list[str] = (), config_path: str | Path | None = None, reporter=None,
-                 announce: Callable[[str], None] | None = None, callbacks=(), plot: bool = True) -> dict:
+                 announce: Callable[[str], None] | None = None, callbacks=(), plot: bool = True,
+                 name: str | None = None) -> dict:
     """Train `config` into a new run directory (default runs/<config_path's name>-<time>), or continue the run
     directory `resume` (then `config`, if given, must agree with the run's on what shapes it, and `overrides`
     (--set expressions) apply to the run's own config). `init_from` starts from another run's weights. Returns the
     summary (also in summary.json); raises Diverged or Interrupted after writing it. `callbacks` run after the
-    built-in ones; `plot` writes curves.png at the end."""
+    built-in ones; `plot` writes curves.png at the end; `name` (default: config_path's stem) names the family of
+    runs for trackers (MLflow's experiment)."""
     comm = comm or communicator()  # one rank without MPI
     main = comm.rank == 0
     say = announce if (announce and main) else (lambda text: None)
@@ -58,7 +60,7 @@ def run_training(config: Config | None, *, run_dir: str | Path | None = None, re
 
     trainer = Trainer(config, run, resolved_device, reporter if main and reporter else SilentReporter(),
                       resume=checkpoint, comm=comm, callbacks=callbacks)
-    trainer.config_name = Path(config_path).stem if config_path else None
+    trainer.config_name = name or (Path(config_path).stem if config_path else None)
     trainer.plot_curves = plot
     trainer.setup()  # data and model first: a bad dataset leaves no empty run directory behind
     if init_from is not None:

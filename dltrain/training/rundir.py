@@ -116,7 +116,10 @@ class RunDir:
         """Who trains this run now; a resumed run's old summary goes, as it no longer says how the run ended."""
         if not self.writable:
             return
-        self.file(SUMMARY).unlink(missing_ok=True)
+        try:
+            self.file(SUMMARY).unlink(missing_ok=True)
+        except OSError as exc:
+            raise RunDirError(f"cannot remove {self.file(SUMMARY)}: {exc.strerror or exc}") from None
         self._write(PROCESS, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                          "process_start": process_start(os.getpid()),
                                          "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode())

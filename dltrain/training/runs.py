@@ -1,8 +1,9 @@
 """Run directories read back: `dltrain runs` (a table of many) and `dltrain diff` (two side by side).
 
 Everything here is read from what runs wrote: config.yaml, metrics.csv, summary.json, process.json. A run with no
-summary is `running` while the process its process.json names is alive, `killed` once it is not (a process that
-ends any other way writes a summary: completed, early_stopping, diverged, interrupted, pruned).
+summary is `running` while the process its process.json names is alive, and `killed` once it is not: training that
+ends by completing, stopping early, diverging, being interrupted (Ctrl-C, SIGTERM) or pruned writes a summary, so
+no summary means the process died without one (kill -9, power loss, or a crash such as a full disk).
 """
 
 from __future__ import annotations
@@ -92,7 +93,10 @@ def matches(row: dict, condition: str) -> bool:
     value = row.get(key, row["config"].get(key))
     if value is None:
         return wanted.strip() in ("", "null", "None") and key in row["config"]
-    parsed = yaml.safe_load(wanted) if wanted.strip() else ""
+    try:
+        parsed = yaml.safe_load(wanted) if wanted.strip() else ""
+    except yaml.YAMLError:  # not a YAML value: compare the text
+        parsed = wanted.strip()
     return value == parsed or str(value) == wanted.strip()
 
 

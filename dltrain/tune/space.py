@@ -202,8 +202,10 @@ def _parameter(v: Validator, key, spec, values: dict, resolved: dict, positions,
             apply_override(trial_values, path, candidate, marker)
             validate(trial_values, positions, filename, {**written_by, path: marker})
         except ConfigError as exc:
-            first = next(line for line in str(exc).splitlines() if line.startswith(f"--set {marker}: "))
-            problem = first.removeprefix(f"--set {marker}: ")
+            lines = str(exc).splitlines()
+            # the problem with the key itself, or one it causes elsewhere (warmup longer than the epochs drawn)
+            first = next((line for line in lines if line.startswith(f"--set {marker}: ")), lines[0])
+            problem = first.removeprefix(f"--set {marker}: ").replace(f"--set {marker}", key)
             hint = ""
             if RANGES.get(kind) is float and "integer" in problem:
                 hint = f" (int_{kind} draws whole numbers)"

@@ -12,8 +12,8 @@ Workers: every process runs trials until the study holds `trials` finished ones 
 "Count, then start a trial" happens under a lock file in the study directory, so the processes of one machine never
 start one trial too many; machines sharing a database through --storage each take their own lock, and may together
 overshoot by one trial per machine. A worker killed mid-trial stops sending Optuna's heartbeat; after GRACE_SECONDS
-the next worker to look marks that trial failed (its run directory stays, with the epochs it finished) and runs
-another in its place.
+the next worker to look marks that trial failed (its run directory stays, with the epochs it finished) and runs its
+parameters again once, as a new trial.
 """
 
 from __future__ import annotations
@@ -55,8 +55,10 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # a dead worker's trial is tried once more with the same parameters (a grid point is not lost)
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
             return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS,
-                                              grace_period=GRACE_SECONDS)
+                                              grace_period=GRACE_SECONDS, heartbeat_stale_trial_callback=retry)
     except ImportError as exc:
         raise ConfigError(f"--storage {url}: its database driver is not installed ({exc}); e.g. "
                           f"pip install psycopg2-binary for postgresql://") from None
@@ -67,10 +69,13 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
 
 def open_study(search: Search, storage, name: str, worker: int = 0) -> optuna.Study:
     """Create the study, or load it to continue; a study searched for another metric is refused."""
+    study = optuna.create_study(storage=storage, study_name=name, direction=search.direction,
+                                pruner=_pruner(search), load_if_exists=True)
+    # Seeded by the config's seed, the worker and the trials already there: a study continued, or shared by
+    # workers, does not draw again the values its earlier trials drew.
+    seed = (search.config.seed * 1_000_003 + worker * 7_919 + len(study.trials)) % 2**32
     try:
-        study = optuna.create_study(storage=storage, study_name=name, direction=search.direction,
-                                    sampler=_sampler(search, search.config.seed + worker),
-                                    pruner=_pruner(search), load_if_exists=True)
+        study.sampler = _sampler(search, seed)
     except ImportError as exc:  # the cmaes sampler's package
         raise ConfigError(f"tune.sampler {search.sampler!r} needs a package that is not installed ({exc}); "
                           f"pip install 'dltrain[tune]'") from None
@@ -135,7 +140,8 @@ def finished(trial: optuna.trial.FrozenTrial) -> bool:
         trial.state == states.FAIL and "stop_reason" in trial.user_attrs)
 
 
-def _counts(study: optuna.Study) -> tuple[int, int]:
+def counts(study: optuna.Study) -> tuple[int, int]:
+    """(finished trials, running trials)."""
     trials = study.get_trials(deepcopy=False)
     running = sum(t.state == optuna.trial.TrialState.RUNNING for t in trials)
     return sum(finished(t) for t in trials), running
@@ -156,14 +162,15 @@ def run_worker(search: Search, study: optuna.Study, study_dir: Path, *, device: 
         lock.acquire()
         try:
             fail_stale_trials(study)
-            done, running = _counts(study)
+            done, running = counts(study)
             if done >= target:
                 return
             if done + running >= target:  # the last trials are running elsewhere; one may belong to a dead worker
                 lock.release()
                 time.sleep(POLL_SECONDS)
                 continue
-            study.optimize(_Objective(search, study_dir, lock, device, announce), n_trials=1, gc_after_trial=True)
+            objective = _Objective(search, study_dir, lock, device, announce, study.study_name)
+            study.optimize(objective, n_trials=1, gc_after_trial=True)
         finally:
             lock.release()
 
@@ -185,15 +192,15 @@ class _Pruning(Callback):
         if self.best is None or self.better(self.best, value) == value != self.best:
             self.best, self.best_epoch = value, epoch
         self.trial.report(value, epoch)
-        if epoch < trainer.config.training.epochs and self.trial.should_prune():
+        if epoch < trainer.config.training.epochs and not trainer.stop_training and self.trial.should_prune():
             trainer.stop_training = True
             trainer.stop_reason = "pruned"
 
 
 class _Objective:
-    def __init__(self, search: Search, study_dir: Path, lock: _StartLock, device, announce):
+    def __init__(self, search: Search, study_dir: Path, lock: _StartLock, device, announce, name: str):
         self.search, self.study_dir, self.lock = search, Path(study_dir), lock
-        self.device, self.announce = device, announce
+        self.device, self.announce, self.name = device, announce, name
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.lock.release()  # the trial exists (running): every other worker counts it from now on
@@ -203,7 +210,7 @@ class _Objective:
         trial.set_user_attr("run_dir", str(run_dir))
         pruning = _Pruning(trial, self.search.metric, self.search.direction)
         try:
-            summary = run_training(config, run_dir=run_dir, device=self.device, callbacks=[pruning])
+            summary = run_training(config, run_dir=run_dir, device=self.device, callbacks=[pruning], name=self.name)
         except Diverged:
             summary = files.RunDir(run_dir, writable=False).read_summary() or {"stop_reason": "diverged"}
         for key in ("stop_reason", "epochs_run", "total_seconds", "test_accuracy", "test_loss"):

@@ -131,7 +131,9 @@ def test_trackers_that_fail_leave_a_complete_run_and_one_warning(tmp_path, monke
         raise PermissionError(13, "Permission denied", logdir)
 
     monkeypatch.setattr(writer.EventFileWriter, "__init__", unwritable)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.setenv(name, "")  # restored afterwards, whatever the logger sets
+        monkeypatch.delenv(name)
     config = write(tmp_path, TINY + "  loggers: [tensorboard, mlflow]\n  mlflow: {tracking_uri: 'http://127.0.0.1:9'}\n")
     run = tmp_path / "run"
     started = time.perf_counter()
@@ -163,6 +165,15 @@ class SlowEpochs(Callback):
 
     def on_epoch_end(self, trainer, epoch, logs):
         time.sleep(self.seconds)
+
+
+@callbacks.register("status_probe")
+class StatusProbe(Callback):  # what `dltrain runs` says of this run while it trains, written beside it
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        from dltrain.training.runs import run_row
+
+        (trainer.run.path.parent / "status_seen.txt").write_text(run_row(trainer.run.path)["status"])
 
 
 @callbacks.register("ctrl_c_at")
@@ -237,7 +248,8 @@ def test_a_resumed_run_shows_as_running_then_as_it_ended(tmp_path, code_file):
     assert invoke("train", config, "--run-dir", run, "--code", code_file,
                   "--set", "callbacks=[{name: ctrl_c_at, epoch: 2}]")[0] == 130
     assert json.loads(invoke("runs", tmp_path, "--json")[1])[0]["status"] == "interrupted"
-    assert invoke("train", "--resume", run, "--set", "callbacks=[]")[0] == 0
+    assert invoke("train", "--resume", run, "--set", "callbacks=[{name: status_probe}]")[0] == 0
+    assert (tmp_path / "status_seen.txt").read_text() == "running"  # the interrupted run's summary went
     (row,) = json.loads(invoke("runs", tmp_path, "--json")[1])
     assert row["status"] == "completed" and row["epochs"] == 4
 
@@ -282,15 +294,16 @@ def png_size(path):
 
 def test_eval_plots_draw_each_kind_of_task(tmp_path):
     config = write(tmp_path, TINY)
-    invoke("train", config, "--run-dir", tmp_path / "classes")
+    assert invoke("train", config, "--run-dir", tmp_path / "classes")[0] == 0
     code, output = invoke("eval", tmp_path / "classes", "--plots")
     assert code == 0, output
     assert png_size(tmp_path / "classes" / "plots" / "confusion_matrix-test.png")[0] >= 500
     assert f"confusion_matrix: {tmp_path / 'classes' / 'plots' / 'confusion_matrix-test.png'}" in output
 
     binary = TINY.replace("classes: 3", "classes: 2").replace("units: 3", "units: 1")
-    invoke("train", write(tmp_path, binary + "loss: binary_cross_entropy\n", "binary.yaml"), "--run-dir",
-           tmp_path / "binary")
+    code, output = invoke("train", write(tmp_path, binary + "loss: binary_cross_entropy\n", "binary.yaml"),
+                          "--run-dir", tmp_path / "binary")
+    assert code == 0, output
     code, output = invoke("eval", tmp_path / "binary", "--plots", "--json")
     assert code == 0, output
     report = json.loads(output)
@@ -309,7 +322,7 @@ def test_eval_plots_draw_each_kind_of_task(tmp_path):
     optimizer: {{name: adam, lr: 0.02}}
     training: {{epochs: 20, batch_size: 16}}
     """
-    invoke("train", write(tmp_path, regression, "line.yaml"), "--run-dir", tmp_path / "line")
+    assert invoke("train", write(tmp_path, regression, "line.yaml"), "--run-dir", tmp_path / "line")[0] == 0
     code, output = invoke("eval", tmp_path / "line", "--plots", "--plots-dir", tmp_path / "pictures")
     assert code == 0, output
     for name in ("predicted_vs_true", "residuals"):
