@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import typer
+
+from .output import print_table
 
 
 def runs(
@@ -40,7 +41,7 @@ def runs(
     lines = [[row["run"], row["started"][:19].replace("T", " "), str(row["device"] or ""), row["status"],
               str(row["epochs"]), _best(row), _test(row), _number(row["seconds"], ".1f"),
               _number(row["samples_per_second"], ",.0f")] for row in rows]
-    _table(header, lines, right=("epochs", "seconds", "samples/s"))
+    print_table(header, lines, right=("epochs", "seconds", "samples/s"))
 
 
 def _best(row) -> str:
@@ -59,25 +60,6 @@ def _number(value, spec: str) -> str:
     return "" if value is None else format(value, spec)
 
 
-def _table(header: list[str], lines: list[list[str]], right=()) -> None:
-    """A rich table on a terminal, aligned plain columns otherwise (pipes, files, CI logs)."""
-    if sys.stdout.isatty():
-        from rich.console import Console  # noqa: PLC0415
-        from rich.table import Table  # noqa: PLC0415
-
-        table = Table()
-        for column in header:
-            table.add_column(column, justify="right" if column in right else "left")
-        for line in lines:
-            table.add_row(*line)
-        Console().print(table)
-        return
-    widths = [max(len(column), *(len(line[i]) for line in lines)) for i, column in enumerate(header)]
-    for line in [header, *lines]:
-        cells = [cell.rjust(w) if column in right else cell.ljust(w) for cell, w, column in zip(line, widths, header)]
-        print("  ".join(cells).rstrip())
-
-
 def diff(
     run_a: Path = typer.Argument(..., help="A run directory."),
     run_b: Path = typer.Argument(..., help="Another run directory."),
@@ -92,12 +74,12 @@ def diff(
     changed = list(differences(read_config(run_a), read_config(run_b)))
     names = [str(run_a), str(run_b)]
     if changed:
-        _table(["config key", *names], [[key, _value(old), _value(new)] for key, old, new in changed])
+        print_table(["config key", *names], [[key, _value(old), _value(new)] for key, old, new in changed])
     else:
         print("the configs are the same")
     print()
     rows = [run_row(run_a), run_row(run_b)]
-    _table(["result", *names], [[figure, *(_value(row[figure]) for row in rows)] for figure in SUMMARY_FIGURES])
+    print_table(["result", *names], [[figure, *(_value(row[figure]) for row in rows)] for figure in SUMMARY_FIGURES])
 
 
 def _value(value) -> str:

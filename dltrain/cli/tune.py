@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 
 from .options import CODE_OPTION
+from .output import print_table
 
 
 def tune(
@@ -143,20 +144,7 @@ def _print_results(results: dict, search, name: str, study_dir: Path, seconds: f
     header = ["trial", search.metric, *keys, "epochs", "seconds"]
     lines = [[str(row["number"]), f"{row['value']:.4f}", *(_cell(row[key]) for key in keys), str(row["epochs"]),
               f"{row['seconds']:.1f}" if row["seconds"] is not None else ""] for row in ranked]
-    if sys.stdout.isatty():
-        from rich.console import Console  # noqa: PLC0415
-        from rich.table import Table  # noqa: PLC0415
-
-        table = Table(title="best trials")
-        for column in header:
-            table.add_column(column, justify="right")
-        for line in lines:
-            table.add_row(*line)
-        Console().print(table)
-    else:
-        widths = [max(len(column), *(len(line[i]) for line in lines)) for i, column in enumerate(header)]
-        for line in [header, *lines]:
-            _say("  ".join(cell.rjust(width) for cell, width in zip(line, widths)))
+    print_table(header, lines, right=True, title="best trials")
     _say(f"best config: {study_dir / 'best.yaml'}; all trials: {study_dir / 'trials.csv'}")
 
 

@@ -36,12 +36,31 @@ _FINISHED = ("completed", "early_stopping", "pruned", "callback")
 
 
 class _Tracker(Callback):
-    """A logger that turns itself off, with one warning, at its first failure."""
+    """A logger that turns itself off, with one warning, at its first failure. Subclasses give `imports()` (the
+    package's parts, imported only when the run starts) and `start(trainer, parts)`."""
 
     name = "tracker"
+    package = "tracker"
 
     def __init__(self):
         self.active = False
+
+    def on_train_begin(self, trainer):
+        if not trainer.run.writable:  # MPI ranks other than 0
+            return
+        self.active = True
+        try:
+            parts = self.imports()
+        except ImportError:
+            self.warn(f"the {self.package} package is not installed (pip install 'dltrain[{self.name}]')")
+            return
+        self.guarded(self.start, trainer, parts)
+
+    def imports(self):
+        raise NotImplementedError
+
+    def start(self, trainer, parts) -> None:
+        raise NotImplementedError
 
     def warn(self, problem: str) -> None:
         self.active = False
@@ -68,27 +87,22 @@ class _Tracker(Callback):
 
 
 class TensorBoardLogger(_Tracker):
-    name = "tensorboard"
+    name = package = "tensorboard"
 
-    def on_train_begin(self, trainer):
-        if not trainer.run.writable:
-            return
-        try:
-            from tensorboard.compat.proto import event_pb2, summary_pb2  # noqa: PLC0415
-            from tensorboard.plugins.text.summary_v2 import text_pb  # noqa: PLC0415
-            from tensorboard.summary.writer.event_file_writer import EventFileWriter  # noqa: PLC0415
-        except ImportError:
-            self.active = True
-            self.warn("the tensorboard package is not installed (pip install 'dltrain[tensorboard]')")
-            return
-        self.event_pb2, self.summary_pb2, self.text_pb = event_pb2, summary_pb2, text_pb
-        self.active = True
+    def imports(self):
+        from tensorboard.compat.proto import event_pb2, summary_pb2  # noqa: PLC0415
+        from tensorboard.plugins.text.summary_v2 import text_pb  # noqa: PLC0415
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter  # noqa: PLC0415
+
+        return event_pb2, summary_pb2, text_pb, EventFileWriter
+
+    def start(self, trainer, parts):
+        self.event_pb2, self.summary_pb2, self.text_pb, writer_class = parts
         self.train_seconds = trainer.train_seconds
-        self.guarded(self._open, trainer, EventFileWriter)
-
-    def _open(self, trainer, writer_class):
         root = trainer.run.path / TENSORBOARD_DIR
-        self.writers = {part: writer_class(str(root / part)) for part in ("train", "validation")}
+        self.writers = {}  # filled one by one: shutdown() closes the ones made if a later one fails
+        for part in ("train", "validation"):
+            self.writers[part] = writer_class(str(root / part))
         self.writer_class, self.root = writer_class, root
         if trainer.start_epoch == 0:
             text = yaml.safe_dump(trainer.config.to_dict(), sort_keys=False)
@@ -166,32 +180,26 @@ def tracking_uri(settings) -> tuple[str, str | None]:
 
 
 class MlflowLogger(_Tracker):
-    name = "mlflow"
+    name, package = "mlflow", "mlflow-skinny"
 
     def __init__(self, settings, experiment: str):
         super().__init__()
         self.settings, self.experiment = settings, settings.experiment or experiment
 
-    def on_train_begin(self, trainer):
-        if not trainer.run.writable:
-            return
-        try:
-            from mlflow.entities import Metric, Param  # noqa: PLC0415
-            from mlflow.tracking import MlflowClient  # noqa: PLC0415
-        except ImportError:
-            self.active = True
-            self.warn("the mlflow package is not installed (pip install 'dltrain[mlflow]')")
-            return
-        # an unreachable server should cost seconds, not MLflow's default minutes of retries
+    def imports(self):
+        from mlflow.entities import Metric, Param  # noqa: PLC0415
+        from mlflow.tracking import MlflowClient  # noqa: PLC0415
+
+        return Metric, Param, MlflowClient
+
+    def start(self, trainer, parts):
+        self.Metric, self.Param, client_class = parts
+        # an unreachable server should cost seconds, not MLflow's default minutes of retries (set for this process,
+        # unless the user set them)
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its INFO lines about creating tables
         logging.getLogger("alembic").setLevel(logging.WARNING)
-        self.Metric, self.Param = Metric, Param
-        self.active = True
-        self.guarded(self._start, trainer, MlflowClient)
-
-    def _start(self, trainer, client_class):
         self.uri, artifacts = tracking_uri(self.settings)
         marker = trainer.run.file(MLFLOW_RUN_FILE)
         if trainer.start_epoch and marker.is_file():  # a resumed run continues its MLflow run, where it is
