@@ -17,6 +17,7 @@ process that writes the run directory (MPI rank 0) logs.
 
 from __future__ import annotations
 
+import abc
 import json
 import logging
 import os
@@ -35,7 +36,7 @@ MLFLOW_RUN_FILE = "mlflow.json"  # the MLflow run this run directory logs to (a 
 _FINISHED = ("completed", "early_stopping", "pruned", "callback")
 
 
-class _Tracker(Callback):
+class _Tracker(Callback, abc.ABC):
     """A logger that turns itself off, with one warning, at its first failure. Subclasses give `imports()` (the
     package's parts, imported only when the run starts) and `start(trainer, parts)`."""
 
@@ -56,11 +57,13 @@ class _Tracker(Callback):
             return
         self.guarded(self.start, trainer, parts)
 
+    @abc.abstractmethod
     def imports(self):
-        raise NotImplementedError
+        """The package's parts the tracker uses (ImportError when it is not installed)."""
 
+    @abc.abstractmethod
     def start(self, trainer, parts) -> None:
-        raise NotImplementedError
+        """Open the tracker's destination for this run."""
 
     def warn(self, problem: str) -> None:
         self.active = False
