@@ -1,4 +1,5 @@
-"""dltrain eval CHECKPOINT_OR_RUN_DIR [--split test|val|train] [--data PATH] [--json] [--plots [--plots-dir DIR]]"""
+"""dltrain eval CHECKPOINT_OR_RUN_DIR [--split test|val|train] [--data PATH] [--json] [--plots [--plots-dir DIR]]
+[--tta VIEW ... | --no-tta]"""
 
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ def evaluate(
     plots: bool = typer.Option(False, "--plots", help="Also draw the results: confusion matrix, ROC and "
                                                       "precision-recall curves, or predicted against true."),
     plots_dir: Path | None = typer.Option(None, "--plots-dir", help="Where --plots writes (default: RUN/plots)."),
+    tta: list[str] = typer.Option([], "--tta", help="Average the predictions over the images and this view of them "
+                                                    "(horizontal_flip, vertical_flip; repeatable), instead of the "
+                                                    "config's data.test_time_augment."),
+    no_tta: bool = typer.Option(False, "--no-tta", help="The network's own predictions, without the config's "
+                                                        "data.test_time_augment."),
     code: list[Path] = CODE_OPTION,
 ) -> None:
     """Test metrics from a self-contained checkpoint: loss, accuracy, per-class scores, confusion matrix."""
@@ -30,8 +36,11 @@ def evaluate(
     load_code(code)
     if split not in SPLITS:
         raise ConfigError(f"--split: expected one of {', '.join(SPLITS)}, got {split!r}")
+    if tta and no_tta:
+        raise ConfigError(f"--tta {' '.join(tta)} and --no-tta: give one of them")
+    views = [] if no_tta else (tta or None)
     where = (plots_dir or _plots_dir(checkpoint)) if plots or plots_dir else None
-    report = evaluate_checkpoint(checkpoint, split, data, backend.resolve_device(device), plots=where)
+    report = evaluate_checkpoint(checkpoint, split, data, backend.resolve_device(device), plots=where, views=views)
     if as_json:
         print(json.dumps(report))
         return
@@ -56,6 +65,8 @@ def _print_report(report: dict) -> None:
     head = f"{report['checkpoint']}  split {report['split']}  n {report['n']}  loss {report['loss']:.4f}"
     if "accuracy" in report:
         head += f"  accuracy {report['accuracy']:.4f}"
+    if report.get("test_time_augment"):
+        head += f"  (averaged with {', '.join(report['test_time_augment'])})"
     for key, label in (("mae", "MAE"), ("rmse", "RMSE"), ("r2", "R²")):
         if report.get(key) is not None:
             head += f"  {label} {report[key]:.4g}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 from .. import __version__, backend
@@ -252,4 +253,9 @@ def export_checkpoint(checkpoint, out: Path | None = None, opset: int = DEFAULT_
     outputs = "probabilities" if isinstance(network.layers[-1], Softmax) else "raw"
     out = Path(out) if out else ckpt.path.with_suffix(".onnx")
     metadata = {"dltrain_config": config.to_dict(), "dltrain_data": ckpt.data, "dltrain_outputs": outputs}
-    return export_onnx(network, ckpt.normalization, input_shape, out, opset, metadata)
+    path = export_onnx(network, ckpt.normalization, input_shape, out, opset, metadata)
+    views = config.data.get("test_time_augment")
+    if views:  # the graph is the network alone: say so rather than let its predictions differ silently
+        print(f"note: the exported graph predicts without data.test_time_augment ({', '.join(views)}); "
+              f"dltrain eval and predict on the checkpoint average over them", file=sys.stderr)
+    return path

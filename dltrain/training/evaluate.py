@@ -8,11 +8,11 @@ from .. import backend
 from ..autograd import Tensor
 from ..config import config_from_dict
 from ..data import prepare
-from ..errors import CheckpointError, DltrainError, RunDirError, ShapeError
+from ..errors import CheckpointError, ConfigError, DltrainError, RunDirError, ShapeError
 from ..registry import losses
 from .checkpoint import load_checkpoint, resolve_checkpoint
 from .eval_plots import write_plots
-from .model import Model, build_for
+from .model import TEST_TIME_VIEWS, Model, build_for
 
 np = backend.np
 
@@ -123,14 +123,24 @@ def evaluate_onnx(path: Path, split: str = "test", data_path: str | None = None,
 
 
 def evaluate_checkpoint(path: str | Path, split: str = "test", data_path: str | None = None,
-                        device: str = "cpu", batch_size: int | None = None, plots: Path | None = None) -> dict:
-    """The report `dltrain eval` prints (and --json writes); with `plots`, the pictures of it in that folder."""
+                        device: str = "cpu", batch_size: int | None = None, plots: Path | None = None,
+                        views: list[str] | None = None) -> dict:
+    """The report `dltrain eval` prints (and --json writes); with `plots`, the pictures of it in that folder.
+    `views` replaces the config's data.test_time_augment ([]: the network's own predictions only)."""
     if Path(path).suffix == ".onnx":
+        if views:
+            raise ConfigError(f"{path}: test-time augmentation is not part of an exported ONNX graph; evaluate the "
+                              f"checkpoint instead")
         return evaluate_onnx(Path(path), split, data_path, plots)
     ckpt = load_checkpoint(resolve_checkpoint(path))
     config = config_from_dict(ckpt.config, f"{ckpt.path} (config)")
     if data_path is not None:
         config.data["path"] = str(data_path)
+    if views is not None:
+        unknown = [name for name in views if name not in TEST_TIME_VIEWS]
+        if unknown:
+            raise ConfigError(f"--tta: unknown view {unknown[0]!r}; expected one of {', '.join(TEST_TIME_VIEWS)}")
+        config.data["test_time_augment"] = list(dict.fromkeys(views))
     built = build_for(config, device, ckpt)
     chosen = _choose_split(built.splits, split)
     try:
@@ -140,6 +150,8 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", data_path: str | 
     result = built.model.evaluate(chosen, batch_size or config.training.eval_batch_size, keep_outputs=plots is not None)
     report = _report(ckpt.path, split, len(chosen), result.loss, result.predictions, result.targets, built.model.task,
                      ckpt.data)
+    if built.model.views:
+        report["test_time_augment"] = built.model.views
     if plots is not None:
         report["plots"] = _plots(plots, built.model.task, result.predictions, result.targets, result.outputs, ckpt.data,
                                  split, report)

@@ -6,18 +6,26 @@ taken by training, evaluation, `dltrain graph` and `dltrain info` alike.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .. import backend
 from ..autograd import Tensor, no_grad
 from ..config import Config
 from ..data import Split, Splits, prepare
-from ..errors import DataError, ShapeError
+from ..errors import ConfigError, DataError, ShapeError
 from ..layers import Sequential, Softmax, build_model
 from ..layers.core import format_shape, run_layers
 from ..registry import losses
 
 np = backend.np
+
+
+# data.test_time_augment: the views of a batch of images (N, C, H, W) whose predictions are averaged with its own.
+TEST_TIME_VIEWS = {
+    "horizontal_flip": lambda x: x[..., ::-1],
+    "vertical_flip": lambda x: x[..., ::-1, :],
+}
 
 
 @dataclass
@@ -44,6 +52,10 @@ class Model:
         last = self.network.layers[-1]
         self.skips_softmax = isinstance(last, Softmax) and config.loss["name"] == "cross_entropy"
         self._check_output(classes, target_width)
+        self.views = list(config.data.get("test_time_augment") or [])
+        if self.views and len(input_shape) != 3:
+            raise ConfigError(f"data.test_time_augment: {', '.join(self.views)}: views of images (batch, channels, "
+                              f"height, width); this data's inputs are {format_shape(input_shape)}")
 
     @staticmethod
     def task_of(config: Config) -> str:
@@ -63,6 +75,19 @@ class Model:
         """The outputs the loss takes; `watch(layer, output)` sees every layer's output (gradient logging)."""
         return run_layers(self.network.layers[:-1] if self.skips_softmax else self.network.layers, x, watch)
 
+    def predict_outputs(self, x) -> Tensor:
+        """What evaluation and prediction take from a batch (the caller sets eval mode and no_grad): the network's
+        outputs, or with data.test_time_augment the average over the batch and each view of it: of the class
+        probabilities (returned as log-probabilities, which the loss and argmax take as logits), of the sigmoid
+        probabilities (returned as their logit), or of the values (regression)."""
+        out = self.outputs(Tensor(x))
+        if not self.views:
+            return out
+        xp = backend.array_module(x)
+        outs = [out.data] + [self.outputs(Tensor(xp.ascontiguousarray(TEST_TIME_VIEWS[name](x)))).data
+                             for name in self.views]
+        return Tensor(average_outputs(xp.stack(outs), self.task))
+
     def count_correct(self, outputs, targets, counter) -> None:
         """counter (a 0-d int64 device array) += the number of predictions that are right; nothing for regression."""
         if self.task == "classification" and targets.ndim == 2:  # class probabilities (mixup): their argmax
@@ -81,7 +106,7 @@ class Model:
             with no_grad(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 for start in range(0, len(split), batch_size):
                     x, y = split.x[start:start + batch_size], split.y[start:start + batch_size]
-                    out = self.outputs(Tensor(x))
+                    out = self.predict_outputs(x)
                     losses.append(self.loss(out, y).data)
                     sizes.append(len(x))
                     predictions.append(self.loss.predict(out.data))
@@ -96,6 +121,28 @@ class Model:
         accuracy = None if self.task == "regression" else float((predictions == targets).mean())
         kept = backend.to_numpy(xp.concatenate(outputs)) if keep_outputs else None
         return Evaluation(total_loss / len(split), accuracy, predictions, targets, kept)
+
+
+def _logsumexp(xp, a, axis: int):
+    top = a.max(axis=axis, keepdims=True)
+    top = xp.where(xp.isfinite(top), top, 0)
+    return (top + xp.log(xp.exp(a - top).sum(axis=axis, keepdims=True))).squeeze(axis)
+
+
+def _softplus(xp, z):
+    return xp.maximum(z, 0) + xp.log1p(xp.exp(-xp.abs(z)))
+
+
+def average_outputs(stacked, task: str):
+    """Outputs (views, N, width) of one batch seen several ways -> (N, width): the mean prediction, in the form the
+    loss takes. Log-probabilities and logits are combined in log space, so that no probability rounds to 0 or 1."""
+    xp = backend.array_module(stacked)
+    if task == "classification":
+        log_p = stacked - _logsumexp(xp, stacked, 2)[..., None]
+        return _logsumexp(xp, log_p, 0) - math.log(len(stacked))
+    if task == "binary":  # logit(mean p) = log(mean p) - log(mean (1 - p))
+        return _logsumexp(xp, -_softplus(xp, -stacked), 0) - _logsumexp(xp, -_softplus(xp, stacked), 0)
+    return stacked.mean(axis=0)
 
 
 def data_info(splits: Splits, task: str) -> dict:

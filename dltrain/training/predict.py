@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import backend
-from ..autograd import Tensor, no_grad
+from ..autograd import no_grad
 from ..config import config_from_dict
 from ..data.inputs import InputSet
 from ..data.splits import normalize
@@ -66,7 +66,7 @@ def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
 
     def run(x):
         with no_grad():
-            out = model.outputs(Tensor(normalize(backend.to_device(x, device), stats)))
+            out = model.predict_outputs(normalize(backend.to_device(x, device), stats))
         return backend.to_numpy(out.data).astype(np.float64)
 
     return Predictor(run, model.task, tuple(data["input_shape"]), _class_names(data), data.get("feature_names"),

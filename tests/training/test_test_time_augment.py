@@ -1,0 +1,157 @@
+"""Test-time augmentation (data.test_time_augment): predictions averaged over each image and its flipped views."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from dltrain import backend
+from dltrain.autograd import Tensor, no_grad
+from dltrain.cli import app
+from dltrain.config import validate
+from dltrain.data.splits import normalize
+from dltrain.errors import ConfigError
+from dltrain.training import rundir as files
+from dltrain.training.checkpoint import load_checkpoint
+from dltrain.training.evaluate import evaluate_checkpoint
+from dltrain.training.model import Model, average_outputs
+from dltrain.training.predict import load_predictor
+from dltrain.training.run import run_training
+
+
+def softmax(z):
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def test_class_probabilities_are_averaged_by_hand():
+    rng = np.random.default_rng(0)
+    views = rng.standard_normal((3, 5, 4)).astype(np.float32) * 3
+    combined = average_outputs(views, "classification")
+    np.testing.assert_allclose(combined, np.log(softmax(views).mean(axis=0)), rtol=1e-5, atol=1e-6)
+    # they are log-probabilities: softmax gives the mean probabilities back, argmax the most probable mean class
+    np.testing.assert_allclose(softmax(combined), softmax(views).mean(axis=0), rtol=1e-5, atol=1e-7)
+    assert combined.dtype == np.float32 and combined.shape == (5, 4)
+
+
+def test_sigmoid_probabilities_are_averaged_by_hand_and_stay_finite():
+    views = np.array([[[2.0], [-1.0], [60.0]], [[0.5], [-3.0], [80.0]]])
+    combined = average_outputs(views, "binary")
+    p = (1 / (1 + np.exp(-views[:, :2]))).mean(axis=0)
+    np.testing.assert_allclose(combined[:2], np.log(p / (1 - p)), rtol=1e-10)
+    # both views all but certain: a probability that rounds to 1 in float64 still gives a finite logit
+    assert np.isfinite(combined[2, 0]) and combined[2, 0] == pytest.approx(60 - np.log(0.5 * (1 + np.exp(-20))))
+
+
+def test_regression_values_are_averaged():
+    views = np.array([[[1.0, 2.0]], [[3.0, 6.0]]])
+    np.testing.assert_array_equal(average_outputs(views, "regression"), [[2.0, 4.0]])
+
+
+def image_config(tmp_path, **data):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((80, 1, 5, 6)).astype(np.float32)
+    y = (x[:, 0, :, :3].mean(axis=(1, 2)) > 0).astype(np.int64)  # depends on the left half: flips matter
+    np.savez(tmp_path / "images.npz", x=x[:60], y=y[:60], x_test=x[60:], y_test=y[60:])
+    values = {"seed": 0, "data": {"name": "npz", "path": str(tmp_path / "images.npz"), "val_fraction": 0.25, **data},
+              "model": [{"conv2d": {"filters": 3, "kernel_size": 3}}, "relu", "flatten", {"linear": {"units": 2}}],
+              "optimizer": {"name": "adam", "lr": 0.01},
+              "training": {"epochs": 2, "batch_size": 16, "shuffle": False}}
+    return validate(values, {}, "test")
+
+
+def test_the_model_averages_the_image_and_each_view(tmp_path):
+    config = image_config(tmp_path, test_time_augment=["horizontal_flip", "vertical_flip"])
+    model = Model(config, (1, 5, 6), 2, None)
+    model.network.eval()
+    x = np.random.default_rng(1).standard_normal((4, 1, 5, 6)).astype(np.float32)
+    with no_grad():
+        own = [model.outputs(Tensor(np.ascontiguousarray(v))).data for v in (x, x[..., ::-1], x[..., ::-1, :])]
+        combined = model.predict_outputs(x).data
+    np.testing.assert_allclose(combined, np.log(softmax(np.stack(own)).mean(axis=0)), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(combined, own[0] - np.log(softmax(own[0]).sum(axis=1, keepdims=True)))  # the views count
+
+
+def test_vectors_have_no_views(tmp_path):
+    values = {"data": {"name": "xor", "test_time_augment": ["horizontal_flip"]},
+              "model": [{"linear": {"units": 2}}]}
+    with pytest.raises(ConfigError) as caught:
+        Model(validate(values, {}, "test"), (2,), 2, None)
+    assert str(caught.value) == ("data.test_time_augment: horizontal_flip: views of images (batch, channels, height, "
+                                 "width); this data's inputs are (batch, 2)")
+
+
+def test_unknown_views_are_config_errors():
+    values = {"data": {"name": "xor", "test_time_augment": ["rotate"]}, "model": [{"linear": {"units": 2}}]}
+    with pytest.raises(ConfigError) as caught:
+        validate(values, {}, "c.yaml")
+    assert str(caught.value) == ("c.yaml: data.test_time_augment: expected a list, each one of 'horizontal_flip', "
+                                 "'vertical_flip', got ['rotate']")
+
+
+def test_training_validates_and_tests_with_the_views_and_eval_can_turn_them_off(tmp_path):
+    config = image_config(tmp_path, test_time_augment=["horizontal_flip"])
+    summary = run_training(config, run_dir=tmp_path / "run", plot=False)
+    run = tmp_path / "run"
+    with_views = evaluate_checkpoint(run, "test")
+    assert with_views["test_time_augment"] == ["horizontal_flip"]
+    assert summary["test_loss"] == pytest.approx(with_views["loss"], rel=1e-6)
+    without = evaluate_checkpoint(run, "test", views=[])
+    assert "test_time_augment" not in without and without["loss"] != pytest.approx(with_views["loss"], rel=1e-6)
+    # the validation metrics of the last epoch were computed with the views too
+    last = files.RunDir(run).read_metrics()[-1]
+    assert float(last["val_loss"]) == pytest.approx(evaluate_checkpoint(run / files.LAST, "val")["loss"], rel=1e-6)
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["eval", str(run), "--no-tta", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["loss"] == pytest.approx(without["loss"], rel=1e-9)
+    result = runner.invoke(app, ["eval", str(run), "--tta", "horizontal_flip", "--no-tta"])
+    assert result.exit_code == 2 and "error: --tta horizontal_flip and --no-tta: give one of them" in result.output
+    result = runner.invoke(app, ["eval", str(run), "--tta", "rotate"])
+    assert result.exit_code == 2
+    assert "error: --tta: unknown view 'rotate'; expected one of horizontal_flip, vertical_flip" in result.output
+
+
+def test_eval_can_add_views_a_run_was_trained_without_and_predict_uses_the_configs(tmp_path):
+    run_training(image_config(tmp_path), run_dir=tmp_path / "plain", plot=False)
+    plain = evaluate_checkpoint(tmp_path / "plain", "test")
+    flipped = evaluate_checkpoint(tmp_path / "plain", "test", views=["horizontal_flip"])
+    assert flipped["test_time_augment"] == ["horizontal_flip"] and flipped["loss"] != pytest.approx(plain["loss"])
+
+    run_training(image_config(tmp_path, test_time_augment=["horizontal_flip"]), run_dir=tmp_path / "tta", plot=False)
+    predictor = load_predictor(tmp_path / "tta" / files.BEST)
+    x = np.load(tmp_path / "images.npz")["x"][:8]
+    outputs = predictor.run(x)
+    ckpt_model = Model(image_config(tmp_path), (1, 5, 6), 2, None)  # the same network, no views
+    ckpt = load_checkpoint(tmp_path / "tta" / files.BEST)
+    ckpt_model.network.load_state_dict(ckpt.model)
+    ckpt_model.network.eval()
+    stats = {k: np.asarray(v, np.float64) for k, v in ckpt.normalization.items()}
+    z = normalize(x, stats)
+    with no_grad():
+        views = [ckpt_model.outputs(Tensor(np.ascontiguousarray(v))).data for v in (z, z[..., ::-1])]
+    np.testing.assert_allclose(outputs, np.log(softmax(np.stack(views)).mean(axis=0)), rtol=1e-5, atol=1e-6)
+    assert backend.to_numpy(outputs).dtype == np.float64
+
+
+@pytest.mark.parametrize("task", ["classification", "binary", "regression"])
+def test_averaging_on_every_device_matches_the_cpu(task, device):
+    views = np.random.default_rng(2).standard_normal((2, 6, 3)).astype(np.float32)
+    on_device = average_outputs(backend.to_device(views, device), task)
+    assert backend.array_module(on_device) is backend.array_module(backend.to_device(views, device))
+    np.testing.assert_allclose(backend.to_numpy(on_device), average_outputs(views, task), rtol=1e-6)
+
+
+def test_export_says_the_graph_has_no_views(tmp_path):
+    pytest.importorskip("onnx")
+    run_training(image_config(tmp_path, test_time_augment=["vertical_flip"]), run_dir=tmp_path / "run", plot=False)
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 0, result.output
+    assert ("note: the exported graph predicts without data.test_time_augment (vertical_flip); dltrain eval and "
+            "predict on the checkpoint average over them") in result.output
+    result = CliRunner().invoke(app, ["eval", str(tmp_path / "m.onnx"), "--tta", "vertical_flip"])
+    assert result.exit_code == 2
+    assert "test-time augmentation is not part of an exported ONNX graph; evaluate the checkpoint instead" in (
+        result.output)
