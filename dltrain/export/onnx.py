@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 from .. import __version__, backend
@@ -243,6 +242,7 @@ def export_checkpoint(checkpoint, out: Path | None = None, opset: int = DEFAULT_
     from ..config import config_from_dict  # noqa: PLC0415
     from ..layers import Softmax, build_model  # noqa: PLC0415
     from ..training.checkpoint import load_checkpoint, resolve_checkpoint  # noqa: PLC0415
+    from ..training.evaluate import note_views_not_exported  # noqa: PLC0415
 
     ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
     config = config_from_dict(ckpt.config, f"{ckpt.path} (config)")
@@ -254,8 +254,5 @@ def export_checkpoint(checkpoint, out: Path | None = None, opset: int = DEFAULT_
     out = Path(out) if out else ckpt.path.with_suffix(".onnx")
     metadata = {"dltrain_config": config.to_dict(), "dltrain_data": ckpt.data, "dltrain_outputs": outputs}
     path = export_onnx(network, ckpt.normalization, input_shape, out, opset, metadata)
-    views = config.data.get("test_time_augment")
-    if views:  # the graph is the network alone: say so rather than let its predictions differ silently
-        print(f"note: the exported graph predicts without data.test_time_augment ({', '.join(views)}); "
-              f"dltrain eval and predict on the checkpoint average over them", file=sys.stderr)
+    note_views_not_exported(config.data)
     return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from .. import backend
@@ -12,7 +13,7 @@ from ..errors import CheckpointError, ConfigError, DltrainError, RunDirError, Sh
 from ..registry import losses
 from .checkpoint import load_checkpoint, resolve_checkpoint
 from .eval_plots import write_plots
-from .model import TEST_TIME_VIEWS, Model, build_for
+from .model import Model, build_for, checked_views
 
 np = backend.np
 
@@ -94,6 +95,14 @@ def load_onnx(path: Path, doing: str) -> tuple:
     return session, props
 
 
+def note_views_not_exported(data_config: dict) -> None:
+    """An ONNX graph is the network alone: say so where its predictions leave out the config's test-time views."""
+    views = data_config.get("test_time_augment")
+    if views:
+        print(f"note: the exported graph predicts without data.test_time_augment ({', '.join(views)}); dltrain eval "
+              f"and predict on the checkpoint average over them", file=sys.stderr)
+
+
 def evaluate_onnx(path: Path, split: str = "test", data_path: str | None = None, plots: Path | None = None) -> dict:
     """The same report for an exported model, run by onnxruntime on raw (unnormalized) inputs."""
     import json  # noqa: PLC0415
@@ -103,6 +112,7 @@ def evaluate_onnx(path: Path, split: str = "test", data_path: str | None = None,
     data = json.loads(props["dltrain_data"])
     if data_path is not None:
         config.data["path"] = str(data_path)
+    note_views_not_exported(config.data)
     task = Model.task_of(config)
     identity = {"mean": np.zeros((1,) * len(data["input_shape"])), "std": np.ones((1,) * len(data["input_shape"]))}
     splits = prepare(config.data, task, config.seed, "cpu", stats=identity,
@@ -137,10 +147,7 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", data_path: str | 
     if data_path is not None:
         config.data["path"] = str(data_path)
     if views is not None:
-        unknown = [name for name in views if name not in TEST_TIME_VIEWS]
-        if unknown:
-            raise ConfigError(f"--tta: unknown view {unknown[0]!r}; expected one of {', '.join(TEST_TIME_VIEWS)}")
-        config.data["test_time_augment"] = list(dict.fromkeys(views))
+        config.data["test_time_augment"] = checked_views(views, ckpt.data["input_shape"], "--tta")
     built = build_for(config, device, ckpt)
     chosen = _choose_split(built.splits, split)
     try:

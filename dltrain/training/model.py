@@ -28,6 +28,18 @@ TEST_TIME_VIEWS = {
 }
 
 
+def checked_views(views, input_shape: tuple, where: str) -> list[str]:
+    """Test-time views, each once, known and on images; `where` names the setting in errors (key or flag)."""
+    views = list(dict.fromkeys(views or []))
+    for name in views:
+        if name not in TEST_TIME_VIEWS:
+            raise ConfigError(f"{where}: unknown view {name!r}; expected one of {', '.join(TEST_TIME_VIEWS)}")
+    if views and len(input_shape) != 3:
+        raise ConfigError(f"{where}: {', '.join(views)}: views of images (batch, channels, height, width); this "
+                          f"data's inputs are {format_shape(tuple(input_shape))}")
+    return views
+
+
 @dataclass
 class Evaluation:
     loss: float
@@ -52,10 +64,7 @@ class Model:
         last = self.network.layers[-1]
         self.skips_softmax = isinstance(last, Softmax) and config.loss["name"] == "cross_entropy"
         self._check_output(classes, target_width)
-        self.views = list(config.data.get("test_time_augment") or [])
-        if self.views and len(input_shape) != 3:
-            raise ConfigError(f"data.test_time_augment: {', '.join(self.views)}: views of images (batch, channels, "
-                              f"height, width); this data's inputs are {format_shape(input_shape)}")
+        self.views = checked_views(config.data.get("test_time_augment"), input_shape, "data.test_time_augment")
 
     @staticmethod
     def task_of(config: Config) -> str:
@@ -138,7 +147,7 @@ def average_outputs(stacked, task: str):
     loss takes. Log-probabilities and logits are combined in log space, so that no probability rounds to 0 or 1."""
     xp = backend.array_module(stacked)
     if task == "classification":
-        log_p = stacked - _logsumexp(xp, stacked, 2)[..., None]
+        log_p = stacked - _logsumexp(xp, stacked, -1)[..., None]
         return _logsumexp(xp, log_p, 0) - math.log(len(stacked))
     if task == "binary":  # logit(mean p) = log(mean p) - log(mean (1 - p))
         return _logsumexp(xp, -_softplus(xp, -stacked), 0) - _logsumexp(xp, -_softplus(xp, stacked), 0)

@@ -22,10 +22,10 @@ from ..config import config_from_dict
 from ..data.inputs import InputSet
 from ..data.splits import normalize
 from ..data.tables import Cells, TableEncoding
-from ..errors import CheckpointError, DataError, DltrainError
+from ..errors import CheckpointError, ConfigError, DataError, DltrainError
 from .checkpoint import load_checkpoint, resolve_checkpoint
-from .evaluate import load_onnx, to_target_units
-from .model import Model
+from .evaluate import load_onnx, note_views_not_exported, to_target_units
+from .model import Model, checked_views
 
 np = backend.np
 
@@ -48,13 +48,19 @@ class Predictor:
         self.encoding = TableEncoding.from_state(features) if features else None
 
 
-def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
+def load_predictor(path: str | Path, device: str = "cpu", views: list[str] | None = None) -> Predictor:
+    """`views` replaces the config's data.test_time_augment ([]: the network's own predictions)."""
     path = Path(path)
     if path.suffix == ".onnx":
+        if views:
+            raise ConfigError(f"{path}: test-time augmentation is not part of an exported ONNX graph; predict with "
+                              f"the checkpoint instead")
         return _onnx_predictor(path)
     ckpt = load_checkpoint(resolve_checkpoint(path))
     config = config_from_dict(ckpt.config, f"{ckpt.path} (config)")
     data = ckpt.data
+    if views is not None:
+        config.data["test_time_augment"] = checked_views(views, data["input_shape"], "--tta")
     model = Model(config, tuple(data["input_shape"]), data.get("classes"), data.get("target_width"))
     try:
         model.network.load_state_dict(ckpt.model)
@@ -65,7 +71,7 @@ def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
     stats = {key: backend.to_device(np.asarray(a, np.float64), device) for key, a in ckpt.normalization.items()}
 
     def run(x):
-        with no_grad():
+        with no_grad(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             out = model.predict_outputs(normalize(backend.to_device(x, device), stats))
         return backend.to_numpy(out.data).astype(np.float64)
 
@@ -76,6 +82,7 @@ def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
 def _onnx_predictor(path: Path) -> Predictor:
     session, props = load_onnx(path, "predicting with")
     config, data = json.loads(props["dltrain_config"]), json.loads(props["dltrain_data"])
+    note_views_not_exported(config["data"])
     task = {"cross_entropy": "classification", "binary_cross_entropy": "binary"}.get(config["loss"]["name"],
                                                                                    "regression")
 
@@ -157,9 +164,10 @@ def rows_of(predictor: Predictor, outputs, ids: list[str], carried: dict, top_k:
 
 def predict(model: str | Path, inputs: list[Path], out: Path | None = None, fmt: str = "csv", top_k: int = 1,
             probabilities: bool = False, batch_size: int = 256, device: str = "cpu", skip_bad: bool = False,
-            progress=None) -> InputSet:
-    """Write one row per input to `out` (atomically) or stdout; returns the InputSet (its `skipped` files)."""
-    predictor = load_predictor(model, device)
+            progress=None, views: list[str] | None = None) -> InputSet:
+    """Write one row per input to `out` (atomically) or stdout; returns the InputSet (its `skipped` files).
+    `views` replaces the config's data.test_time_augment ([]: none)."""
+    predictor = load_predictor(model, device, views)
     if predictor.task == "classification" and top_k > len(predictor.class_names):
         raise DataError(f"--top-k {top_k}: the model has {len(predictor.class_names)} classes")
     source = InputSet(list(inputs), predictor.input_shape, predictor.feature_names, predictor.label_column)

@@ -61,14 +61,20 @@ def image_config(tmp_path, **data):
     return validate(values, {}, "test")
 
 
-def test_the_model_averages_the_image_and_each_view(tmp_path):
-    config = image_config(tmp_path, test_time_augment=["horizontal_flip", "vertical_flip"])
+def test_the_model_averages_the_image_and_each_view(tmp_path, device):
+    # each view once: a repeated one would weigh twice
+    config = image_config(tmp_path, test_time_augment=["horizontal_flip", "vertical_flip", "horizontal_flip"])
     model = Model(config, (1, 5, 6), 2, None)
+    assert model.views == ["horizontal_flip", "vertical_flip"]
+    model.network.to(device)
     model.network.eval()
     x = np.random.default_rng(1).standard_normal((4, 1, 5, 6)).astype(np.float32)
     with no_grad():
-        own = [model.outputs(Tensor(np.ascontiguousarray(v))).data for v in (x, x[..., ::-1], x[..., ::-1, :])]
-        combined = model.predict_outputs(x).data
+        own = [backend.to_numpy(model.outputs(Tensor(backend.to_device(np.ascontiguousarray(v), device))).data)
+               for v in (x, x[..., ::-1], x[..., ::-1, :])]
+        combined = model.predict_outputs(backend.to_device(x, device)).data
+    assert backend.array_module(combined) is backend.array_module(backend.to_device(x, device))
+    combined = backend.to_numpy(combined)
     np.testing.assert_allclose(combined, np.log(softmax(np.stack(own)).mean(axis=0)), rtol=1e-5, atol=1e-6)
     assert not np.allclose(combined, own[0] - np.log(softmax(own[0]).sum(axis=1, keepdims=True)))  # the views count
 
@@ -80,6 +86,12 @@ def test_vectors_have_no_views(tmp_path):
         Model(validate(values, {}, "test"), (2,), 2, None)
     assert str(caught.value) == ("data.test_time_augment: horizontal_flip: views of images (batch, channels, height, "
                                  "width); this data's inputs are (batch, 2)")
+    run_training(validate({"data": {"name": "xor"}, "model": [{"linear": {"units": 2}}],
+                           "training": {"epochs": 1}}, {}, "test"), run_dir=tmp_path / "run", plot=False)
+    result = CliRunner().invoke(app, ["eval", str(tmp_path / "run"), "--tta", "vertical_flip"])
+    assert result.exit_code == 2
+    assert ("error: --tta: vertical_flip: views of images (batch, channels, height, width); this data's inputs are "
+            "(batch, 2)") in result.output
 
 
 def test_unknown_views_are_config_errors():
@@ -112,6 +124,13 @@ def test_training_validates_and_tests_with_the_views_and_eval_can_turn_them_off(
     result = runner.invoke(app, ["eval", str(run), "--tta", "rotate"])
     assert result.exit_code == 2
     assert "error: --tta: unknown view 'rotate'; expected one of horizontal_flip, vertical_flip" in result.output
+    result = runner.invoke(app, ["predict", str(run), str(tmp_path / "images.npz"), "--no-tta", "--probabilities"])
+    assert result.exit_code == 0, result.output
+    own = result.output
+    result = runner.invoke(app, ["predict", str(run), str(tmp_path / "images.npz"), "--probabilities"])
+    assert result.exit_code == 0 and result.output != own  # the config's flip by default, and --no-tta leaves it out
+    result = runner.invoke(app, ["predict", str(run), str(tmp_path / "images.npz"), "--tta", "horizontal_flip"])
+    assert result.exit_code == 0
 
 
 def test_eval_can_add_views_a_run_was_trained_without_and_predict_uses_the_configs(tmp_path):
@@ -155,3 +174,5 @@ def test_export_says_the_graph_has_no_views(tmp_path):
     assert result.exit_code == 2
     assert "test-time augmentation is not part of an exported ONNX graph; evaluate the checkpoint instead" in (
         result.output)
+    result = CliRunner().invoke(app, ["eval", str(tmp_path / "m.onnx"), "--json"])
+    assert result.exit_code == 0 and "note: the exported graph predicts without data.test_time_augment" in result.output
