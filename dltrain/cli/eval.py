@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from .options import CODE_OPTION
+from .options import CODE_OPTION, NO_TTA_OPTION, TTA_OPTION, chosen_views
 
 
 def evaluate(
@@ -20,11 +20,8 @@ def evaluate(
     plots: bool = typer.Option(False, "--plots", help="Also draw the results: confusion matrix, ROC and "
                                                       "precision-recall curves, or predicted against true."),
     plots_dir: Path | None = typer.Option(None, "--plots-dir", help="Where --plots writes (default: RUN/plots)."),
-    tta: list[str] = typer.Option([], "--tta", help="Average the predictions over the images and this view of them "
-                                                    "(horizontal_flip, vertical_flip; repeatable), instead of the "
-                                                    "config's data.test_time_augment."),
-    no_tta: bool = typer.Option(False, "--no-tta", help="The network's own predictions, without the config's "
-                                                        "data.test_time_augment."),
+    tta: list[str] = TTA_OPTION,
+    no_tta: bool = NO_TTA_OPTION,
     code: list[Path] = CODE_OPTION,
 ) -> None:
     """Test metrics from a self-contained checkpoint: loss, accuracy, per-class scores, confusion matrix."""
@@ -36,9 +33,7 @@ def evaluate(
     load_code(code)
     if split not in SPLITS:
         raise ConfigError(f"--split: expected one of {', '.join(SPLITS)}, got {split!r}")
-    if tta and no_tta:
-        raise ConfigError(f"--tta {' '.join(tta)} and --no-tta: give one of them")
-    views = [] if no_tta else (tta or None)
+    views = chosen_views(tta, no_tta)
     where = (plots_dir or _plots_dir(checkpoint)) if plots or plots_dir else None
     report = evaluate_checkpoint(checkpoint, split, data, backend.resolve_device(device), plots=where, views=views)
     if as_json:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from .options import CODE_OPTION
+from .options import CODE_OPTION, NO_TTA_OPTION, TTA_OPTION, chosen_views
 
 
 def predict(
@@ -21,11 +21,8 @@ def predict(
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Inputs per batch."),
     device: str = typer.Option("cpu", "--device", help="cpu, gpu or auto."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images; list them on stderr at the end."),
-    tta: list[str] = typer.Option([], "--tta", help="Average the predictions over the inputs and this view of them "
-                                                    "(horizontal_flip, vertical_flip; repeatable), instead of the "
-                                                    "config's data.test_time_augment."),
-    no_tta: bool = typer.Option(False, "--no-tta", help="The network's own predictions, without the config's "
-                                                        "data.test_time_augment."),
+    tta: list[str] = TTA_OPTION,
+    no_tta: bool = NO_TTA_OPTION,
     code: list[Path] = CODE_OPTION,
 ) -> None:
     """Predict with a trained model on new inputs: one output row per input (CSV to stdout unless --out)."""
@@ -37,12 +34,11 @@ def predict(
     load_code(code)
     if fmt not in ("csv", "jsonl"):
         raise ConfigError(f"--format {fmt}: expected csv or jsonl")
-    if tta and no_tta:
-        raise ConfigError(f"--tta {' '.join(tta)} and --no-tta: give one of them")
+    views = chosen_views(tta, no_tta)
     resolved = "cpu" if model.suffix == ".onnx" else backend.resolve_device(device)
     with _progress() as progress:
         source = run_predict(model, inputs, out, fmt, top_k, probabilities, batch_size, resolved, skip_bad, progress,
-                             views=[] if no_tta else (tta or None))
+                             views=views)
     for skipped in source.skipped:
         print(f"skipped {skipped.reason}", file=sys.stderr)
     if source.skipped:

@@ -14,6 +14,8 @@ from ..autograd import Tensor, no_grad
 from ..config import Config
 from ..data import Split, Splits, prepare
 from ..errors import ConfigError, DataError, ShapeError
+from ..functional import log_softmax
+from ..functional.loss import _softplus
 from ..layers import Sequential, Softmax, build_model
 from ..layers.core import format_shape, run_layers
 from ..registry import losses
@@ -138,17 +140,12 @@ def _logsumexp(xp, a, axis: int):
     return (top + xp.log(xp.exp(a - top).sum(axis=axis, keepdims=True))).squeeze(axis)
 
 
-def _softplus(xp, z):
-    return xp.maximum(z, 0) + xp.log1p(xp.exp(-xp.abs(z)))
-
-
 def average_outputs(stacked, task: str):
     """Outputs (views, N, width) of one batch seen several ways -> (N, width): the mean prediction, in the form the
     loss takes. Log-probabilities and logits are combined in log space, so that no probability rounds to 0 or 1."""
     xp = backend.array_module(stacked)
     if task == "classification":
-        log_p = stacked - _logsumexp(xp, stacked, -1)[..., None]
-        return _logsumexp(xp, log_p, 0) - math.log(len(stacked))
+        return _logsumexp(xp, log_softmax(stacked, -1).data, 0) - math.log(len(stacked))
     if task == "binary":  # logit(mean p) = log(mean p) - log(mean (1 - p))
         return _logsumexp(xp, -_softplus(xp, -stacked), 0) - _logsumexp(xp, -_softplus(xp, stacked), 0)
     return stacked.mean(axis=0)
