@@ -8,7 +8,8 @@ CODE_OPTION = typer.Option([], "--code", help="A Python file whose registrations
                                               "schedules, datasets, callbacks) the config may name (repeatable).")
 
 TTA_OPTION = typer.Option([], "--tta", help="Average the predictions over the inputs and this view of them "
-                                            "(horizontal_flip, vertical_flip; repeatable), instead of the config's "
+                                            "(horizontal_flip, vertical_flip, shift_up, shift_down, shift_left, "
+                                            "shift_right; repeatable), instead of the config's "
                                             "data.test_time_augment.")
 NO_TTA_OPTION = typer.Option(False, "--no-tta", help="The network's own predictions, without the config's "
                                                      "data.test_time_augment.")

@@ -99,7 +99,8 @@ class DataConfig:
     normalize_targets: bool = True  # regression: train on standardized targets, predict in the original units
     augment: list = field(default_factory=list)  # training-batch augmentations (dltrain/data/augment.py)
     # views of each image whose predictions are averaged with the image's own: validation, test, eval and predict
-    test_time_augment: list[Literal["horizontal_flip", "vertical_flip"]] = field(default_factory=list)
+    test_time_augment: list[Literal["horizontal_flip", "vertical_flip", "shift_up", "shift_down", "shift_left",
+                                    "shift_right"]] = field(default_factory=list)
 
 
 @dataclass

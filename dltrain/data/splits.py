@@ -131,6 +131,12 @@ def _float_chunks(x):
         yield start, x[start:start + CHUNK].astype(np.float64)
 
 
+def blank_value(stats: dict) -> float:
+    """A raw 0 after normalization, one number (the mean over channels or features): what augmentation and
+    test-time views put where a moved image uncovers pixels."""
+    return float(np.mean(-np.asarray(stats["mean"]) / np.asarray(stats["std"])))
+
+
 def normalization_stats(x_train, mode: str) -> dict:
     """mean/std over the training split: one pair ('global'), per feature ('feature'), or identity ('none')."""
     shape = (1,) * (x_train.ndim - 1)

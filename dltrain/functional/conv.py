@@ -8,12 +8,15 @@ The arithmetic itself, as plain array code, is in backend/reference.py.
 from __future__ import annotations
 
 from .. import backend
-from ..autograd import Tensor, as_tensor, make_result
+from ..autograd import Tensor, as_tensor, is_grad_enabled, make_result
 from ..errors import ShapeError
 from .linear import fused_activation
 
-# Largest im2col matrix built at once (elements); bigger batches are processed in chunks.
+# Largest im2col matrix built at once (elements); bigger batches are processed in chunks. Without a gradient to
+# compute the columns are not kept, and smaller chunks are faster (fashion_resnet in eval mode at batch 1024,
+# 2 cores: 976 images/s at 1 << 22, 806 at 1 << 24).
 COLUMN_BUDGET = 1 << 24
+INFERENCE_COLUMN_BUDGET = 1 << 22
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -70,7 +73,8 @@ def _conv2d(kernels, x, w, b, kernel, stride, padding, dilation, out_hw, relu) -
     n, filters = x.shape[0], w.shape[0]
     w2 = w.data.reshape(filters, -1)
     pixels = out_hw[0] * out_hw[1]
-    chunk = max(1, COLUMN_BUDGET // max(1, w2.shape[1] * pixels))
+    keep = is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, b))
+    chunk = max(1, (COLUMN_BUDGET if keep else INFERENCE_COLUMN_BUDGET) // max(1, w2.shape[1] * pixels))
     out = xp.empty((n, filters) + tuple(out_hw), dtype=x.dtype)
     columns = []
     for start in range(0, n, chunk):
@@ -78,7 +82,8 @@ def _conv2d(kernels, x, w, b, kernel, stride, padding, dilation, out_hw, relu) -
         with backend.tf32_products(cols):
             product = w2 @ cols
         kernels.filters_to_images(product, None if b is None else b.data, out[start:start + chunk], relu)
-        columns.append(cols)
+        if keep:
+            columns.append(cols)
 
     def backward(g):
         if relu:

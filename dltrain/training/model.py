@@ -13,6 +13,7 @@ from .. import backend
 from ..autograd import Tensor, no_grad
 from ..config import Config
 from ..data import Split, Splits, prepare
+from ..data.splits import blank_value
 from ..errors import ConfigError, DataError, ShapeError
 from ..functional import log_softmax
 from ..functional.loss import _softplus
@@ -23,10 +24,23 @@ from ..registry import losses
 np = backend.np
 
 
-# data.test_time_augment: the views of a batch of images (N, C, H, W) whose predictions are averaged with its own.
+def _shifted(x, down: int, right: int, fill: float):
+    """x moved by one pixel (down, right: -1, 0 or 1); the uncovered row or column holds `fill`, as random_crop's
+    padding does in training."""
+    height, width = x.shape[-2:]
+    padded = backend.array_module(x).pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=fill)
+    return padded[..., 1 - down:1 - down + height, 1 - right:1 - right + width]
+
+
+# data.test_time_augment: the views of a batch of images (N, C, H, W) whose predictions are averaged with its own;
+# each takes the batch and the normalized value of a blank pixel.
 TEST_TIME_VIEWS = {
-    "horizontal_flip": lambda x: x[..., ::-1],
-    "vertical_flip": lambda x: x[..., ::-1, :],
+    "horizontal_flip": lambda x, fill: x[..., ::-1],
+    "vertical_flip": lambda x, fill: x[..., ::-1, :],
+    "shift_up": lambda x, fill: _shifted(x, -1, 0, fill),
+    "shift_down": lambda x, fill: _shifted(x, 1, 0, fill),
+    "shift_left": lambda x, fill: _shifted(x, 0, -1, fill),
+    "shift_right": lambda x, fill: _shifted(x, 0, 1, fill),
 }
 
 
@@ -59,7 +73,8 @@ class Model:
     Linear-ReLU-Linear-Softmax model trains stably.
     """
 
-    def __init__(self, config: Config, input_shape: tuple[int, ...], classes: int | None, target_width: int | None):
+    def __init__(self, config: Config, input_shape: tuple[int, ...], classes: int | None, target_width: int | None,
+                 blank: float = 0.0):
         self.network: Sequential = build_model(config.model, input_shape)
         self.loss = losses.build(config.loss)
         self.task = self.loss.task
@@ -67,6 +82,7 @@ class Model:
         self.skips_softmax = isinstance(last, Softmax) and config.loss["name"] == "cross_entropy"
         self._check_output(classes, target_width)
         self.views = checked_views(config.data.get("test_time_augment"), input_shape, "data.test_time_augment")
+        self.blank = blank  # a raw 0 after normalization: what a shifted view's uncovered pixels hold
 
     @staticmethod
     def task_of(config: Config) -> str:
@@ -95,7 +111,7 @@ class Model:
         if not self.views:
             return out
         xp = backend.array_module(x)
-        outs = [out.data] + [self.outputs(Tensor(xp.ascontiguousarray(TEST_TIME_VIEWS[name](x)))).data
+        outs = [out.data] + [self.outputs(Tensor(xp.ascontiguousarray(TEST_TIME_VIEWS[name](x, self.blank)))).data
                              for name in self.views]
         return Tensor(average_outputs(xp.stack(outs), self.task))
 
@@ -187,7 +203,7 @@ def build_for(config: Config, device: str = "cpu", checkpoint=None) -> Built:
                         f"but {checkpoint.path} was trained on {trained['classes']} classes "
                         f"(0..{trained['classes'] - 1})")
     model = Model(config, splits.input_shape, trained.get("classes", info["classes"]),
-                  trained.get("target_width", info["target_width"]))
+                  trained.get("target_width", info["target_width"]), blank_value(splits.normalization))
     model.network.to(device)
     if hasattr(model.loss, "weights_for"):
         weights = trained.get("class_weights") or model.loss.weights_for(backend.to_numpy(splits.train.y),

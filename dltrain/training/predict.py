@@ -20,7 +20,7 @@ from .. import backend
 from ..autograd import no_grad
 from ..config import config_from_dict
 from ..data.inputs import InputSet
-from ..data.splits import normalize
+from ..data.splits import blank_value, normalize
 from ..data.tables import Cells, TableEncoding
 from ..errors import CheckpointError, ConfigError, DataError, DltrainError
 from .checkpoint import load_checkpoint, resolve_checkpoint
@@ -61,7 +61,8 @@ def load_predictor(path: str | Path, device: str = "cpu", views: list[str] | Non
     data = ckpt.data
     if views is not None:
         config.data["test_time_augment"] = checked_views(views, data["input_shape"], "--tta")
-    model = Model(config, tuple(data["input_shape"]), data.get("classes"), data.get("target_width"))
+    model = Model(config, tuple(data["input_shape"]), data.get("classes"), data.get("target_width"),
+                  blank_value(ckpt.normalization))
     try:
         model.network.load_state_dict(ckpt.model)
     except DltrainError as exc:

@@ -100,11 +100,19 @@ def test_conv2d_backward_matches_nested_loop_reference():
 
 def test_conv2d_chunks_give_the_same_result(monkeypatch, device):
     x, w, b = R.standard_normal((5, 2, 6, 6)), R.standard_normal((3, 2, 3, 3)), R.standard_normal(3)
-    with dltrain.backend.default_dtype_as(np.float64):
-        monkeypatch.setattr(conv_module, "COLUMN_BUDGET", 2 * 18 * 36)  # two samples per chunk
-        args = [dltrain.tensor(a, device=device) for a in (x, w, b)]
-        chunked = dltrain.backend.to_numpy(F.conv2d(*args, padding=1).data)
-    np.testing.assert_allclose(chunked, reference_conv2d(x, w, b, 1, 1, 1), atol=1e-12)
+    monkeypatch.setattr(conv_module, "COLUMN_BUDGET", 2 * 18 * 36)  # with a gradient: two samples per chunk
+    monkeypatch.setattr(conv_module, "INFERENCE_COLUMN_BUDGET", 3 * 18 * 36)  # without: three
+    kernels = dltrain.backend.kernels_for(dltrain.tensor(x, device=device).data)
+    original, chunks = kernels.im2col, []
+    monkeypatch.setattr(kernels, "im2col", lambda image, *geometry: chunks.append(len(image)) or original(image,
+                                                                                                        *geometry))
+    for requires_grad, expected_chunks in ((True, [2, 2, 1]), (False, [3, 2])):
+        chunks.clear()
+        with dltrain.backend.default_dtype_as(np.float64):
+            args = [dltrain.tensor(a, device=device, requires_grad=requires_grad) for a in (x, w, b)]
+            chunked = dltrain.backend.to_numpy(F.conv2d(*args, padding=1).data)
+        np.testing.assert_allclose(chunked, reference_conv2d(x, w, b, 1, 1, 1), atol=1e-12)
+        assert chunks == expected_chunks
     monkeypatch.setattr(conv_module, "COLUMN_BUDGET", 18 * 36)  # one sample per chunk
     check_gradients(lambda x, w, b: F.conv2d(x, w, b, padding=1), [x[:3], w, b], device=device)
 

@@ -15,7 +15,7 @@ from dltrain.errors import ConfigError
 from dltrain.training import rundir as files
 from dltrain.training.checkpoint import load_checkpoint
 from dltrain.training.evaluate import evaluate_checkpoint
-from dltrain.training.model import Model, average_outputs
+from dltrain.training.model import TEST_TIME_VIEWS, Model, average_outputs
 from dltrain.training.predict import load_predictor
 from dltrain.training.run import run_training
 
@@ -47,6 +47,21 @@ def test_sigmoid_probabilities_are_averaged_by_hand_and_stay_finite():
 def test_regression_values_are_averaged():
     views = np.array([[[1.0, 2.0]], [[3.0, 6.0]]])
     np.testing.assert_array_equal(average_outputs(views, "regression"), [[2.0, 4.0]])
+
+
+def test_shifted_views_by_hand(device):
+    x = np.arange(12, dtype=np.float32).reshape(1, 1, 3, 4)
+    expected = {
+        "shift_up": [[4, 5, 6, 7], [8, 9, 10, 11], [-1, -1, -1, -1]],
+        "shift_down": [[-1, -1, -1, -1], [0, 1, 2, 3], [4, 5, 6, 7]],
+        "shift_left": [[1, 2, 3, -1], [5, 6, 7, -1], [9, 10, 11, -1]],
+        "shift_right": [[-1, 0, 1, 2], [-1, 4, 5, 6], [-1, 8, 9, 10]],
+    }
+    for name, image in expected.items():
+        view = TEST_TIME_VIEWS[name](backend.to_device(x, device), -1.0)
+        assert backend.array_module(view) is backend.array_module(backend.to_device(x, device))
+        assert view.shape == x.shape and view.dtype == x.dtype, name
+        np.testing.assert_array_equal(backend.to_numpy(view)[0, 0], image, err_msg=name)
 
 
 def image_config(tmp_path, **data):
@@ -99,7 +114,8 @@ def test_unknown_views_are_config_errors():
     with pytest.raises(ConfigError) as caught:
         validate(values, {}, "c.yaml")
     assert str(caught.value) == ("c.yaml: data.test_time_augment: expected a list, each one of 'horizontal_flip', "
-                                 "'vertical_flip', got ['rotate']")
+                                 "'vertical_flip', 'shift_up', 'shift_down', 'shift_left', 'shift_right', got "
+                                 "['rotate']")
 
 
 def test_training_validates_and_tests_with_the_views_and_eval_can_turn_them_off(tmp_path):
@@ -123,7 +139,8 @@ def test_training_validates_and_tests_with_the_views_and_eval_can_turn_them_off(
     assert result.exit_code == 2 and "error: --tta horizontal_flip and --no-tta: give one of them" in result.output
     result = runner.invoke(app, ["eval", str(run), "--tta", "rotate"])
     assert result.exit_code == 2
-    assert "error: --tta: unknown view 'rotate'; expected one of horizontal_flip, vertical_flip" in result.output
+    assert ("error: --tta: unknown view 'rotate'; expected one of horizontal_flip, vertical_flip, shift_up, "
+            "shift_down, shift_left, shift_right") in result.output
     result = runner.invoke(app, ["predict", str(run), str(tmp_path / "images.npz"), "--no-tta", "--probabilities"])
     assert result.exit_code == 0, result.output
     own = result.output
@@ -176,3 +193,39 @@ def test_export_says_the_graph_has_no_views(tmp_path):
         result.output)
     result = CliRunner().invoke(app, ["eval", str(tmp_path / "m.onnx"), "--json"])
     assert result.exit_code == 0 and "note: the exported graph predicts without data.test_time_augment" in result.output
+
+
+def shifted_by_hand(z, blank):
+    """z moved one pixel up, and z moved one pixel right, the uncovered row and column set to `blank`."""
+    up = np.concatenate([z[..., 1:, :], np.full_like(z[..., :1, :], blank)], axis=-2)
+    right = np.concatenate([np.full_like(z[..., :1], blank), z[..., :-1]], axis=-1)
+    return up, right
+
+
+def test_shifted_views_fill_with_a_raw_zero_in_training_eval_and_predict(tmp_path):
+    rng = np.random.default_rng(3)
+    x = (rng.random((80, 1, 5, 6)) * 4 + 1).astype(np.float32)  # no zeros: a blank pixel is far from the mean
+    y = (x[:, 0, :2].mean(axis=(1, 2)) > x[:, 0, 3:].mean(axis=(1, 2))).astype(np.int64)  # shifts matter
+    np.savez(tmp_path / "shifted.npz", x=x[:60], y=y[:60], x_test=x[60:], y_test=y[60:])
+    values = {"seed": 0, "data": {"name": "npz", "path": str(tmp_path / "shifted.npz"), "val_fraction": 0.25,
+                                  "test_time_augment": ["shift_up", "shift_right"]},
+              "model": [{"conv2d": {"filters": 3, "kernel_size": 3}}, "relu", "flatten", {"linear": {"units": 2}}],
+              "optimizer": {"name": "adam", "lr": 0.01}, "training": {"epochs": 2, "batch_size": 16}}
+    summary = run_training(validate(values, {}, "test"), run_dir=tmp_path / "run", plot=False)
+
+    ckpt = load_checkpoint(tmp_path / "run" / files.BEST)
+    plain = dict(values, data={k: v for k, v in values["data"].items() if k != "test_time_augment"})
+    network = Model(validate(plain, {}, "test"), (1, 5, 6), 2, None).network
+    network.load_state_dict(ckpt.model)
+    network.eval()
+    stats = {k: np.asarray(v, np.float64) for k, v in ckpt.normalization.items()}
+    blank = float(np.mean(-stats["mean"] / stats["std"]))  # the pixel value 0, normalized
+    assert blank < -1
+    z = normalize(x[60:], stats)
+    with no_grad():
+        views = [network(Tensor(np.ascontiguousarray(v))).data for v in (z, *shifted_by_hand(z, blank))]
+    log_p = np.log(softmax(np.stack(views).astype(np.float64)).mean(axis=0))
+    loss = -log_p[np.arange(20), y[60:]].mean()
+    assert evaluate_checkpoint(tmp_path / "run", "test")["loss"] == pytest.approx(loss, rel=1e-5)
+    assert summary["test_loss"] == pytest.approx(loss, rel=1e-5)
+    np.testing.assert_allclose(load_predictor(tmp_path / "run" / files.BEST).run(x[60:]), log_p, rtol=1e-5, atol=1e-6)
