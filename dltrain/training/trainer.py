@@ -21,7 +21,6 @@ from ..autograd import Tensor, no_grad
 from ..config import Config
 from ..data import Split
 from ..data.augment import Augmenter
-from ..data.splits import blank_value
 from ..distributed import SingleProcess, shard
 from ..errors import CheckpointError, ConfigError, Diverged, DltrainError, Interrupted, ShapeError, Terminated
 from ..registry import optimizers, schedules
@@ -90,8 +89,7 @@ class Trainer:
         if cfg.training.batch_size > len(train):
             raise DltrainError(f"training.batch_size {cfg.training.batch_size} is larger than the training split "
                                f"({len(train)} samples); use a smaller batch or more data")
-        self.augment = Augmenter(cfg.data.get("augment") or [], self.splits.classes,
-                                 blank_value(self.splits.normalization), self.model.task)
+        self.augment = Augmenter(cfg.data.get("augment") or [], self.splits.classes, self.model.blank, self.model.task)
         self.optimizer = optimizers.build(cfg.optimizer, params=self.model.network.parameters())
         self.steps_per_epoch = math.ceil(len(train) / cfg.training.batch_size)  # batches
         accumulate = cfg.training.accumulate_steps  # batches per optimizer step
