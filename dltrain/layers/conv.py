@@ -58,6 +58,12 @@ class Conv2D(_Spatial):
     def forward_relu(self, x):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, activation="relu")
 
+    def forward_batchnorm(self, x, batchnorm, relu: bool):
+        """This convolution, the eval-mode batchnorm after it and optionally a ReLU as one op (BatchNorm.fold)."""
+        weight, bias = batchnorm.fold(self.weight, self.bias)
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation,
+                        activation="relu" if relu else None)
+
     def describe(self):
         return f"filters={self.filters}, kernel={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 

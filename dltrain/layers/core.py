@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from .. import backend
 from .. import functional as F
-from ..autograd import Tensor
+from ..autograd import Tensor, is_grad_enabled
 from ..registry import EntryOf, NonNegativeFloat, PositiveFloat, PositiveInt, Probability, initializers, layers
 from . import init as _init  # noqa: F401 (registers the initializers)
 from .module import Module
@@ -40,6 +40,11 @@ class Linear(Module):
 
     def forward_relu(self, x):
         return F.linear(x, self.weight, self.bias, activation="relu")
+
+    def forward_batchnorm(self, x, batchnorm, relu: bool):
+        """This layer, the eval-mode batchnorm after it and optionally a ReLU as one linear map (see BatchNorm.fold)."""
+        weight, bias = batchnorm.fold(self.weight, self.bias)
+        return F.linear(x, weight, bias, activation="relu" if relu else None)
 
     def describe(self):
         return f"units={self.units}" + ("" if self.use_bias else ", bias=False")
@@ -165,38 +170,58 @@ class BatchNorm(Module):
     def forward_relu(self, x):
         return self.forward(x, activation="relu")
 
+    def fold(self, weight, bias):
+        """Eval mode: the (weight, bias) arrays of the layer before this one (output channels first) with this
+        normalization folded in, so that one op does both: x * scale + shift per channel applied to W x + b is
+        (scale W) x + (scale b + shift)."""
+        kernels = backend.kernels_for(weight.data)
+        _, scale, shift = kernels.batch_norm_eval_scale(self._buffers["running_mean"], self._buffers["running_var"],
+                                                        None if self.weight is None else self.weight.data,
+                                                        None if self.bias is None else self.bias.data, self.eps)
+        folded_weight = weight.data * scale.reshape((-1,) + (1,) * (weight.ndim - 1))
+        return folded_weight, shift if bias is None else bias.data * scale + shift
+
 
 def format_shape(shape) -> str:
     """A per-sample shape shown with its batch axis: (batch, 28, 28)."""
     return "(" + ", ".join(["batch", *map(str, shape)]) + ")"
 
 
-def fused_steps(layers: list):
-    """The layers as run: (layer, None), or (layer, relu) where a ReLU layer right after a layer that has
-    forward_relu (linear, conv2d, batchnorm) runs inside that layer's op: the same values, one pass over the
-    output fewer and no array of its own."""
+def fused_steps(layers: list, fold_batchnorm: bool = False):
+    """The layers as run: (layer, batchnorm, relu). A ReLU layer right after a layer that has forward_relu (linear,
+    conv2d, batchnorm) runs inside that layer's op: the same values, one pass over the output fewer and no array of
+    its own. With fold_batchnorm (inference: no gradients), an eval-mode batchnorm right after a layer that has
+    forward_batchnorm (linear, conv2d) is folded into its weights, with the ReLU after it: three layers, one op."""
     i = 0
     while i < len(layers):
         layer = layers[i]
-        relu = layers[i + 1] if i + 1 < len(layers) and type(layers[i + 1]) is ReLU else None
-        if relu is not None and hasattr(layer, "forward_relu"):
-            yield layer, relu
-            i += 2
+        batchnorm = None
+        if fold_batchnorm and hasattr(layer, "forward_batchnorm") and i + 1 < len(layers) and \
+                type(layers[i + 1]) is BatchNorm and not layers[i + 1].training:
+            batchnorm = layers[i + 1]
+        after = i + (2 if batchnorm is not None else 1)
+        relu = layers[after] if after < len(layers) and type(layers[after]) is ReLU else None
+        if relu is not None and (batchnorm is not None or hasattr(layer, "forward_relu")):
+            yield layer, batchnorm, relu
+            i = after + 1
         else:
-            yield layer, None
-            i += 1
+            yield layer, batchnorm, None
+            i = after
 
 
 def run_layers(layers: list, x: Tensor, watch=None) -> Tensor:
-    """Each layer in turn, ReLUs fused as fused_steps says; none when `watch(layer, output)` is to see every
-    layer's output (gradient logging)."""
+    """Each layer in turn, fused as fused_steps says (batchnorms folded when no gradient is recorded); none when
+    `watch(layer, output)` is to see every layer's output (gradient logging)."""
     if watch is not None:
         for layer in layers:
             x = layer(x)
             watch(layer, x)
         return x
-    for layer, relu in fused_steps(layers):
-        x = layer(x) if relu is None else layer.forward_relu(x)
+    for layer, batchnorm, relu in fused_steps(layers, fold_batchnorm=not is_grad_enabled()):
+        if batchnorm is not None:
+            x = layer.forward_batchnorm(x, batchnorm, relu is not None)
+        else:
+            x = layer(x) if relu is None else layer.forward_relu(x)
     return x
 
 

@@ -128,7 +128,7 @@ def profile_steps(trainer, steps: int = 20, warmup: int = 3) -> Profile:
         x, y = train.x[idx], train.y[idx]
         other["batch gather"] = clock.now() - t0
         h = Tensor(x)
-        for layer, relu in fused_steps(layers):  # as training runs them: a ReLU inside the layer before it
+        for layer, _, relu in fused_steps(layers):  # as training runs them: a ReLU inside the layer before it
             part = layer.path if relu is None else f"{layer.path} + {relu.path}"
             t0 = clock.now()
             h = layer(h) if relu is None else layer.forward_relu(h)

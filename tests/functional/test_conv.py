@@ -52,6 +52,8 @@ CONV_CASES = [  # (x shape, w shape, stride, padding, dilation, bias)
     ((2, 1, 9, 7), (2, 1, 2, 3), 3, 2, 1, False),
     ((1, 2, 9, 9), (2, 2, 3, 3), 1, 2, 2, True),
     ((3, 2, 5, 5), (1, 2, 5, 5), 1, 0, 1, True),  # kernel = image
+    ((2, 2, 6, 5), (3, 2, 2, 3), 1, 1, 1, False),  # an even kernel height
+    ((2, 2, 4, 5), (3, 2, 1, 1), 1, 1, 1, True),  # padding beyond the kernel's reach
 ]
 
 
@@ -96,6 +98,25 @@ def test_conv2d_backward_matches_nested_loop_reference():
                     grad_w[f] += r[n, f, i, j] * xp[n, :, window[0], window[1]]
     np.testing.assert_allclose(xt.grad, grad_x[:, :, 1:-1, 1:-1], atol=1e-10)
     np.testing.assert_allclose(wt.grad, grad_w, atol=1e-10)
+
+
+@pytest.mark.parametrize("stride, padding", [(1, 1), (1, 0), (2, 1), (1, 3)])
+def test_conv2d_input_gradient_is_the_transposed_convolution(stride, padding, device):
+    """The input gradient (im2col's column gradients summed back by col2im) equals the nested-loop transposed
+    convolution, padding wider than the kernel's reach included."""
+    x, w = R.standard_normal((2, 3, 6, 5)), R.standard_normal((4, 3, 3, 3))
+    with dltrain.backend.default_dtype_as(np.float64):
+        xt = dltrain.tensor(x, device=device, requires_grad=True)
+        out = F.conv2d(xt, dltrain.tensor(w, device=device), stride=stride, padding=padding)
+        r = R.standard_normal(out.shape)
+        out.backward(dltrain.backend.to_device(r, device))
+    grad_x = np.zeros((2, 3, 6 + 2 * padding, 5 + 2 * padding))
+    for i in range(out.shape[2]):
+        for j in range(out.shape[3]):
+            grad_x[:, :, i * stride:i * stride + 3, j * stride:j * stride + 3] += np.einsum("nf,fcab->ncab",
+                                                                                          r[:, :, i, j], w)
+    inner = grad_x[:, :, padding:padding + 6, padding:padding + 5]
+    np.testing.assert_allclose(dltrain.backend.to_numpy(xt.grad), inner, atol=1e-10)
 
 
 def test_conv2d_chunks_give_the_same_result(monkeypatch, device):

@@ -6,7 +6,7 @@ import pytest
 
 import dltrain.functional as F
 from dltrain import backend
-from dltrain.autograd import Tensor
+from dltrain.autograd import Tensor, no_grad
 from dltrain.gradcheck import check_gradients
 from dltrain.layers import build_model
 from dltrain.layers.core import run_layers
@@ -112,3 +112,99 @@ def test_a_model_runs_each_relu_after_linear_conv_or_batchnorm_inside_it(compile
     for got, want in zip(*results):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(model(Tensor(x)).data, results[0][0], rtol=1e-12)
+
+
+FOLD_SPECS = [{"conv2d": {"filters": 4, "kernel_size": 3, "padding": 1}}, "batchnorm", "relu",
+              {"conv2d": {"filters": 4, "kernel_size": 3, "bias": False}}, "batchnorm",
+              {"max_pool2d": {"kernel_size": 2}}, "batchnorm", "relu",  # not after a linear map: not folded
+              {"residual": {"layers": [{"conv2d": {"filters": 4, "kernel_size": 3, "padding": 1}}, "batchnorm"]}},
+              "flatten", {"linear": {"units": 8}}, "batchnorm", "relu", {"linear": {"units": 3}}]
+
+
+def _fold_model(device):
+    """FOLD_SPECS in float64, eval mode, with batchnorm statistics and scales far from the identity."""
+    backend.set_default_dtype(np.float64)
+    model = build_model(FOLD_SPECS, (2, 8, 8))
+    rng = np.random.default_rng(5)
+    stack = [model]
+    while stack:
+        layer = stack.pop()
+        stack.extend(child for _, child in layer.children())
+        if type(layer).__name__ == "BatchNorm":
+            c = layer.weight.shape[0]
+            for array, values in ((layer._buffers["running_mean"], rng.normal(size=c)),
+                                  (layer._buffers["running_var"], rng.uniform(0.2, 3.0, c)),
+                                  (layer.weight.data, rng.normal(size=c)), (layer.bias.data, rng.normal(size=c))):
+                array[:] = values
+    model.to(device)
+    model.eval()
+    return model
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "reference"])
+def test_inference_folds_each_eval_batchnorm_into_the_conv_or_linear_before_it(compiled, device, monkeypatch):
+    """Under no_grad an eval-mode batchnorm right after conv2d or linear (nested blocks included) is folded into
+    that layer's weight and bias (with the ReLU after it): batch_norm runs only for the one after pooling, and the
+    outputs are those of the layers one by one. With gradients recorded nothing is folded."""
+    model = _fold_model(device)
+    x = backend.to_device(R.standard_normal((3, 2, 8, 8)), device)
+    calls = []
+    real_batch_norm = F.batch_norm
+    monkeypatch.setattr(F, "batch_norm", lambda *a, **k: calls.append(a[0].shape) or real_batch_norm(*a, **k))
+    with backend.fused_kernels(compiled):
+        unfolded = backend.to_numpy(model(Tensor(x)).data)
+        assert len(calls) == 5
+        calls.clear()
+        with no_grad():
+            folded = model(Tensor(x)).data
+    assert calls == [(3, 4, 3, 3)]  # the batchnorm after max_pool2d
+    assert backend.device_of(folded) == device
+    np.testing.assert_allclose(backend.to_numpy(folded), unfolded, rtol=1e-10, atol=1e-12)
+
+
+def test_training_mode_batchnorm_is_not_folded_under_no_grad(monkeypatch):
+    """Batch statistics depend on the batch: a batchnorm in training mode (the running statistics still move)
+    runs as itself even when no gradient is recorded."""
+    model = _fold_model("cpu")
+    model.train()
+    calls = []
+    real_batch_norm = F.batch_norm
+    monkeypatch.setattr(F, "batch_norm", lambda *a, **k: calls.append(k["training"]) or real_batch_norm(*a, **k))
+    with no_grad():
+        model(Tensor(R.standard_normal((3, 2, 8, 8))))
+    assert calls == [True] * 5
+
+
+def test_a_folded_batchnorm_equals_the_hand_computed_affine_map():
+    """linear then eval batchnorm: gamma (W x + b - mean) / sqrt(var + eps) + beta, in one op."""
+    backend.set_default_dtype(np.float64)
+    model = build_model([{"linear": {"units": 2}}, {"batchnorm": {"eps": 0.01}}], (3,))
+    linear, norm = model.layers
+    linear.weight.data[:] = [[1.0, 2.0, 0.0], [0.0, -1.0, 3.0]]
+    linear.bias.data[:] = [0.5, -0.5]
+    norm._buffers["running_mean"][:] = [1.0, -2.0]
+    norm._buffers["running_var"][:] = [3.99, 0.24]
+    norm.weight.data[:] = [2.0, -1.0]
+    norm.bias.data[:] = [0.25, 1.0]
+    model.eval()
+    x = np.array([[1.0, 1.0, 1.0], [0.0, 2.0, -1.0]])
+    with no_grad():
+        out = model(Tensor(x)).data
+    linear_out = x @ linear.weight.data.T + [0.5, -0.5]  # [[3.5, 1.5], [4.5, -5.5]]
+    want = [2.0, -1.0] * (linear_out - [1.0, -2.0]) / np.sqrt([4.0, 0.25]) + [0.25, 1.0]
+    np.testing.assert_allclose(out, want, rtol=1e-13)
+    np.testing.assert_allclose(out, [[2.75, -6.0], [3.75, 8.0]], rtol=1e-13)
+
+
+def test_a_batchnorm_without_affine_folds_into_a_linear_without_bias_in_float32():
+    model = build_model([{"linear": {"units": 6, "bias": False}}, {"batchnorm": {"affine": False}}, "relu"], (5,))
+    norm = model.layers[1]
+    norm._buffers["running_mean"][:] = np.linspace(-1, 1, 6)
+    norm._buffers["running_var"][:] = np.linspace(0.3, 2, 6)
+    model.eval()
+    x = R.standard_normal((7, 5)).astype(np.float32)
+    with no_grad():
+        folded = model(Tensor(x)).data
+    unfolded = model(Tensor(x)).data
+    assert folded.dtype == np.float32 and (folded == 0).any() and (folded > 0).any()
+    np.testing.assert_allclose(folded, unfolded, rtol=1e-5, atol=1e-6)
