@@ -187,6 +187,14 @@ def format_shape(shape) -> str:
     return "(" + ", ".join(["batch", *map(str, shape)]) + ")"
 
 
+def _offers(layer, method: str) -> bool:
+    """Whether `layer` has `method` from the class that gives it its forward: a subclass (a plugin's layer) that
+    overrides forward runs as itself, never through its parent's fused op."""
+    mro = type(layer).__mro__
+    owner = next((cls for cls in mro if method in vars(cls)), None)
+    return owner is not None and owner is next(cls for cls in mro if "forward" in vars(cls))
+
+
 def fused_steps(layers: list, fold_batchnorm: bool = False):
     """The layers as run: (layer, batchnorm, relu). A ReLU layer right after a layer that has forward_relu (linear,
     conv2d, batchnorm) runs inside that layer's op: the same values, one pass over the output fewer and no array of
@@ -196,12 +204,12 @@ def fused_steps(layers: list, fold_batchnorm: bool = False):
     while i < len(layers):
         layer = layers[i]
         batchnorm = None
-        if fold_batchnorm and hasattr(layer, "forward_batchnorm") and i + 1 < len(layers) and \
+        if fold_batchnorm and _offers(layer, "forward_batchnorm") and i + 1 < len(layers) and \
                 type(layers[i + 1]) is BatchNorm and not layers[i + 1].training:
             batchnorm = layers[i + 1]
         after = i + (2 if batchnorm is not None else 1)
         relu = layers[after] if after < len(layers) and type(layers[after]) is ReLU else None
-        if relu is not None and (batchnorm is not None or hasattr(layer, "forward_relu")):
+        if relu is not None and (batchnorm is not None or _offers(layer, "forward_relu")):
             yield layer, batchnorm, relu
             i = after + 1
         else:

@@ -208,3 +208,34 @@ def test_a_batchnorm_without_affine_folds_into_a_linear_without_bias_in_float32(
     unfolded = model(Tensor(x)).data
     assert folded.dtype == np.float32 and (folded == 0).any() and (folded > 0).any()
     np.testing.assert_allclose(folded, unfolded, rtol=1e-5, atol=1e-6)
+
+
+def test_a_subclass_that_overrides_forward_runs_as_itself_never_through_a_fused_op():
+    """A plugin's layer derived from linear with its own forward keeps it, with or without a gradient (its
+    parent's forward_relu and forward_batchnorm would silently drop the override)."""
+    from dltrain.layers.core import BatchNorm, Linear, ReLU
+
+    class Doubled(Linear):
+        def forward(self, x):
+            return super().forward(x) * 2.0
+
+    backend.set_default_dtype(np.float64)
+    layer = Doubled(4)
+    layer.path = "model[0].doubled"
+    layer.build((3,))
+    norm = BatchNorm()
+    norm.build((4,))
+    layers = [layer, norm, ReLU()]
+    for each in layers:
+        each.eval()
+    x = R.standard_normal((5, 3))
+    want = np.maximum((x @ layer.weight.data.T + layer.bias.data) * 2.0 / np.sqrt(1 + 1e-5), 0)
+    for grad in (True, False):
+        if grad:
+            out = run_layers(layers, Tensor(x)).data
+        else:
+            with no_grad():
+                out = run_layers(layers, Tensor(x)).data
+        np.testing.assert_allclose(out, want, rtol=1e-12)
+        np.testing.assert_allclose(run_layers(layers[::2], Tensor(x)).data, np.maximum(
+            (x @ layer.weight.data.T + layer.bias.data) * 2.0, 0), rtol=1e-12)
