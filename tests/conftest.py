@@ -114,3 +114,20 @@ def cuda_kernels(request):
         return cupy, cuda
     request.getfixturevalue("fake_gpu")  # the backend knows the stand-in arrays (cuda.py takes some reference code)
     return emulated_cuda()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server of this session's own (tests/pg_server.py: initdb into a temporary directory, a free
+    127.0.0.1 port, run as `nobody` under root), stopped and removed at the end; skips, saying why, where none can
+    be started (no server binaries, no psycopg2)."""
+    import pg_server
+
+    server = pg_server.PostgresServer()
+    try:
+        server.start()
+    except pg_server.Unavailable as exc:
+        server.stop()
+        pytest.skip(f"no PostgreSQL server for this test: {exc}")
+    yield server
+    server.stop()

@@ -32,7 +32,7 @@ class HostArrays:
     zeros = staticmethod(np.zeros)
 
 
-@pytest.fixture(params=["one core", "all cores"])
+@pytest.fixture(params=["one core", pytest.param("all cores", marks=pytest.mark.slow)])
 def cores(request, monkeypatch):
     """Run each kernel on one core (small work), or spread over the cores however small the work is."""
     monkeypatch.setattr(cpu, "PARALLEL_WORK", 1 << 62 if request.param == "one core" else 0)

@@ -316,6 +316,7 @@ def small_images(tmp_path_factory):
 SHIPPED = sorted(p.stem for p in (Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SHIPPED)
 def test_every_shipped_config_trains_on_the_gpu_through_the_cli(tmp_path, gpu, small_images, name):
     """One short epoch of each shipped config with --device gpu (image configs on small images of the same

@@ -5,6 +5,7 @@ import pickle
 import textwrap
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -81,6 +82,7 @@ def mutate(config: dict, path: tuple, value, drop: bool) -> dict:
     return config
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(path=st.sampled_from(KEYS), value=VALUES, drop=st.booleans())
 def test_fuzzed_configs_exit_2_with_a_message_or_run(tmp_path, path, value, drop):

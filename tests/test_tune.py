@@ -68,6 +68,7 @@ def load_study(study_dir, name):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{Path(study_dir) / 'study.db'}")
 
 
+@pytest.mark.slow
 def test_a_search_finds_a_good_learning_rate_and_best_yaml_trains_to_its_value(tmp_path):
     config = write(tmp_path, SPIRALS + SEARCH)
     study_dir = tmp_path / "study"
@@ -109,6 +110,7 @@ def test_a_config_with_a_tune_section_still_trains_as_written(tmp_path):
     assert "tune" not in (tmp_path / "run" / "config.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_a_study_continues_where_it_stopped_and_refuses_another_metric(tmp_path):
     config = write(tmp_path, SPIRALS + SEARCH)
     study_dir = tmp_path / "study"
@@ -129,6 +131,7 @@ def test_a_study_continues_where_it_stopped_and_refuses_another_metric(tmp_path)
     assert len(read_trials(study_dir)) == 5
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_study_without_losing_or_repeating_a_trial(tmp_path):
     config = write(tmp_path, SPIRALS + SEARCH.replace("trials: 12", "trials: 8").replace("tpe", "random"))
     study_dir = tmp_path / "study"
@@ -163,6 +166,7 @@ class SlowEpochs(Callback):
 """
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_trial_loses_no_finished_trial_and_its_trial_is_failed(tmp_path, monkeypatch):
     code_file = write(tmp_path, SLOW_EPOCHS, "slow.py")
     config = write(tmp_path, SPIRALS + "callbacks: [{name: slow_trial_epochs, seconds: 0.3}]\n"
@@ -200,6 +204,7 @@ def test_a_worker_killed_mid_trial_loses_no_finished_trial_and_its_trial_is_fail
     assert "(4 complete, 0 pruned, 1 failed)" in output
 
 
+@pytest.mark.slow
 def test_pruning_stops_clearly_worse_trials_and_their_runs_say_so(tmp_path):
     search = SEARCH.replace("pruner: none", "pruner: median").replace("trials: 12", "trials: 14")
     config = write(tmp_path, SPIRALS + search.replace("tpe", "random"))
@@ -216,6 +221,7 @@ def test_pruning_stops_clearly_worse_trials_and_their_runs_say_so(tmp_path):
         assert float(row["value"]) < max(float(r["value"]) for r in rows if r["state"] == "complete")
 
 
+@pytest.mark.slow
 def test_the_grid_sampler_runs_each_combination_once(tmp_path):
     grid = """\
     tune:
@@ -332,3 +338,143 @@ def test_without_optuna_tune_says_how_to_install_it(tmp_path, monkeypatch):
     code, output = invoke("tune", write(tmp_path, SPIRALS + SEARCH), "--dir", tmp_path / "study")
     assert code == 2
     assert "dltrain tune needs Optuna" in output and "pip install 'dltrain[tune]'" in output
+
+
+MONITORED = SPIRALS.replace("n_samples: 600", "n_samples: 300").replace("epochs: 10", "epochs: 8")
+MONITOR_SEARCH = SEARCH.replace("trials: 12", "trials: 3").replace("tpe", "random").replace(
+    "{log_uniform: [1.0e-5, 10.0]}", "{log_uniform: [1.0e-3, 0.3]}")
+
+
+def test_trials_monitor_the_studys_metric_so_value_checkpoint_and_best_yaml_agree(tmp_path):
+    import yaml
+
+    # the config names no monitor (its default is val_loss); the study searches val_accuracy
+    text = MONITORED.replace("early_stopping: {monitor: val_accuracy, patience: 10}", "early_stopping: {patience: 3}")
+    study_dir = tmp_path / "study"
+    code, output = invoke("tune", write(tmp_path, text + MONITOR_SEARCH), "--dir", study_dir)
+    assert code == 0, output
+    rows = read_trials(study_dir)
+    assert len(rows) == 3
+    for row in rows:
+        summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text())
+        assert summary["monitor"] == "val_accuracy" and row["monitor"] == "val_accuracy"
+        assert int(row["best_epoch"]) == summary["best_epoch"]  # the epoch whose checkpoint the run kept
+        if row["state"] == "complete":
+            assert float(row["value"]) == summary["best_value"] == float(row["monitor_value"])
+        assert f"at epoch {summary['best_epoch']};" in next(line for line in output.splitlines()
+                                                            if line.startswith(f"trial {row['number']}:"))
+    best = yaml.safe_load((study_dir / "best.yaml").read_text())
+    assert best["training"]["early_stopping"]["monitor"] == "val_accuracy"
+    code, output = invoke("runs", study_dir, "--json")
+    assert code == 0, output
+    assert {run["monitor"] for run in json.loads(output)} == {"val_accuracy"}
+
+
+def test_a_monitor_the_config_names_is_kept_and_the_study_reports_it_too(tmp_path):
+    import yaml
+
+    text = MONITORED.replace("early_stopping: {monitor: val_accuracy, patience: 10}",
+                             "early_stopping: {monitor: val_loss, patience: 3}")
+    study_dir = tmp_path / "study"
+    code, output = invoke("tune", write(tmp_path, text + MONITOR_SEARCH), "--dir", study_dir)
+    assert code == 0, output
+    assert "val_accuracy (maximize), sampler random, pruner none; trials keep their best val_loss epoch" in output
+    for row in read_trials(study_dir):
+        summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text())
+        assert summary["monitor"] == "val_loss" and row["monitor"] == "val_loss"
+        assert int(row["best_epoch"]) == summary["best_epoch"]
+        assert float(row["monitor_value"]) == summary["best_value"]
+        with open(Path(row["run_dir"]) / "metrics.csv", newline="") as f:
+            accuracies = [float(r["val_accuracy"]) for r in csv.DictReader(f)]
+        assert float(row["value"]) == max(accuracies)  # the study's metric: the best of the run
+        line = next(line for line in output.splitlines() if line.startswith(f"trial {row['number']}:"))
+        assert f"(kept epoch {summary['best_epoch']}: val_loss {summary['best_value']:.4f})" in line
+    best = yaml.safe_load((study_dir / "best.yaml").read_text())
+    assert best["training"]["early_stopping"]["monitor"] == "val_loss"
+
+
+def test_workers_writing_the_study_files_at_once_leave_the_newest_trials(tmp_path, monkeypatch):
+    """Two processes finishing together: the one whose view of the study is older must not write last."""
+    import threading
+
+    from dltrain.tune import study as studies
+    from dltrain.tune.space import load_search
+
+    config = write(tmp_path, SPIRALS + SEARCH)
+    search = load_search(config)
+    study_dir = tmp_path / "study"
+    study_dir.mkdir()
+    study = studies.open_study(search, studies.open_storage(studies.default_storage(study_dir)), "s")
+    study.add_trial(optuna.trial.create_trial(params={"optimizer.lr": 0.1}, value=0.5, distributions={
+        "optimizer.lr": optuna.distributions.FloatDistribution(1e-5, 10.0, log=True)},
+        user_attrs={"run_dir": str(study_dir / "trial-0000"), "best_epoch": 3}))
+    monkeypatch.setattr(studies, "_write_plots", lambda study, study_dir: {})
+    read, newer_written = threading.Event(), threading.Event()
+    rows_of = studies.trial_rows
+
+    def slow_first_reader(study, search):
+        rows = rows_of(study, search)
+        if threading.current_thread().name == "older":
+            read.set()
+            newer_written.wait(timeout=3)  # without a lock, the newer view is written first, then this older one
+        return rows
+
+    atomic_write = studies.files.atomic_write
+
+    def noting_write(path, data):
+        atomic_write(path, data)
+        if threading.current_thread().name == "newer" and Path(path).name == "trials.csv":
+            newer_written.set()
+
+    monkeypatch.setattr(studies, "trial_rows", slow_first_reader)
+    monkeypatch.setattr(studies.files, "atomic_write", noting_write)
+    older = threading.Thread(target=studies.write_results, args=(study, search, study_dir, "s"), name="older")
+    older.start()
+    assert read.wait(timeout=30)
+    study.add_trial(optuna.trial.create_trial(params={"optimizer.lr": 0.2}, value=0.7, distributions={
+        "optimizer.lr": optuna.distributions.FloatDistribution(1e-5, 10.0, log=True)},
+        user_attrs={"run_dir": str(study_dir / "trial-0001"), "best_epoch": 3}))
+    newer = threading.Thread(target=studies.write_results, args=(study, search, study_dir, "s"), name="newer")
+    newer.start()
+    older.join()
+    newer.join()
+    assert [r["value"] for r in read_trials(study_dir)] == ["0.5", "0.7"]
+    assert "trial 1, val_accuracy 0.7" in (study_dir / "best.yaml").read_text()
+
+
+def test_a_study_that_cannot_open_its_sqlite_storage_leaves_no_directory_behind(tmp_path, monkeypatch):
+    from dltrain.errors import ConfigError
+    from dltrain.tune import study as studies
+
+    def refuse(*args, **kwargs):
+        raise ConfigError("the storage refused")
+
+    monkeypatch.setattr(studies, "open_study", refuse)
+    (tmp_path / "kept").mkdir()
+    code, output = invoke("tune", write(tmp_path, SPIRALS + SEARCH), "--dir", tmp_path / "new" / "study")
+    assert code == 2 and output.strip() == "error: the storage refused"
+    assert not (tmp_path / "new").exists()  # what this process created is gone
+    code, output = invoke("tune", write(tmp_path, SPIRALS + SEARCH), "--dir", tmp_path / "kept")
+    assert code == 2 and (tmp_path / "kept").is_dir()  # what was there stays
+
+
+def test_workers_get_the_storage_url_from_the_environment_not_their_command_line(tmp_path, monkeypatch):
+    """A password in --storage would show in `ps` on every worker's command line."""
+    from dltrain.cli import tune as tune_command
+
+    started = []
+
+    class Recorded:
+        def __init__(self, command, env):
+            started.append((command, env))
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(tune_command.subprocess, "Popen", Recorded)
+    url = "postgresql+psycopg2://me:s3cret@127.0.0.1:5/db"
+    tune_command._run_workers(2, tmp_path / "c.yaml", None, [], 4, url, "c", tmp_path, None, None, [], 10)
+    assert len(started) == 2
+    for command, env in started:
+        assert not any("s3cret" in part for part in command) and "--storage" not in command
+        assert env["DLTRAIN_STORAGE"] == url

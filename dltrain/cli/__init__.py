@@ -1,7 +1,8 @@
 """The `dltrain` command. Each command lives in its own module and imports its work lazily,
 so `dltrain --help` answers at once.
 
-Exit codes: 0 done, 1 run failed (diverged), 2 bad usage / config / data / files, 130 interrupted.
+Exit codes: 0 done, 1 run failed (diverged), 2 bad usage / config / data / files, 130 interrupted (Ctrl-C),
+141 output closed (a pipe's reader went away), 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -34,13 +35,18 @@ def reports_errors(command):
             if _state["debug"]:
                 raise
             if not _state["silent"]:
-                print(str(exc) if exc.exit_code in (130, 143) else f"error: {exc}", file=sys.stderr)  # 130/143: stopped
+                print(str(exc) if exc.exit_code in (130, 141, 143) else f"error: {exc}", file=sys.stderr)  # stopped
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             if _state["debug"]:
                 raise
             print("interrupted", file=sys.stderr)
             raise typer.Exit(130) from None
+        except BrokenPipeError:  # `dltrain ... | head`: the reader has what it wanted
+            from ..training.reporting import silence_stdout  # noqa: PLC0415
+
+            silence_stdout()
+            raise typer.Exit(141) from None  # 128 + SIGPIPE, as a shell reports it
     return wrapper
 
 

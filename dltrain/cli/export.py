@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from .interrupts import stops_cleanly
 from .options import CODE_OPTION
 
 
@@ -24,7 +25,9 @@ def export(
     load_code(code)
     if format_ != "onnx":
         raise ConfigError(f"--format: expected 'onnx', got {format_!r}")
-    print(export_checkpoint(checkpoint, out, opset))
+    with stops_cleanly(out or "the .onnx file"):
+        path = export_checkpoint(checkpoint, out, opset)
+    print(path)
 
 
 def register(app: typer.Typer, reports_errors) -> None:

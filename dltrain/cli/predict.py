@@ -1,5 +1,5 @@
 """dltrain predict MODEL INPUT... [--out FILE] [--format csv|jsonl] [--top-k K] [--probabilities] [--skip-bad]
-[--tta VIEW ... | --no-tta]"""
+[--max-image-pixels N] [--escape-formulas] [--tta VIEW ... | --no-tta]"""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ from pathlib import Path
 
 import typer
 
+from .interrupts import stops_cleanly
 from .options import CODE_OPTION, NO_TTA_OPTION, TTA_OPTION, chosen_views
+
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # dltrain.data.images's, here too for --help (imported lazily)
 
 
 def predict(
@@ -21,6 +24,12 @@ def predict(
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Inputs per batch."),
     device: str = typer.Option("cpu", "--device", help="cpu, gpu or auto."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images; list them on stderr at the end."),
+    max_image_pixels: int = typer.Option(DEFAULT_MAX_IMAGE_PIXELS, "--max-image-pixels", min=1,
+                                         help="Refuse (or with --skip-bad skip) images of more pixels than this, "
+                                              "read from their header before decoding."),
+    escape_formulas: bool = typer.Option(False, "--escape-formulas",
+                                         help="CSV: put a ' before text cells a spreadsheet would run as formulas "
+                                              "(beginning with = + - @, a tab or a carriage return; not numbers)."),
     tta: list[str] = TTA_OPTION,
     no_tta: bool = NO_TTA_OPTION,
     code: list[Path] = CODE_OPTION,
@@ -36,9 +45,9 @@ def predict(
         raise ConfigError(f"--format {fmt}: expected csv or jsonl")
     views = chosen_views(tta, no_tta)
     resolved = "cpu" if model.suffix == ".onnx" else backend.resolve_device(device)
-    with _progress() as progress:
+    with stops_cleanly(out), _progress() as progress:
         source = run_predict(model, inputs, out, fmt, top_k, probabilities, batch_size, resolved, skip_bad, progress,
-                             views=views)
+                             views=views, max_image_pixels=max_image_pixels, escape_formulas=escape_formulas)
     for skipped in source.skipped:
         print(f"skipped {skipped.reason}", file=sys.stderr)
     if source.skipped:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import typer
@@ -17,7 +18,8 @@ def runs(
                                                         "status=completed, optimizer.name=adam (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON and nothing else."),
 ) -> None:
-    """A table of run directories: status, epochs, best value, test accuracy, time, speed."""
+    """A table of run directories: status, epochs, best value, test accuracy, time, speed. A file that cannot be read
+    is named in a note on stderr (--json: in the row's `problems`); the other runs and files are listed."""
     from ..errors import ConfigError  # noqa: PLC0415
     from ..training.runs import find_runs, matches, run_row, sort_key  # noqa: PLC0415
 
@@ -42,6 +44,9 @@ def runs(
               str(row["epochs"]), _best(row), _test(row), _number(row["seconds"], ".1f"),
               _number(row["samples_per_second"], ",.0f")] for row in rows]
     print_table(header, lines, right=("epochs", "seconds", "samples/s"))
+    for row in rows:
+        for problem in row["problems"]:
+            print(f"note: {problem}", file=sys.stderr)
 
 
 def _best(row) -> str:
@@ -65,12 +70,16 @@ def diff(
     run_b: Path = typer.Argument(..., help="Another run directory."),
 ) -> None:
     """The config keys in which two runs differ, and their results side by side."""
-    from ..errors import DltrainError  # noqa: PLC0415
+    from ..errors import DltrainError, RunDirError  # noqa: PLC0415
     from ..training.runs import SUMMARY_FIGURES, differences, find_runs, read_config, run_row  # noqa: PLC0415
 
     for path in (run_a, run_b):
         if not (path.is_dir() and path in find_runs([path])):
             raise DltrainError(f"{path}: not a run directory (no config.yaml with metrics.csv or summary.json)")
+    rows = [run_row(run_a), run_row(run_b)]
+    for row in rows:
+        if row["problems"]:
+            raise RunDirError(row["problems"][0])
     changed = list(differences(read_config(run_a), read_config(run_b)))
     names = [str(run_a), str(run_b)]
     if changed:
@@ -78,7 +87,6 @@ def diff(
     else:
         print("the configs are the same")
     print()
-    rows = [run_row(run_a), run_row(run_b)]
     print_table(["result", *names], [[figure, *(_value(row[figure]) for row in rows)] for figure in SUMMARY_FIGURES])
 
 

@@ -1,5 +1,5 @@
-"""dltrain tune CONFIG [--space SPACE.yaml] [--trials N] [--workers K] [--storage URL] [--study NAME] [--dir DIR]
-[--timeout SECONDS] [--device D] [--set k=v]... [--code FILE]"""
+"""dltrain tune CONFIG [--space SPACE.yaml] [--trials N] [--workers K] [--storage URL] [--storage-timeout SECONDS]
+[--study NAME] [--dir DIR] [--timeout SECONDS] [--device D] [--set k=v]... [--code FILE]"""
 
 from __future__ import annotations
 
@@ -22,9 +22,14 @@ def tune(
     set_: list[str] = typer.Option([], "--set", help="Override a config key in every trial (repeatable)."),
     trials: int | None = typer.Option(None, "--trials", min=1, help="Finished trials to reach (default tune.trials)."),
     workers: int = typer.Option(1, "--workers", min=1, help="Local processes running trials side by side."),
-    storage: str | None = typer.Option(None, "--storage",
-                                       help="An SQLAlchemy URL shared by workers on several machines "
-                                            "(default: sqlite in the study directory)."),
+    storage: str | None = typer.Option(None, "--storage", envvar="DLTRAIN_STORAGE", show_envvar=True,
+                                       help="An SQLAlchemy URL shared by workers on several machines, e.g. "
+                                            "postgresql+psycopg2://user:password@host/db "
+                                            "(default: sqlite in the study directory; from the environment, "
+                                            "a password stays out of `ps`)."),
+    storage_timeout: int = typer.Option(10, "--storage-timeout", min=1,
+                                        help="Seconds a --storage database server has to answer a connection "
+                                             "(PostgreSQL, MySQL)."),
     study: str | None = typer.Option(None, "--study", help="The study's name (default: the config file's name)."),
     directory: Path | None = typer.Option(None, "--dir", help="The study directory (default runs/<study>)."),
     timeout: float | None = typer.Option(None, "--timeout", min=0,
@@ -49,20 +54,32 @@ def tune(
         raise ConfigError(f"dltrain tune needs Optuna ({exc}): pip install 'dltrain[tune]'") from None
     name = study or config.stem
     study_dir = directory or Path("runs") / name
-    try:
-        study_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"--dir {study_dir}: cannot create the study directory ({exc})") from None
     url = storage or studies.default_storage(study_dir)
-    opened = studies.open_study(search, studies.open_storage(url), name, worker or 0)
+    if storage is None:  # SQLite in the study directory: the directory first, removed again if the study fails
+        created = _make_dir(study_dir)
+        database_existed = (study_dir / studies.STORAGE_FILE).exists()
+        try:
+            opened = studies.open_study(search, studies.open_storage(url, storage_timeout), name, worker or 0)
+        except BaseException:
+            if not database_existed:
+                (study_dir / studies.STORAGE_FILE).unlink(missing_ok=True)
+            _remove_empty(created)
+            raise
+    else:  # a database server: the directory only once the study is open there
+        opened = studies.open_study(search, studies.open_storage(url, storage_timeout), name, worker or 0)
+        _make_dir(study_dir)
     deadline = None if timeout is None else time.time() + timeout
     if worker is not None:
         studies.run_worker(search, opened, study_dir, device=device, deadline=deadline, announce=_say)
         return
 
-    _say(f"study {name!r} in {study_dir}: {studies.target_trials(search)} trials, {search.metric} "
+    _say(f"study {name!r} in {study_dir}"
+         + (f" (storage {studies.mask_url(storage)})" if storage else "")
+         + f": {studies.target_trials(search)} trials, {search.metric} "
          f"({search.direction}), sampler {search.sampler}, pruner {search.pruner}"
-         + (f", {workers} workers" if workers > 1 else ""))
+         + (f", {workers} workers" if workers > 1 else "")
+         + (f"; trials keep their best {search.monitor} epoch (training.early_stopping.monitor)"
+            if search.monitor != search.metric else ""))
     started = time.perf_counter()
     problem = None
     try:
@@ -71,7 +88,7 @@ def tune(
                 studies.run_worker(search, opened, study_dir, device=device, deadline=deadline, announce=_say)
             else:
                 problem = _run_workers(workers, config, space, set_, search.trials, url, name, study_dir, deadline,
-                                       device, code)
+                                       device, code, storage_timeout)
     except Terminated:
         raise Interrupted("terminated (SIGTERM): the finished trials are kept; run the same command to continue "
                           "the study", 143) from None
@@ -90,7 +107,28 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def _run_workers(count, config, space, set_, trials, url, name, study_dir, deadline, device, code):
+def _make_dir(path: Path) -> list[Path]:
+    """mkdir -p; returns the directories it created, deepest last."""
+    from ..errors import ConfigError  # noqa: PLC0415
+
+    missing = [p for p in (path, *path.parents) if not p.exists()][::-1]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--dir {path}: cannot create the study directory ({exc})") from None
+    return missing
+
+
+def _remove_empty(created: list[Path]) -> None:
+    """Remove the directories this process created, deepest first, where nothing else has been put in them."""
+    for path in reversed(created):
+        try:
+            path.rmdir()
+        except OSError:
+            return
+
+
+def _run_workers(count, config, space, set_, trials, url, name, study_dir, deadline, device, code, storage_timeout):
     """K processes on one study; each gets cores / K threads unless DLTRAIN_THREADS says otherwise."""
     from ..backend import default_threads  # noqa: PLC0415
     from ..errors import Terminated  # noqa: PLC0415
@@ -98,8 +136,9 @@ def _run_workers(count, config, space, set_, trials, url, name, study_dir, deadl
     env = dict(os.environ)
     if not env.get("DLTRAIN_THREADS"):
         env["DLTRAIN_THREADS"] = str(max(1, default_threads() // count))
-    command = [sys.executable, "-m", "dltrain", "tune", str(config), "--trials", str(trials), "--storage", url,
-               "--study", name, "--dir", str(study_dir)]
+    env["DLTRAIN_STORAGE"] = url  # not on the command line, where `ps` would show its password
+    command = [sys.executable, "-m", "dltrain", "tune", str(config), "--trials", str(trials),
+               "--storage-timeout", str(storage_timeout), "--study", name, "--dir", str(study_dir)]
     command += ["--space", str(space)] if space else []
     command += [part for expression in set_ for part in ("--set", expression)]
     command += ["--device", device] if device else []

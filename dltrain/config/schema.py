@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -119,6 +120,20 @@ class Config:
         """The resolved config as plain values (written to the run and into checkpoints)."""
         return dataclasses.asdict(self)
 
+    def input_embedding(self) -> tuple[str, int] | None:
+        """(key path, vocab_size) of the embedding that the inputs reach first (inside containers too), else None:
+        such inputs are token ids, which standardizing would turn into fractions."""
+        specs, path = self.model, ("model",)
+        while specs:
+            ((name, options),) = specs[0].items()
+            path += (0, name)
+            if name == "embedding":
+                return format_path(path), options["vocab_size"]
+            if not isinstance(options, dict) or not options.get("layers"):
+                return None
+            specs, path = options["layers"], path + ("layers",)
+        return None
+
     @property
     def monitor_mode(self) -> str:
         es = self.training.early_stopping
@@ -197,6 +212,19 @@ def _describe_bounded(base, meta) -> str:
     return describe(base)
 
 
+def _non_finite(raw, inner: tuple = ()) -> tuple[tuple, float] | None:
+    """(where inside `raw`, the number) of the first inf or nan in a value as YAML gives it, else None."""
+    if isinstance(raw, float):
+        return None if math.isfinite(raw) else (inner, raw)
+    items = raw.items() if isinstance(raw, dict) else enumerate(raw) if isinstance(raw, list) else ()
+    return next((found for key, item in items if (found := _non_finite(item, inner + (key,))) is not None), None)
+
+
+def _takes_floats(annotation) -> bool:
+    """Whether a type has numbers with fractions anywhere in it (a bound or a list of them)."""
+    return annotation is float or any(_takes_floats(arg) for arg in typing.get_args(annotation))
+
+
 @functools.cache
 def _adapter(annotation) -> TypeAdapter:
     return TypeAdapter(annotation)
@@ -258,11 +286,19 @@ class Validator:
                                  f"available: {', '.join(names)}")
                 return None
             return raw
+        found = _non_finite(raw)
         try:
-            return _adapter(annotation).validate_python(raw, strict=True)
+            value = _adapter(annotation).validate_python(raw, strict=True)
         except ValidationError:
-            self.error(path, f"expected {describe(annotation)}, got {raw!r}")
+            if found is None or not _takes_floats(annotation):  # inf where text is expected: the type says more
+                self.error(path, f"expected {describe(annotation)}, got {raw!r}")
+                return None
+            value = None
+        if found is not None:  # pydantic takes inf and nan as floats (inf even as positive): runs died at step 2
+            inner, number = found
+            self.error(path + inner, f"expected a finite number, got {number!r}")
             return None
+        return value
 
     def mapping(self, raw, params: list[Param], path: tuple, what: str) -> dict:
         """Validate a mapping against named, typed parameters; fill defaults; reject unknown keys."""
@@ -455,6 +491,12 @@ def _cross_checks(config: Config, v: Validator) -> None:
         v.error(("training", "early_stopping", "monitor"),
                 f"monitors {es.monitor!r} but loss {config.loss['name']!r} is a regression loss with no accuracy; "
                 "monitor val_loss or train_loss")
+    embedding = config.input_embedding()
+    if embedding is not None and config.data["normalize"] in ("global", "feature"):
+        layer, vocab_size = embedding
+        v.error(("data", "normalize"), f"{config.data['normalize']!r} standardizes the inputs, but {layer} takes them "
+                                       f"as token ids (integers in [0, {vocab_size - 1}]); set data.normalize: none "
+                                       f"(or auto, which leaves an embedding's inputs as they are)")
     schedule = config.schedule
     if schedule.get("warmup_epochs", 0) > config.training.epochs:
         v.error(("schedule", "warmup_epochs"), f"warmup of {schedule['warmup_epochs']} epochs is longer than "

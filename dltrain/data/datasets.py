@@ -19,7 +19,7 @@ from ..errors import DataError
 from ..registry import NonNegativeFloat, datasets
 from .download import fetch
 from .files import read_idx, read_npz
-from .images import cached_pixels, scan_classes
+from .images import DEFAULT_MAX_IMAGE_PIXELS, cached_pixels, scan_classes
 from .rows import RowView, stratified_split
 from .tables import labels_to_array, read_table
 
@@ -256,9 +256,10 @@ ImageSide = Annotated[int, Gt(0), Le(4096)]
 
 @datasets.register("image_folder")
 def image_folder(path: str | None = None, rng=None, *, image_size: Annotated[list[ImageSide], MinLen(2), MaxLen(2)],
-                 channels: Literal[1, 3] = 3, test_fraction: Annotated[float, Ge(0), Lt(1)] = 0.0) -> RawData:
+                 channels: Literal[1, 3] = 3, test_fraction: Annotated[float, Ge(0), Lt(1)] = 0.0,
+                 max_image_pixels: Annotated[int, Gt(0)] = DEFAULT_MAX_IMAGE_PIXELS) -> RawData:
     """Your own images: one subfolder per class (or train/, val/, test/ folders of those), resized to image_size
-    [height, width], decoded once into a cache."""
+    [height, width], decoded once into a cache; an image of more than max_image_pixels pixels is refused unread."""
     if not path:
         raise DataError("data.path: the image_folder dataset needs the folder of class subfolders")
     root, size = Path(path).expanduser(), tuple(image_size)
@@ -268,7 +269,8 @@ def image_folder(path: str | None = None, rng=None, *, image_size: Annotated[lis
     cache = cache_dir() / "images"
 
     def load(files, labels):
-        return RowView(cached_pixels(files, channels, size, cache)), np.asarray(labels, dtype=np.int64)
+        pixels = cached_pixels(files, channels, size, cache, max_image_pixels)
+        return RowView(pixels), np.asarray(labels, dtype=np.int64)
 
     x, y = load(files, labels)
     raw = RawData(x, y, classes=len(names), class_names=names, normalize="global")

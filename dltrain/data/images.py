@@ -8,10 +8,15 @@ channels asked for (1: Pillow's "L", 3: "RGB", alpha dropped) and resized to ima
 (Pillow's Resampling.BILINEAR, as Keras's image_dataset_from_directory), then stored as uint8 (channels, height,
 width) in a .npy file under the cache directory, keyed by the files' paths, sizes and modification times: a second
 run maps that file instead of decoding again, and training reads it batch by batch (memory-mapped).
+
+An image's width and height are read from its header before anything is decoded: one of more than max_pixels pixels
+(data.max_image_pixels, predict's --max-image-pixels) is refused with a DataError naming it, as a decompression bomb
+would be (an 875 KB PNG can hold 30,000 x 30,000 pixels). That limit replaces Pillow's own check and its warning.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -24,6 +29,9 @@ np = backend.np
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 CACHE_VERSION = 1  # change when the decoded bytes for the same files would change
+# Pillow's own default (Image.MAX_IMAGE_PIXELS, a quarter GiB as 24-bit RGB): far above any photo a camera takes
+# (50 megapixels), far below what would exhaust memory.
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 
 
 def _pillow():
@@ -39,11 +47,30 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def decode_image(path: Path, channels: int, size: tuple[int, int]):
-    """uint8 array (channels, height, width) of one image, converted and resized; DataError naming it otherwise."""
+@contextlib.contextmanager
+def _own_size_check(Image):
+    """Pillow's decompression-bomb check off (its warning and its error at twice its limit): dltrain checks each
+    image's size against its own limit, which a user can raise."""
+    pillows = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillows
+
+
+def decode_image(path: Path, channels: int, size: tuple[int, int], max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                 limit_option: str = "data.max_image_pixels"):
+    """uint8 array (channels, height, width) of one image, converted and resized; DataError naming it otherwise
+    (an image of more than `max_pixels` pixels, refused before decoding, names `limit_option`, which raises it)."""
     Image = _pillow()
     try:
-        with Image.open(path) as image:
+        with _own_size_check(Image), Image.open(path) as image:  # open reads the header; convert decodes
+            width, height = image.size
+            if width * height > max_pixels:
+                raise DataError(f"{path}: {width} x {height} pixels ({width * height:,}) is over the limit of "
+                                f"{max_pixels:,} pixels (a guard against decompression bombs); raise {limit_option} "
+                                "to read it")
             image = image.convert("L" if channels == 1 else "RGB")
             if image.size != (size[1], size[0]):
                 image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
@@ -63,9 +90,11 @@ def _cache_key(files: list[Path], channels: int, size: tuple[int, int]) -> str:
     return digest.hexdigest()[:32]
 
 
-def cached_pixels(files: list[Path], channels: int, size: tuple[int, int], cache: Path):
+def cached_pixels(files: list[Path], channels: int, size: tuple[int, int], cache: Path,
+                  max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
     """The decoded images of `files`, as a read-only memory map of the cache file (decoding them first if the cache
-    has no file for exactly these files, sizes and modification times). Written atomically."""
+    has no file for exactly these files, sizes and modification times). Written atomically. The pixel limit is no
+    part of the cache's key: it refuses images, never changes their bytes."""
     target = cache / f"{_cache_key(files, channels, size)}.npy"
     if target.is_file():
         try:
@@ -79,7 +108,7 @@ def cached_pixels(files: list[Path], channels: int, size: tuple[int, int], cache
     try:
         out = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=(len(files), channels, *size))
         for i, path in enumerate(files):
-            out[i] = decode_image(path, channels, size)
+            out[i] = decode_image(path, channels, size, max_pixels)
         out.flush()
         del out
         os.replace(temporary, target)

@@ -1,12 +1,14 @@
 """New inputs for a trained model, read in batches: image files and folders, CSV, .npz and IDX files.
 
 Each source yields Batches of raw inputs shaped as the model's training inputs (before normalization), with what
-identifies each row in the output: the file path or row number, and a CSV's other columns.
+identifies each row in the output: the file path or row number, and a CSV's other columns. Paths are written as
+readable_path() writes them: every name a file system holds, as valid UTF-8 text that maps back to it.
 """
 
 from __future__ import annotations
 
-import csv
+import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +16,8 @@ from pathlib import Path
 from .. import backend
 from ..errors import DataError, ShapeError
 from .files import read_idx, read_npz
-from .images import IMAGE_SUFFIXES, decode_image, image_files
+from .images import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_SUFFIXES, decode_image, image_files
+from .tables import read_csv
 
 np = backend.np
 
@@ -22,7 +25,7 @@ np = backend.np
 @dataclass
 class Batch:
     x: object  # host array (n, *input_shape): uint8 pixels or float64 values
-    ids: list[str]  # the file path, or "FILE:ROW" for rows of a table or array
+    ids: list[str]  # the file path, or "FILE:ROW" for rows of a table or array, as readable_path() writes them
     carried: dict = field(default_factory=dict)  # column name -> values (a CSV's columns the model does not read)
 
 
@@ -32,11 +35,27 @@ class Skipped:
     reason: str
 
 
-class InputSet:
-    """The inputs named on the command line, in order; `len()` counts the rows to predict."""
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
-    def __init__(self, paths: list[Path], input_shape: tuple, feature_names: list[str] | None, label: str | None):
+
+def readable_path(path) -> str:
+    """A path as text that any UTF-8 output holds and that maps back to the exact name: each byte of the name that
+    is not UTF-8 (Python holds byte N as the lone surrogate U+DC00 + N) becomes \\xNN and a backslash becomes
+    \\\\, so codecs.escape_decode(text.encode())[0] gives the name's bytes back. Names that are UTF-8 without
+    backslashes, nearly all of them, are written as they are."""
+    text = os.fspath(path).replace("\\", "\\\\")
+    return _SURROGATE.sub(lambda m: f"\\x{ord(m[0]) - 0xDC00:02x}" if ord(m[0]) >= 0xDC80 else f"\\u{ord(m[0]):04x}",
+                          text)
+
+
+class InputSet:
+    """The inputs named on the command line, in order; `len()` counts the rows to predict. Images of more than
+    `max_image_pixels` pixels are refused (predict's --max-image-pixels) before they are decoded."""
+
+    def __init__(self, paths: list[Path], input_shape: tuple, feature_names: list[str] | None, label: str | None,
+                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
         self.input_shape, self.feature_names, self.label = tuple(input_shape), feature_names, label
+        self.max_image_pixels = max_image_pixels
         self.sources = []  # (kind, path, items)
         for path in paths:
             if path.is_dir():
@@ -73,6 +92,7 @@ class InputSet:
                 yield from self._images(items, size, skip_bad)
             else:
                 x, ids, carried = {"csv": self._csv, "npz": self._npz, "idx": self._idx}[kind](path)
+                ids = [readable_path(row_id) for row_id in ids]
                 for start in range(0, len(x), size):
                     yield Batch(x[start:start + size], ids[start:start + size],
                                 {k: v[start:start + size] for k, v in carried.items()})
@@ -83,44 +103,33 @@ class InputSet:
             pixels, ids = [], []
             for path in files[start:start + size]:
                 try:
-                    pixels.append(decode_image(path, channels, hw))
+                    pixels.append(decode_image(path, channels, hw, self.max_image_pixels, "--max-image-pixels"))
                 except DataError as exc:
                     if not skip_bad:
                         raise
-                    self.skipped.append(Skipped(str(path), str(exc)))
+                    self.skipped.append(Skipped(readable_path(path), str(exc)))
                     continue
-                ids.append(str(path))
+                ids.append(readable_path(path))
             if ids:
                 yield Batch(np.stack(pixels).reshape(len(ids), *self.input_shape), ids)
 
     def _csv(self, path: Path):
         if not self.feature_names:
             raise DataError(f"{path}: this model was not trained on a CSV (it has no feature columns to find by name)")
-        try:
-            with open(path, newline="", encoding="utf-8") as f:
-                rows = [row for row in csv.reader(f)]
-        except (OSError, UnicodeDecodeError, csv.Error) as exc:
-            raise DataError(f"{path}: cannot read CSV ({exc})") from None
-        if not rows:
-            raise DataError(f"{path}: empty CSV file (expected a header row)")
-        header = [h.strip() for h in rows[0]]
-        missing = [name for name in self.feature_names if name not in header]
+        table = read_csv(path)  # training's reader: the same byte-order mark, header and row checks
+        header = table.header
+        position = {name: i for i, name in enumerate(header)}
+        missing = [name for name in self.feature_names if name not in position]
         if missing:
             raise DataError(f"{path}:1: missing the column(s) the model was trained on: {', '.join(missing)} "
                             f"(found: {', '.join(header)})")
-        columns = [header.index(name) for name in self.feature_names]
-        other = [i for i, name in enumerate(header) if i not in columns and name != self.label]
-        values, ids, carried = [], [], {header[i]: [] for i in other}
-        for line, row in enumerate(rows[1:], start=2):
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            if len(row) != len(header):
-                raise DataError(f"{path}:{line}: expected {len(header)} columns as in the header, got {len(row)}")
-            values.append([row[i] for i in columns])
-            ids.append(f"{path}:{line}")
-            for i in other:
-                carried[header[i]].append(row[i])
-        return values, ids, carried
+        columns = [position[name] for name in self.feature_names]
+        features = set(columns)
+        other = [i for i, name in enumerate(header) if i not in features and name != self.label]
+        rows, lines = table.data_rows()
+        values = [list(map(str.strip, map(row.__getitem__, columns))) for row in rows]  # stripped as in training
+        carried = {header[i]: [row[i] for row in rows] for i in other}
+        return values, [f"{path}:{line}" for line in lines], carried
 
     def _npz(self, path: Path):
         arrays = read_npz(path)

@@ -8,6 +8,7 @@ the training split alone and travel in the checkpoint, so `eval` applies the sam
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .. import backend
@@ -165,9 +166,10 @@ def to_split(x, y, stats: dict, device: str) -> Split:
 
 def prepare(data: dict, task: str, seed: int, device: str, stats: dict | None = None,
             expected_shape: tuple | None = None, encoding: dict | None = None,
-            target_normalization: dict | None = None) -> Splits:
+            target_normalization: dict | None = None, token_ids: bool = False) -> Splits:
     """Load, check, split and normalize; `stats` (and the per-sample `expected_shape`, a table's `encoding`, the
-    regression targets' `target_normalization`) come from a checkpoint when one is evaluated or resumed."""
+    regression targets' `target_normalization`) come from a checkpoint when one is evaluated or resumed.
+    `token_ids`: the model's first layer is an embedding, so `normalize: auto` leaves the inputs as they are."""
     raw = load_raw(data, seed)
     x_train, y_train = _check_arrays("train", raw.x_train, raw.y_train, task)
     val = test = None
@@ -216,7 +218,9 @@ def prepare(data: dict, task: str, seed: int, device: str, stats: dict | None = 
         target_normalization = None
 
     if stats is None:
-        mode = raw.normalize if data.get("normalize", "auto") == "auto" else data["normalize"]
+        mode = data.get("normalize", "auto")
+        if mode == "auto":
+            mode = "none" if token_ids else raw.normalize
         stats = normalization_stats(x_train, mode)
     return Splits(
         train=to_split(x_train, y_train, stats, device),
@@ -230,3 +234,29 @@ def prepare(data: dict, task: str, seed: int, device: str, stats: dict | None = 
         encoding=table.state() if table else None,
         target_normalization=target_normalization,
     )
+
+
+def check_token_ids(splits: Splits, data: dict, layer: str, vocab_size: int) -> None:
+    """What training would refuse at its first step, said before it: the inputs of the embedding `layer` (its key
+    path) must be whole numbers in [0, vocab_size), after normalization."""
+    for name, split in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
+        if split is None:
+            continue
+        path = {"val": data.get("val_path"), "test": data.get("test_path")}.get(name) or data.get("path")
+        where = f"{path}: {name} inputs" if path else f"{name} inputs"
+        expected = f"{layer} takes token ids, integers in [0, {vocab_size - 1}]"
+        low, high = math.inf, -math.inf
+        for start in range(0, len(split.x), CHUNK):
+            chunk = backend.to_numpy(split.x[start:start + CHUNK])
+            fractions = np.argwhere(chunk != np.rint(chunk))
+            if len(fractions):
+                index = (start + int(fractions[0][0]), *(int(i) for i in fractions[0][1:]))
+                value = float(chunk[tuple(fractions[0])])
+                raise DataError(f"{where}: {expected}; got {value:g} at index {index}: an embedding's inputs are "
+                                f"whole numbers")
+            low, high = min(low, float(chunk.min())), max(high, float(chunk.max()))
+        if low < 0:
+            raise DataError(f"{where}: {expected}; got values from {low:g} to {high:g}: token ids start at 0")
+        if high >= vocab_size:
+            raise DataError(f"{where}: {expected}; got values from {low:g} to {high:g}: set {layer}.vocab_size to "
+                            f"at least {int(high) + 1}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import math
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 
 from .. import backend
@@ -41,9 +42,31 @@ class Cells:
         return Cells([self.values[i] for i in indices], self.names, [self.where[i] for i in indices])
 
 
-def read_table(path: Path, label_column: str | None, ignore: list[str] = ()) -> tuple[Cells, list[str] | None]:
-    """(feature cells, label texts or None) of a CSV with a header row; the label column and the `ignore`d ones
-    (identifiers, notes) are left out of the cells."""
+@dataclass
+class CsvRows:
+    """A CSV file's header, and its rows as the file has them (checked when read: `data_rows`)."""
+
+    path: Path
+    header: list[str]  # the column names, stripped
+    rows: list[list[str]]  # after the header
+
+    def data_rows(self) -> tuple[list[list[str]], list[int]]:
+        """(rows, their line numbers): blank rows left out, each as wide as the header."""
+        kept, lines = [], []
+        for line, row in enumerate(self.rows, start=2):
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if len(row) != len(self.header):
+                raise DataError(f"{self.path}:{line}: expected {len(self.header)} columns as in the header, got "
+                                f"{len(row)}")
+            kept.append(row)
+            lines.append(line)
+        return kept, lines
+
+
+def read_csv(path: Path) -> CsvRows:
+    """The one CSV reader of training and predicting, so that a file reads the same in both: UTF-8 with or without
+    a byte-order mark, a header row of distinct names, then rows as wide as the header."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.reader(f))
@@ -54,26 +77,42 @@ def read_table(path: Path, label_column: str | None, ignore: list[str] = ()) -> 
     if not rows:
         raise DataError(f"{path}: empty CSV file (expected a header row and data rows)")
     header = [h.strip() for h in rows[0]]
+    _refuse_duplicate_names(path, header)
+    return CsvRows(path, header, rows[1:])
+
+
+def _refuse_duplicate_names(path: Path, header: list[str]) -> None:
+    """Columns are found by name: a repeated name would hide one of its columns (or read a second label column as
+    a feature)."""
+    numbers: dict[str, list[int]] = {}
+    for number, name in enumerate(header, start=1):
+        numbers.setdefault(name, []).append(number)
+    repeated = [f"{name!r} (columns {', '.join(map(str, found[:-1]))} and {found[-1]})"
+                for name, found in numbers.items() if len(found) > 1]
+    if repeated:
+        raise DataError(f"{path}:1: duplicate column names in the header: {', '.join(repeated)}; give each column "
+                        "its own name")
+
+
+def read_table(path: Path, label_column: str | None, ignore: list[str] = ()) -> tuple[Cells, list[str] | None]:
+    """(feature cells, label texts or None) of a CSV with a header row; the label column and the `ignore`d ones
+    (identifiers, notes) are left out of the cells."""
+    table = read_csv(path)
+    header = table.header
     if label_column is not None and label_column not in header:
         raise DataError(f"{path}:1: no label column {label_column!r} in the header; columns: {', '.join(header)} "
                         "(set data.label_column)")
-    absent = [name for name in ignore if name not in header]
+    names, ignored = set(header), set(ignore)
+    absent = [name for name in ignore if name not in names]
     if absent:
         raise DataError(f"{path}:1: data.ignore_columns names {', '.join(map(repr, absent))}, not in the header; "
                         f"columns: {', '.join(header)}")
     label_index = header.index(label_column) if label_column is not None else None
-    keep = [i for i in range(len(header)) if i != label_index and header[i] not in ignore]
-    values, labels, where = [], [], []
-    for line, row in enumerate(rows[1:], start=2):
-        if not row or all(not cell.strip() for cell in row):
-            continue
-        if len(row) != len(header):
-            raise DataError(f"{path}:{line}: expected {len(header)} columns as in the header, got {len(row)}")
-        values.append([row[i].strip() for i in keep])
-        where.append(f"{path}:{line}")
-        if label_index is not None:
-            labels.append(row[label_index].strip())
-    return Cells(values, [header[i] for i in keep], where), (labels if label_index is not None else None)
+    keep = [i for i, name in enumerate(header) if i != label_index and name not in ignored]
+    rows, lines = table.data_rows()
+    values = [list(map(str.strip, map(row.__getitem__, keep))) for row in rows]  # C loops: 20M cells
+    labels = [row[label_index].strip() for row in rows] if label_index is not None else None
+    return Cells(values, [header[i] for i in keep], [f"{path}:{line}" for line in lines]), labels
 
 
 def parse_number(text: str) -> float | None:
@@ -86,6 +125,17 @@ def parse_number(text: str) -> float | None:
 
 def is_missing(text: str) -> bool:
     return text.strip().lower() in MISSING
+
+
+def _finite_numbers(texts: list[str]):
+    """The texts as a float64 array when every one is a finite number, else None. NumPy parses each as float()
+    does, in one call instead of one Python call per cell (a 2,000 x 10,000 table has 20 million); a missing value
+    ('', 'NA', 'nan', ...) is never one, so the cell-by-cell path handles those."""
+    try:
+        numbers = np.array(texts, dtype=np.float64)
+    except (ValueError, TypeError):
+        return None
+    return numbers if np.isfinite(numbers).all() else None
 
 
 def labels_to_array(labels: list[str], where: list[str], class_names: list[str] | None):
@@ -117,7 +167,13 @@ class TableEncoding:
     def fit(cls, cells: Cells, missing: str = "error", unknown_category: str = "error") -> TableEncoding:
         columns = []
         for j, name in enumerate(cells.names):
-            present = [row[j] for row in cells.values if not is_missing(row[j])]
+            texts = list(map(itemgetter(j), cells.values))
+            numbers = _finite_numbers(texts)
+            if numbers is not None:  # the common case, parsed in one call: all numbers, none missing
+                mean = float(np.mean(numbers)) if len(numbers) else 0.0
+                columns.append({"name": name, "kind": "number", "mean": mean})
+                continue
+            present = [text for text in texts if not is_missing(text)]
             numbers = [parse_number(text) for text in present]
             if all(n is not None for n in numbers):
                 columns.append({"name": name, "kind": "number",
@@ -136,36 +192,34 @@ class TableEncoding:
 
     def transform(self, cells: Cells):
         """float64 array (rows, width); errors name the row (FILE:LINE) and the column."""
-        positions = [cells.names.index(c["name"]) for c in self.columns]
+        position = {name: j for j, name in enumerate(cells.names)}  # found by name: one pass, not one per column
         out = np.zeros((len(cells), self.width), np.float64)
-        for column, j in zip(self.columns, positions):
-            start = self._offset(column)
-            if column["kind"] == "number":
-                for i, row in enumerate(cells.values):
-                    out[i, start] = self._number(row[j], column, cells.where[i])
+        start = 0
+        for column in self.columns:
+            j = position[column["name"]]
+            texts = list(map(itemgetter(j), cells.values))
+            numbers = _finite_numbers(texts) if column["kind"] == "number" else None
+            if numbers is not None:
+                out[:, start] = numbers
+            elif column["kind"] == "number":
+                for i, text in enumerate(texts):
+                    out[i, start] = self._number(text, column, cells.where[i])
             else:
                 lookup = {name: k for k, name in enumerate(column["categories"])}
-                for i, row in enumerate(cells.values):
-                    k = lookup.get(row[j])
+                for i, text in enumerate(texts):
+                    k = lookup.get(text)
                     if k is not None:
                         out[i, start + k] = 1.0
-                    elif is_missing(row[j]):
+                    elif is_missing(text):
                         self._missing(column, cells.where[i])
                     elif self.unknown_category == "error":
                         seen = ", ".join(column["categories"][:10]) + (", ..." if len(column["categories"]) > 10
                                                                        else "")
-                        raise DataError(f"{cells.where[i]}: column {column['name']!r} has {row[j]!r}, a category "
+                        raise DataError(f"{cells.where[i]}: column {column['name']!r} has {text!r}, a category "
                                         f"not seen in training (seen: {seen}); data.unknown_category: zeros encodes "
                                         f"it as all zeros (an identifier column? list it in data.ignore_columns)")
+            start += 1 if column["kind"] == "number" else len(column["categories"])
         return out
-
-    def _offset(self, column: dict) -> int:
-        offset = 0
-        for c in self.columns:
-            if c is column:
-                return offset
-            offset += 1 if c["kind"] == "number" else len(c["categories"])
-        raise ValueError(column["name"])
 
     def _number(self, text: str, column: dict, where: str) -> float:
         if is_missing(text):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__, backend
+from ..config.loader import MAX_DEPTH
 from ..errors import CheckpointError
 from .rundir import BEST, LAST, atomic_write
 
@@ -87,42 +88,103 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path}: checkpoint format version {version!r}; this dltrain reads version "
                               f"{FORMAT_VERSION}")
     try:
-        config = json.loads(metadata["config"])
-        state = json.loads(metadata["state"])
-        data = json.loads(metadata["data"])
-    except (KeyError, ValueError) as exc:
+        config, state, data = (metadata_json(metadata, key, path) for key in ("config", "state", "data"))
+    except KeyError as exc:
         raise CheckpointError(f"{path}: checkpoint metadata is incomplete or not JSON ({exc})") from None
     if not all(isinstance(v, dict) for v in (config, state, data)):
         raise CheckpointError(f"{path}: checkpoint metadata has the wrong structure")
-    problem = _metadata_problem(state, data)
+    problem = _state_problem(state) or data_problem(data)
     if problem:
         raise CheckpointError(f"{path}: checkpoint metadata is damaged ({problem})")
 
     def group(prefix):
         return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
+    normalization = group("normalization/")
+    problem = _normalization_problem(normalization, tuple(data["input_shape"]))
+    if problem:
+        raise CheckpointError(f"{path}: checkpoint tensor {problem}")
     return Checkpoint(config=config, state=state, data=data, model=group("model/"),
                       optimizer={"steps": state.get("optimizer_steps", 0), "slots": group("optimizer/")},
-                      normalization=group("normalization/"), path=path, training=group("training/") or None)
+                      normalization=normalization, path=path, training=group("training/") or None)
 
 
-def _metadata_problem(state: dict, data: dict) -> str | None:
-    """What is wrong with the JSON parts, or None: metadata is data and is checked like data."""
+def metadata_json(metadata: dict, key: str, path: Path):
+    """The JSON value of a metadata entry (KeyError if missing); CheckpointError naming the file and the key for
+    text that is not JSON or is nested deeper than a config ever is (config.loader's MAX_DEPTH)."""
+    too_deep = CheckpointError(f"{path}: checkpoint metadata {key}: expected JSON nested at most {MAX_DEPTH} levels "
+                               "deep, found deeper nesting")
+    try:
+        value = json.loads(metadata[key])
+    except RecursionError:  # deeper than the JSON decoder itself follows
+        raise too_deep from None
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: checkpoint metadata {key}: expected JSON, found text that is not ({exc})"
+                              ) from None
+    if _deeper_than(value, MAX_DEPTH):  # the decoder followed it; the code reading it recursively might not
+        raise too_deep
+    return value
+
+
+def _deeper_than(value, limit: int) -> bool:
+    """Whether lists and mappings nest more than `limit` levels (walked without recursion)."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            pending.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
+def _normalization_problem(normalization: dict, input_shape: tuple) -> str | None:
+    """normalization/mean and normalization/std: numbers that broadcast to one input without changing its shape, the
+    std finite and above 0 (what training stores; anything else would fail, or divide by 0, at the first batch)."""
+    for key in ("mean", "std"):
+        if key not in normalization:
+            return f"normalization/{key}: expected one, found none"
+        array = normalization[key]
+        if array.dtype.kind not in "iuf":
+            return f"normalization/{key}: expected numbers, found dtype {array.dtype}"
+        if array.ndim > len(input_shape) or any(n not in (1, m) for n, m in zip(array.shape[::-1],
+                                                                                input_shape[::-1])):
+            return (f"normalization/{key}: expected a shape that broadcasts to one input {input_shape}, found "
+                    f"{tuple(array.shape)}")
+        bad = ~np.isfinite(array) | ((array <= 0) if key == "std" else False)
+        if bad.any():
+            return (f"normalization/{key}: expected finite values{' above 0' if key == 'std' else ''}, found "
+                    f"{array[bad].flat[0].item()!r}")
+    return None
+
+
+def _state_problem(state: dict) -> str | None:
     for key in ("epoch", "global_step", "optimizer_steps"):
         if not isinstance(state.get(key), int) or state[key] < 0:
             return f"state.{key} should be a non-negative integer, got {state.get(key)!r}"
     if not isinstance(state.get("rng"), dict) or not isinstance(state.get("early_stopping"), dict):
         return "state.rng and state.early_stopping should be mappings"
+    return None
+
+
+def data_problem(data: dict) -> str | None:
+    """What is wrong with a checkpoint's (or an exported model's) record of its data, or None: metadata is data and
+    is checked like data, before anything uses it."""
     shape = data.get("input_shape")
     if not isinstance(shape, list) or not shape or not all(isinstance(n, int) and n > 0 for n in shape):
         return f"data.input_shape should be a list of positive integers, got {shape!r}"
-    classes = data.get("classes")
-    if classes is not None and (not isinstance(classes, int) or classes < 1):
-        return f"data.classes should be a positive integer or null, got {classes!r}"
+    for key in ("classes", "target_width"):
+        count = data.get(key)
+        if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 1):
+            return f"data.{key} should be a positive integer or null, got {count!r}"
     for key in ("class_names", "feature_names"):
         names = data.get(key)
         if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
             return f"data.{key} should be a list of strings or null, got {names!r}"
+    classes, names = data.get("classes"), data.get("class_names")
+    if classes is not None and names and len(names) < classes:  # predict and eval name each class
+        return (f"data.class_names: expected a name for each of the {classes} classes (data.classes), found "
+                f"{len(names)}: {names!r}")
     return _features_problem(data.get("features")) or _targets_problem(data.get("target_normalization"))
 
 
@@ -163,7 +225,10 @@ def _metadata(raw: bytes) -> dict:
     size = int.from_bytes(raw[:8], "little")
     if size > len(raw) - 8:
         raise ValueError("header length beyond the end of the file")
-    header = json.loads(raw[8:8 + size])
+    try:
+        header = json.loads(raw[8:8 + size])
+    except RecursionError:
+        raise ValueError("header nested deeper than the JSON parser follows") from None
     metadata = header.get("__metadata__") or {}
     if not isinstance(metadata, dict):
         raise ValueError("metadata is not a mapping")

@@ -11,7 +11,7 @@ from ..config import config_from_dict
 from ..data import prepare
 from ..errors import CheckpointError, ConfigError, DltrainError, RunDirError, ShapeError
 from ..registry import losses
-from .checkpoint import load_checkpoint, resolve_checkpoint
+from .checkpoint import data_problem, load_checkpoint, metadata_json, resolve_checkpoint
 from .eval_plots import write_plots
 from .model import Model, build_for, checked_views
 
@@ -79,7 +79,9 @@ def _choose_split(splits, split: str):
 
 
 def load_onnx(path: Path, doing: str) -> tuple:
-    """(onnxruntime session, dltrain's metadata) of an exported model; CheckpointError for anything else."""
+    """(onnxruntime session, dltrain's metadata, the run's config (a dict, not validated: predicting needs no
+    --code for the graph's layers), its data record) of an exported model, the metadata checked as a checkpoint's
+    is; CheckpointError for anything else."""
     try:
         import onnx  # noqa: PLC0415
         import onnxruntime  # noqa: PLC0415
@@ -90,9 +92,15 @@ def load_onnx(path: Path, doing: str) -> tuple:
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnx and onnxruntime raise many kinds for unreadable files
         raise CheckpointError(f"{path}: not a loadable ONNX model ({exc})") from None
-    if "dltrain_config" not in props:
+    if "dltrain_config" not in props or "dltrain_data" not in props:
         raise CheckpointError(f"{path}: an ONNX model without dltrain's metadata (export it with dltrain export)")
-    return session, props
+    config, data = (metadata_json(props, key, path) for key in ("dltrain_config", "dltrain_data"))
+    if not (isinstance(config, dict) and all(isinstance(config.get(key), dict) for key in ("data", "loss"))):
+        raise CheckpointError(f"{path}: metadata dltrain_config: expected a config with data and loss mappings")
+    problem = data_problem(data) if isinstance(data, dict) else "expected a JSON object"
+    if problem:
+        raise CheckpointError(f"{path}: metadata dltrain_data is damaged ({problem})")
+    return session, props, config, data
 
 
 def note_views_not_exported(data_config: dict) -> None:
@@ -105,11 +113,8 @@ def note_views_not_exported(data_config: dict) -> None:
 
 def evaluate_onnx(path: Path, split: str = "test", data_path: str | None = None, plots: Path | None = None) -> dict:
     """The same report for an exported model, run by onnxruntime on raw (unnormalized) inputs."""
-    import json  # noqa: PLC0415
-
-    session, props = load_onnx(path, "evaluating")
-    config = config_from_dict(json.loads(props["dltrain_config"]), f"{path} (config)")
-    data = json.loads(props["dltrain_data"])
+    session, props, config, data = load_onnx(path, "evaluating")
+    config = config_from_dict(config, f"{path} (config)")
     if data_path is not None:
         config.data["path"] = str(data_path)
     note_views_not_exported(config.data)

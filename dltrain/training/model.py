@@ -13,7 +13,7 @@ from .. import backend
 from ..autograd import Tensor, no_grad
 from ..config import Config
 from ..data import Split, Splits, prepare
-from ..data.splits import blank_value
+from ..data.splits import blank_value, check_token_ids
 from ..errors import ConfigError, DataError, ShapeError
 from ..functional import log_softmax
 from ..functional.loss import _softplus
@@ -192,11 +192,15 @@ def build_for(config: Config, device: str = "cpu", checkpoint=None) -> Built:
     try:
         splits = prepare(config.data, task, config.seed, device,
                          stats=checkpoint.normalization if checkpoint is not None else None, expected_shape=shape,
-                         encoding=trained.get("features"), target_normalization=trained.get("target_normalization"))
+                         encoding=trained.get("features"), target_normalization=trained.get("target_normalization"),
+                         token_ids=config.input_embedding() is not None)
     except ShapeError as exc:
         if checkpoint is None:
             raise
         raise ShapeError(f"{checkpoint.path}: {exc}") from None
+    embedding = config.input_embedding()
+    if embedding is not None:  # values the first step would refuse, said before any run directory is made
+        check_token_ids(splits, config.data, *embedding)
     info = data_info(splits, task)
     if task == "classification" and trained.get("classes") is not None and splits.classes > trained["classes"]:
         raise DataError(f"{config.data.get('path') or config.data['name']}: labels go up to {splits.classes - 1} "

@@ -1,6 +1,7 @@
 """Learning curves from metrics.csv: loss, accuracy and learning rate against epoch.
 
-Reads only what runs wrote; copes with runs that have no validation, no accuracy or one epoch.
+Reads only what runs wrote; copes with runs that have no validation, no accuracy or one epoch. A file that cannot be
+read (not UTF-8, not the CSV or JSON it should be, a word where a number belongs) is a RunDirError naming it.
 """
 
 from __future__ import annotations
@@ -8,14 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DltrainError
-from .rundir import CURVES, RunDir, atomic_write
+from .rundir import CURVES, METRICS, RunDir, atomic_write
+from .runs import metric_value, numbers_checked
 
 FIGSIZE = (15, 4.5)  # inches; at DPI this gives a 1500 x 450 PNG
 DPI = 100
 
 
-def _column(rows: list[dict], key: str) -> list[float | None]:
-    return [float(r[key]) if r.get(key) not in (None, "") else None for r in rows]
+def _column(path: Path, rows: list[dict], key: str) -> list[float | None]:
+    return [metric_value(path, r, key) for r in rows]
 
 
 def plot_runs(run_dirs: list, out: Path | None = None) -> Path:
@@ -33,6 +35,7 @@ def plot_runs(run_dirs: list, out: Path | None = None) -> Path:
         rows = run.read_metrics()
         if not rows:
             raise DltrainError(f"{run.file('metrics.csv')}: no epochs recorded yet (missing or empty metrics.csv)")
+        numbers_checked(run.file(METRICS), rows)  # a word in any column is named before anything is drawn
         runs.append((run, rows, run.read_summary() or {}))
     out = Path(out) if out else runs[0][0].file(CURVES)
 
@@ -45,16 +48,16 @@ def plot_runs(run_dirs: list, out: Path | None = None) -> Path:
         epochs = [int(r["epoch"]) for r in rows]
         for ax, metric in ((ax_loss, "loss"), (ax_acc, "accuracy")):
             for split, style in (("train", "-"), ("val", "--")):
-                values = _column(rows, f"{split}_{metric}")
+                values = _column(run.file(METRICS), rows, f"{split}_{metric}")
                 points = [(e, v) for e, v in zip(epochs, values) if v is not None]
                 if points:
                     any_accuracy |= metric == "accuracy"
                     ax.plot(*zip(*points), style, color=colour, marker="o" if len(points) == 1 else None,
                             label=f"{label} {split}".strip())
-        lrs = [(e, v) for e, v in zip(epochs, _column(rows, "lr")) if v is not None]
+        lrs = [(e, v) for e, v in zip(epochs, _column(run.file(METRICS), rows, "lr")) if v is not None]
         if lrs:
             ax_lr.plot(*zip(*lrs), color=colour, label=label or None)
-        _mark_best(summary, rows, epochs, ax_loss, ax_acc, colour)
+        _mark_best(summary, run.file(METRICS), rows, epochs, ax_loss, ax_acc, colour)
     ax_loss.set_title("loss")
     ax_acc.set_title("accuracy")
     ax_lr.set_title("learning rate")
@@ -86,12 +89,12 @@ def _save_png(fig, out: Path) -> Path:
     return out
 
 
-def _mark_best(summary: dict, rows, epochs, ax_loss, ax_acc, colour) -> None:
+def _mark_best(summary: dict, metrics: Path, rows, epochs, ax_loss, ax_acc, colour) -> None:
     """A star on the monitored curve at the best epoch, and a dotted line across the loss panel."""
     best, monitor = summary.get("best_epoch"), summary.get("monitor")
     if best is None or monitor is None or best not in epochs:
         return
-    value = _column(rows, monitor)[epochs.index(best)]
+    value = _column(metrics, rows, monitor)[epochs.index(best)]
     if value is None:
         return
     ax = ax_acc if monitor.endswith("accuracy") else ax_loss
@@ -120,7 +123,7 @@ def plot_gradients(run_dirs: list, out: Path | None = None) -> Path:
         depth = list(range(1, len(columns) + 1))
         colours = plt.get_cmap("viridis")
         for i, row in enumerate(rows):
-            values = [max(float(row[c]), 1e-30) for c in columns]
+            values = [max(metric_value(run.file(GRADIENTS), row, c) or 0.0, 1e-30) for c in columns]
             ax.plot(depth, values, marker="o", markersize=3, color=colours(i / max(len(rows) - 1, 1)),
                     label=f"epoch {row['epoch']}" if i in (0, len(rows) - 1) else None)
         ax.set_yscale("log")

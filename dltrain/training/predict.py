@@ -4,6 +4,10 @@ The model is a run directory (its best checkpoint), a checkpoint, or an exported
 Inputs are prepared as the training data was (images converted to the trained channels and size, the stored
 normalization applied) and streamed in batches; each row's output names the predicted class and its probability
 (classification), the probability and label (binary), or the values (regression).
+
+Every cell is valid UTF-8: paths (and class names from folder names) that are not are written as readable_path()
+writes them. Text is written as it is unless `escape_formulas`: then a text cell that a spreadsheet would run as a
+formula (it begins with =, +, -, @, a tab or a carriage return, and is not a number) gets a ' before it.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -19,7 +24,8 @@ from pathlib import Path
 from .. import backend
 from ..autograd import no_grad
 from ..config import config_from_dict
-from ..data.inputs import InputSet
+from ..data.images import DEFAULT_MAX_IMAGE_PIXELS
+from ..data.inputs import InputSet, readable_path
 from ..data.splits import blank_value, normalize
 from ..data.tables import Cells, TableEncoding
 from ..errors import CheckpointError, ConfigError, DataError, DltrainError
@@ -81,10 +87,9 @@ def load_predictor(path: str | Path, device: str = "cpu", views: list[str] | Non
 
 
 def _onnx_predictor(path: Path) -> Predictor:
-    session, props = load_onnx(path, "predicting with")
-    config, data = json.loads(props["dltrain_config"]), json.loads(props["dltrain_data"])
+    session, props, config, data = load_onnx(path, "predicting with")
     note_views_not_exported(config["data"])
-    task = {"cross_entropy": "classification", "binary_cross_entropy": "binary"}.get(config["loss"]["name"],
+    task = {"cross_entropy": "classification", "binary_cross_entropy": "binary"}.get(config["loss"].get("name"),
                                                                                    "regression")
 
     def run(x):  # normalization is folded into the exported graph: it takes raw inputs
@@ -96,8 +101,30 @@ def _onnx_predictor(path: Path) -> Predictor:
 
 def _class_names(data: dict) -> list[str] | None:
     if data.get("class_names"):
-        return [str(name) for name in data["class_names"]]
+        return [_utf8(str(name)) for name in data["class_names"]]
     return [str(i) for i in range(data["classes"])] if data.get("classes") else None
+
+
+def _utf8(text: str) -> str:
+    """Text as it is, or, where it holds what UTF-8 cannot (a folder name's bytes that are not UTF-8), as
+    readable_path() writes it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return readable_path(text)
+    return text
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula (OWASP)
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def escape_formula(cell: str) -> str:
+    """A text cell that a spreadsheet would run as a formula with a ' before it, as OWASP advises for CSV files (the
+    spreadsheet shows the text and hides the quote); a number such as -1.5 or +2 stays a number."""
+    if cell.startswith(_FORMULA_START) and not _NUMBER.fullmatch(cell):
+        return "'" + cell
+    return cell
 
 
 def _softmax(outputs):
@@ -165,27 +192,34 @@ def rows_of(predictor: Predictor, outputs, ids: list[str], carried: dict, top_k:
 
 def predict(model: str | Path, inputs: list[Path], out: Path | None = None, fmt: str = "csv", top_k: int = 1,
             probabilities: bool = False, batch_size: int = 256, device: str = "cpu", skip_bad: bool = False,
-            progress=None, views: list[str] | None = None) -> InputSet:
-    """Write one row per input to `out` (atomically) or stdout; returns the InputSet (its `skipped` files).
-    `views` replaces the config's data.test_time_augment ([]: none)."""
+            progress=None, views: list[str] | None = None, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+            escape_formulas: bool = False) -> InputSet:
+    """Write one row per input to `out` (atomically: a temporary file beside it, removed on any error, Ctrl-C or
+    SIGTERM) or stdout; returns the InputSet (its `skipped` files). `views` replaces the config's
+    data.test_time_augment ([]: none)."""
     predictor = load_predictor(model, device, views)
     if predictor.task == "classification" and top_k > len(predictor.class_names):
         raise DataError(f"--top-k {top_k}: the model has {len(predictor.class_names)} classes")
-    source = InputSet(list(inputs), predictor.input_shape, predictor.feature_names, predictor.label_column)
+    source = InputSet(list(inputs), predictor.input_shape, predictor.feature_names, predictor.label_column,
+                      max_image_pixels)
+    options = (fmt, top_k, probabilities, batch_size, skip_bad, progress, escape_formulas)
     if out is None:
-        _write_all(predictor, source, sys.stdout, fmt, top_k, probabilities, batch_size, skip_bad, progress)
+        _write_all(predictor, source, sys.stdout, *options)
         return source
     out = Path(out)
-    fd, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent if str(out.parent) else ".")
+    temporary = None
     try:
+        fd, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp",
+                                         dir=out.parent if str(out.parent) else ".")
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as stream:
-            _write_all(predictor, source, stream, fmt, top_k, probabilities, batch_size, skip_bad, progress)
+            _write_all(predictor, source, stream, *options)
             stream.flush()
             os.fsync(stream.fileno())
         os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, out)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
         raise
     return source
 
@@ -196,9 +230,16 @@ def _umask() -> int:
     return mask
 
 
-def _write_all(predictor, source: InputSet, stream, fmt, top_k, probabilities, batch_size, skip_bad, progress):
+def _write_all(predictor, source: InputSet, stream, fmt, top_k, probabilities, batch_size, skip_bad, progress,
+               escape_formulas):
     writer = None
     done = 0
+
+    def cell(value):
+        if isinstance(value, float):
+            return repr(value)
+        return escape_formula(value) if escape_formulas and isinstance(value, str) else value
+
     for batch in source.batches(batch_size, skip_bad):
         x = _encoded(predictor, batch) if isinstance(batch.x, list) else batch.x
         outputs = predictor.run(x)
@@ -209,9 +250,9 @@ def _write_all(predictor, source: InputSet, stream, fmt, top_k, probabilities, b
         else:
             if writer is None:
                 columns = output_columns(predictor, top_k, probabilities, outputs.shape[1], list(batch.carried))
-                writer = csv.DictWriter(stream, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
-                writer.writeheader()
-            writer.writerows({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()} for row in rows)
+                writer = csv.writer(stream, lineterminator="\n")
+                writer.writerow([cell(column) for column in columns])
+            writer.writerows([cell(row.get(column, "")) for column in columns] for row in rows)
         done += len(rows)
         if progress is not None:
             progress(done)

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from rich.console import Console
+
+
+def silence_stdout() -> None:
+    """After the reader of our output went away (EPIPE, `dltrain ... | head`): standard output goes to /dev/null at
+    the descriptor, so the rest of the run, and Python's flush at exit, write nowhere instead of failing again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real descriptor (a test's captured stream)
+        pass
+    finally:
+        os.close(devnull)
 
 
 def format_row(row: dict, epochs: int) -> str:

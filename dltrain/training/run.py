@@ -38,21 +38,33 @@ def run_training(config: Config | None, *, run_dir: str | Path | None = None, re
     comm = comm or communicator()  # one rank without MPI
     main = comm.rank == 0
     say = announce if (announce and main) else (lambda text: None)
-    checkpoint = None
-    if resume is not None:
-        if run_dir is not None:
-            raise ConfigError("--resume continues RUN_DIR itself; it cannot be combined with --run-dir")
-        run = files.RunDir(resume, writable=main)
-        if not run.path.is_dir():
-            raise ConfigError(f"--resume {resume}: not a run directory")
-        run.remove_stale_temporaries()
-        checkpoint = load_checkpoint(run.file(files.LAST))
-        config = resumed_config(checkpoint, config, overrides, config_path)
-    else:
-        if config is None:
-            raise ConfigError("missing CONFIG: give a YAML config file (or --resume RUN_DIR)")
-        path = comm.broadcast(run_dir or files.default_run_dir(config_path or "run"))  # one name on every rank
-        run = files.RunDir(path, writable=main)
+    run = None
+    try:
+        if resume is not None:
+            if run_dir is not None:
+                raise ConfigError("--resume continues RUN_DIR itself; it cannot be combined with --run-dir")
+            run = files.RunDir(resume, writable=main)
+            if not run.path.is_dir():
+                raise ConfigError(f"--resume {resume}: not a run directory")
+            run.lock()  # before reading anything: another process may be writing it
+            checkpoint = load_checkpoint(run.file(files.LAST))
+            config = resumed_config(checkpoint, config, overrides, config_path)
+            run.read_metrics()  # a metrics.csv it cannot continue is refused before anything is written
+        else:
+            if config is None:
+                raise ConfigError("missing CONFIG: give a YAML config file (or --resume RUN_DIR)")
+            checkpoint = None
+            path = comm.broadcast(run_dir or files.default_run_dir(config_path or "run"))  # one name on every rank
+            run = files.RunDir(path, writable=main)
+        return _train(config, run, checkpoint, init_from, device, comm, reporter, say, callbacks, plot,
+                      name or (Path(config_path).stem if config_path else None))
+    finally:
+        if run is not None:
+            run.unlock()
+
+
+def _train(config, run, checkpoint, init_from, device, comm, reporter, say, callbacks, plot, name) -> dict:
+    main = comm.rank == 0
     if device is not None:
         config.device = device
     resolved_device = backend.resolve_device(config.device)
@@ -60,7 +72,7 @@ def run_training(config: Config | None, *, run_dir: str | Path | None = None, re
 
     trainer = Trainer(config, run, resolved_device, reporter if main and reporter else SilentReporter(),
                       resume=checkpoint, comm=comm, callbacks=callbacks)
-    trainer.config_name = name or (Path(config_path).stem if config_path else None)
+    trainer.config_name = name
     trainer.plot_curves = plot
     trainer.setup()  # data and model first: a bad dataset leaves no empty run directory behind
     if init_from is not None:
@@ -77,6 +89,8 @@ def run_training(config: Config | None, *, run_dir: str | Path | None = None, re
             problem = exc
     if comm.broadcast(problem is not None):  # every rank stops if rank 0 cannot write
         raise problem or DltrainError("rank 0 could not create the run directory")
+    if checkpoint is not None:
+        run.remove_stale_temporaries()  # what a killed writer left; the lock says none is writing now
     say(f"run directory: {run.path}" + (f" ({comm.size} ranks)" if comm.size > 1 else ""))
     if checkpoint is not None:
         say(f"resuming after epoch {trainer.start_epoch} of {config.training.epochs}")

@@ -7,15 +7,19 @@
         checkpoints/best.safetensors checkpoints/last.safetensors
         curves.png                   learning curves (dltrain plot)
         process.json                 the process training it (pid, host, start): running, or killed?
+        .lock                        held (flock) by the one process writing the run; the kernel releases it on exit
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import os
+import shutil
 import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +38,10 @@ CURVES = "curves.png"
 PROCESS = "process.json"
 GRADIENTS = "gradients.csv"  # with training.log_gradients
 GRADIENT_PLOT = "gradients.png"
+LOCK = ".lock"
+# What a run writes; a directory holding only these from a run that failed before its first epoch is reused.
+RUN_FILES = {CONFIG, METRICS, SUMMARY, CHECKPOINTS, CURVES, PROCESS, GRADIENTS, GRADIENT_PLOT, LOCK, "tensorboard",
+             "mlflow.json", "plots"}
 METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
 
 
@@ -82,21 +90,94 @@ class RunDir:
     def __init__(self, path: str | Path, writable: bool = True):
         self.path = Path(path)
         self.writable = writable
+        self._lock_fd = None  # the open lock file while this process holds the run (see lock())
 
     def file(self, name: str) -> Path:
         return self.path / name
 
     def create(self) -> None:
-        """Make a new run directory; an existing non-empty one is never overwritten."""
+        """Make a new run directory and lock it; an existing one is never overwritten, except what a run that failed
+        before its first epoch left (its summary says so)."""
         if not self.writable:
             return
-        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
-            raise RunDirError(f"run directory {self.path} already exists and is not empty; choose another "
-                              "--run-dir or continue it with --resume")
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"run directory {self.path} already exists and is not a directory; choose another "
+                              "--run-dir")
+        self._refuse_unless_reusable(other_things_only=True)  # a directory of other things gets no lock file
         try:
-            (self.path / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+            self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise RunDirError(f"cannot create run directory {self.path}: {exc.strerror or exc}") from None
+        self.lock()  # a process writing it is named here; from here on, looking at what it holds cannot race
+        try:
+            for name in self._refuse_unless_reusable():  # nothing of value: no epoch was completed
+                target = self.file(name)
+                shutil.rmtree(target) if target.is_dir() else target.unlink()
+            (self.path / CHECKPOINTS).mkdir(exist_ok=True)
+        except OSError as exc:
+            self.unlock()
+            raise RunDirError(f"cannot create run directory {self.path}: {exc.strerror or exc}") from None
+        except RunDirError:
+            self.unlock()
+            raise
+
+    def _refuse_unless_reusable(self, other_things_only: bool = False) -> set[str]:
+        """What the directory holds (but the lock), when it is empty or holds a run that failed before its first
+        epoch; a RunDirError otherwise. `other_things_only`: refuse only what no run wrote."""
+        try:
+            entries = {entry.name for entry in self.path.iterdir()} - {LOCK} if self.path.is_dir() else set()
+        except OSError as exc:
+            raise RunDirError(f"cannot read run directory {self.path}: {exc.strerror or exc}") from None
+        if other_things_only:
+            entries -= RUN_FILES
+        if entries and (other_things_only or not self._failed_before_first_epoch(entries)):
+            raise RunDirError(f"run directory {self.path} already exists and is not empty; choose another "
+                              "--run-dir or continue it with --resume")
+        return entries
+
+    def _failed_before_first_epoch(self, entries: set[str]) -> bool:
+        if not entries <= RUN_FILES:
+            return False
+        try:
+            summary = json.loads(self.file(SUMMARY).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        checkpoints = self.file(CHECKPOINTS)
+        return (isinstance(summary, dict) and summary.get("stop_reason") == "failed"
+                and summary.get("epochs_run") == 0
+                and not (checkpoints.is_dir() and any(p.suffix == ".safetensors" for p in checkpoints.iterdir())))
+
+    # ------------------------------------------------------------ one writer at a time
+
+    def lock(self) -> None:
+        """Hold the run's lock until unlock() or the process ends (the kernel releases a flock even after kill -9,
+        so no lock is ever stale). Another process holding it: RunDirError naming it, at once."""
+        if not self.writable or self._lock_fd is not None:
+            return
+        try:
+            fd = os.open(self.file(LOCK), os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        except OSError as exc:
+            raise RunDirError(f"cannot lock run directory {self.path}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise RunDirError(f"run directory {self.path} is in use by {holder}; wait for it to end, or stop it "
+                              "(the lock goes with the process)") from None
+        except OSError as exc:
+            os.close(fd)
+            raise RunDirError(f"cannot lock run directory {self.path}: {exc.strerror or exc}") from None
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  "command": " ".join(["dltrain", *sys.argv[1:3]])}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            fd, self._lock_fd = self._lock_fd, None
+            os.close(fd)  # closing the only descriptor releases the flock
 
     def remove_stale_temporaries(self) -> None:
         """Temporary files of writes a killed process never finished (the real files are intact)."""
@@ -113,22 +194,28 @@ class RunDir:
         self._write(SUMMARY, (json.dumps(summary, indent=2) + "\n").encode())
 
     def write_process(self) -> None:
-        """Who trains this run now; a resumed run's old summary goes, as it no longer says how the run ended."""
+        """Who trains this run now. A resumed run's old summary stays until the new one replaces it: while this
+        process lives `dltrain runs` says running, and a resume that fails leaves the finished run as it was."""
         if not self.writable:
             return
-        try:
-            self.file(SUMMARY).unlink(missing_ok=True)
-        except OSError as exc:
-            raise RunDirError(f"cannot remove {self.file(SUMMARY)}: {exc.strerror or exc}") from None
         self._write(PROCESS, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                          "process_start": process_start(os.getpid()),
                                          "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode())
 
     def read_process(self) -> dict | None:
+        """process.json's pid and its text fields (host, process_start, started); None when it is missing, not a
+        JSON object, or names no process: a pid that is not a positive integer (os.kill(0, 0) would ask about this
+        process's own group, os.kill(-1, 0) about every process)."""
         try:
-            return json.loads(self.file(PROCESS).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            process = json.loads(self.file(PROCESS).read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):
             return None
+        if not isinstance(process, dict):
+            return None
+        pid = process.get("pid")
+        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+            return None
+        return {"pid": pid, **{key: value for key, value in process.items() if isinstance(value, str)}}
 
     def _write(self, name: str, data: bytes) -> None:
         if not self.writable:
@@ -173,25 +260,84 @@ class RunDir:
             raise RunDirError(f"cannot write {self.file(name)}: {exc.strerror or exc}") from None
 
     def read_table(self, name: str) -> list[dict]:
-        """Rows of a per-epoch CSV as dicts of strings; an incomplete last line (a crash mid-write) is skipped."""
+        """Rows of a per-epoch CSV as dicts of strings; an incomplete last line (a crash mid-write) is skipped. A file
+        that is not UTF-8 text, or not a CSV whose header has an epoch column, is a RunDirError naming it (a resume
+        must not continue it); an empty one has no rows."""
         path = self.file(name)
         if not path.is_file():
             return []
-        text = path.read_text(encoding="utf-8")
+        expected = "expected a CSV with an epoch column"
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except OSError as exc:
+            raise RunDirError(f"cannot read {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise RunDirError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                              f"{expected}") from None
         lines = text.splitlines()
         if text and not text.endswith("\n"):
             lines = lines[:-1]
-        rows = list(csv.DictReader(lines))
+        if not lines:
+            return []
+        reader = csv.DictReader(lines)
+        try:
+            rows = list(reader)
+        except csv.Error as exc:
+            raise RunDirError(f"{path}: not a readable CSV ({exc}); {expected}") from None
+        if "epoch" not in (reader.fieldnames or []):
+            header = ",".join(reader.fieldnames or [])
+            raise RunDirError(f"{path}: {expected}, found the header "
+                              f"{header if len(header) <= 80 else header[:80] + '...'!r}")
         return [r for r in rows if None not in r.values() and r.get("epoch", "").isdigit()]
 
     def read_summary(self) -> dict | None:
+        """summary.json, or None when there is none (the run has not ended, or was killed); RunDirError naming it
+        when it is not a JSON object or a field that `dltrain runs`, diff and plot read has another type."""
         path = self.file(SUMMARY)
         if not path.is_file():
             return None
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
+            summary = json.loads(path.read_bytes().decode("utf-8"))
+        except OSError as exc:
+            raise RunDirError(f"cannot read {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise RunDirError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                              "expected a JSON object") from None
+        except RecursionError:
+            raise RunDirError(f"{path}: not JSON (nested deeper than the parser follows)") from None
+        except ValueError as exc:
+            raise RunDirError(f"{path}: not JSON ({exc})") from None
+        if not isinstance(summary, dict):
+            kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(summary),
+                                                                                                "a number")
+            raise RunDirError(f"{path}: expected a JSON object, found {kind}")
+
+        def number(value):
+            return isinstance(value, int | float) and not isinstance(value, bool)
+
+        fields = ((("stop_reason",), "text", lambda v: isinstance(v, str)),
+                  (("monitor", "device"), "text or null", lambda v: v is None or isinstance(v, str)),
+                  (("epochs_run", "best_epoch"), "a whole number or null",
+                   lambda v: v is None or (number(v) and isinstance(v, int) and v >= 0)),
+                  (("best_value", "test_accuracy", "test_loss", "total_seconds", "train_samples_per_second"),
+                   "a number or null", lambda v: v is None or number(v)))
+        for keys, what, fits in fields:
+            for key in keys:
+                if key in summary and not fits(summary[key]):
+                    found = repr(summary[key])
+                    raise RunDirError(f"{path}: {key} should be {what}, found "
+                                      f"{found if len(found) <= 60 else found[:60] + '...'}")
+        return summary
+
+
+def _read_holder(fd: int) -> str:
+    """'process 123 on host h since 2026-12-04T05:00:00+0000 (dltrain train ...)' from a held lock file."""
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
+        return (f"process {holder['pid']} on {holder['host']} since {holder['since']} "
+                f"({holder.get('command', 'dltrain')})")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"  # it holds the lock but has not written who it is yet
 
 
 def process_start(pid: int) -> str | None:
@@ -209,14 +355,14 @@ def is_alive(process: dict) -> bool | None:
     if process.get("host") != socket.gethostname():
         return None
     pid = process.get("pid")
-    if not isinstance(pid, int):
-        return False
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False  # names no process (os.kill(0, 0) would ask about this process's group, -1 about every one)
     started = process_start(pid)
     if started is not None or process.get("process_start") is not None:
         return started is not None and started == process.get("process_start")
     try:  # no /proc: whether some process has that pid
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # OverflowError: a pid beyond any the system gives
         return False
     except PermissionError:
         return True

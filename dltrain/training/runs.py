@@ -1,9 +1,14 @@
 """Run directories read back: `dltrain runs` (a table of many) and `dltrain diff` (two side by side).
 
-Everything here is read from what runs wrote: config.yaml, metrics.csv, summary.json, process.json. A run with no
-summary is `running` while the process its process.json names is alive, and `killed` once it is not: training that
-ends by completing, stopping early, diverging, being interrupted (Ctrl-C, SIGTERM) or pruned writes a summary, so
-no summary means the process died without one (kill -9, power loss, or a crash such as a full disk).
+Everything here is read from what runs wrote: config.yaml, metrics.csv, summary.json, process.json. A run is
+`running` while the process its process.json names is alive (a resumed run keeps its old summary until it writes a
+new one), and otherwise says how it ended, from its summary. One with no summary is `killed`: training that ends by
+completing, stopping early, diverging, failing, being interrupted (Ctrl-C, SIGTERM) or pruned writes a summary, so no
+summary means the process died without one (kill -9, power loss, or a crash such as a full disk).
+
+A file that cannot be read (not UTF-8, not the CSV or JSON it should be, a word where a number belongs) does not stop
+the table: the row shows what the other files say, and the row's `problems` name the file and what is wrong
+(`unreadable` status when it is summary.json). `dltrain diff` and `dltrain plot` of such a run refuse it instead.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from pathlib import Path
 import yaml
 
 from ..config import format_path
-from ..errors import DltrainError
+from ..config.loader import load_yaml
+from ..errors import DltrainError, RunDirError
 from . import rundir as files
 from .loggers import flatten
 
@@ -37,52 +43,120 @@ def find_runs(roots: list[Path]) -> list[Path]:
     return found
 
 
-def status_of(run: files.RunDir, summary: dict | None) -> str:
-    if summary is not None:
-        return summary.get("stop_reason", "unknown")
+def status_of(run: files.RunDir, summary: dict | None, metrics: list[dict] = ()) -> str:
+    """How the run ended, or `running`; `metrics` (its rows) tell a resume that died after completing epochs, which
+    leaves the summary of the run it continued, from that run itself."""
     process = run.read_process()
+    alive = files.is_alive(process) if process is not None else False
+    # a summary older than process.json is that of the run a later process resumed (and has yet to replace)
+    resumed = summary is not None and _modified(run.file(files.PROCESS)) > _modified(run.file(files.SUMMARY))
+    if alive and (summary is None or resumed):
+        return "running"
+    if summary is not None:
+        recorded = max((int(r["epoch"]) for r in metrics), default=0)
+        if resumed and isinstance(summary.get("epochs_run"), int) and recorded > summary["epochs_run"]:
+            return "killed"  # the resume completed epochs the summary does not count, then died without its own
+        return summary.get("stop_reason", "unknown")
     if process is None:
-        return "unknown"  # written before dltrain recorded its process
-    alive = files.is_alive(process)
+        return "unknown"  # written before dltrain recorded its process, or process.json names no process
     if alive is None:
         return f"no summary (ran on {process.get('host')})"
-    return "running" if alive else "killed"
+    return "killed"
+
+
+def _modified(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+def metric_value(path: Path, row: dict, column: str) -> float | None:
+    """A number of a per-epoch CSV row (None where blank); RunDirError naming the file, epoch and column for a word."""
+    text = row.get(column)
+    if text in (None, ""):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise RunDirError(f"{path}: epoch {row.get('epoch')}: {column} is not a number: {shown!r}") from None
+
+
+def numbers_checked(path: Path, rows: list[dict]) -> list[dict]:
+    """The rows of a per-epoch CSV, each of whose cells is a number or blank; RunDirError naming the first that is
+    not (a row longer than its header keeps the extra cells under None, which are left out)."""
+    for row in rows:
+        for column in row:
+            if isinstance(column, str):
+                metric_value(path, row, column)
+    return rows
 
 
 def run_row(path: Path, root: Path | None = None) -> dict:
-    """One run's row: the table's columns, plus its config (flattened) for --where."""
+    """One run's row: the table's columns, plus its config (flattened) for --where, and `problems`: what could not
+    be read, each naming its file (the row's other values come from the files that could)."""
     run = files.RunDir(path, writable=False)
-    summary = run.read_summary()
-    metrics = run.read_metrics()
+    problems = []
+
+    def read(reader, default):
+        try:
+            return reader()
+        except DltrainError as exc:
+            problems.append(str(exc))
+            return default
+
+    summary = read(run.read_summary, None)
+    summary_unreadable = bool(problems)
+    metrics_file = run.file(files.METRICS)
+    metrics = read(lambda: numbers_checked(metrics_file, run.read_metrics()), [])
     process = run.read_process() or {}
-    config = read_config(path)
+    config = read(lambda: read_config(path), {})
     started = process.get("started") or datetime.datetime.fromtimestamp(
         (path / files.CONFIG).stat().st_mtime).astimezone().strftime("%Y-%m-%dT%H:%M:%S%z")
+    figures = summary or {}
     row = {"run": str(path.relative_to(root)) if root and path != root and path.is_relative_to(root) else str(path),
-           "started": started, "device": (summary or {}).get("device") or config.get("device"),
-           "status": status_of(run, summary)}
-    row["epochs"] = summary["epochs_run"] if summary else len(metrics)
-    monitor = (summary or {}).get("monitor") or config.get("training", {}).get("early_stopping", {}).get("monitor")
-    best_value, best_epoch = (summary or {}).get("best_value"), (summary or {}).get("best_epoch")
+           "started": started, "device": figures.get("device") or _setting(config, "device"),
+           "status": "unreadable" if summary_unreadable else status_of(run, summary, metrics)}
+    row["epochs"] = figures.get("epochs_run", len(metrics))
+    monitor = figures.get("monitor") or _setting(config, "training", "early_stopping", "monitor")
+    best_value, best_epoch = figures.get("best_value"), figures.get("best_epoch")
     if best_value is None and metrics and monitor in metrics[0]:  # still running or killed: the rows so far
-        values = [(float(r[monitor]), int(r["epoch"])) for r in metrics if r.get(monitor) not in (None, "")]
+        values = [(value, int(r["epoch"])) for r in metrics if (value := metric_value(metrics_file, r, monitor))
+                  is not None]
         if values:
             best_value, best_epoch = (max if monitor.endswith("accuracy") else min)(values)
     row.update(monitor=monitor, best_value=best_value, best_epoch=best_epoch)
-    row["test_accuracy"] = (summary or {}).get("test_accuracy")
-    row["test_loss"] = (summary or {}).get("test_loss")
-    row["seconds"] = (summary or {}).get("total_seconds") or (
-        round(sum(float(r["seconds"]) for r in metrics), 3) if metrics else None)
-    row["samples_per_second"] = (summary or {}).get("train_samples_per_second")
+    row["test_accuracy"] = figures.get("test_accuracy")
+    row["test_loss"] = figures.get("test_loss")
+    row["seconds"] = figures.get("total_seconds")
+    if row["seconds"] is None and metrics:
+        row["seconds"] = round(sum(metric_value(metrics_file, r, "seconds") or 0.0 for r in metrics), 3)
+    row["samples_per_second"] = figures.get("train_samples_per_second")
     row["config"] = flatten(config)
+    row["problems"] = problems
     return row
 
 
+def _setting(config: dict, *keys):
+    """config[key][key]... of a run's config, None where a level is missing or not a mapping."""
+    for key in keys:
+        config = config.get(key) if isinstance(config, dict) else None
+    return config if isinstance(config, str | int | float) else None
+
+
 def read_config(path: Path) -> dict:
+    """A run's config.yaml as a mapping ({} for another value), read as configs are (nesting, aliases and tags
+    bounded); DltrainError naming it when it cannot be read."""
+    file = Path(path) / files.CONFIG
     try:
-        values = yaml.safe_load((Path(path) / files.CONFIG).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise DltrainError(f"{Path(path) / files.CONFIG}: cannot read the run's config ({exc})") from None
+        text = file.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise DltrainError(f"{file}: cannot read the run's config ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise DltrainError(f"{file}: cannot read the run's config (not UTF-8 text: byte "
+                           f"0x{exc.object[exc.start]:02x} at offset {exc.start})") from None
+    values, _ = load_yaml(text, str(file))
     return values if isinstance(values, dict) else {}
 
 

@@ -29,7 +29,7 @@ from .callbacks import EarlyStopping, WeightAveraging, built_in, overrides
 from .checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
 from .loggers import make_loggers
 from .model import build_for
-from .reporting import SilentReporter
+from .reporting import SilentReporter, silence_stdout
 from .rundir import RunDir
 from .steps import DEVICE_READ_EVERY, Batch, strategy_for  # noqa: F401 (DEVICE_READ_EVERY: tests read it here)
 
@@ -301,6 +301,12 @@ class Trainer:
                 self.stop_reason, error = "diverged", exc
             except (KeyboardInterrupt, Terminated) as exc:
                 self.stop_reason, error = "interrupted", self._interrupted(exc)
+            except BrokenPipeError:  # `dltrain train ... | head`: the reader went away
+                silence_stdout()
+                self.stop_reason, error = "interrupted", self._interrupted(BrokenPipeError())
+            except Exception as exc:
+                self._failed(exc, time.perf_counter() - started)
+                raise
             summary = self._finish(self.stop_reason, self.completed, time.perf_counter() - started)
             if error:
                 summary["error"] = str(error)
@@ -326,8 +332,30 @@ class Trainer:
                 self.stop_reason = "callback" if self.stop_reason == "completed" else self.stop_reason
                 return
 
+    def _failed(self, exc: Exception, seconds: float) -> None:
+        """A summary saying the run failed and why, so that `dltrain runs` does not call it killed and a run that
+        failed before its first epoch leaves a directory the same --run-dir may use again. A resume that failed
+        before completing an epoch leaves the run's own summary in place."""
+        if self.completed == self.start_epoch and self.run.file(files.SUMMARY).exists():
+            return
+        self.run.write_summary({
+            "stop_reason": "failed",
+            "epochs_run": self.completed,
+            "best_epoch": self.early_stopping.best_epoch,
+            "monitor": self.early_stopping.monitor,
+            "best_value": self.early_stopping.best,
+            "total_seconds": round(seconds, 3),
+            "error": f"{type(exc).__name__}: {exc}" if not isinstance(exc, DltrainError) else str(exc),
+            "dltrain_version": __version__,
+            "seed": self.config.seed,
+            "device": self.device,
+        })
+
     def _interrupted(self, exc) -> Interrupted:
-        signal_name, code = ("SIGTERM", 143) if isinstance(exc, Terminated) else ("Ctrl-C", 130)
+        if isinstance(exc, BrokenPipeError):
+            signal_name, code = "output closed", 141  # 128 + SIGPIPE, as a shell reports it
+        else:
+            signal_name, code = ("SIGTERM", 143) if isinstance(exc, Terminated) else ("Ctrl-C", 130)
         if self.completed:
             return Interrupted(f"interrupted ({signal_name}): the checkpoint of the last complete epoch "
                                f"({self.completed}) is kept; continue with --resume {self.run.path}", code)

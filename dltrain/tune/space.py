@@ -84,15 +84,21 @@ class Search:
     sampler: str
     pruner: str
     parameters: list[Parameter] = field(default_factory=list)
+    monitor: str | None = None  # what a trial's early stopping and best checkpoint follow (default: metric)
+
+    def __post_init__(self):
+        self.monitor = self.monitor or self.metric
 
     def trial_config(self, assignment: dict) -> Config:
-        """The config of one trial: the base values with `assignment` (key -> value) written in, validated."""
+        """The config of one trial: the base values with `assignment` (key -> value) written in, and the study's
+        metric as its early-stopping monitor unless the config names one; validated."""
         values = copy.deepcopy(self.values)
         written_by = dict(self.overrides)
         for parameter in self.parameters:
             value = assignment[parameter.key]
             apply_override(values, parameter.path, value, f"{parameter.key}={value!r}")
             written_by[parameter.path] = f"{parameter.key}={value!r} (tune)"
+        monitor_metric(values, self.metric)
         return validate(values, self.positions, self.filename, written_by)
 
     @property
@@ -152,8 +158,31 @@ def load_search(config_path: str | Path, overrides: list[str] = (), space_path: 
                                                  f"{', '.join(ranges)} {what} as choice: [...])")
     v.raise_if_any()
     direction = "maximize" if metric.endswith("accuracy") else "minimize"
+    monitor = config.training.early_stopping.monitor if named_monitor(values) else metric
     return Search(config, values, positions, filename, written_by, metric, direction, options.trials,
-                  options.sampler, options.pruner, parameters)
+                  options.sampler, options.pruner, parameters, monitor)
+
+
+def named_monitor(values: dict) -> bool:
+    """Whether the config (or a --set) names training.early_stopping.monitor."""
+    training = values.get("training")
+    early_stopping = training.get("early_stopping") if isinstance(training, dict) else None
+    return isinstance(early_stopping, dict) and "monitor" in early_stopping
+
+
+def monitor_metric(values: dict, metric: str) -> None:
+    """Make a trial's early stopping and best checkpoint follow the study's metric, where the config's values do
+    not name a monitor themselves: the value the study gets, the checkpoint kept and best.yaml then agree."""
+    training = values.setdefault("training", {})
+    if training is None:
+        training = values["training"] = {}
+    if not isinstance(training, dict):
+        return  # validation says what is wrong
+    early_stopping = training.get("early_stopping", {})
+    if early_stopping is False:  # off: no stopping, but the monitor still picks the best epoch
+        training["early_stopping"] = {"enabled": False, "monitor": metric}
+    elif isinstance(early_stopping, dict) and "monitor" not in early_stopping:
+        training["early_stopping"] = {**early_stopping, "monitor": metric}
 
 
 def _check_metric(v: Validator, config: Config, metric: str, named: bool) -> None:

@@ -13,15 +13,22 @@ Workers: every process runs trials until the study holds `trials` finished ones 
 start one trial too many; machines sharing a database through --storage each take their own lock, and may together
 overshoot by one trial per machine. A worker killed mid-trial stops sending Optuna's heartbeat; after GRACE_SECONDS
 the next worker to look marks that trial failed (its run directory stays, with the epochs it finished) and runs its
-parameters again once, as a new trial.
+parameters again once, as a new trial. Workers that create the study at once on a fresh database (its tables, the
+study) all end up in the one study: the ones that lose the race try again. A trial monitors the study's metric
+(unless its config names a monitor), so the value Optuna gets, the checkpoint the run keeps and best.yaml agree.
+trials.csv, best.yaml and the plots are written under a second lock file, each replaced atomically.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fcntl
+import importlib
 import io
 import math
+import random
+import re
 import time
 import warnings
 from pathlib import Path
@@ -38,6 +45,8 @@ from .space import RANGES, Parameter, Search, describe_assignment
 HEARTBEAT_SECONDS = 5  # a running trial's worker writes its heartbeat this often
 GRACE_SECONDS = 20  # a running trial with no heartbeat for this long belongs to a dead worker
 POLL_SECONDS = 2  # a worker with nothing to start (others' trials are running) looks again after this
+STORAGE_TIMEOUT = 10  # seconds a database server has to answer a connection (--storage-timeout)
+RACE_RETRIES = 8  # workers creating the study's tables at once: the ones that lose try again, this often in all
 STORAGE_FILE = "study.db"
 TRIALS_FILE = "trials.csv"
 BEST_FILE = "best.yaml"
@@ -50,27 +59,139 @@ def default_storage(study_dir: Path) -> str:
     return f"sqlite:///{(Path(study_dir) / STORAGE_FILE).resolve()}"
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}  # workers wait for the file lock
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by *** (postgresql://user:***@host/db): what messages and logs show."""
+    return re.sub(r"(://[^:/?#@]*):(.*)@(?=[^@]*$)", r"\1:***@", str(url))
+
+
+def _masked_text(text: str, url: str, password: str | None) -> str:
+    text = text.replace(url, mask_url(url))
+    if password and len(password) >= 4:  # a driver's message that quotes it; shorter ones would garble the text
+        text = text.replace(password, "***")
+    return text
+
+
+# SQLAlchemy driver -> (module it imports, what to pip install); plain postgresql:// takes the first installed of
+# SQLAlchemy's default PostgreSQL driver (psycopg 3 from SQLAlchemy 2.1 on, psycopg2 before) and the other one
+DRIVERS = {"psycopg2": ("psycopg2", "psycopg2-binary"), "psycopg": ("psycopg", "'psycopg[binary]'"),
+           "pg8000": ("pg8000", "pg8000"), "pymysql": ("pymysql", "PyMySQL"), "mysqldb": ("MySQLdb", "mysqlclient")}
+POSTGRES_HINT = ("pip install psycopg2-binary (for postgresql+psycopg2://, or plain postgresql://) or "
+                 "'psycopg[binary]' (for postgresql+psycopg://)")
+
+
+def _installed(module: str) -> bool:
     try:
+        importlib.import_module(module)
+    except ImportError:  # also a package that is there but cannot load (psycopg without libpq)
+        return False
+    return True
+
+
+def resolve_url(url: str):
+    """The SQLAlchemy URL to open: a plain postgresql:// gets the PostgreSQL driver that is installed."""
+    from sqlalchemy.engine import make_url  # noqa: PLC0415 (installed with Optuna)
+    from sqlalchemy.exc import ArgumentError  # noqa: PLC0415
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"--storage {mask_url(url)}: expected a database URL such as "
+                          f"postgresql+psycopg2://user:password@host/database or sqlite:///path/study.db") from None
+    if parsed.drivername == "postgresql":
+        default = parsed.get_driver_name()
+        for driver in (default, *(d for d in ("psycopg2", "psycopg") if d != default)):
+            if driver in DRIVERS and _installed(DRIVERS[driver][0]):
+                return parsed.set(drivername=f"postgresql+{driver}")
+        raise ConfigError(f"--storage {mask_url(url)}: no PostgreSQL driver is installed; {POSTGRES_HINT}")
+    driver = parsed.get_driver_name() if "+" in parsed.drivername else None
+    if driver in DRIVERS and not _installed(DRIVERS[driver][0]):
+        hint = f"; or {POSTGRES_HINT}" if parsed.get_backend_name() == "postgresql" else ""
+        raise ConfigError(f"--storage {mask_url(url)}: its driver {driver!r} is not installed: pip install "
+                          f"{DRIVERS[driver][1]}{hint}")
+    return parsed
+
+
+def _engine_kwargs(parsed, timeout: int) -> dict:
+    """How long a connection may take: SQLite's wait for the file lock (workers take turns), a server's answer."""
+    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+    if backend == "sqlite":
+        return {"connect_args": {"timeout": 60}}
+    key = {"psycopg2": "connect_timeout", "psycopg": "connect_timeout", "pg8000": "timeout",
+           "pymysql": "connect_timeout", "mysqldb": "connect_timeout"}.get(driver)
+    if key is None or key in parsed.query:  # a driver we do not know, or the URL says it already
+        return {}
+    seconds = int(math.ceil(timeout))
+    if driver in ("psycopg2", "psycopg"):
+        seconds = max(seconds, 2)  # libpq waits at least 2 s
+    return {"connect_args": {key: seconds}}
+
+
+def _race(exc: BaseException) -> bool:
+    """An error of two workers creating the same tables or rows at once: the one that lost tries again."""
+    import sqlalchemy.exc  # noqa: PLC0415
+
+    if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    if isinstance(exc, sqlalchemy.exc.IntegrityError):
+        return True  # unique_violation: CREATE TABLE or an insert that another worker did first
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        state = getattr(exc.orig, "pgcode", None) or getattr(exc.orig, "sqlstate", None)
+        return state in ("42P07", "42710") or "already exists" in str(exc.orig)  # duplicate table / object
+    return False
+
+
+def _retrying(action, retries: int = RACE_RETRIES):
+    """`action()`, tried again (after a short random pause) while it loses a race with another worker."""
+    for attempt in range(retries):
+        try:
+            return action()
+        except Exception as exc:
+            if attempt == retries - 1 or not _race(exc):
+                raise
+            time.sleep(random.uniform(0.05, 0.25) * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def open_storage(url: str, timeout: int = STORAGE_TIMEOUT) -> optuna.storages.RDBStorage:
+    """Optuna's storage at `url`, its tables created if this is the first worker; a connection that takes longer
+    than `timeout` seconds is an error (a server that does not answer)."""
+    import sqlalchemy.exc  # noqa: PLC0415
+
+    parsed = resolve_url(url)
+    target = url if parsed.drivername == url.split("://", 1)[0] else parsed.render_as_string(hide_password=False)
+    engine = _engine_kwargs(parsed, timeout)
+
+    def connect():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             # a dead worker's trial is tried once more with the same parameters (a grid point is not lost)
             retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS,
+            return optuna.storages.RDBStorage(target, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS,
                                               grace_period=GRACE_SECONDS, heartbeat_stale_trial_callback=retry)
+
+    try:
+        return _retrying(connect)
     except ImportError as exc:
-        raise ConfigError(f"--storage {url}: its database driver is not installed ({exc}); e.g. "
-                          f"pip install psycopg2-binary for postgresql://") from None
-    except Exception as exc:  # noqa: BLE001 (SQLAlchemy's errors: bad URL, unreachable server, unwritable file)
-        raise ConfigError(f"--storage {url}: cannot open the study's database ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"--storage {mask_url(url)}: its database driver is not installed ({exc}); install the "
+                          f"package for {parsed.drivername}://") from None
+    except Exception as exc:  # noqa: BLE001 (SQLAlchemy's errors: unreachable server, refused login, unwritable file)
+        cause = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ else exc
+        detail = str(getattr(cause, "orig", None) or cause).strip().splitlines()
+        kind = type(getattr(cause, "orig", None) or cause).__name__
+        text = _masked_text(f"{kind}: {detail[0] if detail else ''}", url, parsed.password)
+        if isinstance(cause, sqlalchemy.exc.OperationalError) and parsed.get_backend_name() != "sqlite":
+            waited = next(iter(engine.get("connect_args", {}).values()), None)
+            timed_out = waited is not None and re.search(r"time[sd]? ?out", text, re.IGNORECASE)
+            raise ConfigError(f"--storage {mask_url(url)}: cannot connect to the database ({text})"
+                              + (f"; no answer within {waited} s (--storage-timeout)" if timed_out else "")) from None
+        raise ConfigError(f"--storage {mask_url(url)}: cannot open the study's database ({text})") from None
 
 
 def open_study(search: Search, storage, name: str, worker: int = 0) -> optuna.Study:
-    """Create the study, or load it to continue; a study searched for another metric is refused."""
-    study = optuna.create_study(storage=storage, study_name=name, direction=search.direction,
-                                pruner=_pruner(search), load_if_exists=True)
+    """Create the study, or load it to continue; a study searched for another metric is refused. Several workers
+    may create it at once: one creates it, the others load it."""
+    study = _retrying(lambda: optuna.create_study(storage=storage, study_name=name, direction=search.direction,
+                                                  pruner=_pruner(search), load_if_exists=True))
     # Seeded by the config's seed, the worker and the trials already there: a study continued, or shared by
     # workers, does not draw again the values its earlier trials drew.
     seed = (search.config.seed * 1_000_003 + worker * 7_919 + len(study.trials)) % 2**32
@@ -118,8 +239,8 @@ def target_trials(search: Search) -> int:
 class _StartLock:
     """An exclusive lock file in the study directory, held from counting the trials to creating the next one."""
 
-    def __init__(self, directory: Path):
-        self.path = Path(directory) / ".tune.lock"
+    def __init__(self, directory: Path, name: str = ".tune.lock"):
+        self.path = Path(directory) / name
         self.file = None
 
     def acquire(self) -> None:
@@ -213,22 +334,28 @@ class _Objective:
             summary = run_training(config, run_dir=run_dir, device=self.device, callbacks=[pruning], name=self.name)
         except Diverged:
             summary = files.RunDir(run_dir, writable=False).read_summary() or {"stop_reason": "diverged"}
-        for key in ("stop_reason", "epochs_run", "total_seconds", "test_accuracy", "test_loss"):
+        for key in ("stop_reason", "epochs_run", "total_seconds", "test_accuracy", "test_loss", "monitor"):
             if summary.get(key) is not None:
                 trial.set_user_attr(key, summary[key])
-        if pruning.best_epoch is not None:
-            trial.set_user_attr("best_epoch", pruning.best_epoch)
-        metric = self.search.metric
-        outcome = (f"{metric} {pruning.best:.4f} at epoch {pruning.best_epoch}" if pruning.best is not None
-                   else f"no {metric}")
+        metric, best, at = self.search.metric, pruning.best, pruning.best_epoch
+        kept = summary.get("best_epoch")  # the epoch of the checkpoint the run kept, by its monitor
+        if summary.get("monitor") == metric and summary.get("best_value") is not None:
+            best, at = float(summary["best_value"]), kept  # the run's own judgement (min_delta): they agree
+        if kept is not None:
+            trial.set_user_attr("best_epoch", kept)
+        if summary.get("best_value") is not None:
+            trial.set_user_attr("monitor_value", summary["best_value"])
+        outcome = f"{metric} {best:.4f} at epoch {at}" if best is not None else f"no {metric}"
+        if summary.get("monitor") not in (None, metric) and summary.get("best_value") is not None:
+            outcome += f" (kept epoch {kept}: {summary['monitor']} {summary['best_value']:.4f})"
         self.announce(f"trial {trial.number}: {describe_assignment(assignment)} -> {outcome}; "
                       f"{summary['stop_reason']} after {summary.get('epochs_run', '?')} epochs, "
                       f"{summary.get('total_seconds', 0):.1f}s, {run_dir}")
-        if summary["stop_reason"] == "diverged" or pruning.best is None:
+        if summary["stop_reason"] == "diverged" or best is None:
             return math.nan  # Optuna marks the trial failed; it counts as finished (stop_reason), the search goes on
         if summary["stop_reason"] == "pruned":
             raise optuna.TrialPruned(f"pruned at epoch {summary['epochs_run']}")
-        return pruning.best
+        return best
 
 
 def suggest(trial: optuna.Trial, parameter: Parameter):
@@ -254,7 +381,8 @@ def trial_rows(study: optuna.Study, search: Search) -> list[dict]:
             row[key] = by_key[key].from_category(value) if value is not None and by_key[key].kind == "choice" \
                 else value
         row.update(stop_reason=t.user_attrs.get("stop_reason"), epochs=t.user_attrs.get("epochs_run"),
-                   best_epoch=t.user_attrs.get("best_epoch"), seconds=t.user_attrs.get("total_seconds"),
+                   best_epoch=t.user_attrs.get("best_epoch"), monitor=t.user_attrs.get("monitor"),
+                   monitor_value=t.user_attrs.get("monitor_value"), seconds=t.user_attrs.get("total_seconds"),
                    run_dir=t.user_attrs.get("run_dir"))
         rows.append(row)
     return rows
@@ -265,12 +393,29 @@ def _state(trial) -> str:
             "WAITING": "waiting"}[trial.state.name]
 
 
+@contextlib.contextmanager
+def _results_lock(study_dir: Path):
+    """Held while one process reads the study and writes its shared files: several workers, or several
+    `dltrain tune` on one directory, finishing at once write one after another, the last with the newest trials
+    (each file is also replaced atomically, so a reader never sees half of one)."""
+    lock = _StartLock(study_dir, ".results.lock")
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def write_results(study: optuna.Study, search: Search, study_dir: Path, name: str) -> dict:
     """trials.csv, best.yaml and the plots; returns what the closing table shows."""
-    study_dir = Path(study_dir)
+    with _results_lock(study_dir):
+        return _write_results(study, search, Path(study_dir), name)
+
+
+def _write_results(study: optuna.Study, search: Search, study_dir: Path, name: str) -> dict:
     rows = trial_rows(study, search)
     columns = ["number", "state", "value", *(p.key for p in search.parameters), "stop_reason", "epochs",
-               "best_epoch", "seconds", "run_dir"]
+               "best_epoch", "monitor", "monitor_value", "seconds", "run_dir"]
     text = io.StringIO()
     writer = csv.DictWriter(text, columns, lineterminator="\n")
     writer.writeheader()
@@ -288,13 +433,16 @@ def write_results(study: optuna.Study, search: Search, study_dir: Path, name: st
 def _write_best_config(best: dict, search: Search, study_dir: Path, name: str) -> None:
     """The config the best trial's run wrote; rebuilt from its parameters when that run directory is on another
     machine (a study shared through --storage)."""
-    config_file = Path(best["run_dir"]) / files.CONFIG
-    if config_file.is_file():
+    config_file = Path(best["run_dir"] or "") / files.CONFIG
+    if best["run_dir"] and config_file.is_file():
         config = yaml.safe_load(config_file.read_text(encoding="utf-8"))
     else:
         config = search.trial_config({p.key: best[p.key] for p in search.parameters}).to_dict()
+    kept = f"at epoch {best['best_epoch']}"
+    if best.get("monitor") not in (None, search.metric) and best.get("monitor_value") is not None:
+        kept = f"its checkpoint: epoch {best['best_epoch']}, {best['monitor']} {best['monitor_value']:.6g}"
     head = (f"# The best trial of study {name!r}: trial {best['number']}, {search.metric} {best['value']:.6g} "
-            f"at epoch {best['best_epoch']}.\n# Train it again with: dltrain train {study_dir / BEST_FILE}\n")
+            f"{kept}.\n# Train it again with: dltrain train {study_dir / BEST_FILE}\n")
     files.atomic_write(study_dir / BEST_FILE, (head + yaml.safe_dump(config, sort_keys=False)).encode())
 
 

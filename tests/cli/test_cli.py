@@ -43,6 +43,7 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", header[16:24])
 
 
+@pytest.mark.slow
 def test_train_eval_plot_end_to_end(tmp_path):
     config = write(tmp_path, TINY)
     run = tmp_path / "run"
@@ -77,6 +78,7 @@ def test_train_eval_plot_end_to_end(tmp_path):
     assert png_size(out) == (1500, 450)
 
 
+@pytest.mark.slow
 def test_eval_from_another_working_directory(tmp_path):
     config = write(tmp_path, TINY)
     dltrain("train", config, "--run-dir", tmp_path / "run")
@@ -99,6 +101,7 @@ def test_existing_run_directory_is_never_overwritten(tmp_path):
     assert (run / "keep.txt").read_text() == "precious"
 
 
+@pytest.mark.slow
 def test_resume_through_the_cli(tmp_path):
     config = write(tmp_path, TINY)
     run = tmp_path / "run"
@@ -120,6 +123,7 @@ def test_resume_refuses_a_different_model(tmp_path):
     assert f"  model[0].linear.units: run has 8, {other} has 9" in result.stderr
 
 
+@pytest.mark.slow
 def test_init_from_starts_a_new_run_from_trained_weights(tmp_path):
     config = write(tmp_path, TINY)
     assert dltrain("train", config, "--run-dir", tmp_path / "first").returncode == 0
@@ -227,6 +231,7 @@ REAL_DATA = Path("/usr/share/datasets/fashion-mnist")
 
 @pytest.mark.skipif(not (REAL_DATA / "t10k-images-idx3-ubyte.gz").is_file(),
                     reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+@pytest.mark.slow
 def test_short_run_on_real_fashion_mnist(tmp_path):
     config = Path(__file__).parents[2] / "configs" / "fashion_mlp.yaml"
     run = tmp_path / "run"
@@ -237,6 +242,7 @@ def test_short_run_on_real_fashion_mnist(tmp_path):
     assert summary["test_accuracy"] > 0.8
 
 
+@pytest.mark.slow
 def test_plot_copes_with_no_validation_and_no_accuracy(tmp_path):
     text = (TINY.replace("units: 3}", "units: 1}") + "loss: mse\n").replace(
         "data: {name: blobs, n_samples: 200, classes: 3}", "data: {name: blobs, n_samples: 200, val_fraction: 0}")
@@ -264,6 +270,7 @@ def test_stopping_off_without_validation_trains_and_says_what_best_means(tmp_pat
     assert json.loads((run / "summary.json").read_text())["monitor"] == "train_loss"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signal_name, exit_code", [("SIGINT", 130), ("SIGTERM", 143)])
 def test_interrupt_stops_with_complete_files(tmp_path, signal_name, exit_code):
     import signal
@@ -290,6 +297,7 @@ def test_interrupt_stops_with_complete_files(tmp_path, signal_name, exit_code):
     assert len((run / "metrics.csv").read_text().splitlines()) == 1 + done + 2
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_leaves_resumable_runs(tmp_path):
     """SIGKILL gives no chance to clean up: whatever is on disk must be complete, and --resume must finish."""
     import random

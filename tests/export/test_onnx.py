@@ -91,6 +91,7 @@ def run_cli(*args):
     return subprocess.run([str(dltrain_exe), *map(str, args)], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_export_then_eval_the_onnx_file_gives_the_checkpoints_report(tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text("data: {name: blobs, n_samples: 200, classes: 3}\n"
