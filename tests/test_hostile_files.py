@@ -139,11 +139,12 @@ def test_predict_refuses_an_image_over_the_pixel_limit_or_skips_it(image_run, bo
 
 
 def test_the_pixel_limit_is_a_setting_of_predict_and_of_image_folder(image_run, tmp_path, monkeypatch):
-    from dltrain.cli import predict as predict_command
-    from dltrain.data import images
     from dltrain.data.datasets import image_folder
 
-    assert predict_command.DEFAULT_MAX_IMAGE_PIXELS == images.DEFAULT_MAX_IMAGE_PIXELS  # --help's, without importing
+    # --help shows the one default (dltrain.limits) without importing the data package
+    probe = "import sys, dltrain.cli; print(sorted(m for m in sys.modules if m.startswith('dltrain.data')))"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout == "[]\n"
+    assert "[default: 89478485]" in invoke("predict", "--help").stdout
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     image = save_png(tmp_path / "a.png")  # 8 x 8: 64 pixels
     result = invoke("predict", image_run, image, "--max-image-pixels", "63")
@@ -279,8 +280,8 @@ def test_runs_lists_what_it_can_read_and_notes_the_rest(tmp_path):
     assert rows["good"]["problems"] == [] and rows["good"]["status"] == "completed"
     for name, (_, problem) in BROKEN.items():
         assert rows[name]["problems"] == [f"{tmp_path / name}/{problem}"]
-    assert rows["bad_config"]["problems"] == [f"{tmp_path / 'bad_config'}/config.yaml: cannot read the run's config "
-                                              "(not UTF-8 text: byte 0xff at offset 0)"]
+    assert rows["bad_config"]["problems"] == [f"{tmp_path / 'bad_config'}/config.yaml: cannot read the run's config: "
+                                              "not UTF-8 text (byte 0xff at offset 0)"]
     assert rows["bad_config"]["status"] == "completed" and rows["bad_config"]["epochs"] == 2
     assert rows["summary_list"]["status"] == "unreadable" and rows["summary_list"]["epochs"] == 2
     assert rows["word_in_metrics"]["best_value"] == 0.6  # from the summary
@@ -332,6 +333,24 @@ def test_resume_over_a_garbage_metrics_csv_is_refused(image_run, tmp_path):
     assert result.exit_code == 2, result.output
     assert result.stderr.endswith(f"error: {run}/metrics.csv: not UTF-8 text (byte 0x80 at offset 128); expected a "
                                   "CSV with an epoch column\n")
+
+
+@pytest.mark.parametrize("epoch", ["\u00b2", "x", "1.5", ""], ids=["superscript_two", "word", "fraction", "blank"])
+def test_an_epoch_that_is_not_a_whole_number_is_refused_by_resume_and_noted_by_runs(image_run, tmp_path, epoch):
+    """'²' passes str.isdigit() and then int() raised ValueError; a word was left out silently, row and all."""
+    run = shutil.copytree(image_run, tmp_path / "run")
+    text = (run / "metrics.csv").read_text()
+    (run / "metrics.csv").write_text(text.replace("\n1,", f"\n{epoch},", 1))
+    problem = f"{run}/metrics.csv: line 2: epoch: expected a whole number, found {epoch!r}"
+    result = invoke("train", "--resume", run, "--set", "training.epochs=2")
+    assert (result.exit_code, result.stderr) == (2, f"error: {problem}\n"), result.output
+    assert (run / "metrics.csv").read_text() == text.replace("\n1,", f"\n{epoch},", 1)  # left as it was
+    result = invoke("runs", run, "--json")
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    assert row["problems"] == [problem] and row["epochs"] == 1  # from summary.json
+    result = invoke("plot", run)
+    assert (result.exit_code, result.stderr) == (2, f"error: {problem}\n"), result.output
 
 
 # ---------------------------------------------------------------- 4. edited checkpoint metadata
@@ -398,6 +417,42 @@ def test_class_names_shorter_than_the_classes_is_a_checkpoint_error(image_run, t
         assert (result.exit_code, result.stderr) == (
             2, f"error: {checkpoint}: checkpoint metadata is damaged (data.class_names: expected a name for each of "
                f"the 2 classes (data.classes), found 1: ['cat'])\n"), result.output
+
+
+def edit_onnx(source: Path, target: Path, data: dict) -> Path:
+    """The exported model at `source` with its dltrain_data metadata replaced by `data`, saved as `target`."""
+    import onnx
+
+    model = onnx.load(str(source))
+    for prop in model.metadata_props:
+        if prop.key == "dltrain_data":
+            prop.value = json.dumps(data)
+    onnx.save(model, str(target))
+    return target
+
+
+@pytest.mark.parametrize("edit, problem", [
+    ({"classes": 1, "class_names": ["cat"]},  # predict named the second output, a dog: IndexError
+     "data.class_names: expected a name for each of the graph's 2 outputs, found 1 name"),
+    ({"classes": 3, "class_names": ["cat", "dog", "bird"]},
+     "data.class_names: expected a name for each of the graph's 2 outputs, found 3 names"),
+    ({"classes": 3, "class_names": None}, "data.classes: expected the graph's output width 2, found 3"),
+    ({"classes": 1, "class_names": ["cat", "dog"]}, "data.classes: expected the graph's output width 2, found 1"),
+], ids=["fewer_names", "more_names", "more_classes", "fewer_classes"])
+def test_onnx_metadata_whose_classes_do_not_fit_the_graphs_output_is_refused(image_run, tmp_path, edit, problem):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'dltrain[onnx]')")
+    exported = tmp_path / "m.onnx"
+    result = invoke("export", image_run, "--out", exported)
+    assert result.exit_code == 0, result.output
+    model = edit_onnx(exported, tmp_path / "edited.onnx", {**data_of(image_run), **edit})
+    image = save_png(tmp_path / "x.png", 110)  # the brightest of the dogs it trained on
+    for args in (("predict", model, image), ("eval", model)):
+        result = invoke(*args)
+        assert (result.exit_code, result.stderr) == (
+            2, f"error: {model}: metadata dltrain_data does not fit the graph ({problem})\n"), result.output
+    result = invoke("predict", exported, image)  # the file as exported predicts
+    assert result.exit_code == 0, result.output
+    assert read_rows(result.stdout)[0]["prediction"] == "dog"
 
 
 # ---------------------------------------------------------------- 5. cells a spreadsheet would run

@@ -478,3 +478,29 @@ def test_workers_get_the_storage_url_from_the_environment_not_their_command_line
     for command, env in started:
         assert not any("s3cret" in part for part in command) and "--storage" not in command
         assert env["DLTRAIN_STORAGE"] == url
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("postgres://u:p@127.0.0.1:5432/db",
+     "--storage postgres://u:***@127.0.0.1:5432/db: SQLAlchemy has no dialect for postgres://; write postgresql:// "
+     "(or postgresql+psycopg:// for psycopg 3)"),
+    ("postgres+psycopg2://u:s3cret@127.0.0.1/db",
+     "--storage postgres+psycopg2://u:***@127.0.0.1/db: SQLAlchemy has no dialect for postgres+psycopg2://; write "
+     "postgresql+psycopg2://"),
+    ("foo://x",
+     "--storage foo://x: SQLAlchemy has no dialect for foo:// (Can't load plugin: sqlalchemy.dialects:foo); expected "
+     "a URL such as postgresql+psycopg2://user:password@host/database or sqlite:///path/study.db"),
+    ("postgresql://u@127.0.0.1:notaport/db",
+     "--storage postgresql://u@127.0.0.1:notaport/db: expected a database URL such as "
+     "postgresql+psycopg2://user:password@host/database or sqlite:///path/study.db; its port 'notaport' is not a "
+     "number"),
+    ("postgresql+psycopg2://u:s3cret@[::1]:x/db",
+     "--storage postgresql+psycopg2://u:***@[::1]:x/db: expected a database URL such as "
+     "postgresql+psycopg2://user:password@host/database or sqlite:///path/study.db; its port 'x' is not a number"),
+])
+def test_a_storage_url_sqlalchemy_cannot_open_is_one_line_without_its_password(tmp_path, url, expected):
+    """No server needed: these URLs fail before any connection (an unknown dialect, a port that is not a number)."""
+    code, output = invoke("tune", write(tmp_path, SPIRALS + SEARCH), "--storage", url, "--dir", tmp_path / "study")
+    assert code == 2, output
+    assert output.strip() == f"error: {expected}"
+    assert not (tmp_path / "study").exists()  # nothing started

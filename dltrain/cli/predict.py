@@ -8,10 +8,9 @@ from pathlib import Path
 
 import typer
 
+from ..limits import DEFAULT_MAX_IMAGE_PIXELS
 from .interrupts import stops_cleanly
 from .options import CODE_OPTION, NO_TTA_OPTION, TTA_OPTION, chosen_views
-
-DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # dltrain.data.images's, here too for --help (imported lazily)
 
 
 def predict(

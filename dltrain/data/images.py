@@ -24,14 +24,12 @@ from pathlib import Path
 
 from .. import backend
 from ..errors import DataError
+from ..limits import DEFAULT_MAX_IMAGE_PIXELS
 
 np = backend.np
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 CACHE_VERSION = 1  # change when the decoded bytes for the same files would change
-# Pillow's own default (Image.MAX_IMAGE_PIXELS, a quarter GiB as 24-bit RGB): far above any photo a camera takes
-# (50 megapixels), far below what would exhaust memory.
-DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 
 
 def _pillow():

@@ -100,7 +100,26 @@ def load_onnx(path: Path, doing: str) -> tuple:
     problem = data_problem(data) if isinstance(data, dict) else "expected a JSON object"
     if problem:
         raise CheckpointError(f"{path}: metadata dltrain_data is damaged ({problem})")
+    if config["loss"].get("name") == "cross_entropy":  # one output per class: predict and eval name each
+        problem = _classes_problem(data, session.get_outputs()[0].shape)
+        if problem:
+            raise CheckpointError(f"{path}: metadata dltrain_data does not fit the graph ({problem})")
     return session, props, config, data
+
+
+def _classes_problem(data: dict, output_shape) -> str | None:
+    """How the metadata's classes disagree with the width of the graph's output (its last dimension, where the graph
+    fixes it), or None: edited metadata would otherwise name classes the graph does not output, or leave some out."""
+    width = output_shape[-1] if output_shape else None
+    if not isinstance(width, int) or isinstance(width, bool):
+        return None  # a dimension the graph leaves open (a name such as 'classes'): nothing to compare
+    names, classes = data.get("class_names"), data.get("classes")
+    if names and len(names) != width:
+        return (f"data.class_names: expected a name for each of the graph's {width} outputs, found {len(names)} "
+                f"name{'' if len(names) == 1 else 's'}")
+    if classes != width:
+        return f"data.classes: expected the graph's output width {width}, found {classes}"
+    return None
 
 
 def note_views_not_exported(data_config: dict) -> None:

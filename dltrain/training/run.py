@@ -46,7 +46,7 @@ def run_training(config: Config | None, *, run_dir: str | Path | None = None, re
             run = files.RunDir(resume, writable=main)
             if not run.path.is_dir():
                 raise ConfigError(f"--resume {resume}: not a run directory")
-            run.lock()  # before reading anything: another process may be writing it
+            on_rank_zero(comm, run.lock)  # before reading anything: another process may be writing it
             checkpoint = load_checkpoint(run.file(files.LAST))
             config = resumed_config(checkpoint, config, overrides, config_path)
             run.read_metrics()  # a metrics.csv it cannot continue is refused before anything is written
@@ -56,14 +56,17 @@ def run_training(config: Config | None, *, run_dir: str | Path | None = None, re
             checkpoint = None
             path = comm.broadcast(run_dir or files.default_run_dir(config_path or "run"))  # one name on every rank
             run = files.RunDir(path, writable=main)
-        return _train(config, run, checkpoint, init_from, device, comm, reporter, say, callbacks, plot,
-                      name or (Path(config_path).stem if config_path else None))
+        return _train(config, run, checkpoint=checkpoint, init_from=init_from, device=device, comm=comm,
+                      reporter=reporter, say=say, callbacks=callbacks, plot=plot,
+                      name=name or (Path(config_path).stem if config_path else None))
     finally:
         if run is not None:
             run.unlock()
 
 
-def _train(config, run, checkpoint, init_from, device, comm, reporter, say, callbacks, plot, name) -> dict:
+def _train(config: Config, run: files.RunDir, *, checkpoint, init_from, device, comm, reporter, say, callbacks,
+           plot: bool, name: str | None) -> dict:
+    """run_training once the run directory is known (and, on a resume, locked)."""
     main = comm.rank == 0
     if device is not None:
         config.device = device
@@ -80,23 +83,30 @@ def _train(config, run, checkpoint, init_from, device, comm, reporter, say, call
             raise ConfigError("--init-from starts a new run from a checkpoint's weights; --resume continues a run: "
                               "use one of them")
         trainer.load_weights(init_from)
-    problem = None
-    if checkpoint is None and main:
-        try:
-            run.create()
-            run.write_config(config.to_dict())
-        except DltrainError as exc:
-            problem = exc
-    if comm.broadcast(problem is not None):  # every rank stops if rank 0 cannot write
-        raise problem or DltrainError("rank 0 could not create the run directory")
-    if checkpoint is not None:
-        run.remove_stale_temporaries()  # what a killed writer left; the lock says none is writing now
+    # Said before anything is written: a closed output (`| head`) stops the run with nothing to clean up.
     say(f"run directory: {run.path}" + (f" ({comm.size} ranks)" if comm.size > 1 else ""))
     if checkpoint is not None:
         say(f"resuming after epoch {trainer.start_epoch} of {config.training.epochs}")
+    if checkpoint is None:
+        on_rank_zero(comm, lambda: (run.create(), run.write_config(config.to_dict())))
+    else:
+        run.remove_stale_temporaries()  # what a killed writer left; the lock says none is writing now
     if main:
         run.write_process()  # who is training it: `dltrain runs` tells running from killed
     return trainer.fit()
+
+
+def on_rank_zero(comm, action: Callable[[], object]) -> None:
+    """Rank 0 does `action` (it alone writes files); when that fails, every rank stops with it instead of
+    waiting forever in the next collective."""
+    problem = None
+    if comm.rank == 0:
+        try:
+            action()
+        except DltrainError as exc:
+            problem = exc
+    if comm.broadcast(problem is not None):
+        raise problem or DltrainError("rank 0 stopped the run (its message says why)")
 
 
 @contextlib.contextmanager

@@ -13,12 +13,14 @@
 from __future__ import annotations
 
 import csv
+import errno
 import fcntl
 import io
 import json
 import os
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -91,6 +93,7 @@ class RunDir:
         self.path = Path(path)
         self.writable = writable
         self._lock_fd = None  # the open lock file while this process holds the run (see lock())
+        self._previous_process = None  # process.json as write_process() found it
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -103,14 +106,14 @@ class RunDir:
         if self.path.exists() and not self.path.is_dir():
             raise RunDirError(f"run directory {self.path} already exists and is not a directory; choose another "
                               "--run-dir")
-        self._refuse_unless_reusable(other_things_only=True)  # a directory of other things gets no lock file
+        self._refuse_foreign_content()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise RunDirError(f"cannot create run directory {self.path}: {exc.strerror or exc}") from None
         self.lock()  # a process writing it is named here; from here on, looking at what it holds cannot race
         try:
-            for name in self._refuse_unless_reusable():  # nothing of value: no epoch was completed
+            for name in self._leftovers_of_failed_setup():  # nothing of value: no epoch was completed
                 target = self.file(name)
                 shutil.rmtree(target) if target.is_dir() else target.unlink()
             (self.path / CHECKPOINTS).mkdir(exist_ok=True)
@@ -121,18 +124,28 @@ class RunDir:
             self.unlock()
             raise
 
-    def _refuse_unless_reusable(self, other_things_only: bool = False) -> set[str]:
-        """What the directory holds (but the lock), when it is empty or holds a run that failed before its first
-        epoch; a RunDirError otherwise. `other_things_only`: refuse only what no run wrote."""
+    def _entries(self) -> set[str]:
+        """The names in the directory (but the lock file); none when it does not exist yet."""
         try:
-            entries = {entry.name for entry in self.path.iterdir()} - {LOCK} if self.path.is_dir() else set()
+            return {entry.name for entry in self.path.iterdir()} - {LOCK} if self.path.is_dir() else set()
         except OSError as exc:
             raise RunDirError(f"cannot read run directory {self.path}: {exc.strerror or exc}") from None
-        if other_things_only:
-            entries -= RUN_FILES
-        if entries and (other_things_only or not self._failed_before_first_epoch(entries)):
-            raise RunDirError(f"run directory {self.path} already exists and is not empty; choose another "
-                              "--run-dir or continue it with --resume")
+
+    def _not_empty(self) -> RunDirError:
+        return RunDirError(f"run directory {self.path} already exists and is not empty; choose another --run-dir or "
+                           "continue it with --resume")
+
+    def _refuse_foreign_content(self) -> None:
+        """Refuse a directory holding anything no run writes (a directory of other things gets no lock file)."""
+        if self._entries() - RUN_FILES:
+            raise self._not_empty()
+
+    def _leftovers_of_failed_setup(self) -> set[str]:
+        """What the (locked) directory holds, when that is nothing or a run that failed before its first epoch;
+        a RunDirError otherwise."""
+        entries = self._entries()
+        if entries and not self._failed_before_first_epoch(entries):
+            raise self._not_empty()
         return entries
 
     def _failed_before_first_epoch(self, entries: set[str]) -> bool:
@@ -154,10 +167,15 @@ class RunDir:
         so no lock is ever stale). Another process holding it: RunDirError naming it, at once."""
         if not self.writable or self._lock_fd is not None:
             return
-        try:
-            fd = os.open(self.file(LOCK), os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        try:  # O_NOFOLLOW: a .lock planted as a symlink must not make us create or truncate its target
+            fd = os.open(self.file(LOCK), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666 & ~_UMASK)
         except OSError as exc:
-            raise RunDirError(f"cannot lock run directory {self.path}: {exc.strerror or exc}") from None
+            found = " (a symbolic link; remove it)" if exc.errno == errno.ELOOP else ""
+            raise RunDirError(f"cannot lock run directory {self.path}: {exc.strerror or exc}{found}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise RunDirError(f"cannot lock run directory {self.path}: {self.file(LOCK)} is not a regular file; "
+                              "remove it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -170,8 +188,11 @@ class RunDir:
             raise RunDirError(f"cannot lock run directory {self.path}: {exc.strerror or exc}") from None
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   "command": " ".join(["dltrain", *sys.argv[1:3]])}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        try:  # naming the holder is a courtesy to whoever is refused: the lock holds without it
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
+        except OSError:
+            pass
         self._lock_fd = fd
 
     def unlock(self) -> None:
@@ -198,14 +219,27 @@ class RunDir:
         process lives `dltrain runs` says running, and a resume that fails leaves the finished run as it was."""
         if not self.writable:
             return
+        try:
+            self._previous_process = self.file(PROCESS).read_bytes()
+        except OSError:
+            self._previous_process = None
         self._write(PROCESS, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                          "process_start": process_start(os.getpid()),
                                          "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode())
 
+    def keep_previous_run(self) -> dict | None:
+        """A resume that changed nothing: process.json back as it was (`dltrain runs` shows the finished run, not a
+        killed one); the run's summary, which was never replaced."""
+        if self.writable and self._previous_process is not None:
+            self._write(PROCESS, self._previous_process)
+        try:
+            return self.read_summary()
+        except RunDirError:
+            return None
+
     def read_process(self) -> dict | None:
         """process.json's pid and its text fields (host, process_start, started); None when it is missing, not a
-        JSON object, or names no process: a pid that is not a positive integer (os.kill(0, 0) would ask about this
-        process's own group, os.kill(-1, 0) about every process)."""
+        JSON object, or names no process (see names_a_process)."""
         try:
             process = json.loads(self.file(PROCESS).read_text(encoding="utf-8"))
         except (OSError, ValueError, RecursionError):
@@ -213,7 +247,7 @@ class RunDir:
         if not isinstance(process, dict):
             return None
         pid = process.get("pid")
-        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        if not names_a_process(pid):
             return None
         return {"pid": pid, **{key: value for key, value in process.items() if isinstance(value, str)}}
 
@@ -272,8 +306,7 @@ class RunDir:
         except OSError as exc:
             raise RunDirError(f"cannot read {path}: {exc.strerror or exc}") from None
         except UnicodeDecodeError as exc:
-            raise RunDirError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
-                              f"{expected}") from None
+            raise RunDirError(f"{path}: {not_utf8(exc)}; {expected}") from None
         lines = text.splitlines()
         if text and not text.endswith("\n"):
             lines = lines[:-1]
@@ -281,14 +314,20 @@ class RunDir:
             return []
         reader = csv.DictReader(lines)
         try:
-            rows = list(reader)
+            rows = [(reader.line_num, row) for row in reader]
         except csv.Error as exc:
             raise RunDirError(f"{path}: not a readable CSV ({exc}); {expected}") from None
         if "epoch" not in (reader.fieldnames or []):
             header = ",".join(reader.fieldnames or [])
             raise RunDirError(f"{path}: {expected}, found the header "
                               f"{header if len(header) <= 80 else header[:80] + '...'!r}")
-        return [r for r in rows if None not in r.values() and r.get("epoch", "").isdigit()]
+        rows = [(line, row) for line, row in rows if None not in row.values()]  # short rows: lines cut short
+        for line, row in rows:
+            epoch = row["epoch"]
+            if not (epoch.isascii() and epoch.isdigit()):  # str.isdigit() alone takes '²', which int() refuses
+                shown = epoch if len(epoch) <= 40 else epoch[:40] + "..."
+                raise RunDirError(f"{path}: line {line}: epoch: expected a whole number, found {shown!r}")
+        return [row for _, row in rows]
 
     def read_summary(self) -> dict | None:
         """summary.json, or None when there is none (the run has not ended, or was killed); RunDirError naming it
@@ -301,8 +340,7 @@ class RunDir:
         except OSError as exc:
             raise RunDirError(f"cannot read {path}: {exc.strerror or exc}") from None
         except UnicodeDecodeError as exc:
-            raise RunDirError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
-                              "expected a JSON object") from None
+            raise RunDirError(f"{path}: {not_utf8(exc)}; expected a JSON object") from None
         except RecursionError:
             raise RunDirError(f"{path}: not JSON (nested deeper than the parser follows)") from None
         except ValueError as exc:
@@ -330,6 +368,11 @@ class RunDir:
         return summary
 
 
+def not_utf8(exc: UnicodeDecodeError) -> str:
+    """'not UTF-8 text (byte 0xff at offset 12)': where a file stops being text."""
+    return f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+
+
 def _read_holder(fd: int) -> str:
     """'process 123 on host h since 2026-12-04T05:00:00+0000 (dltrain train ...)' from a held lock file."""
     try:
@@ -340,14 +383,20 @@ def _read_holder(fd: int) -> str:
         return "another process"  # it holds the lock but has not written who it is yet
 
 
+def names_a_process(pid) -> bool:
+    """A positive integer: os.kill(0, 0) would ask about this process's own group, os.kill(-1, 0) about every
+    process, and True is an int too."""
+    return isinstance(pid, int) and not isinstance(pid, bool) and pid > 0
+
+
 def process_start(pid: int) -> str | None:
     """When the kernel started process `pid` (Linux /proc/PID/stat, field 22), which tells it apart from a later
     process given the same pid; None where /proc is not there."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        line = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]  # fields after the command name, which ends with ')'
+    return line.rsplit(")", 1)[1].split()[19]  # fields after the command name, which ends with ')'
 
 
 def is_alive(process: dict) -> bool | None:
@@ -355,8 +404,8 @@ def is_alive(process: dict) -> bool | None:
     if process.get("host") != socket.gethostname():
         return None
     pid = process.get("pid")
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return False  # names no process (os.kill(0, 0) would ask about this process's group, -1 about every one)
+    if not names_a_process(pid):
+        return False
     started = process_start(pid)
     if started is not None or process.get("process_start") is not None:
         return started is not None and started == process.get("process_start")

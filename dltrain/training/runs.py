@@ -154,8 +154,7 @@ def read_config(path: Path) -> dict:
     except OSError as exc:
         raise DltrainError(f"{file}: cannot read the run's config ({exc.strerror or exc})") from None
     except UnicodeDecodeError as exc:
-        raise DltrainError(f"{file}: cannot read the run's config (not UTF-8 text: byte "
-                           f"0x{exc.object[exc.start]:02x} at offset {exc.start})") from None
+        raise DltrainError(f"{file}: cannot read the run's config: {files.not_utf8(exc)}") from None
     values, _ = load_yaml(text, str(file))
     return values if isinstance(values, dict) else {}
 

@@ -305,12 +305,18 @@ class Trainer:
                 silence_stdout()
                 self.stop_reason, error = "interrupted", self._interrupted(BrokenPipeError())
             except Exception as exc:
-                self._failed(exc, time.perf_counter() - started)
+                if self._resume_changed_nothing():
+                    self.run.keep_previous_run()
+                else:
+                    self._failed(exc, time.perf_counter() - started)
                 raise
-            summary = self._finish(self.stop_reason, self.completed, time.perf_counter() - started)
-            if error:
-                summary["error"] = str(error)
-                self.run.write_summary(summary)
+            if self.stop_reason == "interrupted" and self._resume_changed_nothing():  # diverging is an outcome
+                summary = self.run.keep_previous_run()
+            else:
+                summary = self._finish(self.stop_reason, self.completed, time.perf_counter() - started)
+                if error:
+                    summary["error"] = str(error)
+                    self.run.write_summary(summary)
         finally:
             self._call("on_train_end", summary)  # None when training failed in a way that writes no summary
         if error:
@@ -332,24 +338,33 @@ class Trainer:
                 self.stop_reason = "callback" if self.stop_reason == "completed" else self.stop_reason
                 return
 
+    def _resume_changed_nothing(self) -> bool:
+        """A resume that stopped before completing an epoch of its own: the run's summary (its test metrics) stays
+        as it was, so that `dltrain runs` still shows the finished run."""
+        return self.start_epoch > 0 and self.completed == self.start_epoch and self.run.file(files.SUMMARY).exists()
+
     def _failed(self, exc: Exception, seconds: float) -> None:
         """A summary saying the run failed and why, so that `dltrain runs` does not call it killed and a run that
-        failed before its first epoch leaves a directory the same --run-dir may use again. A resume that failed
-        before completing an epoch leaves the run's own summary in place."""
-        if self.completed == self.start_epoch and self.run.file(files.SUMMARY).exists():
-            return
+        failed before its first epoch leaves a directory the same --run-dir may use again."""
         self.run.write_summary({
-            "stop_reason": "failed",
-            "epochs_run": self.completed,
+            **self._summary_fields("failed", self.completed, seconds),
+            "error": f"{type(exc).__name__}: {exc}" if not isinstance(exc, DltrainError) else str(exc),
+        })
+
+    def _summary_fields(self, stop_reason: str, epochs_run: int, seconds: float) -> dict:
+        return {
+            "stop_reason": stop_reason,
+            "epochs_run": epochs_run,
             "best_epoch": self.early_stopping.best_epoch,
             "monitor": self.early_stopping.monitor,
             "best_value": self.early_stopping.best,
             "total_seconds": round(seconds, 3),
-            "error": f"{type(exc).__name__}: {exc}" if not isinstance(exc, DltrainError) else str(exc),
+            "train_samples_per_second": (round(self.trained_samples / self.train_seconds, 1)
+                                         if self.train_seconds else None),
             "dltrain_version": __version__,
             "seed": self.config.seed,
             "device": self.device,
-        })
+        }
 
     def _interrupted(self, exc) -> Interrupted:
         if isinstance(exc, BrokenPipeError):
@@ -385,19 +400,7 @@ class Trainer:
         if self.averaging and not restored and hasattr(self.averaging, "network"):
             self.averaging.keep_average()  # the model that is tested and returned is the average
         self.averaging_kept = True  # a checkpoint's model/ is the average already
-        summary = {
-            "stop_reason": stop_reason,
-            "epochs_run": epochs_run,
-            "best_epoch": self.early_stopping.best_epoch,
-            "monitor": self.early_stopping.monitor,
-            "best_value": self.early_stopping.best,
-            "total_seconds": round(seconds, 3),
-            "train_samples_per_second": (round(self.trained_samples / self.train_seconds, 1)
-                                         if self.train_seconds else None),
-            "dltrain_version": __version__,
-            "seed": self.config.seed,
-            "device": self.device,
-        }
+        summary = self._summary_fields(stop_reason, epochs_run, seconds)
         collectives_ok = self.comm.size == 1 or stop_reason != "interrupted"
         has_weights = restored or stop_reason not in ("diverged", "interrupted")  # weights a checkpoint holds
         if self.splits.test is not None and has_weights and collectives_ok:

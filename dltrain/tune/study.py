@@ -75,6 +75,7 @@ def _masked_text(text: str, url: str, password: str | None) -> str:
 # SQLAlchemy's default PostgreSQL driver (psycopg 3 from SQLAlchemy 2.1 on, psycopg2 before) and the other one
 DRIVERS = {"psycopg2": ("psycopg2", "psycopg2-binary"), "psycopg": ("psycopg", "'psycopg[binary]'"),
            "pg8000": ("pg8000", "pg8000"), "pymysql": ("pymysql", "PyMySQL"), "mysqldb": ("MySQLdb", "mysqlclient")}
+EXAMPLE_URLS = "postgresql+psycopg2://user:password@host/database or sqlite:///path/study.db"
 POSTGRES_HINT = ("pip install psycopg2-binary (for postgresql+psycopg2://, or plain postgresql://) or "
                  "'psycopg[binary]' (for postgresql+psycopg://)")
 
@@ -94,9 +95,11 @@ def resolve_url(url: str):
 
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        raise ConfigError(f"--storage {mask_url(url)}: expected a database URL such as "
-                          f"postgresql+psycopg2://user:password@host/database or sqlite:///path/study.db") from None
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number (host:notaport)
+        # the port as SQLAlchemy's parser finds it: after user:password@ and the host ([IPv6] or name)
+        port = re.match(r"[\w+]+://(?:[^:/]*(?::[^@]*)?@)?(?:\[[^/?]+\]|[^/:?]+)?:([^/?]*)", str(url))
+        found = f"; its port {port[1]!r} is not a number" if port and port[1] and not port[1].isdecimal() else ""
+        raise ConfigError(f"--storage {mask_url(url)}: expected a database URL such as {EXAMPLE_URLS}{found}") from None
     if parsed.drivername == "postgresql":
         default = parsed.get_driver_name()
         for driver in (default, *(d for d in ("psycopg2", "psycopg") if d != default)):
@@ -124,6 +127,17 @@ def _engine_kwargs(parsed, timeout: int) -> dict:
     if driver in ("psycopg2", "psycopg"):
         seconds = max(seconds, 2)  # libpq waits at least 2 s
     return {"connect_args": {key: seconds}}
+
+
+def _unknown_dialect(parsed, exc: Exception) -> str:
+    """What to write instead of a URL whose database (or driver) SQLAlchemy has no dialect for."""
+    scheme = parsed.drivername
+    if parsed.get_backend_name() == "postgres":  # SQLAlchemy dropped the postgres:// alias (Heroku's URLs use it)
+        driver = scheme.partition("+")[2]
+        return (f"SQLAlchemy has no dialect for {scheme}://; write postgresql{'+' + driver if driver else ''}://"
+                + ("" if driver else " (or postgresql+psycopg:// for psycopg 3)"))
+    detail = (str(exc).strip().splitlines() or [""])[0]
+    return f"SQLAlchemy has no dialect for {scheme}:// ({detail}); expected a URL such as {EXAMPLE_URLS}"
 
 
 def _race(exc: BaseException) -> bool:
@@ -159,7 +173,7 @@ def open_storage(url: str, timeout: int = STORAGE_TIMEOUT) -> optuna.storages.RD
 
     parsed = resolve_url(url)
     target = url if parsed.drivername == url.split("://", 1)[0] else parsed.render_as_string(hide_password=False)
-    engine = _engine_kwargs(parsed, timeout)
+    engine: dict = {}  # _engine_kwargs's, set in the try below: it loads SQLAlchemy's dialect, which may not exist
 
     def connect():
         with warnings.catch_warnings():
@@ -170,7 +184,10 @@ def open_storage(url: str, timeout: int = STORAGE_TIMEOUT) -> optuna.storages.RD
                                               grace_period=GRACE_SECONDS, heartbeat_stale_trial_callback=retry)
 
     try:
+        engine = _engine_kwargs(parsed, timeout)
         return _retrying(connect)
+    except sqlalchemy.exc.NoSuchModuleError as exc:  # postgres://, foo://, postgresql+nodriver://
+        raise ConfigError(f"--storage {mask_url(url)}: {_unknown_dialect(parsed, exc)}") from None
     except ImportError as exc:
         raise ConfigError(f"--storage {mask_url(url)}: its database driver is not installed ({exc}); install the "
                           f"package for {parsed.drivername}://") from None
@@ -236,7 +253,7 @@ def target_trials(search: Search) -> int:
 # ---------------------------------------------------------------- running trials
 
 
-class _StartLock:
+class _FileLock:
     """An exclusive lock file in the study directory, held from counting the trials to creating the next one."""
 
     def __init__(self, directory: Path, name: str = ".tune.lock"):
@@ -277,7 +294,7 @@ def fail_stale_trials(study: optuna.Study) -> None:
 def run_worker(search: Search, study: optuna.Study, study_dir: Path, *, device: str | None = None,
                deadline: float | None = None, announce=print) -> None:
     """Run trials until the study holds its number of finished trials (or `deadline`, a time.time(), passes)."""
-    lock = _StartLock(study_dir)
+    lock = _FileLock(study_dir)
     target = target_trials(search)
     while deadline is None or time.time() < deadline:
         lock.acquire()
@@ -319,7 +336,7 @@ class _Pruning(Callback):
 
 
 class _Objective:
-    def __init__(self, search: Search, study_dir: Path, lock: _StartLock, device, announce, name: str):
+    def __init__(self, search: Search, study_dir: Path, lock: _FileLock, device, announce, name: str):
         self.search, self.study_dir, self.lock = search, Path(study_dir), lock
         self.device, self.announce, self.name = device, announce, name
 
@@ -398,7 +415,7 @@ def _results_lock(study_dir: Path):
     """Held while one process reads the study and writes its shared files: several workers, or several
     `dltrain tune` on one directory, finishing at once write one after another, the last with the newest trials
     (each file is also replaced atomically, so a reader never sees half of one)."""
-    lock = _StartLock(study_dir, ".results.lock")
+    lock = _FileLock(study_dir, ".results.lock")
     lock.acquire()
     try:
         yield

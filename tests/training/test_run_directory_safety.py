@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from dltrain.errors import DltrainError, RunDirError
 from dltrain.training import rundir as files
 from dltrain.training.rundir import RunDir
 
@@ -94,23 +95,49 @@ def test_a_second_writer_is_refused_at_once_naming_the_holder(finished_run):
                    cwd=finished_run.parent).returncode == 0
 
 
-@pytest.mark.slow
+HOLD = """\
+import time
+from pathlib import Path
+
+from dltrain.registry import callbacks
+from dltrain.training.callbacks import Callback
+
+
+@callbacks.register("hold_until_released")
+class HoldUntilReleased(Callback):
+    \"\"\"Holds the first epoch until the file `release` exists, saying so with the file `holding`.\"\"\"
+
+    def on_epoch_begin(self, trainer, epoch):
+        Path("holding").touch()
+        deadline = time.monotonic() + 120
+        while not Path("release").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+"""
+
+
 def test_two_resumes_started_together_train_each_epoch_once(finished_run):
-    """Was: both ran to the end, every epoch row twice in metrics.csv."""
-    command = [sys.executable, "-m", "dltrain", "train", "--resume", str(finished_run), "--set", "training.epochs=6",
-               "--quiet"]
-    processes = [subprocess.Popen(command, cwd=finished_run.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True) for _ in range(2)]
-    results = [(p.wait(timeout=300), p.stderr.read()) for p in processes]
-    for p in processes:
-        p.stdout.close()
-        p.stderr.close()
-    codes = sorted(code for code, _ in results)
-    assert codes == [0, 2], results
-    refused = next(err for code, err in results if code == 2)
-    assert "is in use by process" in refused
+    """Was: both ran to the end, every epoch row twice in metrics.csv. The first holds its first epoch until the
+    second has been refused, so the two surely overlap."""
+    where = finished_run.parent
+    (where / "hold.py").write_text(HOLD)
+    first = subprocess.Popen([sys.executable, "-m", "dltrain", "train", "--resume", str(finished_run),
+                              "--set", "training.epochs=4", "--set", "callbacks=[hold_until_released]",
+                              "--code", "hold.py", "--quiet"], cwd=where, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (where / "holding").exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (where / "holding").exists(), first.communicate()
+        second = dltrain("train", "--resume", finished_run, "--set", "training.epochs=4", "--quiet", cwd=where)
+        assert second.returncode == 2
+        assert f"is in use by process {first.pid} on {socket.gethostname()} since " in second.stderr
+    finally:
+        (where / "release").touch()
+        _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr
     epochs = [row["epoch"] for row in RunDir(finished_run).read_metrics()]
-    assert epochs == ["1", "2", "3", "4", "5", "6"]
+    assert epochs == ["1", "2", "3", "4"]
 
 
 def test_the_lock_dies_with_its_process(finished_run):
@@ -120,7 +147,7 @@ def test_the_lock_dies_with_its_process(finished_run):
     process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout.readline() == "locked\n"
-        with pytest.raises(Exception, match=f"in use by process {process.pid} on "):
+        with pytest.raises(RunDirError, match=f"in use by process {process.pid} on "):
             RunDir(finished_run).lock()
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
@@ -239,3 +266,101 @@ def test_a_killed_resume_that_completed_epochs_reads_as_killed(finished_run):
     (finished_run / files.PROCESS).write_text(json.dumps({"pid": 2 ** 22 + 1, "host": socket.gethostname(),
                                                           "process_start": "1", "started": time.strftime("%Y")}))
     assert run_row(finished_run)["status"] == "killed"
+
+
+def test_a_lock_file_that_is_a_symbolic_link_is_refused_and_its_target_left_alone(finished_run, tmp_path):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    (finished_run / files.LOCK).unlink(missing_ok=True)
+    (finished_run / files.LOCK).symlink_to(target)
+    with pytest.raises(RunDirError, match=r"^cannot lock run directory .*: Too many levels of symbolic links "
+                                          r"\(a symbolic link; remove it\)$"):
+        RunDir(finished_run).lock()
+    assert target.read_text() == "keep me"
+    (finished_run / files.LOCK).unlink()
+    (finished_run / files.LOCK).mkdir()
+    with pytest.raises(RunDirError, match=r"^cannot lock run directory .*: Is a directory$|"
+                                          r"is not a regular file; remove it$"):
+        RunDir(finished_run).lock()
+
+
+def test_a_lock_whose_holder_cannot_be_written_still_holds(finished_run, monkeypatch):
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    run = RunDir(finished_run)
+    with monkeypatch.context() as patched:
+        patched.setattr(files.os, "pwrite", full_disk)
+        run.lock()
+    try:
+        with pytest.raises(RunDirError, match=r"is in use by another process; wait for it to end"):
+            RunDir(finished_run).lock()
+    finally:
+        run.unlock()
+    RunDir(finished_run).lock()
+
+
+def test_a_closed_output_before_training_leaves_no_run_directory(tmp_path):
+    """Was: the announcement of the run directory, written after creating it, met the closed pipe: config.yaml and
+    an empty metrics.csv left, no summary, and the same --run-dir refused."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    process = subprocess.Popen([sys.executable, "-m", "dltrain", "train", str(config), "--run-dir", "run"],
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # the reader is gone before the first line
+    stderr = process.stderr.read()
+    process.stderr.close()
+    assert process.wait(timeout=300) == 141, stderr
+    assert "Traceback" not in stderr
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+    again = dltrain("train", config, "--run-dir", "run", "--quiet", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+
+
+def test_a_resume_interrupted_in_its_first_epoch_leaves_the_finished_run_as_it_was(finished_run):
+    """Was: the interrupted resume replaced the finished run's summary (stop_reason completed, its test metrics)
+    with one saying interrupted."""
+    from dltrain.errors import Interrupted
+    from dltrain.training.callbacks import Callback
+    from dltrain.training.run import run_training
+
+    class CtrlC(Callback):
+        def on_epoch_begin(self, trainer, epoch):
+            raise KeyboardInterrupt
+
+    before = snapshot(finished_run)
+    with pytest.raises(Interrupted, match=r"^interrupted \(Ctrl-C\): the checkpoint of the last complete epoch "
+                                          r"\(2\) is kept"):
+        run_training(None, resume=finished_run, overrides=["training.epochs=4"], callbacks=[CtrlC()], plot=False)
+    assert snapshot(finished_run) == before
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("mpiexec", path=os.path.dirname(sys.executable)) is None,
+                    reason="MPI is not installed (pip install 'dltrain[mpi]')")
+def test_a_lock_refused_on_rank_zero_stops_every_rank(finished_run):
+    """Was: rank 0 refused the held run and exited while rank 1 waited for it forever."""
+    mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable))
+    holder = RunDir(finished_run)
+    holder.lock()
+    try:
+        result = subprocess.run([mpiexec, "-n", "2", os.path.join(os.path.dirname(sys.executable), "dltrain"),
+                                 "train", "--resume", str(finished_run), "--set", "training.epochs=4"],
+                                capture_output=True, text=True, timeout=120)
+    finally:
+        holder.unlock()
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.count(f"is in use by process {os.getpid()}") == 1, result.stderr
+
+
+def test_a_failure_on_rank_zero_is_every_ranks_failure():
+    from dltrain.training.run import on_rank_zero
+
+    class RankOne:
+        rank = 1
+
+        def broadcast(self, value):
+            return True  # what rank 0 sends when its action failed
+
+    with pytest.raises(DltrainError, match=r"^rank 0 stopped the run \(its message says why\)$"):
+        on_rank_zero(RankOne(), lambda: None)
