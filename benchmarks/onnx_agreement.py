@@ -12,37 +12,35 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
-import dltrain
 from dltrain import no_grad
 from dltrain.config import config_from_dict
-from dltrain.data import prepare
 from dltrain.export.onnx import export_checkpoint
-from dltrain.layers import build_model
 from dltrain.training.checkpoint import load_checkpoint, resolve_checkpoint
-from dltrain.training.model import Model
+from dltrain.training.model import build_for
 
 
 def agreement(run: str) -> tuple[str, int, float]:
+    """The largest absolute difference between dltrain's network outputs and the exported graph's on the test
+    split: the graph takes raw inputs (it normalizes them, and computes a text model's padding mask itself)."""
     ckpt = load_checkpoint(resolve_checkpoint(run))
-    config = config_from_dict(ckpt.config)
-    shape = tuple(ckpt.data["input_shape"])
-    raw = prepare(config.data, Model.task_of(config), config.seed, "cpu",
-                  stats={"mean": np.zeros((1,) * len(shape)), "std": np.ones((1,) * len(shape))}).test
-    network = build_model(config.model, shape)
-    network.load_state_dict(ckpt.model)
-    network.eval()
+    built = build_for(config_from_dict(ckpt.config), "cpu", ckpt)  # a text model tokenizes with its checkpoint's
+    model = built.model
+    model.network.load_state_dict(ckpt.model)
+    model.network.eval()
+    test = built.splits.test
+    mean, std = (np.asarray(ckpt.normalization[key], np.float32) for key in ("mean", "std"))
     with tempfile.TemporaryDirectory() as tmp:
         path = export_checkpoint(run, Path(tmp) / "model.onnx")
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         worst = 0.0
-        for start in range(0, len(raw), 1000):
-            x = np.asarray(raw.x[start:start + 1000], np.float32)
-            normalized = ((x - ckpt.normalization["mean"]) / ckpt.normalization["std"]).astype(np.float32)
+        for start in range(0, len(test), 1000):
+            normalized = np.asarray(test.x[start:start + 1000], np.float32)
             with no_grad():
-                ours = network(dltrain.tensor(normalized)).numpy()
-            theirs = session.run(None, {"input": x})[0]
+                ours = model.network(model.input_tensor(normalized)).numpy()
+            raw = (normalized * std + mean).astype(np.float32)  # what a user hands the graph
+            theirs = session.run(None, {"input": raw})[0]
             worst = max(worst, float(np.abs(ours - theirs).max()))
-    return Path(run).name, len(raw), worst
+    return Path(run).name, len(test), worst
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ def is_grad_enabled() -> bool:
 class Tensor:
     """An array plus what autodiff needs: `.data`, `.grad`, `.requires_grad`, `.backward()`."""
 
-    __slots__ = ("data", "grad", "requires_grad", "parents", "backward_fn", "op", "name", "retains_grad", "__weakref__")
+    __slots__ = ("data", "grad", "requires_grad", "parents", "backward_fn", "op", "name", "retains_grad",
+                 "padding_mask", "__weakref__")
     __array_priority__ = 1000  # numpy_array + tensor calls Tensor.__radd__
 
     def __init__(self, data, requires_grad: bool = False, name: str | None = None):
@@ -47,6 +48,9 @@ class Tensor:
         self.op = None  # name of the op that made it; None for a leaf
         self.name = name
         self.retains_grad = False
+        # Sequences: a boolean (batch, time) array, True at padded positions (torch's key_padding_mask). Layers
+        # carry it from input to output (layers/module.py: carry_padding_mask); ops leave it alone.
+        self.padding_mask = None
 
     # ------------------------------------------------------------ array-like surface
 
@@ -86,8 +90,10 @@ class Tensor:
         return self.data.item()
 
     def detach(self) -> Tensor:
-        """The same array, cut from the graph."""
-        return Tensor(self.data)
+        """The same array (and padding mask), cut from the graph."""
+        out = Tensor(self.data)
+        out.padding_mask = self.padding_mask
+        return out
 
     def retain_grad(self) -> Tensor:
         """Keep `.grad` on this intermediate value after backward (leaves always keep theirs)."""

@@ -18,6 +18,7 @@ import os
 import time
 
 from . import backend
+from .errors import DltrainError
 
 np = backend.np
 
@@ -157,3 +158,17 @@ def shard(indices, rank: int, size: int):
     """This rank's part of a global batch: contiguous, sizes differing by at most one."""
     bounds = np.linspace(0, len(indices), size + 1).round().astype(int)
     return indices[bounds[rank]:bounds[rank + 1]]
+
+
+def on_rank_zero(comm, action):
+    """Rank 0 does `action` (it alone writes files, fits what every rank must share) and every rank gets its
+    result; when it fails, every rank stops with it instead of waiting forever in the next collective."""
+    result, problem = None, None
+    if comm.rank == 0:
+        try:
+            result = action()
+        except DltrainError as exc:
+            problem = exc
+    if comm.broadcast(problem is not None):
+        raise problem or DltrainError("rank 0 stopped the run (its message says why)")
+    return comm.broadcast(result)

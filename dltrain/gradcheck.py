@@ -79,10 +79,11 @@ def check_gradients(fn, arrays, wrt=None, seed: int = 0, atol: float = ATOL, rto
 
 
 def check_layer(layer, input_array, seed: int = 0, atol: float = ATOL, rtol: float = RTOL,
-                device: str = "cpu") -> None:
+                device: str = "cpu", padding_mask=None) -> None:
     """Build `layer` in float64 for the input's per-sample shape; check d/d input and every parameter.
 
-    The engine is reseeded before every forward pass, so dropout draws the same mask each time.
+    The engine is reseeded before every forward pass, so dropout draws the same mask each time. `padding_mask`
+    (boolean (batch, time), True at padded positions) travels with the input as a batch's mask does.
     """
     with backend.default_dtype_as(np.float64):
         x_array = np.array(input_array, dtype=np.float64)
@@ -90,8 +91,11 @@ def check_layer(layer, input_array, seed: int = 0, atol: float = ATOL, rtol: flo
             layer.build(x_array.shape[1:])
         layer.to(device)
 
+        mask = None if padding_mask is None else backend.to_device(np.asarray(padding_mask, dtype=bool), device)
+
         def forward(x):
             backend.manual_seed(seed)
+            x.padding_mask = mask
             return layer(x)
 
         x = Tensor(backend.to_device(x_array.copy(), device), requires_grad=True)

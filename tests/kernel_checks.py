@@ -111,6 +111,7 @@ def check_kernels_against_reference(cupy, cuda, dtype):
     np.testing.assert_allclose(cupy.asnumpy(cuda.gelu_backward(cupy.asarray(g), cupy.asarray(x))),
                                reference.gelu_backward(g, x), **tol)
     check_recurrent_steps(cupy, cuda, dtype, tol)
+    check_layer_norm(cupy, cuda, dtype)
     # per-channel sums of a few hundred float32 terms of size ~1 differ in summation order: ~1e-5 absolute
     sums_tol = {"rtol": 1e-5, "atol": 1e-4} if dtype == np.float32 else tol
     for shape in [(6, 3, 5, 4), (300, 5), (2, 2, 3, 3, 3)]:  # images, (N, C) features, volumes
@@ -216,3 +217,45 @@ def check_recurrent_steps(cupy, cuda, dtype, tol):
         for a, w in zip(got, want):
             np.testing.assert_allclose(cupy.asnumpy(a)[:, 2] if a.ndim == 3 else cupy.asnumpy(a),
                                        w[:, 2] if w.ndim == 3 else w, **tol)
+
+
+def check_layer_norm(cupy, kernels, dtype):
+    """layer_norm_forward / layer_norm_backward against the reference: odd widths (1, 3, 257, 1000) and row counts
+    (none at all included), with and without gamma and beta, a strided view as x; the inputs come back unchanged."""
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    # sums over a thousand float32 values, and the row sums of the scale's and shift's gradients, differ in order
+    sums_tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == np.float32 else tol
+    rng = np.random.default_rng(32)  # its own: the other checks' data stay what they were
+
+    def device(a):
+        return None if a is None else cupy.asarray(a)
+
+    for rows, width, strided in [(1, 1, False), (7, 3, False), (5, 257, True), (3, 1000, False), (33, 64, False),
+                                 (0, 5, False)]:
+        wide = (rng.standard_normal((rows, 2 * width)) * 3 + 2).astype(dtype)
+        x = wide[:, ::2] if strided else np.ascontiguousarray(wide[:, :width])
+        on_device = cupy.asarray(wide)[:, ::2] if strided else cupy.asarray(x)
+        g = rng.standard_normal((rows, width)).astype(dtype)
+        gamma, beta = rng.standard_normal(width).astype(dtype), rng.standard_normal(width).astype(dtype)
+        inputs = [device(a) for a in (g, gamma, beta)]
+        for affine in [(gamma, beta), (gamma, None), (None, None)]:
+            label = f"rows {rows}, width {width}, affine {[a is not None for a in affine]}"
+            want = reference.layer_norm_forward(x, *affine, 1e-5)
+            got = kernels.layer_norm_forward(on_device, *(None if a is None else b for a, b in zip(affine, inputs[1:])),
+                                             1e-5)
+            for a, b, name in zip(got, want, ("out", "mean", "inv_std")):
+                assert a.dtype == dtype and a.shape == b.shape, (label, name)
+                np.testing.assert_allclose(cupy.asnumpy(a), b, **sums_tol, err_msg=f"{label}: {name}")
+            mean, inv_std = want[1:]
+            for needed in (True, False):
+                want_back = reference.layer_norm_backward(g, x, mean, inv_std, affine[0], needed)
+                got_back = kernels.layer_norm_backward(inputs[0], on_device, device(mean), device(inv_std),
+                                                       None if affine[0] is None else inputs[1], needed)
+                for a, b, name in zip(got_back, want_back, ("grad_x", "grad_gamma", "grad_beta")):
+                    if b is None:
+                        assert a is None, (label, name)
+                        continue
+                    assert a.dtype == dtype and a.shape == b.shape, (label, name)
+                    np.testing.assert_allclose(cupy.asnumpy(a), b, **sums_tol, err_msg=f"{label}: {name}")
+        for now, then in zip([on_device, *inputs], [x, g, gamma, beta]):
+            np.testing.assert_array_equal(cupy.asnumpy(now), then)

@@ -758,3 +758,84 @@ def adam_step(param, grad, m, v, decay, lr, beta1, beta2, eps, step: int, decoup
     decay, per_element = _decay_array(decay, param.dtype)
     _adam(param.size, param, grad, m, v, decay, per_element, t(1), t(lr), t(beta1), t(beta2), t(eps),
           t(lr / (1.0 - beta1 ** step)), t((1.0 - beta2 ** step) ** 0.5), bool(decoupled))
+
+
+# ---------------------------------------------------------------- layer normalization over the rows of (R, D)
+# One task per row, parallel over rows: its mean, then its variance from the centered values (a row is in cache by
+# then), then the output. The row's mean and 1/std are written first and read back in the data's dtype, so the last
+# loop runs in float32 for float32 data (vectorized) while the sums run in float64.
+
+
+@_Kernel
+def _layer_norm_forward(x, gamma, beta, eps, out, mean, inv_std):
+    rows, width = x.shape
+    for r in prange(rows):
+        total = 0.0
+        for c in range(width):
+            total += x[r, c]
+        m = total / width
+        squares = 0.0
+        for c in range(width):
+            d = x[r, c] - m
+            squares += d * d
+        mean[r] = m
+        inv_std[r] = 1.0 / math.sqrt(squares / width + eps)
+        m, s = mean[r], inv_std[r]
+        for c in range(width):
+            out[r, c] = (x[r, c] - m) * s * gamma[c] + beta[c]
+
+
+def layer_norm_forward(x, gamma, beta, eps: float):
+    """(out, mean, 1/std) of each row of (R, D) x: out = (x - mean) / std * gamma + beta, one task per row."""
+    x = np.ascontiguousarray(x)
+    rows, width = x.shape
+    out = np.empty_like(x)
+    mean, inv_std = np.empty(rows, dtype=x.dtype), np.empty(rows, dtype=x.dtype)
+    gamma = np.ones(width, x.dtype) if gamma is None else np.ascontiguousarray(gamma)
+    beta = np.zeros(width, x.dtype) if beta is None else np.ascontiguousarray(beta)
+    _layer_norm_forward(3 * x.size, x, gamma, beta, float(eps), out, mean, inv_std)
+    return out, mean, inv_std
+
+
+@_Kernel
+def _layer_norm_backward(grad, x, mean, inv_std, gamma, affine, chunks, grad_in, coef, partial_gamma, partial_beta):
+    rows, width = x.shape
+    per_chunk = (rows + chunks - 1) // chunks
+    for k in prange(chunks):  # a chunk of rows each: the affine sums go to the chunk's own row of the partials
+        sums_gamma, sums_beta = partial_gamma[k], partial_beta[k]
+        for r in range(k * per_chunk, min(rows, (k + 1) * per_chunk)):
+            m, s = mean[r], inv_std[r]
+            sum_g = 0.0
+            sum_gx = 0.0
+            for c in range(width):
+                gh = grad[r, c] * gamma[c]
+                sum_g += gh
+                sum_gx += gh * ((x[r, c] - m) * s)
+            coef[r, 0] = sum_g / width
+            coef[r, 1] = sum_gx / width
+            a, b = coef[r, 0], coef[r, 1]
+            for c in range(width):
+                xhat = (x[r, c] - m) * s
+                grad_in[r, c] = s * (grad[r, c] * gamma[c] - a - xhat * b)
+            if affine:
+                for c in range(width):
+                    sums_gamma[c] += grad[r, c] * ((x[r, c] - m) * s)
+                    sums_beta[c] += grad[r, c]
+
+
+def layer_norm_backward(grad, x, mean, inv_std, gamma, affine: bool):
+    """(grad_x, grad_gamma, grad_beta) of layer normalization over the rows of (R, D), one task per chunk of rows;
+    gamma's and beta's sums go into one row of partial sums per chunk, added up after."""
+    grad, x = np.ascontiguousarray(grad), np.ascontiguousarray(x)
+    rows, width = x.shape
+    work = 3 * x.size
+    chunks = max(1, min(rows, 4 * numba.get_num_threads())) if work >= PARALLEL_WORK else 1
+    grad_in, coef = np.empty_like(x), np.empty((rows, 2), x.dtype)
+    partial_gamma = np.zeros((chunks, width if affine else 0), np.float64)  # float64 sums, one row per chunk
+    partial_beta = np.zeros_like(partial_gamma)
+    gamma = np.ones(width, x.dtype) if gamma is None else np.ascontiguousarray(gamma)
+    _layer_norm_backward(work, grad, x, mean, inv_std, gamma, bool(affine), chunks, grad_in, coef, partial_gamma,
+                         partial_beta)
+    if not affine:
+        return grad_in, None, None
+    return grad_in, partial_gamma.sum(axis=0).astype(x.dtype), partial_beta.sum(axis=0).astype(x.dtype)

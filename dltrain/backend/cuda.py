@@ -4,7 +4,8 @@ Every CuPy call is one kernel launch that reads and writes whole arrays, and a s
 bound by launches, not arithmetic. So the chains that run every step are single kernels here: the ReLU
 gradient, the dropout mask and its product, softmax cross-entropy (loss and gradient) and the count of
 correct predictions, im2col and col2im (convolution as one GEMM each way), max pooling, batch
-normalization (two kernels each way: per-channel statistics, one pass over the images), a GRU or LSTM
+normalization (two kernels each way: per-channel statistics, one pass over the images), layer normalization
+(one block per row each way, and the scale's and shift's gradients by chunks of rows), a GRU or LSTM
 step's pointwise part (forward and backward), exact GELU, and the SGD / Adam updates over one flat parameter
 buffer. The ops in dltrain/functional use them through `backend.kernels_for(array)` (the interface of
 backend/kernels.py, which backend/cpu.py implements for NumPy arrays and backend/reference.py as plain array code).
@@ -316,6 +317,93 @@ __global__ void batch_norm_backward_statistics(const T* grad, const T* x, const 
     }
 }
 
+// Layer normalization over the rows of (rows, width), one block per row: the row's mean, then its biased variance
+// from the centered values (two passes, as the CPU code), then the output; thread 0 writes the mean and 1/std.
+template <typename T>
+__global__ void layer_norm_forward(const T* x, const T* gamma, const T* beta, T* out, T* mean_out, T* inv_std_out,
+                                   int width, T eps, int flags) {
+    const long long row = blockIdx.x;
+    const T* in = x + row * width;
+    T* o = out + row * width;
+    T sum = 0;
+    for (int c = threadIdx.x; c < width; c += blockDim.x) sum += in[c];
+    const T mean = block_sum(sum) / (T)width;
+    T squares = 0;
+    for (int c = threadIdx.x; c < width; c += blockDim.x) {
+        const T d = in[c] - mean;
+        squares += d * d;
+    }
+    const T inv_std = (T)1 / sqrt(block_sum(squares) / (T)width + eps);
+    for (int c = threadIdx.x; c < width; c += blockDim.x) {
+        T v = (in[c] - mean) * inv_std;
+        if (flags & HAS_GAMMA) v *= gamma[c];
+        if (flags & HAS_BETA) v += beta[c];
+        o[c] = v;
+    }
+    if (threadIdx.x == 0) {
+        mean_out[row] = mean;
+        inv_std_out[row] = inv_std;
+    }
+}
+
+// Its input gradient, one block per row: with xhat = (x - mean) inv_std and gh = grad * gamma, the row means of gh
+// and of gh * xhat, then grad_in = inv_std (gh - mean(gh) - xhat mean(gh xhat)).
+template <typename T>
+__global__ void layer_norm_backward(const T* grad, const T* x, const T* mean, const T* inv_std, const T* gamma,
+                                    T* grad_in, int width, int has_gamma) {
+    const long long row = blockIdx.x;
+    const T* g = grad + row * width;
+    const T* in = x + row * width;
+    const T m = mean[row], s = inv_std[row];
+    T sum_g = 0, sum_gx = 0;
+    for (int c = threadIdx.x; c < width; c += blockDim.x) {
+        const T gh = has_gamma ? g[c] * gamma[c] : g[c];
+        sum_g += gh;
+        sum_gx += gh * ((in[c] - m) * s);
+    }
+    const T mean_g = block_sum(sum_g) / (T)width;
+    const T mean_gx = block_sum(sum_gx) / (T)width;
+    for (int c = threadIdx.x; c < width; c += blockDim.x) {
+        const T gh = has_gamma ? g[c] * gamma[c] : g[c];
+        grad_in[row * width + c] = s * (gh - mean_g - (in[c] - m) * s * mean_gx);
+    }
+}
+
+// gamma's and beta's gradients, the sums over the rows of grad * xhat and of grad, as partial sums per chunk of
+// `rows_per_chunk` rows (blockIdx.y), added up after: no atomics, so the result is deterministic. A block of 256
+// threads takes 32 columns (consecutive threads, consecutive addresses) by 8 interleaved rows of the chunk, and adds
+// its 8 partial sums per column in shared memory.
+template <typename T>
+__global__ void layer_norm_affine_backward(const T* grad, const T* x, const T* mean, const T* inv_std,
+                                           T* partial_gamma, T* partial_beta, int rows, int width,
+                                           int rows_per_chunk) {
+    __shared__ T sums[2][8][32];
+    const int lane = threadIdx.x % 32, group = threadIdx.x / 32;
+    const int c = blockIdx.x * 32 + lane;
+    const int first = blockIdx.y * rows_per_chunk;
+    const int last = min(rows, first + rows_per_chunk);
+    T sum_gx = 0, sum_g = 0;
+    if (c < width) {
+        for (int r = first + group; r < last; r += 8) {
+            const long long i = (long long)r * width + c;
+            sum_gx += grad[i] * ((x[i] - mean[r]) * inv_std[r]);
+            sum_g += grad[i];
+        }
+    }
+    sums[0][group][lane] = sum_gx;
+    sums[1][group][lane] = sum_g;
+    __syncthreads();
+    if (group == 0 && c < width) {
+        T total_gx = 0, total_g = 0;
+        for (int k = 0; k < 8; ++k) {
+            total_gx += sums[0][k][lane];
+            total_g += sums[1][k][lane];
+        }
+        partial_gamma[(long long)blockIdx.y * width + c] = total_gx;
+        partial_beta[(long long)blockIdx.y * width + c] = total_g;
+    }
+}
+
 // Max pooling, one thread per output: the window's largest value and which kernel offset (row-major)
 // holds it, the first on ties. Padding never wins: it counts as -infinity.
 template <typename T>
@@ -497,7 +585,8 @@ __global__ void lstm_backward(const T* grad_h, const T* grad_c, long long grad_s
 
 _NAMES = [f"{kernel}<{ctype}>"
           for kernel in ("log_softmax_nll", "add_correct", "im2col", "col2im", "batch_norm_statistics",
-                         "batch_norm_backward_statistics", "max_pool_forward", "max_pool_backward", "gru_forward",
+                         "batch_norm_backward_statistics", "layer_norm_forward", "layer_norm_backward",
+                         "layer_norm_affine_backward", "max_pool_forward", "max_pool_backward", "gru_forward",
                          "gru_backward", "lstm_forward", "lstm_backward")
           for ctype in ("float", "double")]
 _module = None
@@ -725,6 +814,48 @@ def batch_norm_backward(grad, x, mean, scale, coef_centered, coef_const):
     grad = cupy.ascontiguousarray(grad)
     return _batch_norm_backward(grad, cupy.ascontiguousarray(x), mean, scale, coef_centered, coef_const, _plane(grad),
                                 grad.shape[1])
+
+
+def layer_norm_forward(x, gamma, beta, eps: float):
+    """(out, mean, 1/std) of each row of (R, D) x: out = (x - mean) / std * gamma + beta, one block per row."""
+    x = cupy.ascontiguousarray(x)
+    rows, width = x.shape
+    out = cupy.empty_like(x)
+    mean, inv_std = cupy.empty(rows, dtype=x.dtype), cupy.empty(rows, dtype=x.dtype)
+    if rows and width:
+        flags = (gamma is not None) * 1 + (beta is not None) * 2
+        gamma, beta = (cupy.ascontiguousarray(_or_dummy(a, x.dtype)) for a in (gamma, beta))
+        _kernel("layer_norm_forward", x.dtype)(
+            (rows,), _reduction_block(width),
+            (x, gamma, beta, out, mean, inv_std, cupy.int32(width), x.dtype.type(eps), cupy.int32(flags)))
+    return out, mean, inv_std
+
+
+_AFFINE_CHUNKS = 128  # row chunks of layer_norm_affine_backward, at most: with 32 columns a block, enough blocks
+
+
+def layer_norm_backward(grad, x, mean, inv_std, gamma, affine: bool):
+    """(grad_x, grad_gamma, grad_beta) of layer normalization over the rows of (R, D): the input gradient one block
+    per row, gamma's and beta's sums over the rows as partial sums per chunk of rows (one more kernel), added up."""
+    grad, x = cupy.ascontiguousarray(grad), cupy.ascontiguousarray(x)
+    rows, width = x.shape
+    grad_in = cupy.empty_like(x)
+    if rows and width:
+        _kernel("layer_norm_backward", x.dtype)(
+            (rows,), _reduction_block(width),
+            (grad, x, mean, inv_std, cupy.ascontiguousarray(_or_dummy(gamma, x.dtype)), grad_in, cupy.int32(width),
+             cupy.int32(gamma is not None)))
+    if not affine:
+        return grad_in, None, None
+    rows_per_chunk = max(64, -(-rows // _AFFINE_CHUNKS))
+    chunks = max(1, -(-rows // rows_per_chunk))
+    partial_gamma, partial_beta = cupy.zeros((chunks, width), x.dtype), cupy.zeros((chunks, width), x.dtype)
+    if rows and width:
+        _kernel("layer_norm_affine_backward", x.dtype)(
+            (-(-width // 32), chunks), (256,),
+            (grad, x, mean, inv_std, partial_gamma, partial_beta, cupy.int32(rows), cupy.int32(width),
+             cupy.int32(rows_per_chunk)))
+    return grad_in, partial_gamma.sum(axis=0), partial_beta.sum(axis=0)
 
 
 def _plane(array) -> int:

@@ -102,6 +102,18 @@ class Kernels(Protocol):
     def batch_norm_backward(self, grad, x, mean, scale, coef_centered, coef_const):
         """Returns the input gradient grad * scale + (x - mean) * coef_centered + coef_const, per channel."""
 
+    # ------------------------------------------------------------ layer normalization over the rows of (R, D)
+    def layer_norm_forward(self, x, gamma, beta, eps: float):
+        """Returns (out, mean, inv_std) for x (R, D), any layout: each row's mean and 1 / sqrt(var + eps) (R,), var
+        the biased variance, and out = (x - mean) * inv_std * gamma + beta (R, D), gamma and beta (D,)
+        or None (1 and 0). All in x's dtype."""
+
+    def layer_norm_backward(self, grad, x, mean, inv_std, gamma, affine: bool):
+        """Returns (grad_x, grad_gamma, grad_beta) for grad and x (R, D), mean and inv_std from layer_norm_forward,
+        gamma (D,) or None: with xhat = (x - mean) inv_std and gh = grad * gamma, grad_x = inv_std (gh - mean(gh) -
+        xhat mean(gh xhat)), the means over each row (R, D); grad_gamma = sum(grad xhat) and grad_beta = sum(grad)
+        over the rows (D,) when affine, else None for both."""
+
     # ------------------------------------------------------------ recurrent steps, (N, H) states
     def gru_forward(self, step_in, gh, bias, h, h_new, rz, n) -> None:
         """One GRU step's pointwise part (torch's gate order r, z, n): adds bias (3H,) or None into gh

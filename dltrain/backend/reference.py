@@ -291,6 +291,43 @@ def batch_norm_backward(grad, x, mean, scale, coef_centered, coef_const):
     return grad_in
 
 
+# ---------------------------------------------------------------- layer normalization over the rows of (R, D)
+
+
+def layer_norm_forward(x, gamma, beta, eps: float):
+    """Each row normalized by its own mean and biased variance: xhat = (x - mean) / sqrt(var + eps), then
+    out = xhat * gamma + beta."""
+    xp = array_module(x)
+    mean = x.mean(axis=1)
+    out = x - mean[:, None]
+    var = xp.einsum("rd,rd->r", out, out) / x.dtype.type(x.shape[1])
+    inv_std = 1 / xp.sqrt(var + x.dtype.type(eps))
+    out *= inv_std[:, None]
+    if gamma is not None:
+        out *= gamma
+    if beta is not None:
+        out += beta
+    return out, mean, inv_std
+
+
+def layer_norm_backward(grad, x, mean, inv_std, gamma, affine: bool):
+    """out = xhat gamma + beta with xhat = (x - mean) inv_std, and mean, inv_std functions of the row: through
+    them, d xhat / dx takes from gh = grad * gamma its row mean and its part along xhat, so
+    grad_x = inv_std (gh - mean(gh) - xhat mean(gh xhat)). gamma's gradient is sum(grad xhat) over the rows,
+    beta's sum(grad)."""
+    xp = array_module(x)
+    width = x.dtype.type(x.shape[1])
+    xhat = (x - mean[:, None]) * inv_std[:, None]
+    gh = grad if gamma is None else grad * gamma
+    along = xp.einsum("rd,rd->r", gh, xhat) / width
+    grad_x = gh - (gh.sum(axis=1) / width)[:, None]
+    grad_x -= xhat * along[:, None]
+    grad_x *= inv_std[:, None]
+    if not affine:
+        return grad_x, None, None
+    return grad_x, xp.einsum("rd,rd->d", grad, xhat), grad.sum(axis=0)
+
+
 # ---------------------------------------------------------------- recurrent steps, in place: a step is many small
 # arrays, so allocations and passes are the cost. Sigmoid as (1 + tanh(a / 2)) / 2: never overflows.
 

@@ -36,6 +36,7 @@ from ..registry import NonNegativeFloat, NonNegativeInt, Param, PositiveFloat, P
 from .loader import format_path
 
 MONITORS = ("val_loss", "val_accuracy", "train_loss", "train_accuracy")
+TEXT_DATASETS = ("text_folder", "wordlists")  # their inputs are token ids (so are csv's with text_columns)
 
 
 @dataclass
@@ -98,7 +99,9 @@ class DataConfig:
     test_path: str | None = None
     normalize: Literal["auto", "global", "feature", "none"] = "auto"  # statistics from the training split
     normalize_targets: bool = True  # regression: train on standardized targets, predict in the original units
-    augment: list = field(default_factory=list)  # training-batch augmentations (dltrain/data/augment.py)
+    # training-batch augmentations (dltrain/data/augment.py); none where the inputs are token ids (Config.token_inputs)
+    # except those whose class sets keeps_token_ids = True (they change no input value, or only ids to valid ids)
+    augment: list = field(default_factory=list)
     # views of each image whose predictions are averaged with the image's own: validation, test, eval and predict
     test_time_augment: list[Literal["horizontal_flip", "vertical_flip", "shift_up", "shift_down", "shift_left",
                                     "shift_right"]] = field(default_factory=list)
@@ -120,18 +123,33 @@ class Config:
         """The resolved config as plain values (written to the run and into checkpoints)."""
         return dataclasses.asdict(self)
 
-    def input_embedding(self) -> tuple[str, int] | None:
+    def input_embedding(self) -> tuple[str, int | None] | None:
         """(key path, vocab_size) of the embedding that the inputs reach first (inside containers too), else None:
-        such inputs are token ids, which standardizing would turn into fractions."""
+        such inputs are token ids, which standardizing would turn into fractions. vocab_size is None when the
+        embedding takes the data's vocabulary."""
         specs, path = self.model, ("model",)
         while specs:
             ((name, options),) = specs[0].items()
             path += (0, name)
             if name == "embedding":
-                return format_path(path), options["vocab_size"]
+                return format_path(path), (options or {}).get("vocab_size")
             if not isinstance(options, dict) or not options.get("layers"):
                 return None
             specs, path = options["layers"], path + ("layers",)
+        return None
+
+    def token_inputs(self) -> str | None:
+        """Why the model's inputs are token ids, in words ('model[0].embedding takes them as token ids'), or None:
+        the inputs reach an embedding first (input_embedding), or the data is tokenized text (text_folder,
+        wordlists, or csv with text_columns)."""
+        embedding = self.input_embedding()
+        if embedding is not None:
+            return f"{embedding[0]} takes them as token ids"
+        name = self.data.get("name")
+        if name in TEXT_DATASETS:
+            return f"data {name!r} is tokenized text, read as token ids"
+        if name == "csv" and self.data.get("text_columns"):
+            return "data.text_columns are tokenized text, read as token ids"
         return None
 
     @property
@@ -324,6 +342,8 @@ class Validator:
         return result
 
     def section(self, raw, cls, path: tuple):
+        if isinstance(raw, cls):  # an already validated section (a config's data re-validated with a change)
+            raw = dataclasses.asdict(raw)
         if cls is EarlyStoppingConfig and raw is False:
             return EarlyStoppingConfig(enabled=False)
         if cls is EmaConfig and raw in (False, None):
@@ -494,9 +514,18 @@ def _cross_checks(config: Config, v: Validator) -> None:
     embedding = config.input_embedding()
     if embedding is not None and config.data["normalize"] in ("global", "feature"):
         layer, vocab_size = embedding
+        ids = "integers from 0" if vocab_size is None else f"integers in [0, {vocab_size - 1}]"
         v.error(("data", "normalize"), f"{config.data['normalize']!r} standardizes the inputs, but {layer} takes them "
-                                       f"as token ids (integers in [0, {vocab_size - 1}]); set data.normalize: none "
+                                       f"as token ids ({ids}); set data.normalize: none "
                                        f"(or auto, which leaves an embedding's inputs as they are)")
+    tokens = config.token_inputs()
+    for i, spec in enumerate(config.data["augment"] if tokens is not None else []):
+        if not getattr(registry.augmentations.get(spec["name"]), "keeps_token_ids", False):
+            v.error(("data", "augment", i),
+                    f"{spec['name']} changes the input values, but the inputs are token ids ({tokens}): an id it "
+                    f"changes (noised, blended with another sample's, erased) is another token or none, and padding "
+                    f"that no longer equals the padding id is read as tokens in training but masked in evaluation; "
+                    f"remove it from data.augment")
     schedule = config.schedule
     if schedule.get("warmup_epochs", 0) > config.training.epochs:
         v.error(("schedule", "warmup_epochs"), f"warmup of {schedule['warmup_epochs']} epochs is longer than "

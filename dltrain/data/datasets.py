@@ -1,4 +1,5 @@
-"""Built-in datasets by name: IDX image sets, generated toy sets, and the user's .npz / .csv files.
+"""Built-in datasets by name: IDX image sets, generated toy sets, Debian's word lists, and the user's .npz / .csv files,
+image folders and text folders.
 
 Every entry returns RawData (host arrays, before splitting and normalization). Generated sets
 draw from `rng`, which the run's seed decides.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -22,6 +24,16 @@ from .files import read_idx, read_npz
 from .images import DEFAULT_MAX_IMAGE_PIXELS, cached_pixels, scan_classes
 from .rows import RowView, stratified_split
 from .tables import labels_to_array, read_table
+from .text import (
+    DEFAULT_TEXT,
+    DEFAULT_WORD_TEXT,
+    TextOptions,
+    Texts,
+    WordTextOptions,
+    table_texts,
+    text_files,
+    text_options,
+)
 
 np = backend.np
 
@@ -43,6 +55,7 @@ class RawData:
     normalize: str = "feature"  # what normalize: auto means here ('global' for images)
     feature_names: list[str] | None = None  # a table's input columns, found by name when predicting
     table_options: dict | None = None  # a table's missing / unknown_category policies (TableEncoding)
+    text_options: dict | None = None  # text (x_* are Texts): the data.text options, and 'missing' (CSV text columns)
 
 
 # ---------------------------------------------------------------- IDX image sets
@@ -240,13 +253,23 @@ def npz(path: str | None = None, rng=None) -> RawData:
 
 @datasets.register("csv")
 def csv(path: str | None = None, rng=None, label_column: str = "label", ignore_columns: list[str] | None = None,
-        missing: Literal["error", "mean"] = "error", unknown_category: Literal["error", "zeros"] = "error") -> RawData:
+        missing: Literal["error", "mean"] = "error", unknown_category: Literal["error", "zeros"] = "error",
+        text_columns: list[str] | None = None, text: TextOptions = DEFAULT_TEXT) -> RawData:
     """Your own table: a .csv with a header row and a label column (numbers, or words: classes); feature columns of
-    numbers are inputs, other columns categories (one-hot); ignore_columns (ids, notes) are left out."""
+    numbers are inputs, other columns categories (one-hot); ignore_columns (ids, notes) are left out. With
+    text_columns, those columns are text, tokenized as data.text says, and no other feature column may be left;
+    data.text other than its defaults without text_columns is refused (it would change nothing)."""
     if not path:
         raise DataError("data.path: the csv dataset needs the path of a .csv file")
+    if not text_columns and text_options(text) != text_options(DEFAULT_TEXT):
+        raise DataError("data.text: it says how text columns are tokenized, and needs data.text_columns naming them; "
+                        "name the CSV's text columns in data.text_columns, or leave data.text out")
     cells, labels = read_table(Path(path), label_column, ignore_columns or [])
     y, class_names = labels_to_array(labels, cells.where, None)
+    if text_columns:
+        return RawData(table_texts(cells, text_columns, missing, path), y,
+                       classes=len(class_names) if class_names else None, class_names=class_names, normalize="none",
+                       text_options={**text_options(text), "missing": missing})
     return RawData(cells, y, classes=len(class_names) if class_names else None, class_names=class_names,
                    feature_names=cells.names, table_options={"missing": missing, "unknown_category": unknown_category})
 
@@ -285,12 +308,115 @@ def image_folder(path: str | None = None, rng=None, *, image_size: Annotated[lis
     return raw
 
 
+@datasets.register("text_folder")
+def text_folder(path: str | None = None, rng=None, test_fraction: Annotated[float, Ge(0), Lt(1)] = 0.0,
+                text: TextOptions = DEFAULT_TEXT) -> RawData:
+    """Your own texts: one subfolder per class holding one UTF-8 text file per example (or train/, val/, test/
+    folders of those), tokenized as data.text says by a tokenizer fitted on the training split; token ids cached."""
+    if not path:
+        raise DataError("data.path: the text_folder dataset needs the folder of class subfolders")
+    root = Path(path).expanduser()
+    split_roots = {name: root / name for name in ("train", "val", "test") if (root / name).is_dir()}
+
+    def scan(folder, names=None):
+        files, labels, names = scan_classes(folder, names, text_files, "text files", "no files")
+        return Texts(files, [str(f) for f in files], True, source=str(root)), np.asarray(labels, np.int64), names
+
+    x, y, names = scan(split_roots.get("train", root))
+    raw = RawData(x, y, classes=len(names), class_names=names, normalize="none", text_options=text_options(text))
+    if "val" in split_roots:
+        raw.x_val, raw.y_val, _ = scan(split_roots["val"], names)
+    if "test" in split_roots:
+        raw.x_test, raw.y_test, _ = scan(split_roots["test"], names)
+    elif test_fraction > 0:
+        train_rows, test_rows = stratified_split(y, test_fraction, rng, True)
+        raw.x_train, raw.y_train, raw.x_test, raw.y_test = x.take(train_rows), y[train_rows], x.take(test_rows), \
+            y[test_rows]
+    return raw
+
+
+# language -> (its word list under /usr/share/dict, the Debian package that installs it)
+WORDLISTS = {
+    "english": ("american-english", "wamerican"),
+    "german": ("ngerman", "wngerman"),
+    "french": ("french", "wfrench"),
+    "spanish": ("spanish", "wspanish"),
+    "italian": ("italian", "witalian"),
+    "portuguese": ("portuguese", "wportuguese"),
+    "dutch": ("dutch", "wdutch"),
+}
+Language = Literal["english", "german", "french", "spanish", "italian", "portuguese", "dutch"]
+
+
+def read_wordlist(path: Path, package: str, language: str, min_length: int) -> list[str]:
+    """The words of one list, in its order, each once: lines that are letters alone (no apostrophe, hyphen, digit or
+    space: English's possessives "Aaron's" are left out), NFC, at least min_length characters."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: the {language} word list is not installed (Debian, Ubuntu: apt-get install "
+                        f"{package}); or leave {language} out of data.languages") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the {language} word list ({exc.strerror or exc})") from None
+    try:
+        text = unicodedata.normalize("NFC", data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start}") from None
+    words = dict.fromkeys(filter(str.isalpha, text.splitlines()))  # C loops: the lists hold 1.8 million lines
+    return [word for word in words if len(word) >= min_length] if min_length > 1 else list(words)
+
+
+@datasets.register("wordlists")
+def wordlists(path: str | None = None, rng=None,
+              languages: Annotated[list[Language], MinLen(2)] = tuple(WORDLISTS),
+              words_per_language: Annotated[int, Gt(0), Le(1_000_000)] = 20_000,
+              min_length: Annotated[int, Gt(0)] = 2, test_fraction: Annotated[float, Ge(0), Lt(1)] = 0.2,
+              text: WordTextOptions = DEFAULT_WORD_TEXT) -> RawData:
+    """Which language a single word is: the Debian word lists under /usr/share/dict (data.path: another folder),
+    words_per_language drawn from each by the data seed; a word in more than one list (case ignored) is left out."""
+    folder = Path(path or "/usr/share/dict").expanduser()
+    languages = list(dict.fromkeys(languages))
+    if len(languages) < 2:
+        raise DataError(f"data.languages: {languages}: telling languages apart needs two or more")
+    lists = {language: read_wordlist(folder / WORDLISTS[language][0], WORDLISTS[language][1], language, min_length)
+             for language in languages}
+    lowered = {language: set(map(str.lower, words)) for language, words in lists.items()}
+    rows, labels, where = [], [], []
+    for label, language in enumerate(languages):
+        others = [lowered[other] for other in languages if other != language]
+        words, picked = lists[language], []
+        for i in rng.permutation(len(words)):  # the seed's order; ambiguous words passed over
+            if not any(words[i].lower() in other for other in others):
+                picked.append(i)
+                if len(picked) == words_per_language:
+                    break
+        if not picked:
+            raise DataError(f"{folder / WORDLISTS[language][0]}: no {language} word of at least {min_length} letters "
+                            "that the other lists lack")
+        picked.sort()
+        rows += [(words[i],) for i in picked]
+        labels += [label] * len(picked)
+        source = str(folder / WORDLISTS[language][0])
+        where += [f"{source}: {words[i]!r}" for i in picked]
+    x, y = Texts(rows, where, False, source=str(folder)), np.asarray(labels, np.int64)
+    raw = RawData(x, y, classes=len(languages), class_names=languages, normalize="none",
+                  text_options=text_options(text, WordTextOptions))
+    if test_fraction > 0:
+        train_rows, test_rows = stratified_split(y, test_fraction, rng, True)
+        raw.x_train, raw.y_train, raw.x_test, raw.y_test = x.take(train_rows), y[train_rows], x.take(test_rows), \
+            y[test_rows]
+    return raw
+
+
 def read_extra_split(path: str, dataset: str, options: dict, class_names: list[str] | None = None) -> tuple:
     """(x, y) of a separately given validation or test file, in the dataset's file format (a table's word labels
-    mapped to the training file's classes)."""
+    mapped to the training file's classes; its text columns as Texts)."""
     if dataset == "csv":
         cells, labels = read_table(Path(path), options.get("label_column", "label"),
                                    options.get("ignore_columns") or [])
-        return cells, labels_to_array(labels, cells.where, class_names)[0]
+        y = labels_to_array(labels, cells.where, class_names)[0]
+        if options.get("text_columns"):
+            return table_texts(cells, options["text_columns"], options.get("missing", "error"), path), y
+        return cells, y
     x, y, _ = _npz_arrays(Path(path))
     return x, y

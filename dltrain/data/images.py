@@ -120,15 +120,17 @@ def class_folders(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def scan_classes(root: Path, class_names: list[str] | None = None) -> tuple[list[Path], list[int], list[str]]:
-    """(files, labels, class names) of a folder with one subfolder per class. Given `class_names` (the training
-    split's), a split's folders must be among them."""
+def scan_classes(root: Path, class_names: list[str] | None = None, list_files=image_files, what: str = "images",
+                 none_found: str = f"no {', '.join(IMAGE_SUFFIXES)} files") -> tuple[list[Path], list[int], list[str]]:
+    """(files, labels, class names) of a folder with one subfolder per class (`list_files` finds a class's files;
+    `what` and `none_found` word the errors). Given `class_names` (the training split's), a split's folders must be
+    among them."""
     if not root.is_dir():
-        raise DataError(f"{root}: not a folder (expected one subfolder of images per class)")
+        raise DataError(f"{root}: not a folder (expected one subfolder of {what} per class)")
     found = class_folders(root)
     if class_names is None:
         if not found:
-            raise DataError(f"{root}: no class folders (expected one subfolder of images per class)")
+            raise DataError(f"{root}: no class folders (expected one subfolder of {what} per class)")
         if len(found) == 1:
             raise DataError(f"{root}: only one class folder ({found[0]}); classification needs two or more")
         class_names = found
@@ -139,9 +141,9 @@ def scan_classes(root: Path, class_names: list[str] | None = None) -> tuple[list
                             f"({', '.join(class_names)})")
     files, labels = [], []
     for name in found:
-        images = image_files(root / name)
-        if not images:
-            raise DataError(f"{root / name}: empty class folder (no {', '.join(IMAGE_SUFFIXES)} files)")
-        files += images
-        labels += [class_names.index(name)] * len(images)
+        members = list_files(root / name)
+        if not members:
+            raise DataError(f"{root / name}: empty class folder ({none_found})")
+        files += members
+        labels += [class_names.index(name)] * len(members)
     return files, labels, class_names

@@ -1,4 +1,5 @@
-"""New inputs for a trained model, read in batches: image files and folders, CSV, .npz and IDX files.
+"""New inputs for a trained model, read in batches: image files and folders, CSV, .npz and IDX files; for a model
+trained on text, text files and folders of them, a CSV's text columns, and lines on standard input ('-').
 
 Each source yields Batches of raw inputs shaped as the model's training inputs (before normalization), with what
 identifies each row in the output: the file path or row number, and a CSV's other columns. Paths are written as
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,7 @@ from ..errors import DataError, ShapeError
 from .files import read_idx, read_npz
 from .images import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_SUFFIXES, decode_image, image_files
 from .tables import read_csv
+from .text import Tokenizer, decode_text, missing_texts, read_text_file, text_files
 
 np = backend.np
 
@@ -50,15 +53,22 @@ def readable_path(path) -> str:
 
 class InputSet:
     """The inputs named on the command line, in order; `len()` counts the rows to predict. Images of more than
-    `max_image_pixels` pixels are refused (predict's --max-image-pixels) before they are decoded."""
+    `max_image_pixels` pixels are refused (predict's --max-image-pixels) before they are decoded. With a `tokenizer`
+    (the model was trained on text) the inputs are texts, tokenized by it: text files, folders of them, CSV files
+    with the text column(s) the model was trained on (a text_folder's model: a column named 'text'), and '-' for
+    lines on standard input, each line one text."""
 
     def __init__(self, paths: list[Path], input_shape: tuple, feature_names: list[str] | None, label: str | None,
-                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
+                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, tokenizer: Tokenizer | None = None):
         self.input_shape, self.feature_names, self.label = tuple(input_shape), feature_names, label
-        self.max_image_pixels = max_image_pixels
+        self.max_image_pixels, self.tokenizer = max_image_pixels, tokenizer
         self.sources = []  # (kind, path, items)
         for path in paths:
-            if path.is_dir():
+            if tokenizer is not None:
+                self.sources.append(self._text_source(path))
+            elif str(path) == "-":
+                raise DataError("-: standard input gives lines of text, but this model was not trained on text")
+            elif path.is_dir():
                 found = image_files(path)
                 if not found:
                     raise DataError(f"{path}: no images in this folder ({', '.join(IMAGE_SUFFIXES)})")
@@ -80,9 +90,31 @@ class InputSet:
         self.image_format = _image_format(self.input_shape, images) if images else None
         self.skipped: list[Skipped] = []
 
+    def _text_source(self, path: Path) -> tuple:
+        columns = self.tokenizer.columns or ["text"]
+        if str(path) == "-" or (path.is_file() and path.suffix.lower() != ".csv") or path.is_dir():
+            if len(columns) > 1:
+                raise DataError(f"{path}: this model reads {len(columns)} text columns ({', '.join(columns)}); give "
+                                "a CSV file with those columns")
+        if str(path) == "-":
+            return ("stdin", path, None)
+        if path.is_dir():
+            found = text_files(path)
+            if not found:
+                raise DataError(f"{path}: no text files in this folder")
+            return ("texts", path, found)
+        if not path.exists():
+            raise DataError(f"{path}: no such file or folder")
+        if path.suffix.lower() == ".csv":
+            return ("text_csv", path, None)
+        if path.suffix.lower() == ".npz":
+            return ("npz", path, None)
+        return ("texts", path, [path])
+
     def count(self) -> int | None:
-        """Rows to predict where known without reading (images); None when a table must be read to know."""
-        if all(kind == "images" for kind, *_ in self.sources):
+        """Rows to predict where known without reading (images, text files); None when a table or standard input
+        must be read to know."""
+        if all(kind in ("images", "texts") for kind, *_ in self.sources):
             return sum(len(items) for *_, items in self.sources)
         return None
 
@@ -90,6 +122,12 @@ class InputSet:
         for kind, path, items in self.sources:
             if kind == "images":
                 yield from self._images(items, size, skip_bad)
+            elif kind == "texts":
+                yield from self._texts(items, size, skip_bad)
+            elif kind == "stdin":
+                yield from self._stdin(size, skip_bad)
+            elif kind == "text_csv":
+                yield from self._text_csv(path, size, skip_bad)
             else:
                 x, ids, carried = {"csv": self._csv, "npz": self._npz, "idx": self._idx}[kind](path)
                 ids = [readable_path(row_id) for row_id in ids]
@@ -112,6 +150,81 @@ class InputSet:
                 ids.append(readable_path(path))
             if ids:
                 yield Batch(np.stack(pixels).reshape(len(ids), *self.input_shape), ids)
+
+    def _tokenized(self, rows: list, ids: list[str], carried: dict | None = None) -> Batch:
+        return Batch(self.tokenizer.encode(rows).reshape(len(rows), *self.input_shape), ids, carried or {})
+
+    def _texts(self, files: list[Path], size: int, skip_bad: bool) -> Iterator[Batch]:
+        for start in range(0, len(files), size):
+            rows, ids = [], []
+            for path in files[start:start + size]:
+                try:
+                    rows.append((read_text_file(path, self.tokenizer.head),))  # as far as max_length needs
+                except DataError as exc:
+                    if not skip_bad:
+                        raise
+                    self.skipped.append(Skipped(readable_path(path), str(exc)))
+                    continue
+                ids.append(readable_path(path))
+            if ids:
+                yield self._tokenized(rows, ids)
+
+    def _stdin(self, size: int, skip_bad: bool) -> Iterator[Batch]:
+        """Each line of standard input one text (UTF-8, its line break dropped), named -:LINE; the text is carried
+        into the output's `text` column. An empty line is passed over (no output row, not an error: a blank line
+        between texts or at the end); a line of only white space is an error (or with skip_bad skipped)."""
+        stream = getattr(sys.stdin, "buffer", None)
+        if stream is None:  # a text stream without bytes beneath (a test's StringIO)
+            stream = (line.encode("utf-8", "surrogateescape") for line in sys.stdin)
+        rows, ids = [], []
+        for number, data in enumerate(stream, start=1):
+            data = data.rstrip(b"\r\n")
+            if not data:
+                continue
+            try:
+                text = decode_text(data, f"-:{number}", "line")
+            except DataError as exc:
+                if not skip_bad:
+                    raise
+                self.skipped.append(Skipped(f"-:{number}", str(exc)))
+                continue
+            rows.append((text,))
+            ids.append(f"-:{number}")
+            if len(rows) == size:
+                yield self._tokenized(rows, ids, {"text": [row[0] for row in rows]})
+                rows, ids = [], []
+        if rows:
+            yield self._tokenized(rows, ids, {"text": [row[0] for row in rows]})
+
+    def _text_csv(self, path: Path, size: int, skip_bad: bool) -> Iterator[Batch]:
+        """A CSV's text columns (found by name) tokenized as in training, missing texts as the stored data.missing
+        says; its other columns carried into the output."""
+        table = read_csv(path)
+        header = table.header
+        columns = self.tokenizer.columns or ["text"]
+        absent = [name for name in columns if name not in header]
+        if absent:
+            raise DataError(f"{path}:1: missing the text column(s) the model was trained on: {', '.join(absent)} "
+                            f"(found: {', '.join(header)})")
+        position = [header.index(name) for name in columns]
+        other = [i for i, name in enumerate(header) if i not in position and name != self.label]
+        rows, lines = table.data_rows()
+        for start in range(0, len(rows), size):
+            texts, ids, kept = [], [], []
+            for row, line in zip(rows[start:start + size], lines[start:start + size]):
+                where = f"{path}:{line}"
+                try:
+                    texts.append(missing_texts(tuple(row[j].strip() for j in position), columns,
+                                               self.tokenizer.missing, where))
+                except DataError as exc:
+                    if not skip_bad:
+                        raise
+                    self.skipped.append(Skipped(readable_path(where), str(exc)))
+                    continue
+                ids.append(readable_path(where))
+                kept.append(row)
+            if ids:
+                yield self._tokenized(texts, ids, {header[i]: [row[i] for row in kept] for i in other})
 
     def _csv(self, path: Path):
         if not self.feature_names:

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from .. import backend
 from ..errors import DataError, ShapeError
 from ..registry import datasets
-from .datasets import RawData, read_extra_split
+from .datasets import RawData, cache_dir, read_extra_split
 from .rows import RowView, stratified_split
 from .tables import Cells, TableEncoding
+from .text import PADDING_ID, Texts, Tokenizer, cached_ids, fitted
 
 np = backend.np
 
@@ -67,6 +68,11 @@ class Splits:
     feature_names: list[str] | None = None  # a table's columns, as its header names them
     encoding: dict | None = None  # a table's TableEncoding state
     target_normalization: dict | None = None  # regression: {'mean': [...], 'std': [...]} per target column
+    # Tokenized text: inputs are token ids (batch, time), right-padded with padding_id; the ids run 0..vocab_size-1;
+    # `text` is the fitted tokenizer's state (JSON-ready), kept in the checkpoint so eval and predict tokenize alike.
+    padding_id: int | None = None
+    vocab_size: int | None = None
+    text: dict | None = None
 
 
 def load_raw(data: dict, seed: int) -> RawData:
@@ -83,9 +89,10 @@ def load_raw(data: dict, seed: int) -> RawData:
 
 
 def _check_arrays(name: str, x, y, task: str) -> tuple:
-    x = x if isinstance(x, RowView | Cells) else np.asarray(x)  # decoded images stay where they are; tables are text
+    kept = RowView | Cells | Texts  # decoded images stay where they are; tables and texts are text, encoded later
+    x = x if isinstance(x, kept) else np.asarray(x)
     y = np.asarray(y)
-    if isinstance(x, Cells):
+    if isinstance(x, Cells | Texts):
         pass  # checked when encoded
     elif x.dtype.kind not in "biuf":
         raise DataError(f"{name} inputs: expected numbers, got dtype {x.dtype}")
@@ -93,9 +100,9 @@ def _check_arrays(name: str, x, y, task: str) -> tuple:
         raise DataError(f"{name} split is empty (0 samples)")
     if len(x) != len(y):
         raise DataError(f"{name}: {len(x)} inputs but {len(y)} labels (expected one label per sample)")
-    if not isinstance(x, Cells) and x.ndim < 2:
+    if not isinstance(x, Cells | Texts) and x.ndim < 2:
         x = x.reshape(len(x), 1)
-    if not isinstance(x, Cells) and x.dtype.kind == "f" and not np.isfinite(x).all():
+    if not isinstance(x, Cells | Texts) and x.dtype.kind == "f" and not np.isfinite(x).all():
         bad = np.argwhere(~np.isfinite(x))[0]
         raise DataError(f"{name} inputs contain NaN or Inf (first at index {tuple(int(i) for i in bad)})")
     if task == "classification":
@@ -166,10 +173,15 @@ def to_split(x, y, stats: dict, device: str) -> Split:
 
 def prepare(data: dict, task: str, seed: int, device: str, stats: dict | None = None,
             expected_shape: tuple | None = None, encoding: dict | None = None,
-            target_normalization: dict | None = None, token_ids: bool = False) -> Splits:
+            target_normalization: dict | None = None, token_ids: bool = False, text: dict | None = None,
+            text_source: str | None = None) -> Splits:
     """Load, check, split and normalize; `stats` (and the per-sample `expected_shape`, a table's `encoding`, the
-    regression targets' `target_normalization`) come from a checkpoint when one is evaluated or resumed.
-    `token_ids`: the model's first layer is an embedding, so `normalize: auto` leaves the inputs as they are."""
+    regression targets' `target_normalization`, text's fitted tokenizer `text`, and `text_source`, the checkpoint
+    file it came from, for messages) come from a checkpoint when one is evaluated or resumed. `token_ids`: the
+    model's first layer is an embedding, so `normalize: auto` leaves the inputs as they are. Text is tokenized into
+    token ids (never normalized) by a tokenizer fitted on the training split after the validation split is held out
+    (or the stored one): cached as int32, they reach the model as values of the default float dtype like any input,
+    exact for every id (below 2^24)."""
     raw = load_raw(data, seed)
     x_train, y_train = _check_arrays("train", raw.x_train, raw.y_train, task)
     val = test = None
@@ -181,7 +193,8 @@ def prepare(data: dict, task: str, seed: int, device: str, stats: dict | None = 
         if len(val_idx) == 0 or len(train_idx) == 0:
             raise DataError(f"data.val_fraction {data['val_fraction']} of {len(y_train)} samples leaves an empty "
                             "split; use a fraction that keeps samples on both sides")
-        pick = (lambda x, rows: x.take(rows)) if isinstance(x_train, RowView | Cells) else (lambda x, rows: x[rows])
+        pick = (lambda x, rows: x.take(rows)) if isinstance(x_train, RowView | Cells | Texts) else (
+            lambda x, rows: x[rows])
         val = (pick(x_train, val_idx), y_train[val_idx])
         x_train, y_train = pick(x_train, train_idx), y_train[train_idx]
     if raw.x_test is not None:
@@ -191,6 +204,9 @@ def prepare(data: dict, task: str, seed: int, device: str, stats: dict | None = 
         table = TableEncoding.from_state(encoding) if encoding else TableEncoding.fit(x_train, **raw.table_options)
         x_train = table.transform(x_train)
         val, test = ((table.transform(p[0]), p[1]) if p is not None else None for p in (val, test))
+    tokenizer = None
+    if isinstance(x_train, Texts):  # fitted on the training split alone (after validation is held out), or stored
+        tokenizer, x_train, val, test = _tokenized(raw, x_train, val, test, text, text_source)
     if expected_shape is not None and tuple(x_train.shape[1:]) != tuple(expected_shape):
         raise ShapeError(f"the model was trained on inputs of per-sample shape {tuple(expected_shape)}, but the "
                          f"data has shape {tuple(x_train.shape[1:])}")
@@ -219,8 +235,11 @@ def prepare(data: dict, task: str, seed: int, device: str, stats: dict | None = 
 
     if stats is None:
         mode = data.get("normalize", "auto")
+        if tokenizer is not None and mode in ("global", "feature"):
+            raise DataError(f"data.normalize: {mode!r} standardizes the inputs, but text becomes token ids, which are "
+                            "never standardized; set data.normalize: none (or auto)")
         if mode == "auto":
-            mode = "none" if token_ids else raw.normalize
+            mode = "none" if token_ids or tokenizer is not None else raw.normalize
         stats = normalization_stats(x_train, mode)
     return Splits(
         train=to_split(x_train, y_train, stats, device),
@@ -233,7 +252,30 @@ def prepare(data: dict, task: str, seed: int, device: str, stats: dict | None = 
         feature_names=raw.feature_names,
         encoding=table.state() if table else None,
         target_normalization=target_normalization,
+        padding_id=PADDING_ID if tokenizer else None,
+        vocab_size=tokenizer.vocab_size if tokenizer else None,
+        text=tokenizer.state() if tokenizer else None,
     )
+
+
+def _tokenized(raw: RawData, x_train: Texts, val, test, state: dict | None, source: str | None) -> tuple:
+    """(tokenizer, train ids, val, test): each split's texts as token ids, memory-mapped rows of the text cache.
+    `source`: the checkpoint file the stored tokenizer `state` comes from, named in its errors."""
+    cache = cache_dir() / "text"
+    options = raw.text_options or {}
+    if state is not None:
+        tokenizer = Tokenizer.from_state(state, source or "the checkpoint")
+    else:
+        tokenizer = fitted(x_train, {k: v for k, v in options.items() if k != "missing"},
+                           options.get("missing", "error"), cache)
+    for name, pair in (("val", val), ("test", test)):
+        if pair is not None and not isinstance(pair[0], Texts):
+            raise DataError(f"{name} inputs: expected texts as the training split has, got arrays")
+
+    def ids(texts: Texts) -> RowView:
+        return RowView(cached_ids(tokenizer, texts, cache))
+
+    return (tokenizer, ids(x_train), *((ids(p[0]), p[1]) if p is not None else None for p in (val, test)))
 
 
 def check_token_ids(splits: Splits, data: dict, layer: str, vocab_size: int) -> None:

@@ -7,11 +7,12 @@ package also gives Tensor its operators and methods (x + y, x @ w, x.sum(axis=0)
 from ..autograd import Tensor
 from .activation import gelu, leaky_relu, log_softmax, relu, sigmoid, softmax, tanh
 from .arithmetic import abs, add, clip, div, exp, log, matmul, maximum, minimum, mul, neg, pow, sqrt, sub, where
+from .attention import scaled_dot_product_attention
 from .conv import avg_pool2d, conv2d, global_avg_pool, max_pool2d
 from .dropout import dropout
 from .linear import embedding, linear
 from .loss import binary_cross_entropy_with_logits, cross_entropy, mse_loss
-from .normalization import batch_norm
+from .normalization import batch_norm, layer_norm
 from .recurrent import gru, lstm, rnn
 from .reduction import max, mean, sum
 from .shape import concatenate, flatten, getitem, reshape, stack, transpose
@@ -19,9 +20,9 @@ from .shape import concatenate, flatten, getitem, reshape, stack, transpose
 __all__ = [
     "abs", "add", "avg_pool2d", "batch_norm", "binary_cross_entropy_with_logits", "clip", "concatenate", "conv2d",
     "cross_entropy", "div", "dropout", "embedding", "exp", "flatten", "gelu", "getitem", "global_avg_pool", "gru",
-    "leaky_relu", "linear", "log", "log_softmax", "lstm", "matmul", "max", "max_pool2d", "maximum", "mean",
-    "minimum", "mse_loss", "mul", "neg", "pow", "relu", "reshape", "rnn", "sigmoid", "softmax", "sqrt", "stack",
-    "sub", "sum", "tanh", "transpose", "where",
+    "layer_norm", "leaky_relu", "linear", "log", "log_softmax", "lstm", "matmul", "max", "max_pool2d", "maximum",
+    "mean", "minimum", "mse_loss", "mul", "neg", "pow", "relu", "reshape", "rnn", "scaled_dot_product_attention",
+    "sigmoid", "softmax", "sqrt", "stack", "sub", "sum", "tanh", "transpose", "where",
 ]
 
 

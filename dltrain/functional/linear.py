@@ -43,9 +43,10 @@ def fused_activation(op: str, activation: str | None) -> bool:
     return activation == "relu"
 
 
-def embedding(input, weight) -> Tensor:  # noqa: A002
+def embedding(input, weight, padding_idx: int | None = None) -> Tensor:  # noqa: A002
     """Rows of weight (num_embeddings, dim) picked by integer indices: the linear map of a one-hot input.
-    Float indices (data that went through the float pipeline) are rounded to integers."""
+    Float indices (data that went through the float pipeline) are rounded to integers. As in torch, the row
+    `padding_idx` (if given) gets no gradient."""
     w = as_tensor(weight)
     raw = input.data if isinstance(input, Tensor) else input
     xp = backend.array_module(w.data)
@@ -59,6 +60,8 @@ def embedding(input, weight) -> Tensor:  # noqa: A002
     def backward(g):
         grad = xp.zeros_like(w.data)
         backend.scatter_add(grad, indices.reshape(-1), g.reshape(-1, w.shape[1]))
+        if padding_idx is not None:
+            grad[padding_idx] = 0
         return (grad,)
 
     return make_result(w.data[indices], (w,), backward, "embedding")

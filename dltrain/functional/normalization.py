@@ -1,4 +1,5 @@
-"""Batch normalization over the channel axis (axis 1) of (N, C) or (N, C, H, W, ...) input."""
+"""Batch normalization over the channel axis (axis 1) of (N, C) or (N, C, H, W, ...) input; layer normalization
+over the trailing axes of each sample."""
 
 from __future__ import annotations
 
@@ -62,3 +63,55 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
 
 def _parents(x, gamma, beta) -> tuple:
     return (x,) + tuple(t for t in (gamma, beta) if t is not None)
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
+    """Normalize over the trailing axes `normalized_shape` (an int or a tuple: input (..., *normalized_shape)) with
+    each slice's own mean and biased variance, then scale by weight and shift by bias (both of normalized_shape, or
+    None), as torch.nn.functional.layer_norm. There are no running statistics: training and evaluation agree.
+
+    As torch, and as scaled_dot_product_attention: the input must be floating point, and a weight or bias Tensor
+    must have its dtype (TypeError otherwise; a float64 weight of float32 input would get a float32 gradient);
+    arrays and numbers given as weight or bias are constants, cast to the input's dtype (autograd.as_tensor).
+
+    The slices are the rows of an (R, D) view, D the product of normalized_shape; the kernels keep each row's mean
+    and 1 / std for the backward (backend/kernels.py layer_norm_forward / layer_norm_backward)."""
+    x = as_tensor(input)
+    if x.dtype.kind != "f":  # as torch, which has no integer layer norm
+        raise TypeError(f"layer_norm: input must be floating point, got {x.dtype}")
+    shape = (int(normalized_shape),) if isinstance(normalized_shape, int) else tuple(int(n) for n in normalized_shape)
+    trailing = len(shape)
+    if not shape or x.ndim < trailing or tuple(x.shape[x.ndim - trailing:]) != shape:
+        raise ShapeError(f"layer_norm: expected input (..., {', '.join(map(str, shape))}) for normalized_shape "
+                         f"{shape}; got input {tuple(x.shape)}")
+    gamma = None if weight is None else as_tensor(weight, like=x)
+    beta = None if bias is None else as_tensor(bias, like=x)
+    for name, param in (("weight", gamma), ("bias", beta)):
+        if param is not None and tuple(param.shape) != shape:
+            raise ShapeError(f"layer_norm: expected {name} of shape {shape} (normalized_shape), got "
+                             f"{tuple(param.shape)}")
+        if param is not None and param.dtype != x.dtype:  # its gradient would come back in the input's dtype
+            raise TypeError(f"layer_norm: input, weight and bias must share one floating-point dtype, got input "
+                            f"{x.dtype}, {name} {param.dtype}")
+    width = 1
+    for n in shape:
+        width *= n
+    rows = x.size // width if width else 0
+    rows_view = x.data.reshape(rows, width)  # a view unless x is laid out otherwise
+    gamma_flat = None if gamma is None else gamma.data.reshape(width)
+    beta_flat = None if beta is None else beta.data.reshape(width)
+    kernels = backend.kernels_for(x.data)
+    out, mean, inv_std = kernels.layer_norm_forward(rows_view, gamma_flat, beta_flat, eps)
+
+    def backward(g):
+        affine = (gamma is not None and gamma.requires_grad) or (beta is not None and beta.requires_grad)
+        grad_x, grad_gamma, grad_beta = kernels.layer_norm_backward(g.reshape(rows, width), rows_view, mean, inv_std,
+                                                                    gamma_flat, affine)
+        grads = [grad_x.reshape(x.shape) if x.requires_grad else None]
+        if gamma is not None:
+            grads.append(grad_gamma.reshape(shape) if gamma.requires_grad else None)
+        if beta is not None:
+            grads.append(grad_beta.reshape(shape) if beta.requires_grad else None)
+        return grads
+
+    return make_result(out.reshape(x.shape), _parents(x, gamma, beta), backward, "layer_norm")

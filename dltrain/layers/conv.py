@@ -33,6 +33,8 @@ class _Spatial(Module):
 class Conv2D(_Spatial):
     """2-D convolution (cross-correlation) with `filters` output channels; padding 'same' keeps height and width."""
 
+    keeps_padding_mask = False  # each output channel mixes every input channel: axis 1 is not carried one for one
+
     def __init__(self, filters: PositiveInt, kernel_size: PositiveInt = 3, stride: PositiveInt = 1,
                  padding: NonNegativeInt | Literal["same"] = 0, dilation: PositiveInt = 1, bias: bool = True,
                  init: InitName = "he_uniform"):

@@ -14,7 +14,7 @@ from .. import functional as F
 from ..autograd import Tensor, is_grad_enabled
 from ..registry import EntryOf, NonNegativeFloat, PositiveFloat, PositiveInt, Probability, initializers, layers
 from . import init as _init  # noqa: F401 (registers the initializers)
-from .module import Module
+from .module import Module, carry_padding_mask
 
 InitName = Annotated[str, EntryOf(initializers)]  # a registered initializer, looked up when a config is checked
 
@@ -129,7 +129,9 @@ class Dropout(Module):
 
 @layers.register("flatten")
 class Flatten(Module):
-    """(batch, d1, d2, ...) -> (batch, d1 * d2 * ...)."""
+    """(batch, d1, d2, ...) -> (batch, d1 * d2 * ...). The padding mask ends here (no time axis is left)."""
+
+    keeps_padding_mask = False
 
     def build_shape(self, input_shape):
         return (math.prod(input_shape),)
@@ -182,6 +184,39 @@ class BatchNorm(Module):
         return folded_weight, shift if bias is None else bias.data * scale + shift
 
 
+@layers.register("layernorm")
+class LayerNorm(Module):
+    """Normalize each position over its last axis (features) with its own mean and variance, then scale and shift:
+    torch.nn.LayerNorm(features) over (batch, ..., features). The same in training and evaluation.
+
+    Options:
+        eps: added to the variance.
+        affine: learn a scale `weight` (ones at first) and a shift `bias` (zeros), one per feature.
+    """
+
+    def __init__(self, eps: PositiveFloat = 1e-5, affine: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.affine = affine
+
+    def build_shape(self, input_shape):
+        if not input_shape:
+            raise self.shape_error("(batch, ..., features)", "(batch,)")
+        self.features = input_shape[-1]
+        if self.affine:
+            self.weight = self.add_parameter("weight", initializers.get("ones")((self.features,)), decay=False)
+            self.bias = self.add_parameter("bias", initializers.get("zeros")((self.features,)), decay=False)
+        else:
+            self.weight = self.bias = None
+        return input_shape
+
+    def forward(self, x):
+        return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
+
+    def describe(self):
+        return ", ".join([f"eps={self.eps:g}"] + ([] if self.affine else ["affine=False"]))
+
+
 def format_shape(shape) -> str:
     """A per-sample shape shown with its batch axis: (batch, 28, 28)."""
     return "(" + ", ".join(["batch", *map(str, shape)]) + ")"
@@ -227,15 +262,18 @@ def run_layers(layers: list, x: Tensor, watch=None) -> Tensor:
         return x
     for layer, batchnorm, relu in fused_steps(layers, fold_batchnorm=not is_grad_enabled()):
         if batchnorm is not None:
-            x = layer.forward_batchnorm(x, batchnorm, relu is not None)
+            x = carry_padding_mask(x, layer.forward_batchnorm(x, batchnorm, relu is not None), layer)
         else:
-            x = layer(x) if relu is None else layer.forward_relu(x)
+            x = layer(x) if relu is None else carry_padding_mask(x, layer.forward_relu(x), layer)
     return x
 
 
 @layers.register("sequential")
 class Sequential(Module):
-    """Layers applied in order; the output shape of each is the input shape of the next."""
+    """Layers applied in order; the output shape of each is the input shape of the next. The output's padding mask
+    is the one its last layer gives (each inner layer carries or drops it), never the input's brought back."""
+
+    keeps_padding_mask = False  # the inner layers decide
 
     def __init__(self, layers: list):  # noqa: A002 (the config key)
         super().__init__()

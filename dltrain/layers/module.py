@@ -3,10 +3,20 @@
 A layer is built in two steps, so that configs never state input sizes:
 `Layer(**options)` records the options, then `build(input_shape)` (the per-sample shape,
 batch axis left out) creates the parameters and returns the output shape.
+
+Padding masks. A batch of right-padded sequences carries its mask on the tensor: `x.padding_mask` is None or a
+boolean array (batch, time), True at PADDED positions (torch's key_padding_mask). The model's input gets it from the
+data (token ids equal to the padding id), or an `embedding` with `padding_idx` sets it. Every layer's output keeps
+its input's mask when the output still has the (batch, time) leading axes (see carry_padding_mask), so a layer that
+reads time steps (attention, pooling, recurrent layers, and yours) reads `x.padding_mask` in its forward and needs
+nothing else; a layer whose output's axis 1 is no longer the input's time steps says so with
+`keeps_padding_mask = False` (see Module).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from collections.abc import Iterator
 
@@ -16,6 +26,40 @@ from ..errors import ShapeError
 from ..registry import initializers
 
 MAX_PARAMETER_VALUES = 1 << 28  # 268M values (1 GiB in float32) per parameter
+
+_build_data: contextvars.ContextVar[dict | None] = contextvars.ContextVar("build_data", default=None)
+
+
+@contextlib.contextmanager
+def building_for(data: dict | None):
+    """While building layers inside it, `data_for_build()` is `data`: what the data tells layers whose options
+    default to it ('vocab_size': an embedding's vocabulary, 'padding_id')."""
+    token = _build_data.set(dict(data or {}))
+    try:
+        yield
+    finally:
+        _build_data.reset(token)
+
+
+def data_for_build() -> dict:
+    """What the data says, for a layer's build_shape: {'vocab_size': ..., 'padding_id': ...} (empty outside
+    training/model.py's Model, export and `building_for`)."""
+    return _build_data.get() or {}
+
+
+def carry_padding_mask(x, out, layer=None):
+    """`out` with the padding mask of the layer input `x` when the layer did not set its own and the output keeps
+    the (batch, time) leading axes (out.ndim >= 3 and out.shape[:2] == mask.shape): a linear map or a normalization
+    of each step keeps it, a pooling to (batch, features) or a flatten drops it. A `layer` whose
+    keeps_padding_mask is False gets nothing carried: its output has the mask its forward set, or none (shapes alone
+    cannot tell a transpose (batch, time, features) -> (batch, features, time) with time == features from a
+    per-step map). Module.__call__ applies it, and so must anything that calls a layer's forward methods directly
+    (run_layers' fused steps), passing the layer."""
+    mask = getattr(x, "padding_mask", None)
+    if mask is not None and isinstance(out, Tensor) and out is not x and out.padding_mask is None and \
+            getattr(layer, "keeps_padding_mask", True) and out.ndim >= 3 and tuple(out.shape[:2]) == tuple(mask.shape):
+        out.padding_mask = mask
+    return out
 
 
 class Parameter(Tensor):
@@ -29,7 +73,40 @@ class Parameter(Tensor):
 
 
 class Module:
+    """The base of every layer: options in __init__, parameters in build_shape, the computation in forward.
+
+    A layer that reads time steps of (batch, time, features) takes the batch's padding mask from its input,
+    `x.padding_mask` (None, or boolean (batch, time), True at padded positions); its output keeps the mask by
+    itself while it has the (batch, time) axes (carry_padding_mask). A masked sum over time, registered as yours:
+
+        @layers.register("masked_sum")
+        class MaskedSum(Module):
+            def build_shape(self, input_shape):
+                return input_shape[1:]
+            def forward(self, x):
+                keep = 1.0 if x.padding_mask is None else ~x.padding_mask[..., None]
+                return (x * keep).sum(axis=1)
+
+    The mask is carried by shape: an output (batch, time, ...) of the input's batch and time gets the input's mask
+    unless the forward set `out.padding_mask` itself. A layer whose output's axis 1 is not the input's time steps one
+    for one (it reorders or mixes them: a transpose, reversing time, a reshape or a convolution across them) sets
+    the class attribute `keeps_padding_mask = False`: its output then has only the mask its forward sets (None: no
+    mask), even when its shape happens to be (batch, time, ...), as a transpose (batch, time, features) ->
+    (batch, features, time) with time == features is. Attention keeps it (position t of the output is the query at
+    step t); flatten, a reshape that changes the time axis, conv2d, sequential and residual (whose inner layers
+    decide) set False. ONNX export (export/onnx.py) follows the same attribute:
+
+        @layers.register("transpose")
+        class Transpose(Module):
+            keeps_padding_mask = False
+            def build_shape(self, input_shape):
+                return input_shape[::-1]
+            def forward(self, x):
+                return x.transpose(0, 2, 1)
+    """
+
     registry_name = "module"
+    keeps_padding_mask = True  # the output's (batch, time) axes, when it has them, are the input's (see above)
 
     def __init__(self):
         self.training = True
@@ -89,7 +166,7 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
     def __call__(self, x: Tensor) -> Tensor:
-        return self.forward(x)
+        return carry_padding_mask(x, self.forward(x), self)
 
     def children(self) -> list[tuple[str, Module]]:
         return []

@@ -13,7 +13,8 @@ from .module import Module
 @layers.register("residual")
 class Residual(Sequential):
     """y = layers(x) + shortcut(x): the identity when shapes match, else a learned projection
-    (a 1x1 strided convolution for images, a linear map for vectors)."""
+    (a 1x1 strided convolution for images, a linear map for vectors). The padding mask is the one the inner layers
+    give (none when one of them drops it)."""
 
     def build_shape(self, input_shape):
         output_shape = super().build_shape(input_shape)
@@ -40,10 +41,13 @@ class Residual(Sequential):
     def forward(self, x):
         out = super().forward(x)
         if self.projection is None:
-            return out + x
-        if self.projection_stride is None:
-            return out + F.linear(x, self.projection)
-        return out + F.conv2d(x, self.projection, stride=self.projection_stride)
+            total = out + x
+        elif self.projection_stride is None:
+            total = out + F.linear(x, self.projection)
+        else:
+            total = out + F.conv2d(x, self.projection, stride=self.projection_stride)
+        total.padding_mask = out.padding_mask  # Sequential's keeps_padding_mask = False: nothing else carries it
+        return total
 
     def describe(self):
         return "projection" if self.projection is not None else "identity shortcut"
@@ -51,7 +55,9 @@ class Residual(Sequential):
 
 @layers.register("reshape")
 class Reshape(Module):
-    """Per-sample reshape (one -1 is inferred), e.g. [28, 28] to read a 1x28x28 image as 28 steps of 28 features."""
+    """Per-sample reshape (one -1 is inferred), e.g. [28, 28] to read a 1x28x28 image as 28 steps of 28 features.
+    The padding mask is kept only when the first axis (time) keeps its length, so that each step's values stay that
+    step's (a reshape of the features of each step); any other reshape drops it."""
 
     def __init__(self, shape: list[int]):
         super().__init__()
@@ -66,7 +72,10 @@ class Reshape(Module):
         if bad:
             raise self.shape_error(f"{size} values per sample to fit shape {self.shape}",
                                    f"per-sample shape {tuple(input_shape)}")
-        return tuple(size // known if s == -1 else s for s in self.shape)
+        output_shape = tuple(size // known if s == -1 else s for s in self.shape)
+        # row-major: the same first axis means each of its rows holds the same values (the same time step)
+        self.keeps_padding_mask = bool(input_shape) and output_shape[:1] == tuple(input_shape[:1])
+        return output_shape
 
     def forward(self, x):
         return F.reshape(x, (x.shape[0],) + self.output_shape)

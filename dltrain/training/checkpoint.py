@@ -185,7 +185,24 @@ def data_problem(data: dict) -> str | None:
     if classes is not None and names and len(names) < classes:  # predict and eval name each class
         return (f"data.class_names: expected a name for each of the {classes} classes (data.classes), found "
                 f"{len(names)}: {names!r}")
-    return _features_problem(data.get("features")) or _targets_problem(data.get("target_normalization"))
+    return (_features_problem(data.get("features")) or _targets_problem(data.get("target_normalization"))
+            or _text_problem(data))
+
+
+def _text_problem(data: dict) -> str | None:
+    """A text model's record: its tokenizer state, padding id 0 and vocab_size as the tokenizer says."""
+    from ..data.text import PADDING_ID, state_problem  # noqa: PLC0415
+
+    text = data.get("text")
+    if text is None:
+        return None
+    problem = state_problem(text)
+    if problem:
+        return f"data.text: {problem}"
+    if data.get("padding_id") != PADDING_ID or data.get("vocab_size") != text["vocab_size"]:
+        return (f"data.padding_id and data.vocab_size should be {PADDING_ID} and the tokenizer's "
+                f"{text['vocab_size']}, got {data.get('padding_id')!r} and {data.get('vocab_size')!r}")
+    return None
 
 
 def _features_problem(features) -> str | None:

@@ -141,7 +141,8 @@ def evaluate_onnx(path: Path, split: str = "test", data_path: str | None = None,
     identity = {"mean": np.zeros((1,) * len(data["input_shape"])), "std": np.ones((1,) * len(data["input_shape"]))}
     splits = prepare(config.data, task, config.seed, "cpu", stats=identity,
                      expected_shape=tuple(data["input_shape"]), encoding=data.get("features"),
-                     target_normalization=data.get("target_normalization"))
+                     target_normalization=data.get("target_normalization"), text=data.get("text"),
+                     text_source=str(path))
     chosen = _choose_split(splits, split)
     batch = config.training.eval_batch_size
     outputs = np.concatenate([session.run(None, {"input": np.asarray(chosen.x[i:i + batch], np.float32)})[0]

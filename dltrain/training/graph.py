@@ -92,7 +92,8 @@ def record(model, x, y, backward: bool = False) -> Graph:
     """One pass of a training Model (dltrain.training.trainer.Model) on inputs x and targets y."""
     names = {id(p): name for name, p in model.network.named_parameters()}
     graph = Graph()
-    h = Tensor(x, requires_grad=True)  # so the input appears, and gets its gradient, too
+    h = model.input_tensor(x)  # with its padding mask, as training takes it
+    h.requires_grad = True  # so the input appears, and gets its gradient, too
     graph.add_from(h, "input", names)
     layers = model.network.layers
     for layer in (layers[:-1] if model.skips_softmax else layers):

@@ -74,8 +74,11 @@ class Model:
     """
 
     def __init__(self, config: Config, input_shape: tuple[int, ...], classes: int | None, target_width: int | None,
-                 blank: float = 0.0):
-        self.network: Sequential = build_model(config.model, input_shape)
+                 blank: float = 0.0, data: dict | None = None):
+        data = data or {}
+        # token ids equal to padding_id are padding: input_tensor marks them, layers that read time steps skip them
+        self.padding_id = data.get("padding_id")
+        self.network: Sequential = build_model(config.model, input_shape, data)
         self.loss = losses.build(config.loss)
         self.task = self.loss.task
         last = self.network.layers[-1]
@@ -98,6 +101,14 @@ class Model:
             raise ShapeError(f"{last.path}: the model's output {format_shape(out)} does not fit the data's {what}; "
                              f"loss {self.loss.registry_name!r} expects {format_shape(expected)}")
 
+    def input_tensor(self, x) -> Tensor:
+        """A batch of inputs as the network takes it: the one place a batch becomes a Tensor, so that token ids
+        (batch, time) carry their padding mask (True where x == the data's padding id; see layers/module.py)."""
+        tensor = Tensor(x)
+        if self.padding_id is not None and x.ndim == 2:
+            tensor.padding_mask = x == self.padding_id
+        return tensor
+
     def outputs(self, x: Tensor, watch=None) -> Tensor:
         """The outputs the loss takes; `watch(layer, output)` sees every layer's output (gradient logging)."""
         return run_layers(self.network.layers[:-1] if self.skips_softmax else self.network.layers, x, watch)
@@ -107,12 +118,12 @@ class Model:
         outputs, or with data.test_time_augment the average over the batch and each view of it: of the class
         probabilities (returned as log-probabilities, which the loss and argmax take as logits), of the sigmoid
         probabilities (returned as their logit), or of the values (regression)."""
-        out = self.outputs(Tensor(x))
+        out = self.outputs(self.input_tensor(x))
         if not self.views:
             return out
         xp = backend.array_module(x)
-        outs = [out.data] + [self.outputs(Tensor(xp.ascontiguousarray(TEST_TIME_VIEWS[name](x, self.blank)))).data
-                             for name in self.views]
+        outs = [out.data] + [self.outputs(self.input_tensor(xp.ascontiguousarray(TEST_TIME_VIEWS[name](x, self.blank))))
+                             .data for name in self.views]
         return Tensor(average_outputs(xp.stack(outs), self.task))
 
     def count_correct(self, outputs, targets, counter) -> None:
@@ -171,7 +182,8 @@ def data_info(splits: Splits, task: str) -> dict:
     target_width = None if task == "classification" else int(splits.train.y.shape[1])
     return {"input_shape": list(splits.input_shape), "classes": splits.classes, "class_names": splits.class_names,
             "target_width": target_width, "feature_names": splits.feature_names, "features": splits.encoding,
-            "target_normalization": splits.target_normalization}
+            "target_normalization": splits.target_normalization, "padding_id": splits.padding_id,
+            "vocab_size": splits.vocab_size, "text": splits.text}
 
 
 @dataclass
@@ -181,33 +193,41 @@ class Built:
     info: dict  # what a checkpoint records of the data: input_shape, classes, class_names, target_width
 
 
-def build_for(config: Config, device: str = "cpu", checkpoint=None) -> Built:
+def build_for(config: Config, device: str = "cpu", checkpoint=None, text: dict | None = None,
+              text_source: str | None = None) -> Built:
     """The config's data and a freshly initialised model on `device`, seeded by config.seed. With a checkpoint the
     data is normalized by its statistics and must have its input shape, and the model has its output width (load
-    its weights yourself: training restores more than weights)."""
+    its weights yourself: training restores more than weights). `text`: a tokenizer's state to use instead of fitting
+    one (fine-tuning a text model: its embedding's rows belong to that tokenizer's ids), `text_source` where it came
+    from (for messages)."""
     backend.manual_seed(config.seed)
     task = Model.task_of(config)
     trained = checkpoint.data if checkpoint is not None else {}
     shape = tuple(trained["input_shape"]) if trained.get("input_shape") else None
+    embedding = config.input_embedding()
     try:
         splits = prepare(config.data, task, config.seed, device,
                          stats=checkpoint.normalization if checkpoint is not None else None, expected_shape=shape,
                          encoding=trained.get("features"), target_normalization=trained.get("target_normalization"),
-                         token_ids=config.input_embedding() is not None)
+                         token_ids=embedding is not None, text=text or trained.get("text"),
+                         text_source=text_source or (str(checkpoint.path) if checkpoint is not None else None))
     except ShapeError as exc:
         if checkpoint is None:
             raise
         raise ShapeError(f"{checkpoint.path}: {exc}") from None
-    embedding = config.input_embedding()
-    if embedding is not None:  # values the first step would refuse, said before any run directory is made
-        check_token_ids(splits, config.data, *embedding)
     info = data_info(splits, task)
+    # what the layers take from the data: the padding id (masks) and the vocabulary (an embedding's default size)
+    data = {key: trained[key] if trained.get(key) is not None else info[key] for key in ("padding_id", "vocab_size")}
+    if embedding is not None:  # values the first step would refuse, said before any run directory is made
+        layer, vocab_size = embedding
+        if (vocab_size or data["vocab_size"]) is not None:  # else building the model names the missing vocab_size
+            check_token_ids(splits, config.data, layer, vocab_size or data["vocab_size"])
     if task == "classification" and trained.get("classes") is not None and splits.classes > trained["classes"]:
         raise DataError(f"{config.data.get('path') or config.data['name']}: labels go up to {splits.classes - 1} "
                         f"but {checkpoint.path} was trained on {trained['classes']} classes "
                         f"(0..{trained['classes'] - 1})")
     model = Model(config, splits.input_shape, trained.get("classes", info["classes"]),
-                  trained.get("target_width", info["target_width"]), blank_value(splits.normalization))
+                  trained.get("target_width", info["target_width"]), blank_value(splits.normalization), data)
     model.network.to(device)
     if hasattr(model.loss, "weights_for"):
         weights = trained.get("class_weights") or model.loss.weights_for(backend.to_numpy(splits.train.y),

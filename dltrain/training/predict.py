@@ -1,9 +1,10 @@
 """A trained model on new inputs: `dltrain predict MODEL INPUT...`.
 
 The model is a run directory (its best checkpoint), a checkpoint, or an exported .onnx file (run by onnxruntime).
-Inputs are prepared as the training data was (images converted to the trained channels and size, the stored
-normalization applied) and streamed in batches; each row's output names the predicted class and its probability
-(classification), the probability and label (binary), or the values (regression).
+Inputs are prepared as the training data was (images converted to the trained channels and size, texts tokenized by
+the stored tokenizer, the stored normalization applied) and streamed in batches; each row's output names the
+predicted class and its probability (classification), the probability and label (binary), or the values
+(regression).
 
 Every cell is valid UTF-8: paths (and class names from folder names) that are not are written as readable_path()
 writes them. Text is written as it is unless `escape_formulas`: then a text cell that a spreadsheet would run as a
@@ -28,6 +29,7 @@ from ..data.images import DEFAULT_MAX_IMAGE_PIXELS
 from ..data.inputs import InputSet, readable_path
 from ..data.splits import blank_value, normalize
 from ..data.tables import Cells, TableEncoding
+from ..data.text import Tokenizer
 from ..errors import CheckpointError, ConfigError, DataError, DltrainError
 from .checkpoint import load_checkpoint, resolve_checkpoint
 from .evaluate import load_onnx, note_views_not_exported, to_target_units
@@ -48,10 +50,13 @@ class Predictor:
     label_column: str | None
     data: dict  # the checkpoint's record of its data: a table's encoding, the targets' normalization
     outputs_are_probabilities: bool = False
+    source: str = "checkpoint"  # the checkpoint or .onnx file, named in messages about what it holds
 
     def __post_init__(self):
-        features = self.data.get("features")
+        features, text = self.data.get("features"), self.data.get("text")
         self.encoding = TableEncoding.from_state(features) if features else None
+        # text: the training split's tokenizer
+        self.tokenizer = Tokenizer.from_state(text, self.source) if text else None
 
 
 def load_predictor(path: str | Path, device: str = "cpu", views: list[str] | None = None) -> Predictor:
@@ -68,7 +73,8 @@ def load_predictor(path: str | Path, device: str = "cpu", views: list[str] | Non
     if views is not None:
         config.data["test_time_augment"] = checked_views(views, data["input_shape"], "--tta")
     model = Model(config, tuple(data["input_shape"]), data.get("classes"), data.get("target_width"),
-                  blank_value(ckpt.normalization))
+                  blank_value(ckpt.normalization),
+                  data={key: data.get(key) for key in ("padding_id", "vocab_size")})  # token ids: masks, vocabulary
     try:
         model.network.load_state_dict(ckpt.model)
     except DltrainError as exc:
@@ -83,7 +89,7 @@ def load_predictor(path: str | Path, device: str = "cpu", views: list[str] | Non
         return backend.to_numpy(out.data).astype(np.float64)
 
     return Predictor(run, model.task, tuple(data["input_shape"]), _class_names(data), data.get("feature_names"),
-                     config.data.get("label_column"), data)
+                     config.data.get("label_column"), data, source=str(ckpt.path))
 
 
 def _onnx_predictor(path: Path) -> Predictor:
@@ -96,7 +102,8 @@ def _onnx_predictor(path: Path) -> Predictor:
         return session.run(None, {"input": np.asarray(x, np.float32)})[0].astype(np.float64)
 
     return Predictor(run, task, tuple(data["input_shape"]), _class_names(data), data.get("feature_names"),
-                     config["data"].get("label_column"), data, props.get("dltrain_outputs") == "probabilities")
+                     config["data"].get("label_column"), data, props.get("dltrain_outputs") == "probabilities",
+                     source=str(path))
 
 
 def _class_names(data: dict) -> list[str] | None:
@@ -201,7 +208,7 @@ def predict(model: str | Path, inputs: list[Path], out: Path | None = None, fmt:
     if predictor.task == "classification" and top_k > len(predictor.class_names):
         raise DataError(f"--top-k {top_k}: the model has {len(predictor.class_names)} classes")
     source = InputSet(list(inputs), predictor.input_shape, predictor.feature_names, predictor.label_column,
-                      max_image_pixels)
+                      max_image_pixels, predictor.tokenizer)
     options = (fmt, top_k, probabilities, batch_size, skip_bad, progress, escape_formulas)
     if out is None:
         _write_all(predictor, source, sys.stdout, *options)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from .. import backend
 from ..autograd import Tensor
 from ..layers.core import fused_steps
+from ..layers.module import carry_padding_mask
 from ..optim import clip_grad_norm
 from .steps import Batch
 
@@ -127,11 +128,11 @@ def profile_steps(trainer, steps: int = 20, warmup: int = 3) -> Profile:
         idx = indices(warmup + step)
         x, y = train.x[idx], train.y[idx]
         other["batch gather"] = clock.now() - t0
-        h = Tensor(x)
+        h = model.input_tensor(x)
         for layer, _, relu in fused_steps(layers):  # as training runs them: a ReLU inside the layer before it
             part = layer.path if relu is None else f"{layer.path} + {relu.path}"
             t0 = clock.now()
-            h = layer(h) if relu is None else layer.forward_relu(h)
+            h = layer(h) if relu is None else carry_padding_mask(h, layer.forward_relu(h), layer)
             forward[part] = clock.now() - t0
             _charge_backward(_tensors_made_since(h, known), part, spent, clock)
         t0 = clock.now()

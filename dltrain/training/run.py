@@ -15,8 +15,8 @@ from pathlib import Path
 
 from .. import backend
 from ..config import Config, apply_override, config_from_dict, parse_override, validate
-from ..distributed import communicator
-from ..errors import ConfigError, DltrainError
+from ..distributed import communicator, on_rank_zero
+from ..errors import ConfigError
 from . import rundir as files
 from .checkpoint import load_checkpoint
 from .reporting import SilentReporter
@@ -77,12 +77,10 @@ def _train(config: Config, run: files.RunDir, *, checkpoint, init_from, device, 
                       resume=checkpoint, comm=comm, callbacks=callbacks)
     trainer.config_name = name
     trainer.plot_curves = plot
-    trainer.setup()  # data and model first: a bad dataset leaves no empty run directory behind
-    if init_from is not None:
-        if checkpoint is not None:
-            raise ConfigError("--init-from starts a new run from a checkpoint's weights; --resume continues a run: "
-                              "use one of them")
-        trainer.load_weights(init_from)
+    if init_from is not None and checkpoint is not None:
+        raise ConfigError("--init-from starts a new run from a checkpoint's weights; --resume continues a run: "
+                          "use one of them")
+    trainer.setup(init_from)  # data and model first: a bad dataset leaves no empty run directory behind
     # Said before anything is written: a closed output (`| head`) stops the run with nothing to clean up.
     say(f"run directory: {run.path}" + (f" ({comm.size} ranks)" if comm.size > 1 else ""))
     if checkpoint is not None:
@@ -94,19 +92,6 @@ def _train(config: Config, run: files.RunDir, *, checkpoint, init_from, device, 
     if main:
         run.write_process()  # who is training it: `dltrain runs` tells running from killed
     return trainer.fit()
-
-
-def on_rank_zero(comm, action: Callable[[], object]) -> None:
-    """Rank 0 does `action` (it alone writes files); when that fails, every rank stops with it instead of
-    waiting forever in the next collective."""
-    problem = None
-    if comm.rank == 0:
-        try:
-            action()
-        except DltrainError as exc:
-            problem = exc
-    if comm.broadcast(problem is not None):
-        raise problem or DltrainError("rank 0 stopped the run (its message says why)")
 
 
 @contextlib.contextmanager

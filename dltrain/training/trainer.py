@@ -17,11 +17,11 @@ import threading
 import time
 
 from .. import __version__, backend
-from ..autograd import Tensor, no_grad
+from ..autograd import no_grad
 from ..config import Config
 from ..data import Split
 from ..data.augment import Augmenter
-from ..distributed import SingleProcess, shard
+from ..distributed import SingleProcess, on_rank_zero, shard
 from ..errors import CheckpointError, ConfigError, Diverged, DltrainError, Interrupted, ShapeError, Terminated
 from ..registry import optimizers, schedules
 from . import rundir as files
@@ -73,15 +73,24 @@ class Trainer:
 
     # ------------------------------------------------------------ setup
 
-    def setup(self) -> None:
+    def setup(self, init_from=None) -> None:
+        """Data, model, optimizer and schedule; `init_from` (a checkpoint or run directory) starts from its weights,
+        and a text model also from its tokenizer: the embedding's rows belong to the tokenizer's ids."""
         cfg = self.config
         backend.reuse_freed_memory()  # a training step allocates the same sizes every time
         if self.device == "cpu":
             backend.fused(np.zeros(1, backend.default_dtype()))  # load the compiled kernels now, not in epoch 1
             # ranks on one machine share its cores (BLAS and the compiled kernels)
             backend.apply_threads(backend.default_threads(local_ranks=self.comm.local_size()))
-        built = build_for(cfg, self.device, self.resume)
+        source = load_checkpoint(resolve_checkpoint(init_from)) if init_from is not None else None
+        text, text_source = (source.data.get("text"), str(source.path)) if source else (None, None)
+        if self.comm.size > 1 and self.resume is None and text is None and cfg.token_inputs():
+            # every rank must read the same ids: rank 0 fits the tokenizer, the others take its state
+            text = on_rank_zero(self.comm, lambda: build_for(cfg, self.device).info["text"])
+        built = build_for(cfg, self.device, self.resume, text=text, text_source=text_source)
         self.model, self.splits, self.info = built.model, built.splits, built.info
+        if source is not None:
+            self._load_weights(source, init_from)
         train = self.splits.train
         if cfg.training.batch_size < self.comm.size:
             raise DltrainError(f"training.batch_size {cfg.training.batch_size} is the global batch and must be at "
@@ -125,9 +134,8 @@ class Trainer:
         self.start_epoch = int(ckpt.state["epoch"])
         self.global_step = int(ckpt.state["global_step"])
 
-    def load_weights(self, path) -> None:
+    def _load_weights(self, source, path) -> None:
         """Start from another checkpoint's weights (fine-tuning); the optimizer and schedule start fresh."""
-        source = load_checkpoint(resolve_checkpoint(path))
         try:
             self.model.network.load_state_dict(source.model)
         except ShapeError as exc:
@@ -151,7 +159,7 @@ class Trainer:
         """One batch: forward, loss, backward, and at the last batch of a group of training.accumulate_steps (each
         batch with the default 1) clip and update. False when the batch was skipped for a non-finite loss or
         gradient (training.on_nonfinite: skip; with stop, Diverged is raised)."""
-        out = self.model.outputs(Tensor(batch.x), watch=self._watch)
+        out = self.model.outputs(self.model.input_tensor(batch.x), watch=self._watch)
         loss = self.model.loss(out, batch.y)
         params = self.model.network.parameters()
         if not self.tally.loss_is_finite(loss, batch):
@@ -207,7 +215,7 @@ class Trainer:
 
         try:
             with no_grad():
-                self.model.outputs(Tensor(x), watch)
+                self.model.outputs(self.model.input_tensor(x), watch)
             return f"the output of {first[0]}" if first else "the loss (every layer's output is finite)"
         finally:  # the diagnosis must not move batchnorm's running statistics
             for name, array in self.model.network.named_buffers():

@@ -133,3 +133,135 @@ def test_safetensors_weights_load_into_equivalent_torch_modules(tmp_path):
         theirs = net(torch.tensor(x)).numpy()
     np.testing.assert_allclose(ours, theirs, atol=1e-4)
 
+
+
+# ---------------------------------------------------------------- sequences with padding masks
+
+TIME = 6
+SEQUENCE_MODELS = {  # layer specs over token ids (batch, TIME) of a vocabulary of 11
+    "transformer": [{"embedding": {"vocab_size": 11, "units": 8}}, {"positional_embedding": {"kind": "sinusoidal"}},
+                    {"transformer_encoder": {"heads": 2, "ff_units": 16, "activation": "gelu"}},
+                    {"transformer_encoder": {"heads": 4, "ff_units": 16, "norm_first": True, "causal": True}},
+                    "layernorm", {"multihead_attention": {"heads": 2, "units": 6, "causal": True}},
+                    {"sequence_pool": {"mode": "max"}}, {"linear": {"units": 3}}],
+    "attention_mean_no_bias": [{"embedding": {"vocab_size": 11, "units": 6}}, {"positional_embedding": {}},
+                               {"multihead_attention": {"heads": 3, "bias": False}},
+                               {"layernorm": {"affine": False}}, "mean_pool"],
+    "recurrent": [{"embedding": {"vocab_size": 11, "units": 5}}, {"lstm": {"units": 4, "return_sequences": True}},
+                  {"residual": [{"gru": {"units": 4, "return_sequences": True}}]}, {"rnn": {"units": 3}}],
+    "last": [{"embedding": {"vocab_size": 11, "units": 5}}, {"sequence_pool": {"mode": "last"}}],
+    "first": [{"embedding": {"vocab_size": 11, "units": 5}}, {"gru": {"units": 3, "return_sequences": True}},
+              {"sequence_pool": {"mode": "first"}}],
+    # right after the embedding: step 0 of a sequence that is all padding is a padding token's row, zeroed
+    "first_after_embedding": [{"embedding": {"vocab_size": 11, "units": 5}}, {"sequence_pool": {"mode": "first"}}],
+    "padding_idx_sets_the_mask": [{"embedding": {"vocab_size": 11, "units": 5, "padding_idx": 0}}, "mean_pool"],
+}
+
+
+def padded_batch(batch):
+    """Token ids 1..10 right-padded with 0 after lengths that vary in the batch (a full one, an empty one)."""
+    tokens = R.integers(1, 11, (batch, TIME)).astype(np.float32)
+    lengths = [TIME, 3, 1, 0, 5, 2][:batch]
+    tokens[np.arange(TIME)[None, :] >= np.array(lengths)[:, None]] = 0
+    return tokens
+
+
+def dltrain_outputs(model, tokens, padding_id):
+    x = dltrain.tensor(tokens)
+    if padding_id is not None:  # as Model.input_tensor
+        x.padding_mask = tokens == padding_id
+    with no_grad():
+        return model(x).numpy()
+
+
+@pytest.mark.parametrize("opset", [13, 17, 18])
+@pytest.mark.parametrize("padding_id", [None, 0])
+@pytest.mark.parametrize("name", sorted(SEQUENCE_MODELS))
+def test_sequence_layers_export_with_the_padding_mask_computed_in_the_graph(tmp_path, name, padding_id, opset):
+    """The mask comes from the token ids inside the graph (Equal to the padding id), masks attention keys before the
+    softmax, pools and picks the last real steps as dltrain does; opset 13 composes the layer norm and takes
+    reduction axes as attributes, 18 as inputs. Batches of several lengths, and of a variable size."""
+    backend.manual_seed(1)
+    model = build_model(SEQUENCE_MODELS[name], (TIME,)).eval()
+    stats = {"mean": np.zeros(TIME), "std": np.ones(TIME)}
+    path = export_onnx(model, stats, (TIME,), tmp_path / "m.onnx", opset=opset, padding_id=padding_id)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    if padding_id is not None:
+        assert {"Equal", "Not"} <= ops
+    for batch in (1, 6):
+        tokens = padded_batch(batch)
+        expected = dltrain_outputs(model, tokens, padding_id)
+        actual = session.run(None, {"input": tokens})[0]
+        assert actual.shape == expected.shape
+        np.testing.assert_allclose(actual, expected, atol=1e-5, rtol=0)
+    full = R.integers(1, 11, (4, TIME)).astype(np.float32)  # nothing padded
+    np.testing.assert_allclose(session.run(None, {"input": full})[0], dltrain_outputs(model, full, padding_id),
+                               atol=1e-5, rtol=0)
+    nothing = np.zeros((3, TIME), np.float32)  # every sequence all padding
+    expected = dltrain_outputs(model, nothing, padding_id)
+    assert np.isfinite(expected).all()
+    np.testing.assert_allclose(session.run(None, {"input": nothing})[0], expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("padding_id", [None, 0])
+def test_sequence_mask_dropped_by_a_layer_that_reorders_time_is_dropped_in_the_graph_too(tmp_path, padding_id):
+    """A user's transpose (keeps_padding_mask = False) with time == features: the mean_pool after it averages every
+    step of the transposed axis, in dltrain and in the graph; inside a sequential the same."""
+    from dltrain.registry import layers as layer_registry
+
+    @layer_registry.register("transpose_for_onnx_tests")
+    class Transpose(Module):
+        keeps_padding_mask = False
+
+        def build_shape(self, input_shape):
+            return tuple(input_shape)[::-1]
+
+        def forward(self, x):
+            return x.transpose(0, 2, 1)
+
+        def to_onnx(self, graph, x, opset):
+            return graph.op("Transpose", [x], perm=[0, 2, 1])
+
+    try:
+        for specs in (["transpose_for_onnx_tests", "mean_pool"],
+                      [{"sequential": ["layernorm", "transpose_for_onnx_tests"]}, {"sequence_pool": {"mode": "last"}}]):
+            backend.manual_seed(1)
+            model = build_model([{"embedding": {"vocab_size": 11, "units": TIME, "padding_idx": padding_id}}, *specs],
+                                (TIME,)).eval()
+            path = export_onnx(model, {"mean": np.zeros(TIME), "std": np.ones(TIME)}, (TIME,), tmp_path / "m.onnx",
+                               padding_id=padding_id)
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            tokens = padded_batch(6)
+            with no_grad():
+                steps = model.layers[1](dltrain.tensor(model.layers[0].weight.numpy()[tokens.astype(int)])).numpy()
+            unmasked = steps.mean(axis=1) if specs[1] == "mean_pool" else steps[:, -1]
+            np.testing.assert_allclose(dltrain_outputs(model, tokens, padding_id), unmasked, atol=1e-6)
+            np.testing.assert_allclose(session.run(None, {"input": tokens})[0], unmasked, atol=1e-5, rtol=0)
+    finally:
+        layer_registry._entries.pop("transpose_for_onnx_tests")
+
+
+def test_an_exported_text_checkpoint_takes_its_padding_id_and_vocabulary_from_the_data(tmp_path):
+    from dltrain import optim
+    from dltrain.config import config_from_dict
+    from dltrain.export.onnx import export_checkpoint
+    from dltrain.training.checkpoint import save_checkpoint
+    from dltrain.training.model import Model
+
+    config = config_from_dict({"data": {"name": "blobs"}, "loss": {"name": "cross_entropy"}, "model": [
+        {"embedding": {"units": 6}}, {"transformer_encoder": {"heads": 2, "ff_units": 8}}, "mean_pool",
+        {"linear": {"units": 3}}, "softmax"]})
+    data = {"input_shape": [TIME], "classes": 3, "padding_id": 0, "vocab_size": 11}
+    model = Model(config, (TIME,), 3, None, data=data)
+    model.network.eval()
+    save_checkpoint(tmp_path / "m.safetensors", model.network, optim.SGD(model.network.parameters(), lr=0.1),
+                    {"mean": np.zeros(TIME), "std": np.ones(TIME)}, config.to_dict(),
+                    {"epoch": 0, "global_step": 0, "rng": {}, "early_stopping": {}}, data)
+    path = export_checkpoint(tmp_path / "m.safetensors", tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    tokens = padded_batch(6)
+    with no_grad():
+        logits = model.predict_outputs(tokens).numpy()  # the final softmax is skipped before cross_entropy
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(session.run(None, {"input": tokens})[0], expected, atol=1e-5, rtol=0)

@@ -4,6 +4,7 @@ explicit `not_exportable` reason) and a row in the README's layer table."""
 import re
 from pathlib import Path
 
+from test_attention_layers import ATTENTION_CASES
 from test_image_and_sequence_layers import LAYER_CASES
 from test_layers import LAYER_SPECS
 
@@ -19,7 +20,9 @@ GRADIENTS_CHECKED_ELSEWHERE = {
 
 
 def layer_names_in(spec) -> set[str]:
-    """Every layer a spec names, nested ones included: 'relu', {'linear': {...}}, {'residual': {'layers': [...]}}."""
+    """Every layer a spec names, nested ones included: 'relu', {'linear': {...}}, {'residual': {'layers': [...]}}.
+    (Gradient cases live in test_layers.py's LAYER_SPECS, test_image_and_sequence_layers.py's LAYER_CASES and
+    test_attention_layers.py's ATTENTION_CASES.)"""
     if isinstance(spec, str):
         return {spec}
     ((name, options),) = spec.items()
@@ -42,7 +45,8 @@ def readme_layer_names(text: str) -> set[str]:
 def coverage_problems(entries: dict) -> list[str]:
     """What each {name: layer class} lacks."""
     with_gradients = set(GRADIENTS_CHECKED_ELSEWHERE).union(
-        *(layer_names_in(spec) for spec, _ in (*LAYER_SPECS.values(), *LAYER_CASES.values())))
+        *(layer_names_in(spec) for spec, _ in (*LAYER_SPECS.values(), *LAYER_CASES.values())),
+        *(layer_names_in(spec) for spec, _, _ in ATTENTION_CASES.values()))
     in_readme = readme_layer_names(README.read_text())
     problems = []
     for name, cls in sorted(entries.items()):
@@ -64,7 +68,9 @@ def built_in_layers() -> dict:
 
 def test_every_built_in_layer_is_covered():
     entries = built_in_layers()
-    assert len(entries) >= 21
+    assert len(entries) >= 27
+    assert {"layernorm", "multihead_attention", "transformer_encoder", "positional_embedding", "sequence_pool",
+            "mean_pool"} <= set(entries)
     assert coverage_problems(entries) == []
 
 
