@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .loader import apply_override, format_path, parse_override, read_config_file
+from .loader import apply_override, flatten_keys, format_path, parse_override, read_config_file
 from .schema import Config, config_from_dict, validate
 
-__all__ = ["Config", "config_from_dict", "format_path", "load_config", "validate"]
+__all__ = ["Config", "config_from_dict", "flatten_keys", "format_path", "load_config", "validate"]
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:

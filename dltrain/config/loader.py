@@ -38,6 +38,16 @@ def format_path(path: KeyPath) -> str:
     return text or "(top level)"
 
 
+def flatten_keys(values, path: tuple = ()) -> dict[str, object]:
+    """{'optimizer': {'lr': 0.1}, 'model': [{'linear': {'units': 8}}]} -> {'optimizer.lr': 0.1,
+    'model[0].linear.units': 8}; empty mappings and lists are kept as values."""
+    if isinstance(values, dict) and values:
+        return {k: v for key, item in values.items() for k, v in flatten_keys(item, path + (key,)).items()}
+    if isinstance(values, list) and values:
+        return {k: v for i, item in enumerate(values) for k, v in flatten_keys(item, path + (i,)).items()}
+    return {format_path(path): values}
+
+
 # What a config may expand to: a real one has hundreds of values and a few levels. YAML aliases can make a 1 KB
 # file expand exponentially (nine levels of nine aliases: 387 million values), and deep nesting exhausts the stack.
 MAX_VALUES = 100_000

@@ -135,13 +135,14 @@ class InputSet:
                     yield Batch(x[start:start + size], ids[start:start + size],
                                 {k: v[start:start + size] for k, v in carried.items()})
 
-    def _images(self, files: list[Path], size: int, skip_bad: bool) -> Iterator[Batch]:
-        channels, hw = self.image_format
+    def _read_files(self, files: list[Path], size: int, skip_bad: bool, read) -> Iterator[tuple[list, list[str]]]:
+        """(what `read(path)` gave, readable names) of up to `size` files at a time; with skip_bad a file `read`
+        refuses is listed in self.skipped and left out."""
         for start in range(0, len(files), size):
-            pixels, ids = [], []
+            values, ids = [], []
             for path in files[start:start + size]:
                 try:
-                    pixels.append(decode_image(path, channels, hw, self.max_image_pixels, "--max-image-pixels"))
+                    values.append(read(path))
                 except DataError as exc:
                     if not skip_bad:
                         raise
@@ -149,25 +150,23 @@ class InputSet:
                     continue
                 ids.append(readable_path(path))
             if ids:
-                yield Batch(np.stack(pixels).reshape(len(ids), *self.input_shape), ids)
+                yield values, ids
+
+    def _images(self, files: list[Path], size: int, skip_bad: bool) -> Iterator[Batch]:
+        channels, hw = self.image_format
+        def decode(path):
+            return decode_image(path, channels, hw, self.max_image_pixels, "--max-image-pixels")
+        for pixels, ids in self._read_files(files, size, skip_bad, decode):
+            yield Batch(np.stack(pixels).reshape(len(ids), *self.input_shape), ids)
 
     def _tokenized(self, rows: list, ids: list[str], carried: dict | None = None) -> Batch:
         return Batch(self.tokenizer.encode(rows).reshape(len(rows), *self.input_shape), ids, carried or {})
 
     def _texts(self, files: list[Path], size: int, skip_bad: bool) -> Iterator[Batch]:
-        for start in range(0, len(files), size):
-            rows, ids = [], []
-            for path in files[start:start + size]:
-                try:
-                    rows.append((read_text_file(path, self.tokenizer.head),))  # as far as max_length needs
-                except DataError as exc:
-                    if not skip_bad:
-                        raise
-                    self.skipped.append(Skipped(readable_path(path), str(exc)))
-                    continue
-                ids.append(readable_path(path))
-            if ids:
-                yield self._tokenized(rows, ids)
+        def read(path):
+            return (read_text_file(path, self.tokenizer.head),)  # as far as max_length needs
+        for rows, ids in self._read_files(files, size, skip_bad, read):
+            yield self._tokenized(rows, ids)
 
     def _stdin(self, size: int, skip_bad: bool) -> Iterator[Batch]:
         """Each line of standard input one text (UTF-8, its line break dropped), named -:LINE; the text is carried

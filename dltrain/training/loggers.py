@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from ..config import format_path
+from ..config import flatten_keys
 from . import rundir as files
 from .callbacks import Callback
 
@@ -157,16 +157,6 @@ class TensorBoardLogger(_Tracker):
 # ---------------------------------------------------------------- MLflow
 
 
-def flatten(values, path: tuple = ()) -> dict[str, object]:
-    """{'optimizer': {'lr': 0.1}, 'model': [{'linear': {'units': 8}}]} -> {'optimizer.lr': 0.1,
-    'model[0].linear.units': 8}; empty mappings and lists are kept as values."""
-    if isinstance(values, dict) and values:
-        return {k: v for key, item in values.items() for k, v in flatten(item, path + (key,)).items()}
-    if isinstance(values, list) and values:
-        return {k: v for i, item in enumerate(values) for k, v in flatten(item, path + (i,)).items()}
-    return {format_path(path): values}
-
-
 LOCAL_STORE = Path("mlruns")  # the default: mlruns/mlflow.db (SQLite) and mlruns/artifacts/, beside the runs
 
 
@@ -218,7 +208,8 @@ class MlflowLogger(_Tracker):
         self.run_id = run.info.run_id
         files.atomic_write(marker, json.dumps({"tracking_uri": self.uri, "experiment": self.experiment,
                                                "run_id": self.run_id}).encode())
-        params = [self.Param(mlflow_key(key), _text(value)) for key, value in flatten(trainer.config.to_dict()).items()]
+        settings = flatten_keys(trainer.config.to_dict())
+        params = [self.Param(mlflow_key(key), _text(value)) for key, value in settings.items()]
         for start in range(0, len(params), 100):  # MLflow takes at most 100 parameters per call
             self.client.log_batch(self.run_id, params=params[start:start + 100])
 

@@ -18,11 +18,10 @@ from pathlib import Path
 
 import yaml
 
-from ..config import format_path
+from ..config import flatten_keys, format_path
 from ..config.loader import load_yaml
 from ..errors import DltrainError, RunDirError
 from . import rundir as files
-from .loggers import flatten
 
 COLUMNS = ("run", "started", "device", "status", "epochs", "best", "test", "seconds", "samples_per_second")
 
@@ -133,7 +132,7 @@ def run_row(path: Path, root: Path | None = None) -> dict:
     if row["seconds"] is None and metrics:
         row["seconds"] = round(sum(metric_value(metrics_file, r, "seconds") or 0.0 for r in metrics), 3)
     row["samples_per_second"] = figures.get("train_samples_per_second")
-    row["config"] = flatten(config)
+    row["config"] = flatten_keys(config)
     row["problems"] = problems
     return row
 

@@ -119,18 +119,24 @@ def test_layer_norm_kernels_match_the_reference_op(rows, width, dtype, device):
         np.testing.assert_allclose(backend.to_numpy(got), backend.to_numpy(want), **tol)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_layer_norm_keeps_the_dtype_and_leaves_its_inputs_alone(dtype, device):
-    arrays = [(randn(3, 4, 5) * 4).astype(dtype), randn(4, 5).astype(dtype), randn(4, 5).astype(dtype)]
-    tensors = [Tensor(backend.to_device(a, device), requires_grad=True) for a in arrays]
-    out = F.layer_norm(tensors[0], (4, 5), tensors[1], tensors[2])
-    upstream = backend.to_device(randn(3, 4, 5).astype(dtype), device)
+def backward_keeps_dtype_and_inputs(out, tensors, arrays, dtype, device):
+    """Backward from a random upstream: the output and every gradient in `dtype`, and neither the inputs nor the
+    upstream gradient modified."""
+    upstream = backend.to_device(randn(*out.shape).astype(dtype), device)
     kept = backend.to_numpy(upstream)
     out.backward(upstream)
     assert out.dtype == dtype and all(t.grad.dtype == dtype for t in tensors)
     for tensor, array in zip(tensors, arrays):
         np.testing.assert_array_equal(backend.to_numpy(tensor.data), array)
     np.testing.assert_array_equal(backend.to_numpy(upstream), kept)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layer_norm_keeps_the_dtype_and_leaves_its_inputs_alone(dtype, device):
+    arrays = [(randn(3, 4, 5) * 4).astype(dtype), randn(4, 5).astype(dtype), randn(4, 5).astype(dtype)]
+    tensors = [Tensor(backend.to_device(a, device), requires_grad=True) for a in arrays]
+    out = F.layer_norm(tensors[0], (4, 5), tensors[1], tensors[2])
+    backward_keeps_dtype_and_inputs(out, tensors, arrays, dtype, device)
 
 
 def test_layer_norm_takes_non_contiguous_inputs(device):
@@ -311,13 +317,7 @@ def test_attention_keeps_the_dtype_and_leaves_its_inputs_alone(dtype, device):
     tensors = [Tensor(backend.to_device(a, device), requires_grad=True) for a in arrays]
     backend.manual_seed(1)
     out = F.scaled_dot_product_attention(*tensors, attn_mask=mask, dropout_p=0.2, is_causal=True)
-    upstream = backend.to_device(randn(*out.shape).astype(dtype), device)
-    kept = backend.to_numpy(upstream)
-    out.backward(upstream)
-    assert out.dtype == dtype and all(t.grad.dtype == dtype for t in tensors)
-    for tensor, array in zip(tensors, arrays):
-        np.testing.assert_array_equal(backend.to_numpy(tensor.data), array)
-    np.testing.assert_array_equal(backend.to_numpy(upstream), kept)
+    backward_keeps_dtype_and_inputs(out, tensors, arrays, dtype, device)
     np.testing.assert_array_equal(mask, kept_mask)
     if dtype == np.float32:  # float32 against torch in float32
         ours = [dltrain.tensor(a, requires_grad=True, device=device) for a in arrays]
