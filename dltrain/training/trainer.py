@@ -11,6 +11,7 @@ What the step does per setting (CPU, GPU, MPI ranks) is in steps.py; the callbac
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import signal
 import threading
@@ -23,6 +24,7 @@ from ..data import Split
 from ..data.augment import Augmenter
 from ..distributed import SingleProcess, on_rank_zero, shard
 from ..errors import CheckpointError, ConfigError, Diverged, DltrainError, Interrupted, ShapeError, Terminated
+from ..optim.optimizers import clip_grad_norm
 from ..registry import optimizers, schedules
 from . import rundir as files
 from .callbacks import EarlyStopping, WeightAveraging, built_in, overrides
@@ -70,12 +72,19 @@ class Trainer:
         self.extra_callbacks = list(callbacks)
         self.config_name = None  # the config file's name, when there is one (MLflow's experiment by default)
         self.plot_curves = True  # curves.png at the end
+        self.setup_seconds = 0.0  # data, model, and the kernels' first calls (summary.json)
+        self.epoch_train_seconds = []
 
     # ------------------------------------------------------------ setup
 
     def setup(self, init_from=None) -> None:
         """Data, model, optimizer and schedule; `init_from` (a checkpoint or run directory) starts from its weights,
         and a text model also from its tokenizer: the embedding's rows belong to the tokenizer's ids."""
+        started = time.perf_counter()
+        self._setup(init_from)
+        self.setup_seconds = time.perf_counter() - started
+
+    def _setup(self, init_from) -> None:
         cfg = self.config
         backend.reuse_freed_memory()  # a training step allocates the same sizes every time
         if self.device == "cpu":
@@ -120,6 +129,47 @@ class Trainer:
         self.defer_loss_reads = self.device != "cpu" and self.comm.size == 1 and cfg.training.on_nonfinite == "stop"
         if self.resume:
             self._restore(self.resume)
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Train a copy of the model on one batch of each size an epoch has (the full batch and the last, smaller
+        one) and evaluate it on one batch, then put the generator back: the kernels' first calls
+        (loaded from Numba's cache, per-shape loops compiled, CUDA kernels built) and the memory pool's first
+        allocations happen here, in setup, instead of inside epoch 1. The run itself is untouched: its model,
+        optimizer, batchnorm statistics and random draws are the same as without this."""
+        cfg, train = self.config, self.splits.train
+        size = cfg.training.batch_size // self.comm.size  # each rank's part of the global batch
+        last = len(train) % cfg.training.batch_size // self.comm.size  # the epoch's last batch, when it is smaller
+        train_sizes = [max(size, 1)] + ([last] if last and last != size else [])  # in the order an epoch has them
+        # Evaluation runs the same kernels on larger batches (their size decides nothing but serial or parallel
+        # loops, which a training batch already chooses), so a training-sized batch warms them up in less time.
+        evaluated = self.splits.val if self.splits.val is not None else self.splits.test
+        model = copy.copy(self.model)
+        model.network = copy.deepcopy(self.model.network)
+        optimizer = optimizers.build(cfg.optimizer, params=model.network.parameters())
+        rng = copy.deepcopy(backend.get_rng_state())
+        xp = backend.xp_for(self.device)
+        try:
+            model.network.train()
+            for n in train_sizes:
+                idx = backend.to_device(np.arange(min(n, len(train))), self.device)
+                x, y = self.augment(train.x[idx], train.y[idx]) if self.augment else (train.x[idx], train.y[idx])
+                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                    out = model.outputs(model.input_tensor(x))
+                    loss = model.loss(out, y)
+                    optimizer.zero_grad()
+                    loss.backward()
+                    if cfg.training.grad_clip:
+                        clip_grad_norm(optimizer.params, cfg.training.grad_clip)
+                    optimizer.step()
+                float(loss.data)
+                model.count_correct(out.data, y, xp.zeros((), dtype=xp.int64))  # the epoch's accuracy tally
+            if evaluated is not None:
+                n = min(cfg.training.eval_batch_size, size, len(evaluated))
+                model.evaluate(Split(evaluated.x[:n], evaluated.y[:n]), n)
+        finally:
+            backend.set_rng_state(rng)
+            self.model.network.train()
 
     def _restore(self, ckpt: Checkpoint) -> None:
         try:
@@ -295,6 +345,7 @@ class Trainer:
         started = time.perf_counter()
         self.completed = self.start_epoch  # epochs whose checkpoint is on disk (CheckpointWriter moves it)
         self.trained_samples, self.train_seconds = 0, 0.0
+        self.epoch_train_seconds = []  # each epoch's training loop (no validation): the first one shows one-time costs
         self.stop_training, self.stop_reason, self.stop_message = False, "completed", None
         self.prepare_steps()
         self.averaging_kept = False  # true once the model holds the average for good (end of training)
@@ -338,7 +389,8 @@ class Trainer:
             self._call("on_epoch_begin", epoch + 1)
             epoch_start = time.perf_counter()
             logs = {"epoch": epoch + 1, **self.train_epoch(epoch)}
-            self.train_seconds += time.perf_counter() - epoch_start
+            self.epoch_train_seconds.append(time.perf_counter() - epoch_start)
+            self.train_seconds += self.epoch_train_seconds[-1]
             self.trained_samples += len(self.splits.train)
             logs.update(self.validate(self.splits.val), seconds=time.perf_counter() - epoch_start)
             self._call("on_epoch_end", epoch + 1, logs)
@@ -369,6 +421,8 @@ class Trainer:
             "total_seconds": round(seconds, 3),
             "train_samples_per_second": (round(self.trained_samples / self.train_seconds, 1)
                                          if self.train_seconds else None),
+            "setup_seconds": round(self.setup_seconds, 3),
+            "train_epoch_seconds": [round(s, 3) for s in self.epoch_train_seconds],
             "dltrain_version": __version__,
             "seed": self.config.seed,
             "device": self.device,
