@@ -8,6 +8,7 @@ with PyTorch run through these kernels too, since they are the CPU's default.
 
 import ast
 import inspect
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -214,9 +215,148 @@ def test_every_kernel_set_implements_the_written_interface():
         "cuda.py").read_text()
 
 
-def test_the_cpu_takes_the_reference_steps_that_need_tanh():
-    """A compiled loop calls tanh value by value, NumPy's is vectorized: the CPU takes the reference's forward steps
-    and LSTM backward step, and compiles the GRU's backward step (arithmetic only)."""
-    for name in ("gru_forward", "lstm_forward", "lstm_backward"):
-        assert getattr(cpu, name) is getattr(reference, name)
-    assert cpu.gru_backward is not reference.gru_backward
+def test_the_cpu_compiles_every_recurrent_step():
+    """The GRU's and the LSTM's steps, forward and backward, are the CPU's own compiled passes, not the reference's
+    NumPy code (whose tanh the compiled float32 tanh replaced); in float64 the forward steps hand over to the
+    reference (NumPy's float64 tanh is vectorized, libm's is not)."""
+    for name in ("gru_forward", "gru_backward", "lstm_forward", "lstm_backward"):
+        assert getattr(cpu, name) is not getattr(reference, name), name
+
+
+# The bounds backend/cpu.py states for its float32 tanh and sigmoid (measured on every float32: 1.684e-7, 3.247e-7
+# and 1.114e-7).
+TANH_ABS, TANH_REL, SIGMOID_ABS = 1.7e-7, 3.3e-7, 1.2e-7
+
+
+def _float32_sweep():
+    """Every 509th float32 from 0 to +inf (bit patterns, subnormals included), the values where the bounds are
+    tight or the rules change, and their negatives."""
+    positive = np.arange(0, int(np.float32(np.inf).view(np.uint32)) + 1, 509, dtype=np.uint32).view(np.float32)
+    special = np.array([0.0, 1e-45, 1.1754942e-38, 1.1754944e-38, 1e-30, 2.0 ** -13, 2.0 ** -12, 1e-3, 0.5, 1.1027967,
+                        2.4506519, 4.0, 9.010913, 9.010914, 9.5, 20.0, 88.7, 1e30, 3.4028235e38, np.inf], np.float32)
+    x = np.concatenate([positive, special])
+    return np.concatenate([x, -x])
+
+
+def test_float32_tanh_and_sigmoid_stay_within_their_stated_bounds():
+    """The recurrent steps' float32 tanh (a rational approximation LLVM vectorizes) and sigmoid (1 + tanh(x/2)) / 2
+    against NumPy in float64, over the whole float32 range: the stated absolute and relative error; exactly odd;
+    exactly +-1 where float32 tanh rounds to +-1 (|x| >= 9.010914) and at +-inf; NaN stays NaN; -0.0 stays -0.0;
+    subnormal and tiny x come back unchanged (tanh(x) rounds to x below 2^-12)."""
+    x = _float32_sweep()
+    exact = np.tanh(x.astype(np.float64))
+    t = cpu.tanh_values(x)
+    assert t.dtype == np.float32
+    error = np.abs(t.astype(np.float64) - exact)
+    assert error.max() <= TANH_ABS, (error.max(), x[np.argmax(error)])
+    nonzero = exact != 0
+    assert (error[nonzero] / np.abs(exact[nonzero])).max() <= TANH_REL
+    half = x.size // 2
+    np.testing.assert_array_equal(t[half:], -t[:half])  # odd, bit for bit (-0.0 included)
+    np.testing.assert_array_equal(np.signbit(t), np.signbit(x))
+    assert np.all(np.abs(t) <= 1)
+    saturated = np.abs(x) >= np.float32(9.010914)
+    assert saturated.any() and np.all(t[saturated] == np.sign(x[saturated]))
+    np.testing.assert_array_equal(exact[saturated].astype(np.float32), t[saturated])  # where float32 tanh is +-1
+    tiny = np.abs(x) < 2.0 ** -12
+    assert np.any(tiny & (x != 0)) and np.all(t[tiny] == x[tiny])
+    nan = np.array([np.nan, -np.nan, np.float32(np.nan) * 0], np.float32)
+    assert np.all(np.isnan(cpu.tanh_values(nan))) and np.all(np.isnan(cpu.sigmoid_values(nan)))
+
+    s = cpu.sigmoid_values(x)
+    with np.errstate(over="ignore"):
+        exact = 1 / (1 + np.exp(-x.astype(np.float64)))
+    assert np.abs(s - exact).max() <= SIGMOID_ABS
+    assert np.all((s >= 0) & (s <= 1))
+    assert cpu.sigmoid_values(np.array([-np.inf, 0, np.inf], np.float32)).tolist() == [0, 0.5, 1]
+
+
+def test_float64_tanh_and_sigmoid_are_libms():
+    """float64 steps keep libm's tanh (gradient checks want every digit)."""
+    x = np.concatenate([np.linspace(-30, 30, 10001), [0.0, -0.0, 1e-300, np.inf, -np.inf]])
+    np.testing.assert_allclose(cpu.tanh_values(x), np.tanh(x), rtol=1e-15, atol=0)
+    np.testing.assert_allclose(cpu.sigmoid_values(x), (np.tanh(0.5 * x) + 1) * 0.5, rtol=0, atol=1e-15)
+    assert np.isnan(cpu.tanh_values(np.array([np.nan]))[0])
+
+
+def test_the_float32_tanh_loop_vectorizes():
+    """The point of the rational tanh: compiled with the kernels' flags, the loop over float32 values runs on vectors
+    (LLVM's <N x float> divisions), not value by value."""
+    import numba
+
+    loop = numba.njit(**{**cpu._OPTIONS, "cache": False})(cpu._tanh_loop.serial.py_func)
+    x = np.linspace(-5, 5, 100, dtype=np.float32)
+    out = np.empty_like(x)
+    loop(x, out)
+    np.testing.assert_array_equal(out, cpu.tanh_values(x))
+    ir = loop.inspect_llvm(loop.signatures[0])
+    assert re.search(r"fdiv [a-z ]*<(4|8|16|32) x float>", ir), "the float32 tanh loop was not vectorized"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("batch, hidden, scale", [(3, 5, 1.0), (1, 37, 1.0), (6, 16, 12.0)])
+def test_recurrent_steps_match_the_reference_on_odd_shapes(cores, dtype, batch, hidden, scale):
+    """Each compiled step against the reference: odd batch and unit counts (a vector's width and its remainder),
+    time slices as functional/recurrent.py passes them (rows T * G * H values apart) next to contiguous arrays, with
+    and without bias and a next step, saturated gates; the LSTM's backward also with d_in the very array d_gates
+    (the time-major sequences pass it so). Inputs come back unchanged."""
+    rng = np.random.default_rng(batch * 100 + hidden)
+
+    def normal(*shape):  # pre-activations and gradients; scaled up, the gates saturate
+        return (rng.standard_normal(shape) * scale).astype(dtype)
+
+    def unit(*shape):  # gate activations
+        return rng.uniform(0.02, 0.98, shape).astype(dtype)
+
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-12}
+
+    def check(function, arguments, written):
+        """Runs `function` of the reference and of the CPU kernels on copies of `arguments` (3-D ones as the time
+        slice [:, 2]); the arrays at the `written` positions must agree, the others be left alone."""
+        runs = []
+        for module in (reference, cpu):
+            copies = [a.copy() if isinstance(a, np.ndarray) else a for a in arguments]
+            views = [c[:, 2] if isinstance(a, np.ndarray) and a.ndim == 3 else c for a, c in zip(arguments, copies)]
+            getattr(module, function)(*views)
+            runs.append(copies)
+        for k, (want, got, given) in enumerate(zip(*runs, arguments)):
+            if not isinstance(given, np.ndarray):
+                continue
+            if k in written:
+                np.testing.assert_allclose(got, want, **tol, err_msg=f"{function}: argument {k}")
+            else:
+                np.testing.assert_array_equal(got, given, err_msg=f"{function}: argument {k} was modified")
+
+    h3 = 3 * hidden
+    for bias in (normal(h3), None):
+        # gru_forward(step_in, gh, bias, h, h_new, rz, n): step_in a time slice; gh gets the bias added
+        check("gru_forward", [normal(batch, 4, h3), normal(batch, h3), bias, normal(batch, hidden),
+                              np.zeros((batch, hidden), dtype), np.zeros((batch, 2 * hidden), dtype),
+                              np.zeros((batch, hidden), dtype)], written={1, 4, 5, 6})
+    for has_next in (True, False):
+        # gru_backward(grad, carried, direct, has_next, h, rz, n, gh, d_in, d_gh): grad and d_in time slices
+        check("gru_backward", [normal(batch, 4, hidden), normal(batch, hidden), normal(batch, hidden), has_next,
+                               normal(batch, hidden), unit(batch, 2 * hidden), unit(batch, hidden) * 2 - 1,
+                               normal(batch, h3), np.zeros((batch, 4, h3), dtype), np.zeros((batch, h3), dtype)],
+              written={2, 8, 9})
+    h4 = 4 * hidden
+    for bias in (normal(h4), None):
+        # lstm_forward(step_in, gates, bias, c_prev, h_new, c_new)
+        check("lstm_forward", [normal(batch, 4, h4), normal(batch, h4), bias, normal(batch, hidden),
+                               np.zeros((batch, hidden), dtype), np.zeros((batch, hidden), dtype)], written={1, 4, 5})
+    acts = np.concatenate([unit(batch, 2 * hidden), unit(batch, hidden) * 2 - 1, unit(batch, hidden)], axis=1)
+    for has_next in (True, False):
+        # lstm_backward(grad_h, grad_c, carried, dc_next, has_next, acts, c_prev, c_new, d_in, d_gates)
+        grads = normal(2, batch, 4, hidden)
+        arguments = [grads[0], grads[1], normal(batch, hidden), normal(batch, hidden), has_next, acts,
+                     normal(batch, hidden), normal(batch, hidden), np.zeros((batch, 4, h4), dtype),
+                     np.zeros((batch, h4), dtype)]
+        check("lstm_backward", arguments, written={3, 8, 9})
+        results = []
+        for module in (reference, cpu):
+            dc_next, d_gates = arguments[3].copy(), np.zeros((batch, h4), dtype)
+            module.lstm_backward(grads[0][:, 2], grads[1][:, 2], arguments[2], dc_next, has_next, *arguments[5:8],
+                                 d_gates, d_gates)
+            results.append((dc_next, d_gates))
+        for a, b in zip(*results):
+            np.testing.assert_allclose(b, a, **tol, err_msg="lstm_backward with d_in = d_gates")

@@ -19,6 +19,9 @@ import types
 import numba
 import numpy as np
 from numba import prange, uint64
+from numba.extending import overload
+
+from . import reference
 
 # Below this many values a loop runs on one core: waking the other threads costs more (about 70 us here
 # when BLAS ran in between) than a small loop takes.
@@ -658,31 +661,245 @@ def batch_norm_backward(grad, x, mean, scale, coef_centered, coef_const):
 
 
 # ---------------------------------------------------------------- recurrent steps
-# A forward step is mostly tanh and sigmoid: libm's tanh, called value by value from a compiled loop, took 14 ns a
-# value against 0.25 for NumPy's vectorized one, so the forward steps (and the LSTM's backward, which needs tanh(c))
-# are the reference's NumPy code. The GRU's backward step is arithmetic only: compiled, one pass instead of fifteen
-# (128 x 128 units: 54 us against 130 us for the NumPy step).
-from .reference import gru_forward, lstm_backward, lstm_forward  # noqa: E402, F401
+# A step's pointwise part is mostly tanh and sigmoid. libm's tanh, called value by value from a compiled loop, took
+# 14 ns a value (NumPy's vectorized one 0.25), and Numba has no SVML since 0.62, so float32 steps use _tanh32: plain
+# arithmetic that LLVM vectorizes (16 values an instruction with AVX-512). float64 (gradient checks, not speed) keeps
+# libm's math.tanh, exact to rounding, in the backward steps and takes the reference's forward steps (see below).
+# Each float32 step is one compiled call that takes one row (sequence) at a time through a few loops over its gates
+# while the row is in cache: the gate activations, the new state and all the backward reads; or all the gate
+# gradients. The loops run over contiguous row slices, one slice written per array and loop: with more (d_i, d_f,
+# d_g and d_o of a row in one loop) LLVM could not tell that they do not overlap and left the loop scalar (the LSTM's
+# backward step at 128 x 128 units: 207 us, against 40 so).
+#
+# _tanh32(x): u = x P(x^2) / Q(x^2) approximates 2 tanh(x / 2), and tanh(x) = u / (1 + u^2 / 4) (the double-angle
+# formula). One rational for tanh over [0, 9] in float32 was off by 5 ulp near 1 (3.1e-7): the rounding in P and Q
+# adds up; through the double-angle step an error in u counts (1 - u^2/4) / (1 + u^2/4)^2 times, which vanishes as
+# |x| grows. P / Q: tanh(y) / y for y in [0, 4.51] as a ratio of polynomials in y^2 of degrees 4 and 3, minimax in
+# relative error (6.8e-10 in float64), fitted offline by linearized LP iterations (Loeb's method: scipy's linprog on
+# 6,000 points, the error re-weighted by the last Q each time), then written for x = 2y (coefficient k divided by
+# 4^k, exactly) and rounded to float32. Measured over every float32 value against np.tanh in float64, compiled with
+# this file's flags: max absolute error 1.68e-7 (3 ulp just below 1, at x = 1.103), max relative error 3.25e-7.
+# From |x| >= 9.010914 on, where the float32 tanh rounds to 1, the result is exactly +-1 (+-inf included); NaN stays
+# NaN (no nnan / ninf flags), -0.0 stays -0.0, tiny and subnormal x come back unchanged (P(0) rounds to 1), and
+# tanh(-x) = -tanh(x) exactly. Sigmoid is (1 + tanh(x / 2)) / 2, as in the reference: max absolute error 1.11e-7.
+_TANH_P = tuple(np.float32(c) for c in (1.0, 0.032412734, 0.00018538101, 1.4847586e-07, -4.534889e-11))
+_TANH_Q = tuple(np.float32(c) for c in (1.0, 0.115746066, 0.0014975545, 3.647808e-06))
+_TANH_ONE_FROM = np.float32(9.010914)  # the smallest float32 whose tanh rounds to 1
+_ONE32, _HALF32, _QUARTER32 = np.float32(1), np.float32(0.5), np.float32(0.25)
+_P0, _P1, _P2, _P3, _P4 = _TANH_P
+_Q0, _Q1, _Q2, _Q3 = _TANH_Q
+
+
+def _tanh32(x):
+    """float32 tanh by the rational above, for one float32 value: compiled into the kernels through _tanh and _sigmoid
+    (tanh_values and sigmoid_values run it over arrays)."""
+    s = x * x
+    p = (((_P4 * s + _P3) * s + _P2) * s + _P1) * s + _P0
+    q = ((_Q3 * s + _Q2) * s + _Q1) * s + _Q0
+    u = x * p / q  # 2 tanh(x / 2)
+    t = u / (_QUARTER32 * (u * u) + _ONE32)
+    t = _ONE32 if t > _ONE32 else t  # written as selects: NaN passes through them all
+    t = -_ONE32 if t < -_ONE32 else t
+    t = _ONE32 if x >= _TANH_ONE_FROM else t  # also +inf, and x whose x^2 overflows
+    return -_ONE32 if x <= -_TANH_ONE_FROM else t
+
+
+def _tanh(x):
+    """tanh in x's float type: _tanh32 for float32, libm's for float64 (a stand-in; compiled code uses the overload)."""
+    return math.tanh(x)
+
+
+def _sigmoid(x):
+    """(1 + tanh(x / 2)) / 2 in x's float type (a stand-in; compiled code uses the overload)."""
+    return (math.tanh(0.5 * x) + 1.0) * 0.5
+
+
+# forceinline: LLVM inlines them into the loops, which then vectorize (inlining Numba's IR instead warns about its
+# branches); the loops' fastmath flags carry over.
+_INLINE = {"forceinline": True, "fastmath": _OPTIONS["fastmath"], "error_model": "numpy"}
+_tanh32_compiled = numba.njit(**_INLINE)(_tanh32)
+
+
+@overload(_tanh, jit_options=_INLINE)
+def _tanh_typed(x):
+    if x == numba.float32:
+        return lambda x: _tanh32_compiled(x)
+    return lambda x: math.tanh(x)
+
+
+@overload(_sigmoid, jit_options=_INLINE)
+def _sigmoid_typed(x):
+    if x == numba.float32:
+        return lambda x: _HALF32 + _HALF32 * _tanh32_compiled(_HALF32 * x)
+    return lambda x: (math.tanh(0.5 * x) + 1.0) * 0.5
 
 
 @_Kernel
-def _gru_backward(grad, carried, direct, has_next, h, rz, n, gh, d_in, d_gh):
+def _tanh_loop(x, out):
+    for i in prange(x.size):
+        out[i] = _tanh(x[i])
+
+
+@_Kernel
+def _sigmoid_loop(x, out):
+    for i in prange(x.size):
+        out[i] = _sigmoid(x[i])
+
+
+def tanh_values(x):
+    """tanh of a float array as the recurrent steps compute it (_tanh32 for float32): for the tests and timings."""
+    out = np.empty(x.shape, dtype=x.dtype)
+    _tanh_loop(x.size, _flat(x), out.reshape(-1))
+    return out
+
+
+def sigmoid_values(x):
+    """The sigmoid of a float array as the recurrent steps compute it."""
+    out = np.empty(x.shape, dtype=x.dtype)
+    _sigmoid_loop(x.size, _flat(x), out.reshape(-1))
+    return out
+
+
+# float64 forward steps (gradient checks) are the reference's: with libm's tanh value by value, the compiled LSTM step
+# took 1.5 ms at 128 x 128 units against NumPy's 0.37 (its float64 tanh is vectorized). The backward steps, with one
+# tanh a unit for the LSTM's and none for the GRU's, stay compiled in float64 too (0.22 and 0.06 ms against 0.28 and
+# 0.20).
+
+# A step counts one value per hidden unit for the choice between one core and all: spread over the two cores here, the
+# steps of a batch of 128 or 512 sequences of 128 units were no faster (BLAS's threads hold the cores between the
+# steps' products), so a step runs on one core up to 262,144 units (about 1 ms of work each way).
+_STEP_WORK = 1
+
+
+def _rows(array):
+    """Check that each row of a 2-D array is contiguous (a time slice (N, K) of (N, T, K) is): the kernels take a row
+    as one contiguous vector (np.ascontiguousarray on it is then no copy; a loop over a strided view stays scalar)."""
+    if array.strides[1] != array.itemsize:
+        raise ValueError(f"expected rows of contiguous values, got strides {array.strides}")
+    return array
+
+
+@_Kernel
+def _gru_forward(step_in, gh, bias, has_bias, h, h_new, rz, n):
     rows, hidden = h.shape
-    for i in prange(rows):
+    for row in prange(rows):
+        x, g, rz_row = np.ascontiguousarray(step_in[row]), gh[row], rz[row]
+        if has_bias:
+            for k in range(3 * hidden):
+                g[k] += bias[k]
+        for k in range(2 * hidden):  # r and z
+            rz_row[k] = _sigmoid(x[k] + g[k])
+        x_n, g_n, r_row, z_row = x[2 * hidden:3 * hidden], g[2 * hidden:], rz_row[:hidden], rz_row[hidden:]
+        h_row, n_out, h_out = h[row], n[row], h_new[row]
         for j in range(hidden):
-            dh = grad[i, j] + carried[i, j] + direct[i, j] if has_next else grad[i, j]
-            r, z, candidate = rz[i, j], rz[i, hidden + j], n[i, j]
-            d_n = dh * (1 - z) * (1 - candidate * candidate)
-            d_r = d_n * gh[i, 2 * hidden + j] * r * (1 - r)
-            d_z = dh * (h[i, j] - candidate) * z * (1 - z)
-            d_in[i, j], d_in[i, hidden + j], d_in[i, 2 * hidden + j] = d_r, d_z, d_n
-            d_gh[i, j], d_gh[i, hidden + j], d_gh[i, 2 * hidden + j] = d_r, d_z, d_n * r
-            direct[i, j] = dh * z
+            candidate = _tanh(x_n[j] + r_row[j] * g_n[j])
+            n_out[j] = candidate
+            h_out[j] = candidate + z_row[j] * (h_row[j] - candidate)
+
+
+def gru_forward(step_in, gh, bias, h, h_new, rz, n) -> None:
+    """One GRU step's pointwise part in one pass (backend/kernels.py): step_in may be a time slice. float64 takes the
+    reference's NumPy step, whose float64 tanh is vectorized."""
+    if h.dtype != np.float32:
+        return reference.gru_forward(step_in, gh, bias, h, h_new, rz, n)
+    _gru_forward(h.size * _STEP_WORK, _rows(step_in), gh, gh[0] if bias is None else bias, bias is not None, h, h_new,
+                 rz, n)
+
+
+@_Kernel
+def _gru_backward(grad, carried, direct, has_next, h, rz, n, gh, d_in, d_gh, one):
+    rows, hidden = h.shape
+    for row in prange(rows):
+        g, d, e = np.ascontiguousarray(grad[row]), np.ascontiguousarray(d_in[row]), d_gh[row]
+        r_row, z_row, n_row, h_row = rz[row, :hidden], rz[row, hidden:], n[row], h[row]
+        gh_n, carried_row, dh_row = gh[row, 2 * hidden:], carried[row], direct[row]
+        d_n, e_n = d[2 * hidden:3 * hidden], e[2 * hidden:]
+        for j in range(hidden):  # `direct` holds dh for now
+            dh = g[j] + carried_row[j] + dh_row[j] if has_next else g[j]
+            dn = dh * (one - z_row[j]) * (one - n_row[j] * n_row[j])
+            dh_row[j], d_n[j], e_n[j] = dh, dn, dn * r_row[j]
+        d_r, e_r = d[:hidden], e[:hidden]
+        for j in range(hidden):
+            r = r_row[j]
+            dr = dh_row[j] * (one - z_row[j]) * (one - n_row[j] * n_row[j]) * gh_n[j] * r * (one - r)
+            d_r[j], e_r[j] = dr, dr
+        d_z, e_z = d[hidden:2 * hidden], e[hidden:2 * hidden]
+        for j in range(hidden):
+            z, dh = z_row[j], dh_row[j]
+            dz = dh * (h_row[j] - n_row[j]) * z * (one - z)
+            d_z[j], e_z[j], dh_row[j] = dz, dz, dh * z
 
 
 def gru_backward(grad, carried, direct, has_next: bool, h, rz, n, gh, d_in, d_gh) -> None:
-    """One GRU step of backpropagation through time (backend/kernels.py), one pass."""
-    _gru_backward(gh.size, grad, carried, direct, has_next, h, rz, n, gh, d_in, d_gh)
+    """One GRU step of backpropagation through time in one pass (backend/kernels.py): grad and d_in may be time
+    slices."""
+    _gru_backward(h.size * _STEP_WORK, _rows(grad), carried, direct, bool(has_next), h, rz, n, gh, _rows(d_in), d_gh,
+                  h.dtype.type(1))
+
+
+@_Kernel
+def _lstm_forward(step_in, gates, bias, c_prev, h_new, c_new):
+    rows, hidden = c_prev.shape
+    for row in prange(rows):
+        x, a = np.ascontiguousarray(step_in[row]), gates[row]
+        for k in range(2 * hidden):  # i and f
+            a[k] = _sigmoid(a[k] + x[k] + bias[k])
+        x_g, a_g, b_g = x[2 * hidden:3 * hidden], a[2 * hidden:3 * hidden], bias[2 * hidden:3 * hidden]
+        for j in range(hidden):
+            a_g[j] = _tanh(a_g[j] + x_g[j] + b_g[j])
+        x_o, a_o, b_o = x[3 * hidden:], a[3 * hidden:], bias[3 * hidden:]
+        for j in range(hidden):
+            a_o[j] = _sigmoid(a_o[j] + x_o[j] + b_o[j])
+        a_i, a_f, c_row, h_out, c_out = a[:hidden], a[hidden:2 * hidden], c_prev[row], h_new[row], c_new[row]
+        for j in range(hidden):
+            c = a_f[j] * c_row[j] + a_i[j] * a_g[j]
+            c_out[j] = c
+            h_out[j] = a_o[j] * _tanh(c)
+
+
+def lstm_forward(step_in, gates, bias, c_prev, h_new, c_new) -> None:
+    """One LSTM step's pointwise part in one pass over each row (backend/kernels.py): step_in may be a time slice.
+    float64 takes the reference's NumPy step, whose float64 tanh is vectorized."""
+    if c_prev.dtype != np.float32:
+        return reference.lstm_forward(step_in, gates, bias, c_prev, h_new, c_new)
+    _lstm_forward(c_prev.size * _STEP_WORK, _rows(step_in), gates,
+                  np.zeros(gates.shape[1], gates.dtype) if bias is None else bias, c_prev, h_new, c_new)
+
+
+@_Kernel
+def _lstm_backward(grad_h, grad_c, carried, dc_next, has_next, acts, c_prev, c_new, d_in, d_gates, one):
+    rows, hidden = c_prev.shape
+    for row in prange(rows):
+        gh, gc, a, e = np.ascontiguousarray(grad_h[row]), np.ascontiguousarray(grad_c[row]), acts[row], d_gates[row]
+        carried_row, dc_row, c_row, cp_row = carried[row], dc_next[row], c_new[row], c_prev[row]
+        for j in range(hidden):  # dc_next holds dc until the last loop
+            dh = gh[j] + carried_row[j] if has_next else gh[j]
+            tc, o = _tanh(c_row[j]), a[uint64(3 * hidden + j)]
+            dc_row[j] = (gc[j] + dc_row[j] if has_next else gc[j]) + dh * o * (one - tc * tc)
+            e[uint64(3 * hidden + j)] = dh * tc * o * (one - o)
+        e_i, e_f, e_g = e[:hidden], e[hidden:2 * hidden], e[2 * hidden:3 * hidden]
+        a_i, a_f, a_g = a[:hidden], a[hidden:2 * hidden], a[2 * hidden:3 * hidden]
+        for j in range(hidden):
+            i = a_i[j]
+            e_i[j] = dc_row[j] * a_g[j] * i * (one - i)
+        for j in range(hidden):
+            g = a_g[j]
+            e_g[j] = dc_row[j] * a_i[j] * (one - g * g)
+        for j in range(hidden):
+            f, dc = a_f[j], dc_row[j]
+            e_f[j] = dc * cp_row[j] * f * (one - f)
+            dc_row[j] = dc * f
+        d = np.ascontiguousarray(d_in[row])
+        if d.ctypes.data != e.ctypes.data:  # d_in may be d_gates itself
+            for k in range(4 * hidden):
+                d[k] = e[k]
+
+
+def lstm_backward(grad_h, grad_c, carried, dc_next, has_next: bool, acts, c_prev, c_new, d_in, d_gates) -> None:
+    """One LSTM step of backpropagation through time in one pass over each row (backend/kernels.py), tanh(c) computed
+    again; grad_h, grad_c and d_in may be time slices, d_in may be d_gates."""
+    _lstm_backward(c_prev.size * _STEP_WORK, _rows(grad_h), _rows(grad_c), carried, dc_next, bool(has_next), acts,
+                   c_prev, c_new, _rows(d_in), d_gates, c_prev.dtype.type(1))
 
 
 # The optimizers update each parameter's part of the flat buffers in turn: gathering the gradients into one

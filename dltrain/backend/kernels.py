@@ -3,7 +3,7 @@
 Three modules implement it: backend/reference.py as plain array code (NumPy or CuPy: the readable reference
 and the tests' oracle), backend/cpu.py compiled with Numba for NumPy arrays, and backend/cuda.py as CUDA
 kernels for GPU arrays. The compiled sets take a function from the reference where it measured no slower (the
-CPU's recurrent steps, the GPU's average pooling). DLTRAIN_FUSED_KERNELS=0 selects the reference everywhere.
+GPU's average pooling). DLTRAIN_FUSED_KERNELS=0 selects the reference everywhere.
 Arrays are float32 or float64 (`supports`), all of one dtype; labels are int64; "writes" means the function
 fills an array it was given, "returns" that it allocates its result. Inputs are never modified unless a
 contract says so.
@@ -132,8 +132,8 @@ class Kernels(Protocol):
     def lstm_backward(self, grad_h, grad_c, carried, dc_next, has_next: bool, acts, c_prev, c_new, d_in,
                       d_gates) -> None:
         """One step of backpropagation through time: dh = grad_h (+ carried), dc = grad_c (+ dc_next) +
-        dh o (1 - tanh(c)^2); writes the gate pre-activation gradients into d_in and d_gates and overwrites
-        dc_next with dc f."""
+        dh o (1 - tanh(c)^2); writes the gate pre-activation gradients into d_in and d_gates (d_in may be d_gates
+        itself) and overwrites dc_next with dc f. grad_h, grad_c and d_in may be time slices."""
 
     # ------------------------------------------------------------ optimizers, in place over flat buffers
     def sgd_step(self, param, grad, velocity, decay, lr: float, momentum: float, nesterov: bool) -> None:
