@@ -223,9 +223,9 @@ def test_the_cpu_compiles_every_recurrent_step():
         assert getattr(cpu, name) is not getattr(reference, name), name
 
 
-# The bounds backend/cpu.py states for its float32 tanh and sigmoid (measured on every float32: 1.684e-7, 3.247e-7
-# and 1.114e-7).
-TANH_ABS, TANH_REL, SIGMOID_ABS = 1.7e-7, 3.3e-7, 1.2e-7
+# Bounds for the float32 tanh and sigmoid of backend/cpu.py, measured on every float32 on the development machine at
+# 1.684e-7, 3.247e-7 and 1.114e-7; with headroom, as another CPU or LLVM may round the polynomials differently.
+TANH_ABS, TANH_REL, SIGMOID_ABS = 2.5e-7, 5e-7, 1.5e-7
 
 
 def _float32_sweep():

@@ -519,8 +519,8 @@ __global__ void gru_backward(const T* grad, long long grad_stride, const T* carr
     }
 }
 
-// One LSTM step's pointwise part, one thread per (sample, unit): the gate pre-activations are step_in (x_t W_ih^T
-// + b_ih, rows `in_stride` apart) + gates (h_{t-1} W_hh^T) + bias, in torch's order i, f, g, o; gates is then
+// One LSTM step's pointwise part, one thread per (sample, unit): the gate pre-activations are step_in (x_t W_ih^T,
+// rows `in_stride` apart) + gates (h_{t-1} W_hh^T) + bias (b_ih + b_hh), in torch's order i, f, g, o; gates is then
 // overwritten with the activations (what the backward needs). c_new = f c_prev + i g, h_new = o tanh(c_new).
 template <typename T>
 __global__ void lstm_forward(const T* step_in, long long in_stride, T* gates, const T* bias, int has_bias,

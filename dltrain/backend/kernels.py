@@ -118,7 +118,7 @@ class Kernels(Protocol):
     def gru_forward(self, step_in, gh, bias, h, h_new, rz, n) -> None:
         """One GRU step's pointwise part (torch's gate order r, z, n): adds bias (3H,) or None into gh
         (h W_hh^T, N x 3H, kept for the backward); writes rz = [r, z], n and h_new = (1 - z) n + z h.
-        step_in (N, 3H) may be a time slice of (N, T, 3H)."""
+        step_in (N, 3H) may be a time slice of the time-major projections (T, N, 3H)."""
 
     def gru_backward(self, grad, carried, direct, has_next: bool, h, rz, n, gh, d_in, d_gh) -> None:
         """One step of backpropagation through time: dh = grad (+ carried + direct when has_next); writes

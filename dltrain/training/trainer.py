@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import random
 import signal
 import threading
 import time
@@ -127,33 +128,39 @@ class Trainer:
         # losses read every step unless on one GPU that may stop at a non-finite loss (see steps.py); tests set
         # it on the CPU, where the same code runs on NumPy
         self.defer_loss_reads = self.device != "cpu" and self.comm.size == 1 and cfg.training.on_nonfinite == "stop"
+        finished = self.resume is not None and int(self.resume.state.get("epoch", 0)) >= cfg.training.epochs
+        if not finished:  # (a resume with no epoch left trains nothing)
+            self._warm_up()  # before a resume's state is loaded: the copy then holds no more than the model
         if self.resume:
             self._restore(self.resume)
-        self._warm_up()
 
     def _warm_up(self) -> None:
         """Train a copy of the model on one batch of each size an epoch has (the full batch and the last, smaller
-        one) and evaluate it on one batch, then put the generator back: the kernels' first calls
-        (loaded from Numba's cache, per-shape loops compiled, CUDA kernels built) and the memory pool's first
-        allocations happen here, in setup, instead of inside epoch 1. The run itself is untouched: its model,
-        optimizer, batchnorm statistics and random draws are the same as without this."""
+        one) and evaluate it on one batch of each evaluation size, then put the generators back: the kernels' first
+        calls (loaded from Numba's cache, per-shape loops compiled, CUDA kernels built) and the memory pool's first
+        allocations happen here, in setup, instead of inside epoch 1. The run itself is untouched: its model, loss,
+        augmentations, optimizer, batchnorm statistics and random draws are the same as without this."""
         cfg, train = self.config, self.splits.train
         size = cfg.training.batch_size // self.comm.size  # each rank's part of the global batch
         last = len(train) % cfg.training.batch_size // self.comm.size  # the epoch's last batch, when it is smaller
         train_sizes = [max(size, 1)] + ([last] if last and last != size else [])  # in the order an epoch has them
-        # Evaluation runs the same kernels on larger batches (their size decides nothing but serial or parallel
-        # loops, which a training batch already chooses), so a training-sized batch warms them up in less time.
         evaluated = self.splits.val if self.splits.val is not None else self.splits.test
-        model = copy.copy(self.model)
-        model.network = copy.deepcopy(self.model.network)
+        try:  # a user's layer, loss or augmentation that cannot be copied: no warm-up, nothing else changes
+            model = copy.copy(self.model)
+            model.network, model.loss = copy.deepcopy(self.model.network), copy.deepcopy(self.model.loss)
+            augment = copy.deepcopy(self.augment)
+        except Exception as exc:  # noqa: BLE001
+            self.reporter.message(f"note: no warm-up before epoch 1 (the model cannot be copied: {exc}); epoch 1 "
+                                  f"pays the kernels' first calls")
+            return
         optimizer = optimizers.build(cfg.optimizer, params=model.network.parameters())
-        rng = copy.deepcopy(backend.get_rng_state())
+        generators = copy.deepcopy(backend.get_rng_state()), np.random.get_state(), random.getstate()
         xp = backend.xp_for(self.device)
         try:
             model.network.train()
             for n in train_sizes:
                 idx = backend.to_device(np.arange(min(n, len(train))), self.device)
-                x, y = self.augment(train.x[idx], train.y[idx]) if self.augment else (train.x[idx], train.y[idx])
+                x, y = augment(train.x[idx], train.y[idx]) if augment else (train.x[idx], train.y[idx])
                 with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                     out = model.outputs(model.input_tensor(x))
                     loss = model.loss(out, y)
@@ -164,11 +171,25 @@ class Trainer:
                     optimizer.step()
                 float(loss.data)
                 model.count_correct(out.data, y, xp.zeros((), dtype=xp.int64))  # the epoch's accuracy tally
+            del optimizer
             if evaluated is not None:
-                n = min(cfg.training.eval_batch_size, size, len(evaluated))
-                model.evaluate(Split(evaluated.x[:n], evaluated.y[:n]), n)
+                # A batch's size decides which kernels run (one core or all), so the evaluation size is warmed up,
+                # without the test-time views (the same kernels again, several times the work); those once at a
+                # training batch's size.
+                n = min(cfg.training.eval_batch_size, len(evaluated))
+                plain = copy.copy(model)
+                plain.views = []
+                plain.evaluate(Split(evaluated.x[:n], evaluated.y[:n]), n)
+                if model.views:
+                    n = min(n, size)
+                    model.evaluate(Split(evaluated.x[:n], evaluated.y[:n]), n)
+        except MemoryError:  # the copy did not fit beside the model (a GPU's memory): train without the warm-up
+            self.reporter.message("note: no warm-up before epoch 1 (out of memory with a copy of the model); epoch 1 "
+                                  "pays the kernels' first calls")
         finally:
-            backend.set_rng_state(rng)
+            backend.set_rng_state(generators[0])
+            np.random.set_state(generators[1])
+            random.setstate(generators[2])
             self.model.network.train()
 
     def _restore(self, ckpt: Checkpoint) -> None:

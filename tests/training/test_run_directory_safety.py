@@ -34,7 +34,8 @@ optimizer: {name: adam, lr: 0.01}
 training: {epochs: 2, batch_size: 32}
 """
 
-# A user's layer that fails on its first batch: the run directory exists by then.
+# A user's layer that fails on every batch (refused in setup's warm-up, before the run directory exists), and one
+# that fails in epoch 1 (the run directory exists by then).
 FAILING_LAYER = """\
 from dltrain.errors import ShapeError
 from dltrain.layers import Module

@@ -1,6 +1,7 @@
 """The kernels' first calls happen in setup, not in epoch 1 (Trainer._warm_up), and the run is the same as without."""
 
 import json
+import random
 import subprocess
 import sys
 
@@ -119,3 +120,38 @@ def test_epoch_one_calls_no_kernel_for_the_first_time(tmp_path):
 def test_recurrent_layers_call_no_kernel_for_the_first_time_in_epoch_one(tmp_path):
     result = loads_inside_epochs({**RECURRENT, "data": images(tmp_path)}, tmp_path / "rnn")
     assert result["loaded"] == []
+
+
+class DrawsFromNumpysGenerator:
+    """A user's layer that draws from NumPy's global generator and counts its training batches."""
+
+    def __init__(self):
+        from dltrain.layers import Module
+
+        class Draws(Module):
+            batches = 0
+
+            def forward(self, x):
+                if self.training:
+                    Draws.batches += 1
+                    np.random.random()
+                    random.random()
+                return x
+
+        self.layer = Draws
+
+
+def test_the_warm_up_puts_back_numpys_and_pythons_generators_and_copies_the_loss(tmp_path, monkeypatch):
+    from dltrain.registry import layers
+
+    draws = DrawsFromNumpysGenerator().layer
+    monkeypatch.setitem(layers._entries, "draws_from_numpy", draws)
+    values = {**CNN, "model": ["draws_from_numpy", *CNN["model"]], "data": images(tmp_path)}
+    np.random.seed(1)
+    random.seed(1)
+    before = np.random.get_state()[1].copy(), random.getstate()
+    trainer = Trainer(validate(values, {}, "test"), files.RunDir(tmp_path / "run", writable=False), "cpu")
+    trainer.setup()
+    assert draws.batches == 2  # the warm-up trained on the full batch and the last one: it ran
+    np.testing.assert_array_equal(np.random.get_state()[1], before[0])
+    assert random.getstate() == before[1]
