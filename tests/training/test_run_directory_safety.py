@@ -203,27 +203,27 @@ def test_a_resumed_run_keeps_the_old_summary_until_its_own_replaces_it(finished_
     assert new["epochs_run"] == 3 and json.loads((finished_run / files.SUMMARY).read_text())["epochs_run"] == 3
 
 
-def test_a_model_that_refuses_every_batch_is_refused_in_setup_before_a_run_directory_is_made(tmp_path):
+def train_with_failing_layer(tmp_path, layer: str):
+    """`dltrain train` of TINY with `layer` (of FAILING_LAYER) first: it must end in exit 2 naming the batch."""
     code = tmp_path / "refuses.py"
     code.write_text(FAILING_LAYER)
     config = tmp_path / "fails.yaml"
-    config.write_text(TINY.replace("model: [", "model: [refuses_batches, "))
+    config.write_text(TINY.replace("model: [", f"model: [{layer}, "))
     first = dltrain("train", config, "--run-dir", "run", "--code", code, cwd=tmp_path)
     assert first.returncode == 2
-    assert first.stderr == "error: refuses_batches: cannot take a batch of shape (32, 2)\n"
+    assert first.stderr == f"error: {layer}: cannot take a batch of shape (32, 2)\n"
+    return config
+
+
+def test_a_model_that_refuses_every_batch_is_refused_in_setup_before_a_run_directory_is_made(tmp_path):
+    train_with_failing_layer(tmp_path, "refuses_batches")
     assert not (tmp_path / "run").exists()
 
 
 def test_a_run_that_fails_before_its_first_epoch_ends_says_so_and_its_directory_can_be_used_again(tmp_path):
     """Was: config.yaml, an empty metrics.csv and checkpoints/ left behind, the same --run-dir refused as not
     empty, and `dltrain runs` listing it as killed."""
-    code = tmp_path / "refuses.py"
-    code.write_text(FAILING_LAYER)
-    config = tmp_path / "fails.yaml"
-    config.write_text(TINY.replace("model: [", "model: [refuses_in_epoch_one, "))
-    first = dltrain("train", config, "--run-dir", "run", "--code", code, cwd=tmp_path)
-    assert first.returncode == 2
-    assert first.stderr == "error: refuses_in_epoch_one: cannot take a batch of shape (32, 2)\n"
+    config = train_with_failing_layer(tmp_path, "refuses_in_epoch_one")
     summary = json.loads((tmp_path / "run" / files.SUMMARY).read_text())
     assert summary["stop_reason"] == "failed" and summary["epochs_run"] == 0
     assert summary["error"] == "refuses_in_epoch_one: cannot take a batch of shape (32, 2)"
