@@ -3,6 +3,7 @@
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/cpu.py --readme   # every case: RESULTS.md, README
     python benchmarks/cpu.py --cases mlp_sgd128,fashion_cnn --reps 5 --epochs 4        # a subset: RESULTS.md only
     python benchmarks/cpu.py --cases tiny16 --reps 1 --samples 512 --epochs 2          # smoke test: writes nothing
+    python benchmarks/cpu.py --device gpu --cases fashion_cnn,fashion_resnet         # both sides on the GPU: prints
 
 The benchmark runs what ships. The dltrain side of a case is a config (a shipped one from configs/ as it is shipped,
 or the benchmark's own) written to a temporary YAML file and trained by the CLI in a child process:
@@ -471,7 +472,8 @@ def torch_loss(config: dict, train_labels, classes: int):
     if weights == "balanced":
         counts = torch.bincount(train_labels, minlength=classes).double()
         weights = [len(train_labels) / (len(counts) * c) if c else 0.0 for c in counts.tolist()]
-    return nn.CrossEntropyLoss(weight=None if weights is None else torch.tensor(weights, dtype=torch.float32),
+    return nn.CrossEntropyLoss(weight=None if weights is None else torch.tensor(weights, dtype=torch.float32,
+                                                                                device=train_labels.device),
                                label_smoothing=smoothing)
 
 
@@ -484,9 +486,11 @@ def torch_shift(x, dy, dx, pad: int, fill: float, mode: str = "constant"):
     n, c, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad), value=fill) if mode == "constant" else \
         F.pad(x, (pad, pad, pad, pad), mode={"reflect": "reflect", "edge": "replicate"}[mode])
-    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]  # (N, 1, H, 1)
-    cols = (dx[:, None] + torch.arange(w))[:, None, None, :]  # (N, 1, 1, W)
-    return padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+    at = x.device
+    rows = (dy[:, None] + torch.arange(h, device=at))[:, None, :, None]  # (N, 1, H, 1)
+    cols = (dx[:, None] + torch.arange(w, device=at))[:, None, None, :]  # (N, 1, 1, W)
+    return padded[torch.arange(n, device=at)[:, None, None, None], torch.arange(c, device=at)[None, :, None, None],
+                  rows, cols]
 
 
 def torch_augment(specs: list, fill: float):
@@ -495,12 +499,12 @@ def torch_augment(specs: list, fill: float):
     import torch
 
     def crop(x, pad: int, mode: str):
-        dy = torch.randint(0, 2 * pad + 1, (len(x),))  # each image's window, uniform in [0, 2 * pad] (dltrain's)
-        dx = torch.randint(0, 2 * pad + 1, (len(x),))
+        dy = torch.randint(0, 2 * pad + 1, (len(x),), device=x.device)  # each window's corner: [0, 2 * pad]
+        dx = torch.randint(0, 2 * pad + 1, (len(x),), device=x.device)
         return torch_shift(x, dy, dx, pad, fill, mode)
 
     def flip(x, p: float, dim: int):
-        return torch.where((torch.rand(len(x)) < p)[:, None, None, None], x.flip(dim), x)
+        return torch.where((torch.rand(len(x), device=x.device) < p)[:, None, None, None], x.flip(dim), x)
 
     steps = []
     for spec in specs or []:
@@ -681,9 +685,9 @@ DLTRAIN_WRAPPER = """
 import csv, json, resource, sys
 from pathlib import Path
 from dltrain.cli import main
-config, run_dir, epochs = sys.argv[1:4]
+config, run_dir, epochs, device = sys.argv[1:5]
 sys.argv = ["dltrain", "train", config, "--set", "training.epochs=" + epochs, "--set", "training.early_stopping=false",
-            "--run-dir", run_dir, "-q"]
+            "--run-dir", run_dir, "--device", device, "-q"]
 try:
     main()
 except SystemExit as done:
@@ -704,9 +708,10 @@ TRAINING_KEYS = {"epochs", "batch_size", "grad_clip", "ema", "early_stopping", "
                  "accumulate_steps"}  # what the PyTorch translation reads; any other key stops it
 
 
-def run_torch(case: str, samples: int | None, epochs: int) -> dict:
+def run_torch(case: str, samples: int | None, epochs: int, device: str = "cpu") -> dict:
     """The case for `epochs` epochs in PyTorch, as a PyTorch user writes it, each epoch's training loop timed;
-    validation after every epoch and the test at the end, untimed."""
+    validation after every epoch and the test at the end, untimed. On device 'gpu' the data, model and every
+    batch live on the GPU (dltrain's --device gpu keeps its data there too)."""
     import torch
     from torch import nn
 
@@ -728,13 +733,14 @@ def run_torch(case: str, samples: int | None, epochs: int) -> dict:
         specs = specs[:-1]
     splits = fashion_splits(config.get("seed", 0), data_options.get("val_fraction", 0.1), samples)
     fill = blank_pixel(splits)
-    data = {name: (torch.from_numpy(x), torch.from_numpy(y.astype("int64")))
+    at = torch.device("cuda" if device == "gpu" else "cpu")
+    data = {name: (torch.from_numpy(x).to(at), torch.from_numpy(y.astype("int64")).to(at))
             for name, (x, y) in normalized(splits).items()}
     del splits
     x, y = data["train"]
     n = len(x)
     steps = math.ceil(n / batch)
-    net = torch_network(specs, tuple(x.shape[1:]))
+    net = torch_network(specs, tuple(x.shape[1:])).to(at)
     opt = torch_optimizer(net.parameters(), config.get("optimizer", {"name": "adam"}))
     schedule = torch_schedule(opt, config.get("schedule", {"name": "constant"}), epochs, steps, batch)
     loss_fn = torch_loss(config, y, matmul_macs(specs, tuple(x.shape[1:]))[2][0])
@@ -749,7 +755,7 @@ def run_torch(case: str, samples: int | None, epochs: int) -> dict:
     for _ in range(epochs):
         net.train()
         start = time.perf_counter()
-        order = torch.randperm(n)
+        order = torch.randperm(n, device=at)
         loss_sum, correct = 0.0, 0
         for step in range(steps):
             idx = order[step * batch:(step + 1) * batch]
@@ -768,7 +774,7 @@ def run_torch(case: str, samples: int | None, epochs: int) -> dict:
                 ema.update_parameters(net)
             schedule.step()
             loss_sum += value * len(idx)
-            correct += int((out.argmax(dim=1) == yb).sum())
+            correct += int((out.argmax(dim=1) == yb).sum())  # (reads the GPU: the epoch's work is done)
         epoch_seconds.append(time.perf_counter() - start)
         train_loss.append(loss_sum / n)
         val_accuracy.append(torch_evaluate(evaluated, *data["val"], loss_fn, eval_batch, views)[1])
@@ -844,15 +850,21 @@ def run_numpy(case: str, samples: int | None, epochs: int) -> dict:
     return {"epoch_seconds": epoch_seconds, "train_loss": train_loss}
 
 
-def worker(framework: str, case: str, samples: int | None, epochs: int) -> None:
+def worker(framework: str, case: str, samples: int | None, epochs: int, device: str = "cpu") -> None:
     import resource
 
-    result = {"torch": run_torch, "numpy": run_numpy}[framework](case, samples, epochs)
+    result = run_torch(case, samples, epochs, device) if framework == "torch" else run_numpy(case, samples, epochs)
     result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
 
 
 # ---------------------------------------------------------------- the machine
+
+
+def gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0)
 
 
 def blas_kernel() -> str:
@@ -905,6 +917,7 @@ def own_options() -> argparse.Namespace:
     parser.add_argument("--samples", type=int)
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--readme", action="store_true")
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     known, sys.argv[1:] = parser.parse_known_args()
     if known.samples is not None and known.samples < 1:
         raise SystemExit("--samples: a positive number of training samples")
@@ -944,9 +957,10 @@ def measure(framework: str, case: str, config: Path, folder: Path, opts: argpars
            "OPENBLAS_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
     if framework == "dltrain":
         run_dir = Path(tempfile.mkdtemp(prefix=f"run-{case}-", dir=folder))
-        command = [sys.executable, "-c", DLTRAIN_WRAPPER, str(config), str(run_dir), str(opts.epochs)]
+        command = [sys.executable, "-c", DLTRAIN_WRAPPER, str(config), str(run_dir), str(opts.epochs), opts.device]
     else:
-        command = [sys.executable, __file__, "--worker", framework, case, "--epochs", str(opts.epochs)] + \
+        command = [sys.executable, __file__, "--worker", framework, case, "--epochs", str(opts.epochs),
+                   "--device", opts.device] + \
             (["--samples", str(opts.samples)] if opts.samples else [])
     out = subprocess.run(command, capture_output=True, text=True, env=env)
     if out.returncode != 0:
@@ -987,7 +1001,7 @@ def main() -> None:
     opts = own_options()
     args = arguments(__doc__, CASES, reps=3)
     if args.worker:
-        worker(*args.worker, opts.samples, opts.epochs)
+        worker(*args.worker, opts.samples, opts.epochs, opts.device)
         return
     cases = args.cases.split(",")
     unknown = [c for c in cases if c not in CASES]
@@ -1006,7 +1020,8 @@ def main() -> None:
         smoke_data = write_smoke_data(folder, opts.samples) if opts.samples else None
         for case in cases:
             config = write_case_config(case, folder, smoke_data)
-            frameworks = ["dltrain", "torch"] + (["numpy"] if CASES[case][0] in HAND_WRITTEN else [])
+            frameworks = ["dltrain", "torch"] + (["numpy"] if CASES[case][0] in HAND_WRITTEN and
+                                                 opts.device == "cpu" else [])
             runs = results[case] = alternating(
                 case, frameworks, args.reps, lambda f, c, config=config: measure(f, c, config, folder, opts))
             n = samples[case] = runs["torch"][0]["train_samples"]
@@ -1020,6 +1035,10 @@ def main() -> None:
                "torch": torch_info["version"], "torch_backends": torch_info["backends"],
                "date": time.strftime("%Y-%m-%d"), "reps": args.reps, "epochs": opts.epochs}
     text = results_section(results, samples, machine, command_line(args, opts))
+    if opts.device == "gpu":  # the section is the CPU's: print the GPU's figures, write nothing
+        print("\n" + text + f"\n--device gpu ({gpu_name()}): both sides trained on the GPU; the machine line above is "
+              f"the host's; {args.out} and README.md not written")
+        return
     if opts.samples:
         print("\n" + text + f"\nWARNING: --samples {opts.samples} (smoke test): {args.out}"
               + (" and README.md" if opts.readme else "") + " not written")

@@ -7,7 +7,8 @@
 #   3. bench   benchmarks/gpu.py: dltrain against PyTorch CUDA and a hand-written CuPy MLP
 # Usage:  bash benchmarks/gpu_check.sh [tests] [configs] [bench]      (default: all three)
 # With a 10-minute limit per command, run it as two commands on one warm machine: `tests configs`, then `bench`
-# (each a few minutes; device.txt records how long each stage took).
+# (each a few minutes; device.txt records how long each stage took). Limits in seconds: GPU_CHECK_TEST_LIMIT (300),
+# GPU_CHECK_CONFIG_LIMIT (120 a config), GPU_CHECK_BENCH_LIMIT (420); GPU_BENCH_ARGS goes to gpu.py (--reps 1).
 # Writes 7 files (the device tool returns 8 at most): device.txt, tests.log, configs.md, configs.log, profile.txt,
 # bench.log and RESULTS.md (benchmarks/RESULTS.md with the GPU section), to $OUT (the device tool's output folder)
 # or ./gpu_check_out. Prepare here first: bash benchmarks/gpu_prepare.sh
@@ -16,6 +17,7 @@ cd "$(dirname "$0")/.."
 out=${OUT:-gpu_check_out}
 mkdir -p "$out"
 stages=${*:-tests configs bench}
+GPU_BENCH_ARGS=${GPU_BENCH_ARGS:-}
 device=${GPU_CHECK_DEVICE:-gpu}  # GPU_CHECK_DEVICE=cpu smoke-tests this script on a machine without a GPU
 status=0
 
@@ -37,8 +39,9 @@ for stage in $stages; do
     case $stage in
     tests)
         # the real-GPU cases only: the stand-in GPU and the kernels compiled for the CPU ran in CI already
-        timeout 300 python3 -m pytest -q -k "gpu and not stand-in and not cuda-on-cpu" -p no:cacheprovider tests \
-            2>&1 | tee "$out/tests.log"
+        workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n ${GPU_CHECK_WORKERS:-8}")  # one GPU, many processes
+        timeout "${GPU_CHECK_TEST_LIMIT:-300}" python3 -m pytest -q $workers --durations=15 \
+            -k "gpu and not stand-in and not cuda-on-cpu" -p no:cacheprovider tests 2>&1 | tee "$out/tests.log"
         [ "${PIPESTATUS[0]}" = 0 ] || status=1
         ;;
     configs)
@@ -49,9 +52,11 @@ for stage in $stages; do
             name=$(basename "$config" .yaml)
             run=/tmp/gpu_runs/$name
             rm -rf "$run"
+            extra=()
+            [[ $name == wordlists_* && -d .gpu_data/dict ]] && extra=(--set "data.path=$PWD/.gpu_data/dict")
             echo "== $name" >> "$out/configs.log"
-            if timeout 120 python3 -m dltrain train "$config" --device "$device" --run-dir "$run" --quiet \
-                    --set training.epochs=1 >> "$out/configs.log" 2>&1; then
+            if timeout "${GPU_CHECK_CONFIG_LIMIT:-120}" python3 -m dltrain train "$config" --device "$device" --run-dir "$run" --quiet \
+                    --set training.epochs=1 "${extra[@]}" >> "$out/configs.log" 2>&1; then
                 python3 - "$run" "$name" >> "$out/configs.md" <<'PY'
 import json, sys
 run, name = sys.argv[1:]
@@ -76,7 +81,8 @@ PY
         ;;
     bench)
         cp benchmarks/RESULTS.md "$out/RESULTS.md"
-        timeout 420 python3 benchmarks/gpu.py --out "$out/RESULTS.md" 2>&1 | tee "$out/bench.log"
+        timeout "${GPU_CHECK_BENCH_LIMIT:-420}" python3 benchmarks/gpu.py --out "$out/RESULTS.md" $GPU_BENCH_ARGS \
+            2>&1 | tee "$out/bench.log"
         [ "${PIPESTATUS[0]}" = 0 ] || status=1
         ;;
     *) echo "unknown stage $stage (expected tests, configs or bench)"; exit 2 ;;

@@ -3,7 +3,7 @@
 # the GPU machine's image lacks. Both folders are git-ignored locally (.git/info/exclude) and travel with
 # the device tool's `carry`:
 #   .whl/       pydantic and the packages it needs, as wheels for the GPU image's Python (3.12, x86-64)
-#   .gpu_data/  Fashion-MNIST (Debian's dataset-fashion-mnist), so the shipped configs train there
+#   .gpu_data/  Fashion-MNIST (Debian's dataset-fashion-mnist) and the word lists, so the shipped configs train there
 # Then, with the device tool:  run(command="bash benchmarks/gpu_check.sh", carry=[".whl", ".gpu_data"])
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,4 +17,8 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
     -d .whl $wheels
 mkdir -p .gpu_data/fashion-mnist
 cp /usr/share/datasets/fashion-mnist/*.gz .gpu_data/fashion-mnist/
+mkdir -p .gpu_data/dict  # the word lists of configs/wordlists_*.yaml (Debian's w* packages)
+for list in american-english ngerman french spanish italian portuguese dutch; do
+    cp "/usr/share/dict/$list" .gpu_data/dict/
+done
 du -sh .whl .gpu_data

@@ -27,7 +27,7 @@ def numerical_gradient(objective, array, step: float = STEP):
     flat_array = array.reshape(-1)  # a view: writes reach `array`
     flat_grad = grad.reshape(-1)
     for i in range(flat_array.size):
-        original = flat_array[i]
+        original = flat_array[i].item()  # a copy: CuPy's flat_array[i] is a view, which the next line would change
         flat_array[i] = original + step
         plus = objective()
         flat_array[i] = original - step

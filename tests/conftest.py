@@ -58,6 +58,7 @@ def fake_gpu(monkeypatch):
     monkeypatch.setattr(backend, "_cupy_error", None)
     monkeypatch.setattr(backend, "_device_rngs", {})
     monkeypatch.setattr(backend, "_tf32_devices", {})
+    monkeypatch.setattr(backend, "nccl_module", lambda: None)  # the stand-in has no NCCL, even beside a real CuPy
     for name, module in fake_cupy.cupyx_modules().items():
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setattr(backend, "fused", lambda array: kernels if backend.fused_enabled() and isinstance(

@@ -39,7 +39,11 @@ class DeviceArray(np.ndarray):
 
     def __getitem__(self, index):
         _refuse_host(index if isinstance(index, tuple) else (index,), "indexing")
-        return _device(_host_view(self)[_unwrap(index)])
+        host, index = _host_view(self), _unwrap(index)
+        result = host[index]
+        if isinstance(result, np.generic):  # CuPy gives a 0-d view of the element, not a copy
+            result = host[(index if isinstance(index, tuple) else (index,)) + (Ellipsis,)]
+        return _device(result)
 
     def __setitem__(self, index, value):
         _refuse_host(index if isinstance(index, tuple) else (index,), "indexing")

@@ -393,12 +393,12 @@ def test_tf32_convolutions_stay_close_to_float32():
     """On a real GPU: a float32 convolution and its gradients with TF32 within 1e-2 (relative to the largest value)
     of the full-float32 ones."""
     results = []
+    x_array = R.standard_normal((8, 16, 14, 14)).astype(np.float32)  # the same inputs on both paths
+    w_array = R.standard_normal((32, 16, 3, 3)).astype(np.float32)
     for tf32 in (False, True):
         with backend.tf32_convolutions(tf32):
-            x = Tensor(backend.to_device(R.standard_normal((8, 16, 14, 14)).astype(np.float32), "gpu"),
-                       requires_grad=True)
-            w = Tensor(backend.to_device(R.standard_normal((32, 16, 3, 3)).astype(np.float32), "gpu"),
-                       requires_grad=True)
+            x = Tensor(backend.to_device(x_array, "gpu"), requires_grad=True)
+            w = Tensor(backend.to_device(w_array, "gpu"), requires_grad=True)
             out = F.conv2d(x, w, padding=1)
             (out * out).sum().backward()
             results.append([backend.to_numpy(a) for a in (out.data, x.grad, w.grad)])

@@ -41,15 +41,15 @@ def cross_entropy(input, target, weight=None, ignore_index: int = -100, reductio
         raise ShapeError(f"cross_entropy: expected logits (N, C, ...) and targets (N, ...); "
                          f"got logits {x.shape} and targets {labels.shape}")
     classes = x.shape[1]
-    if weight is None and not label_smoothing and reduction == "mean" and x.ndim == 2 and labels.size:
+    if weight is None and reduction == "mean" and x.ndim == 2 and labels.size:
         if not check_targets or (int(labels.min()) >= 0 and int(labels.max()) < classes):
-            return _mean_cross_entropy(x, labels)
+            return _mean_cross_entropy(x, labels, label_smoothing)
     # Classes on the last axis, samples flattened: logits (M, C), labels (M,).
     logits = xp.moveaxis(x.data, 1, -1).reshape(-1, classes)
     labels = labels.reshape(-1)
     keep = labels != ignore_index
     safe_labels = xp.where(keep, labels, 0)
-    if bool(((safe_labels < 0) | (safe_labels >= classes)).any()):
+    if check_targets and bool(((safe_labels < 0) | (safe_labels >= classes)).any()):  # a GPU waits here
         raise ValueError(f"cross_entropy: target values must be in [0, {classes - 1}] "
                          f"(or ignore_index={ignore_index})")
     rows = xp.arange(len(labels))
@@ -113,12 +113,25 @@ def _soft_cross_entropy(x: Tensor, probabilities, weight, reduction: str, label_
     return make_result(out, (x,), backward, "cross_entropy")
 
 
-def _mean_cross_entropy(x: Tensor, labels) -> Tensor:
-    """The training case: (N, C) logits, valid labels, mean over samples. Gradient: (softmax - onehot) / N."""
+def _mean_cross_entropy(x: Tensor, labels, smoothing: float = 0.0) -> Tensor:
+    """The training case: (N, C) logits, valid labels, mean over samples, no host read (on a GPU the step runs on).
+    Loss: mean of (1 - e) -log p[y] + e/C sum_c -log p[c]; gradient: (softmax - (1 - e) onehot - e/C) / N, i.e.
+    (1 - e)(softmax - onehot)/N + e (softmax - 1/C)/N."""
     kernels = backend.kernels_for(x.data)  # log-softmax and per-row losses in one kernel, the gradient in another
     log_p, row_loss = kernels.log_softmax_nll(x.data, labels)
-    return make_result(row_loss.mean(), (x,), lambda g: (kernels.cross_entropy_backward(log_p, labels, g),),
-                       "cross_entropy")
+    if not smoothing:
+        return make_result(row_loss.mean(), (x,), lambda g: (kernels.cross_entropy_backward(log_p, labels, g),),
+                           "cross_entropy")
+    xp = backend.array_module(log_p)
+    n, classes = log_p.shape
+    loss = (1 - smoothing) * row_loss.mean() - (smoothing / (classes * n)) * log_p.sum()
+
+    def backward(g):
+        grad = kernels.cross_entropy_backward(log_p, labels, g * (1 - smoothing))
+        grad += (xp.exp(log_p) - 1 / classes) * (g * (smoothing / n))
+        return (grad,)
+
+    return make_result(loss, (x,), backward, "cross_entropy")
 
 
 def _reduce(losses, reduction: str):

@@ -56,6 +56,9 @@ CASES = {
                       [randn(6, 4)]),
     "cross_entropy_huge_logits": (lambda x: F.cross_entropy(x, LABELS),
                                   lambda x: TF.cross_entropy(x, torch.tensor(LABELS)), [randn(6, 4, scale=1e4)]),
+    "cross_entropy_smoothing": (lambda x: F.cross_entropy(x, LABELS, label_smoothing=0.1),  # the fused path
+                                lambda x: TF.cross_entropy(x, torch.tensor(LABELS), label_smoothing=0.1),
+                                [randn(6, 4)]),
     "cross_entropy_weight_smoothing": (
         lambda x: F.cross_entropy(x, LABELS, weight=np.array([1, 2, 0.5, 1], np.float32), label_smoothing=0.1),
         lambda x: TF.cross_entropy(x, torch.tensor(LABELS), weight=torch.tensor([1, 2, 0.5, 1]),

@@ -100,6 +100,8 @@ CASES = {
     "cross_entropy": (lambda x: F.cross_entropy(x, np.array([0, 2, 1, 2])), [randn(4, 3)]),
     "cross_entropy_sum": (lambda x: F.cross_entropy(x, np.array([0, 2, 1, 2]), reduction="sum"), [randn(4, 3)]),
     "cross_entropy_none": (lambda x: F.cross_entropy(x, np.array([0, 2, 1, 2]), reduction="none"), [randn(4, 3)]),
+    "cross_entropy_smoothed": (lambda x: F.cross_entropy(x, np.array([0, 2, 1, 2]), label_smoothing=0.2),
+                               [randn(4, 3)]),
     "cross_entropy_weighted_smoothed_ignore": (
         lambda x: F.cross_entropy(x, np.array([0, 2, -100, 1]), weight=np.array([1.0, 2.0, 0.5]),
                                   label_smoothing=0.2), [randn(4, 3)]),
