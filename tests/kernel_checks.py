@@ -17,6 +17,14 @@ def check_kernels_against_reference(cupy, cuda, dtype):
     def host(*arrays):
         return [cupy.asnumpy(a) for a in arrays]
 
+    table = R.standard_normal(256).astype(dtype)
+    codes = R.integers(0, 256, (40, 1, 6, 5), dtype=np.uint8)
+    for index in (R.permutation(40)[:17], np.array([3, 3, 0, 39]), np.zeros(0, np.int64), slice(5, 30, 2)):
+        got = cuda.lookup_rows(cupy.asarray(table), cupy.asarray(codes),
+                               index if isinstance(index, slice) else cupy.asarray(index))
+        want = reference.lookup_rows(table, codes, index)
+        assert got.dtype == dtype and got.shape == want.shape and np.array_equal(host(got)[0], want)
+        assert np.array_equal(want, table[codes[index].astype(np.int64)])
     grad, out = R.standard_normal((2, 300)).astype(dtype)
     np.testing.assert_array_equal(host(cuda.relu_backward(cupy.asarray(grad), cupy.asarray(out)))[0],
                                   reference.relu_backward(grad, out))

@@ -199,7 +199,7 @@ def test_every_kernel_set_implements_the_written_interface():
     is the reference's own function."""
     wanted = {name: [p for p in inspect.signature(member).parameters if p != "self"]
               for name, member in vars(kernels.Kernels).items() if inspect.isfunction(member) and name[0] != "_"}
-    assert len(wanted) == 30
+    assert len(wanted) == 31
     assert {"gelu_forward", "avg_pool_backward", "lstm_backward", "layer_norm_backward"} <= set(wanted)
     for module in (reference, cpu):
         for function, parameters in wanted.items():
@@ -208,7 +208,7 @@ def test_every_kernel_set_implements_the_written_interface():
     in_cuda = _signatures(tree)
     taken = {alias.name for node in ast.walk(tree)
              if isinstance(node, ast.ImportFrom) and node.module == "dltrain.backend.reference" for alias in node.names}
-    assert taken == {"avg_pool_forward", "avg_pool_backward"}
+    assert taken == {"avg_pool_forward", "avg_pool_backward", "lookup_rows"}
     for function, parameters in wanted.items():
         assert in_cuda.get(function, parameters if function in taken else None) == parameters, function
     assert cpu.MAX_POOL_WINDOW == 255 and "MAX_POOL_WINDOW = 255" in Path(backend.__file__).with_name(

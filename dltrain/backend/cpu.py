@@ -156,6 +156,34 @@ def gelu_backward(grad, x):
     return grad_in
 
 
+# ---------------------------------------------------------------- data
+
+
+@_Kernel
+def _lookup_rows(table, codes, index, out):
+    width = codes.shape[1]
+    for r in prange(index.size):
+        row = index[r]
+        for k in range(width):
+            out[r, k] = table[codes[row, k]]
+
+
+def lookup_rows(table, codes, index):
+    """table[codes[index]] in one pass over the chosen rows (NumPy's fancy indexing makes the uint8 batch first
+    and then gathers from the table: about three times the time for a batch of 128 images)."""
+    if not codes.flags.c_contiguous:
+        return table[codes[index]]
+    index = np.arange(*index.indices(len(codes))) if isinstance(index, slice) else np.asarray(index)
+    if index.ndim != 1 or index.dtype.kind not in "iu" or (index.size and (index.min() < 0 or
+                                                                        index.max() >= len(codes))):
+        return table[codes[index]]  # NumPy's semantics and errors for anything else
+    out = np.empty((index.size,) + codes.shape[1:], dtype=table.dtype)
+    width = math.prod(codes.shape[1:])
+    _lookup_rows(out.size, np.ascontiguousarray(table), codes.reshape(len(codes), width),
+                 index.astype(np.int64, copy=False), out.reshape(index.size, width))
+    return out
+
+
 # ---------------------------------------------------------------- softmax cross-entropy
 
 

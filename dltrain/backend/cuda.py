@@ -724,8 +724,9 @@ MAX_POOL_WINDOW = 255  # the winning offset is kept in one byte
 GATHER_GRADIENTS = True  # the optimizers gather all gradients into one buffer: one launch instead of one each
 
 
-# Average pooling runs as the reference's CuPy array code: one strided add per window offset.
-from dltrain.backend.reference import avg_pool_backward, avg_pool_forward  # noqa: E402, F401 (absolute: the tests load this file on its own)
+# Average pooling runs as the reference's CuPy array code (one strided add per window offset), and so does the lookup
+# of 8-bit inputs (two CuPy gathers: a batch of bytes, then the table).
+from dltrain.backend.reference import avg_pool_backward, avg_pool_forward, lookup_rows  # noqa: E402, F401 (absolute: the tests load this file on its own)
 
 
 def max_pool_forward(x, kernel, stride, padding, out_hw):

@@ -41,6 +41,12 @@ class Kernels(Protocol):
     def gelu_backward(self, grad, x):
         """Returns grad * (Phi(x) + x * phi(x)), phi the standard normal density."""
 
+    # ------------------------------------------------------------ data
+    def lookup_rows(self, table, codes, index):
+        """Returns table[codes[index]] in table's dtype: rows `index` (a slice, or integers in [0, N)) of 8-bit codes
+        (N, ...) uint8, each byte replaced by its entry of table (256,): a batch of 8-bit images normalized in one
+        pass (data/splits.py's NormalizedBytes)."""
+
     # ------------------------------------------------------------ softmax cross-entropy, (N, classes) logits
     def log_softmax_nll(self, logits, labels):
         """Returns (log_p, row_loss): the row-wise log-softmax (N, classes) and -log_p[row, label] (N,)."""

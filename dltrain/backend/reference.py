@@ -67,6 +67,14 @@ def gelu_backward(grad, x):
     return (grad * (cdf + x * xp.exp(-0.5 * x * x) * _INV_SQRT_2PI)).astype(x.dtype, copy=False)
 
 
+# ---------------------------------------------------------------- data
+
+
+def lookup_rows(table, codes, index):
+    """The rows `index` of 8-bit codes, each byte replaced by its entry of `table`."""
+    return table[codes[index]]
+
+
 # ---------------------------------------------------------------- softmax cross-entropy
 
 

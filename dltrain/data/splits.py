@@ -40,6 +40,33 @@ class NormalizedRows:
         return normalize(backend.to_device(self.view[index], self.device), self.stats)
 
 
+class NormalizedBytes:
+    """A split of 8-bit inputs (images) kept as its bytes on its device, each batch normalized as it is read: a float
+    copy of the whole split takes four times the memory (Fashion-MNIST's 54,000 training images: 42 MB as bytes,
+    169 MB in float32), and reading a batch of bytes moves a quarter of the data. With one mean and std for every
+    value (normalize: global or none), a table of normalize()'s 256 results makes a batch one gather, equal to
+    normalize() to the bit; per-feature statistics normalize each batch with normalize() itself."""
+
+    def __init__(self, raw, stats: dict, device: str):
+        self.raw, self.device = backend.to_device(raw, device), device
+        self.shape, self.ndim, self.dtype = raw.shape, raw.ndim, np.dtype(backend.default_dtype())
+        constant = all(np.ptp(np.asarray(a)) == 0 for a in stats.values())
+        if constant:  # normalize() of each byte value, through the same broadcasting
+            values = np.arange(256, dtype=np.uint8).reshape((256,) + (1,) * (raw.ndim - 1))
+            self.table = backend.to_device(normalize(values, stats).reshape(256), device)
+        else:
+            self.table = None
+            self.stats = {key: backend.to_device(np.asarray(a, np.float64), device) for key, a in stats.items()}
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, index):
+        if self.table is not None:
+            return backend.kernels_for(self.table).lookup_rows(self.table, self.raw, index)
+        return normalize(self.raw[index], self.stats)
+
+
 def normalize(batch, stats: dict):
     """(inputs - mean) / std computed in float64 and rounded once to the default dtype, on the inputs' device (stats
     there too): one formula for whole splits, image batches and predictions, so they agree to the bit."""
@@ -49,7 +76,7 @@ def normalize(batch, stats: dict):
 
 @dataclass
 class Split:
-    x: object  # device array, samples first, default float dtype (or NormalizedRows for image folders)
+    x: object  # device array, samples first, default float dtype (or NormalizedRows / NormalizedBytes: read by batch)
     y: object  # device array: int64 class labels, or float targets (N, k)
 
     def __len__(self) -> int:
@@ -164,6 +191,9 @@ def to_split(x, y, stats: dict, device: str) -> Split:
     if isinstance(x, RowView):
         y = y if y.dtype.kind == "i" else y.astype(backend.default_dtype())
         return Split(NormalizedRows(x, stats, device), backend.to_device(y, device))
+    if x.dtype == np.uint8:
+        y = y if y.dtype.kind == "i" else y.astype(backend.default_dtype())
+        return Split(NormalizedBytes(x, stats, device), backend.to_device(y, device))
     normalized = np.empty(x.shape, dtype=backend.default_dtype())
     for start in range(0, len(x), CHUNK):
         normalized[start:start + CHUNK] = normalize(x[start:start + CHUNK], stats)

@@ -357,3 +357,35 @@ def test_check_refuses_inputs_an_embedding_cannot_take(tmp_path, data, vocab_siz
         splits = prepare(cfg.data, "classification", cfg.seed, "cpu", token_ids=True)
         expected = expected.format(value=f"{float(splits.train.x[0, 0]):g}", index=(0, 0))
     assert result.stderr == f"error: {expected.format(path=tmp_path / 'tokens.npz')}\n"
+
+
+@pytest.mark.parametrize("mode", ["global", "feature"])
+@pytest.mark.parametrize("device", ["cpu", "stand-in-gpu"])
+def test_8_bit_inputs_stay_bytes_and_each_batch_is_normalized_to_the_bit(tmp_path, request, mode, device):
+    """A split of uint8 images is kept as its bytes (a quarter of a float32 copy); every batch read from it, by index
+    or by slice, is bit for bit what normalizing the whole split in float64 and rounding to float32 gives."""
+    from dltrain import backend
+    from dltrain.data.splits import NormalizedBytes
+
+    if device == "stand-in-gpu":
+        request.getfixturevalue("fake_gpu")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (120, 1, 6, 5), dtype=np.uint8)
+    x[:, 0, 0, 0] = 3  # per feature: one constant pixel (its std becomes 1)
+    y = np.arange(120) % 3
+    np.savez(tmp_path / "d.npz", x=x, y=y, x_test=x[:10], y_test=y[:10])
+    splits = prepare({"name": "npz", "path": str(tmp_path / "d.npz"), "val_fraction": 0.25, "normalize": mode},
+                     "classification", 0, "gpu" if device != "cpu" else "cpu")
+    train = splits.train.x
+    assert isinstance(train, NormalizedBytes) and train.raw.dtype == np.uint8 and train.raw.nbytes == 90 * 30
+    assert (train.table is not None) == (mode == "global")
+    raw = backend.to_numpy(train.raw)
+    stats = {key: np.asarray(value, np.float64) for key, value in splits.normalization.items()}
+    expected = ((raw.astype(np.float64) - stats["mean"]) / stats["std"]).astype(np.float32)
+    order = rng.permutation(90)[:32]
+    index = backend.to_device(order, "gpu") if device != "cpu" else order
+    for batch, want in ((train[index], expected[order]), (train[5:37], expected[5:37])):
+        assert backend.device_of(batch) == ("cpu" if device == "cpu" else "gpu")
+        got = backend.to_numpy(batch)
+        assert got.dtype == np.float32 and got.shape == want.shape and np.array_equal(got, want)
+    assert train.shape == (90, 1, 6, 5) and len(train) == 90 and splits.test.x[:10].shape == (10, 1, 6, 5)
