@@ -45,7 +45,7 @@ class Kernels(Protocol):
     def lookup_rows(self, table, codes, index):
         """Returns table[codes[index]] in table's dtype: rows `index` (a slice, or integers in [0, N)) of 8-bit codes
         (N, ...) uint8, each byte replaced by its entry of table (256,): a batch of 8-bit images normalized in one
-        pass (data/splits.py's NormalizedBytes)."""
+        pass (data/splits.py's NormalizedRows)."""
 
     # ------------------------------------------------------------ softmax cross-entropy, (N, classes) logits
     def log_softmax_nll(self, logits, labels):

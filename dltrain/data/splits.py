@@ -23,48 +23,34 @@ np = backend.np
 
 
 class NormalizedRows:
-    """A RowView read batch by batch: each batch goes to the device as uint8 and is normalized there, so an image
-    folder larger than memory trains (the float copy of a whole split never exists)."""
+    """Inputs kept as they were read and normalized batch by batch, so the float copy of a whole split never exists:
+    an image folder's RowView (memory-mapped on the host: a batch goes to the device as uint8), or an 8-bit split in
+    memory, kept as its bytes on its device (Fashion-MNIST's 54,000 training images: 42 MB, not 169 MB in float32).
+    With 8-bit inputs and one mean and std for every value (normalize: global or none), a table of normalize()'s 256
+    results makes a batch one gather (lookup_rows), equal to normalize() to the bit; otherwise normalize() runs on
+    each batch."""
 
-    def __init__(self, view: RowView, stats: dict, device: str):
-        self.view, self.device = view, device
-        self.stats = {key: backend.to_device(np.asarray(a, np.float64), device) for key, a in stats.items()}
-        self.shape, self.ndim, self.dtype = view.shape, view.ndim, np.dtype(backend.default_dtype())
-
-    def __len__(self) -> int:
-        return len(self.view)
-
-    def __getitem__(self, index):
-        if not isinstance(index, slice):
-            index = backend.to_numpy(index)
-        return normalize(backend.to_device(self.view[index], self.device), self.stats)
-
-
-class NormalizedBytes:
-    """A split of 8-bit inputs (images) kept as its bytes on its device, each batch normalized as it is read: a float
-    copy of the whole split takes four times the memory (Fashion-MNIST's 54,000 training images: 42 MB as bytes,
-    169 MB in float32), and reading a batch of bytes moves a quarter of the data. With one mean and std for every
-    value (normalize: global or none), a table of normalize()'s 256 results makes a batch one gather, equal to
-    normalize() to the bit; per-feature statistics normalize each batch with normalize() itself."""
-
-    def __init__(self, raw, stats: dict, device: str):
-        self.raw, self.device = backend.to_device(raw, device), device
-        self.shape, self.ndim, self.dtype = raw.shape, raw.ndim, np.dtype(backend.default_dtype())
-        constant = all(np.ptp(np.asarray(a)) == 0 for a in stats.values())
-        if constant:  # normalize() of each byte value, through the same broadcasting
-            values = np.arange(256, dtype=np.uint8).reshape((256,) + (1,) * (raw.ndim - 1))
+    def __init__(self, rows, stats: dict, device: str):
+        self.on_host = isinstance(rows, RowView)
+        self.rows, self.device = rows if self.on_host else backend.to_device(rows, device), device
+        self.shape, self.ndim, self.dtype = rows.shape, rows.ndim, np.dtype(backend.default_dtype())
+        self.table = None
+        if rows.dtype == np.uint8 and all(np.ptp(np.asarray(a)) == 0 for a in stats.values()):
+            values = np.arange(256, dtype=np.uint8).reshape((256,) + (1,) * (rows.ndim - 1))  # stats broadcast so
             self.table = backend.to_device(normalize(values, stats).reshape(256), device)
-        else:
-            self.table = None
-            self.stats = {key: backend.to_device(np.asarray(a, np.float64), device) for key, a in stats.items()}
+        self.stats = {key: backend.to_device(np.asarray(a, np.float64), device) for key, a in stats.items()}
 
     def __len__(self) -> int:
-        return len(self.raw)
+        return len(self.rows)
 
     def __getitem__(self, index):
+        rows = self.rows
+        if self.on_host:  # read the batch off the host, then index it as a whole
+            rows = backend.to_device(rows[index if isinstance(index, slice) else backend.to_numpy(index)], self.device)
+            index = slice(None)
         if self.table is not None:
-            return backend.kernels_for(self.table).lookup_rows(self.table, self.raw, index)
-        return normalize(self.raw[index], self.stats)
+            return backend.kernels_for(self.table).lookup_rows(self.table, rows, index)
+        return normalize(rows[index], self.stats)
 
 
 def normalize(batch, stats: dict):
@@ -76,7 +62,7 @@ def normalize(batch, stats: dict):
 
 @dataclass
 class Split:
-    x: object  # device array, samples first, default float dtype (or NormalizedRows / NormalizedBytes: read by batch)
+    x: object  # device array, samples first, default float dtype (or NormalizedRows: read and normalized by batch)
     y: object  # device array: int64 class labels, or float targets (N, k)
 
     def __len__(self) -> int:
@@ -188,12 +174,9 @@ def normalization_stats(x_train, mode: str) -> dict:
 
 
 def to_split(x, y, stats: dict, device: str) -> Split:
-    if isinstance(x, RowView):
+    if isinstance(x, RowView) or x.dtype == np.uint8:
         y = y if y.dtype.kind == "i" else y.astype(backend.default_dtype())
         return Split(NormalizedRows(x, stats, device), backend.to_device(y, device))
-    if x.dtype == np.uint8:
-        y = y if y.dtype.kind == "i" else y.astype(backend.default_dtype())
-        return Split(NormalizedBytes(x, stats, device), backend.to_device(y, device))
     normalized = np.empty(x.shape, dtype=backend.default_dtype())
     for start in range(0, len(x), CHUNK):
         normalized[start:start + CHUNK] = normalize(x[start:start + CHUNK], stats)

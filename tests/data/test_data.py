@@ -365,7 +365,7 @@ def test_8_bit_inputs_stay_bytes_and_each_batch_is_normalized_to_the_bit(tmp_pat
     """A split of uint8 images is kept as its bytes (a quarter of a float32 copy); every batch read from it, by index
     or by slice, is bit for bit what normalizing the whole split in float64 and rounding to float32 gives."""
     from dltrain import backend
-    from dltrain.data.splits import NormalizedBytes
+    from dltrain.data.splits import NormalizedRows
 
     if device == "stand-in-gpu":
         request.getfixturevalue("fake_gpu")
@@ -377,9 +377,9 @@ def test_8_bit_inputs_stay_bytes_and_each_batch_is_normalized_to_the_bit(tmp_pat
     splits = prepare({"name": "npz", "path": str(tmp_path / "d.npz"), "val_fraction": 0.25, "normalize": mode},
                      "classification", 0, "gpu" if device != "cpu" else "cpu")
     train = splits.train.x
-    assert isinstance(train, NormalizedBytes) and train.raw.dtype == np.uint8 and train.raw.nbytes == 90 * 30
+    assert isinstance(train, NormalizedRows) and train.rows.dtype == np.uint8 and train.rows.nbytes == 90 * 30
     assert (train.table is not None) == (mode == "global")
-    raw = backend.to_numpy(train.raw)
+    raw = backend.to_numpy(train.rows)
     stats = {key: np.asarray(value, np.float64) for key, value in splits.normalization.items()}
     expected = ((raw.astype(np.float64) - stats["mean"]) / stats["std"]).astype(np.float32)
     order = rng.permutation(90)[:32]

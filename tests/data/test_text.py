@@ -276,7 +276,7 @@ def test_a_second_run_tokenizes_nothing_and_a_changed_file_is_tokenized_again(tm
     assert cached == [".json", ".npy", ".npy"]
     second = prepare(data, "classification", 0, "cpu")
     assert calls == {"fit": 1, "encode": 2}
-    assert isinstance(second.train.x.view.pixels, np.memmap)  # read memory-mapped, batch by batch
+    assert isinstance(second.train.x.rows.pixels, np.memmap)  # read memory-mapped, batch by batch
     np.testing.assert_array_equal(second.train.x[np.arange(12)], first.train.x[np.arange(12)])
     # evaluating a checkpoint: its stored tokenizer, never a new fit, and the same cached ids
     third = prepare(data, "classification", 0, "cpu", stats=first.normalization, text=first.text)
