@@ -89,14 +89,119 @@ def test_kernels_take_non_contiguous_inputs(layout):
     np.testing.assert_array_equal(cpu.relu_backward(view, view), cpu.relu_backward(copy, copy))
 
 
+def _channel_major(array):
+    """The same values as `array` (N, C, ...) in channel-major memory: (C, N, ...) C-contiguous, axes 0 and 1 swapped."""
+    return np.ascontiguousarray(array.swapaxes(0, 1)).swapaxes(0, 1)
+
+
+def _is_channel_major(array):
+    return not array.flags.c_contiguous and array.swapaxes(0, 1).flags.c_contiguous
+
+
+def test_channel_major_arrays_give_the_values_of_their_nchw_copies_in_their_own_order(cores):
+    """A convolution's activation on the CPU is its product, (F, N, OH, OW) memory under the (N, F, OH, OW) shape
+    (cpu.CHANNEL_MAJOR): every kernel that takes (N, C, ...) arrays gives for it exactly what it gives for the NCHW
+    copy, and returns its result channel-major too, so nothing between two convolutions moves the activation."""
+    rng = np.random.default_rng(6)
+    nchw = rng.standard_normal((5, 3, 9, 8)).astype(np.float32)
+    x = _channel_major(nchw)
+    assert _is_channel_major(x) and np.array_equal(x, nchw)
+    geometry = ((3, 3), (2, 1), (1, 1), (1, 1), (5, 8))
+    np.testing.assert_array_equal(cpu.im2col(x, *geometry), cpu.im2col(nchw, *geometry))
+    np.testing.assert_array_equal(cpu.im2col(x[1:4], *geometry), cpu.im2col(nchw[1:4], *geometry))  # a chunk
+    columns = rng.standard_normal((27, 5 * 5 * 8)).astype(np.float32)
+    want, got = np.empty_like(nchw), np.empty_like(x)
+    cpu.col2im(columns, want, *geometry)
+    cpu.col2im(columns, got, *geometry)
+    assert _is_channel_major(got)
+    np.testing.assert_array_equal(got, want)
+    got = np.empty_like(x)
+    cpu.col2im(columns[:, :2 * 40], got[:2], *geometry)  # chunks write their samples of the batch in place
+    cpu.col2im(columns[:, 2 * 40:], got[2:], *geometry)
+    np.testing.assert_array_equal(got, want)
+    upstream = rng.standard_normal(nchw.shape).astype(np.float32)
+    for arguments in [(upstream, x), (_channel_major(upstream), x)]:  # an NCHW gradient is put into x's order
+        got = cpu.relu_backward(*arguments)
+        assert _is_channel_major(got)
+        np.testing.assert_array_equal(got, cpu.relu_backward(upstream, nchw))
+    pool = ((2, 2), (2, 2), (0, 0), (4, 4))
+    (out, winner), (want_out, want_winner) = cpu.max_pool_forward(x, *pool), cpu.max_pool_forward(nchw, *pool)
+    assert _is_channel_major(out) and _is_channel_major(winner)
+    np.testing.assert_array_equal(out, want_out)
+    np.testing.assert_array_equal(winner, want_winner)
+    g = rng.standard_normal(out.shape).astype(np.float32)
+    want = cpu.max_pool_backward(g, want_winner, nchw.shape, *pool)
+    for upstream_order in (g, _channel_major(g)):
+        got = cpu.max_pool_backward(upstream_order, winner, x.shape, *pool)
+        assert _is_channel_major(got)
+        np.testing.assert_array_equal(got, want)
+    got = cpu.avg_pool_forward(x, *pool, True)
+    assert _is_channel_major(got)
+    np.testing.assert_array_equal(got, cpu.avg_pool_forward(nchw, *pool, True))
+    got = cpu.avg_pool_backward(_channel_major(g), x.shape, *pool, True)
+    assert _is_channel_major(got)
+    np.testing.assert_array_equal(got, cpu.avg_pool_backward(g, nchw.shape, *pool, True))
+    gamma, beta = rng.uniform(0.5, 1.5, 3).astype(np.float32), rng.standard_normal(3).astype(np.float32)
+    running = [np.zeros(3, np.float32), np.ones(3, np.float32)]
+    want_running = [np.zeros(3, np.float32), np.ones(3, np.float32)]
+    stats = cpu.batch_norm_statistics(x, gamma, beta, *running, 1e-5, 0.1)
+    want_stats = cpu.batch_norm_statistics(nchw, gamma, beta, *want_running, 1e-5, 0.1)
+    for a, b in zip(list(stats) + running, list(want_stats) + want_running):  # one row per channel: summed otherwise
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    mean, inv_std, scale, shift = want_stats
+    got = cpu.batch_norm_apply(x, scale, shift, True)
+    assert _is_channel_major(got)
+    np.testing.assert_array_equal(got, cpu.batch_norm_apply(nchw, scale, shift, True))
+    sums = cpu.batch_norm_backward_statistics(_channel_major(upstream), x, mean, scale, inv_std, True)
+    want_sums = cpu.batch_norm_backward_statistics(upstream, nchw, mean, scale, inv_std, True)
+    for a, b in zip(sums, want_sums):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    got = cpu.batch_norm_backward(upstream, x, mean, scale, *want_sums[2:])
+    assert _is_channel_major(got)
+    np.testing.assert_array_equal(got, cpu.batch_norm_backward(upstream, nchw, mean, scale, *want_sums[2:]))
+    filters = cpu.images_to_filters(x)
+    assert np.shares_memory(filters, x)  # a view: the gradient GEMMs read the activation's memory as it lies
+    np.testing.assert_array_equal(filters, cpu.images_to_filters(nchw))
+    np.testing.assert_array_equal(filters, reference.images_to_filters(nchw))
+    rows, bias = rng.standard_normal((4, 50)).astype(np.float32), rng.standard_normal(4).astype(np.float32)
+    rows[1, ::7] = np.nan
+    for b, relu in [(bias, True), (bias, False), (None, True), (None, False)]:
+        got, want = rows.copy(), rows.copy()
+        cpu.bias_relu_rows(got, b, relu)
+        reference.bias_relu_rows(want, b, relu)
+        np.testing.assert_array_equal(got, want)
+        plain = rows + (0 if b is None else b[:, None])
+        np.testing.assert_array_equal(want, np.maximum(plain, 0) if relu else plain)
+    with pytest.raises(ValueError, match="bias_relu_rows works in place on a C-contiguous array"):
+        cpu.bias_relu_rows(rows.T, None, True)
+
+
+def test_a_convolution_on_the_cpu_is_its_product_and_flatten_makes_the_one_nchw_copy():
+    """conv2d's output through the compiled CPU kernels is the GEMM's (F, N*OH*OW) product seen as (N, F, OH, OW);
+    batch norm, ReLU and pooling keep that order, a reshape copies it into NCHW; the reference kernels write NCHW."""
+    rng = np.random.default_rng(8)
+    x = Tensor(rng.standard_normal((3, 2, 6, 6)).astype(np.float32))
+    w = Tensor(rng.standard_normal((4, 2, 3, 3)).astype(np.float32))
+    h = F.conv2d(x, w, padding=1)
+    assert h.shape == (3, 4, 6, 6) and h.data.strides == (36 * 4, 3 * 36 * 4, 6 * 4, 4)
+    h = F.max_pool2d(F.relu(F.batch_norm(h, None, None, training=True)), 2)
+    assert h.shape == (3, 4, 3, 3) and _is_channel_major(h.data)
+    assert h.reshape(3, -1).data.flags.c_contiguous
+    with backend.fused_kernels(False):
+        assert F.conv2d(x, w, padding=1).data.flags.c_contiguous
+
+
 @pytest.mark.parametrize("geometry", [((2, 2), (2, 2), (0, 0)), ((3, 3), (1, 1), (1, 1)), ((3, 2), (2, 1), (1, 1))])
 def test_ops_through_the_cpu_kernels_equal_the_numpy_reference(geometry, cores):
-    """conv2d, max_pool2d, batch_norm, relu, dropout and cross_entropy: values and every gradient of the ops with
-    the compiled kernels equal those of the plain NumPy code (DLTRAIN_FUSED_KERNELS=0), up to float32 rounding."""
+    """conv2d, max_pool2d, batch_norm, relu, a residual sum, a second convolution (with its ReLU fused) over the
+    first one's channel-major activation, average pooling, dropout and cross_entropy: values and every gradient of
+    the ops with the compiled kernels equal those of the plain NumPy code (DLTRAIN_FUSED_KERNELS=0), up to float32
+    rounding."""
     kernel, stride, padding = geometry
     rng = np.random.default_rng(5)
     arrays = {"x": rng.standard_normal((4, 3, 9, 8)), "w": rng.standard_normal((5, 3, 3, 3)) * 0.3,
-              "b": rng.standard_normal(5), "gamma": rng.uniform(0.5, 1.5, 5), "beta": rng.standard_normal(5)}
+              "b": rng.standard_normal(5), "gamma": rng.uniform(0.5, 1.5, 5), "beta": rng.standard_normal(5),
+              "w2": rng.standard_normal((5, 5, 3, 3)) * 0.3, "b2": rng.standard_normal(5)}
     labels = rng.integers(0, 10, 4)
 
     def run():
@@ -105,6 +210,8 @@ def test_ops_through_the_cpu_kernels_equal_the_numpy_reference(geometry, cores):
         h = F.conv2d(t["x"], t["w"], t["b"], stride=stride, padding=padding)
         h = F.batch_norm(h, np.zeros(5, np.float32), np.ones(5, np.float32), t["gamma"], t["beta"], training=True)
         h = F.max_pool2d(F.relu(h), kernel, stride=stride, padding=padding[0] if kernel[0] == kernel[1] else 0)
+        h = h + F.conv2d(h, t["w2"], t["b2"], padding=1, activation="relu")
+        h = F.avg_pool2d(h, 1) * 0.5 + h * 0.5
         h = F.dropout(h.reshape(4, -1), 0.25)
         logits = h[:, :10] if h.shape[1] >= 10 else F.cat([h] * (10 // h.shape[1] + 1), axis=1)[:, :10]
         loss = F.cross_entropy(logits, labels)
@@ -199,8 +306,8 @@ def test_every_kernel_set_implements_the_written_interface():
     is the reference's own function."""
     wanted = {name: [p for p in inspect.signature(member).parameters if p != "self"]
               for name, member in vars(kernels.Kernels).items() if inspect.isfunction(member) and name[0] != "_"}
-    assert len(wanted) == 31
-    assert {"gelu_forward", "avg_pool_backward", "lstm_backward", "layer_norm_backward"} <= set(wanted)
+    assert len(wanted) == 32
+    assert {"gelu_forward", "avg_pool_backward", "lstm_backward", "layer_norm_backward", "bias_relu_rows"} <= set(wanted)
     for module in (reference, cpu):
         for function, parameters in wanted.items():
             assert list(inspect.signature(getattr(module, function)).parameters) == parameters, (module, function)
@@ -208,11 +315,12 @@ def test_every_kernel_set_implements_the_written_interface():
     in_cuda = _signatures(tree)
     taken = {alias.name for node in ast.walk(tree)
              if isinstance(node, ast.ImportFrom) and node.module == "dltrain.backend.reference" for alias in node.names}
-    assert taken == {"avg_pool_forward", "avg_pool_backward", "lookup_rows"}
+    assert taken == {"avg_pool_forward", "avg_pool_backward", "bias_relu_rows", "lookup_rows"}
     for function, parameters in wanted.items():
         assert in_cuda.get(function, parameters if function in taken else None) == parameters, function
-    assert cpu.MAX_POOL_WINDOW == 255 and "MAX_POOL_WINDOW = 255" in Path(backend.__file__).with_name(
-        "cuda.py").read_text()
+    cuda_source = Path(backend.__file__).with_name("cuda.py").read_text()
+    assert cpu.MAX_POOL_WINDOW == 255 and "MAX_POOL_WINDOW = 255" in cuda_source
+    assert (cpu.CHANNEL_MAJOR, reference.CHANNEL_MAJOR) == (True, False) and "CHANNEL_MAJOR = False" in cuda_source
 
 
 def test_the_cpu_compiles_every_recurrent_step():

@@ -68,6 +68,33 @@ def _flat(array):
     return np.ascontiguousarray(array).reshape(-1)
 
 
+# ---------------------------------------------------------------- memory order of (N, C, ...) arrays
+# A convolution's product (F, N*OH*OW) is its activation (CHANNEL_MAJOR): an (N, C, H, W) array whose memory is
+# (C, N, H, W), a view with axes 0 and 1 swapped, as torch's channels_last is a stride permutation under an unchanged
+# shape. Each kernel below takes (N, C, ...) arrays in either order and returns its result in its input's, so that
+# batch normalization, ReLU, pooling and the next im2col run over the product as it lies; a reshape (flatten) makes
+# the one NCHW copy. When N or C is 1 both orders are one and the same memory.
+CHANNEL_MAJOR = True
+
+
+def _channel_major(array) -> bool:
+    """Whether an (N, C, ...) array is channel-major: not C-contiguous, but its axes 0 and 1 swapped are."""
+    return array.ndim >= 3 and not array.flags.c_contiguous and array.swapaxes(0, 1).flags.c_contiguous
+
+
+def _in_order(array, channel_major: bool):
+    """The C-contiguous (C, N, ...) array under a channel-major (N, C, ...) array, or the (N, C, ...) one: a view
+    when `array` lies so, else a copy in that order."""
+    return np.ascontiguousarray(array.swapaxes(0, 1) if channel_major else array)
+
+
+def _empty(shape, dtype, channel_major: bool):
+    """An empty (N, C, ...) array of `shape`, channel-major or C-contiguous."""
+    if channel_major:
+        return np.empty((shape[1], shape[0]) + tuple(shape[2:]), dtype=dtype).swapaxes(0, 1)
+    return np.empty(shape, dtype=dtype)
+
+
 # ---------------------------------------------------------------- elementwise
 
 
@@ -78,9 +105,11 @@ def _relu_backward(grad, out, grad_in):
 
 
 def relu_backward(grad, out):
-    """grad * (out > 0) (the forward keeps no mask)."""
-    grad_in = np.empty(grad.shape, dtype=grad.dtype)
-    _relu_backward(grad.size, _flat(grad), _flat(out), grad_in.reshape(-1))
+    """grad * (out > 0) (the forward keeps no mask), in out's memory order."""
+    order = _channel_major(out)
+    grad_in = _empty(grad.shape, grad.dtype, order)
+    _relu_backward(grad.size, _in_order(grad, order).reshape(-1), _in_order(out, order).reshape(-1),
+                   _in_order(grad_in, order).reshape(-1))
     return grad_in
 
 
@@ -284,15 +313,17 @@ def _inside(kernel_offset, stride, padding, size, out_size):
 
 # Both loops index flat arrays with unsigned offsets: an index that may be negative gets a wraparound check per
 # value, and slices one a row; on a (128, 32, 14, 14) batch, im2col took 7.6 ms so and 2.3 ms this way.
+# The image is flat memory in which plane (n, c) starts at n * n_step + c * c_step (_plane_steps): NCHW, channel-major
+# and a batch slice of either are all read and written in place.
 
 
 @numba.njit(inline="always")
-def _im2col_loop(image, cols, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw):
-    samples, channels, height, width = image.shape
-    source, target, columns = image.reshape(-1), cols.reshape(-1), cols.shape[1]
+def _im2col_loop(source, shape, n_step, c_step, cols, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw):
+    samples, channels, height, width = shape
+    target, columns = cols.reshape(-1), cols.shape[1]
     for task in prange(channels * samples):  # one (channel, sample) each: its kh * kw rows of columns
         c, n = task // samples, task % samples
-        plane = (n * channels + c) * height * width
+        plane = n * n_step + c * c_step
         for i in range(kh):
             y0, y1 = _inside(i * dh, sh, ph, height, oh)
             for j in range(kw):
@@ -314,12 +345,12 @@ def _im2col_loop(image, cols, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw):
 
 
 @numba.njit(inline="always")
-def _col2im_loop(cols, image, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw):
-    samples, channels, height, width = image.shape
-    source, target, columns = cols.reshape(-1), image.reshape(-1), cols.shape[1]
+def _col2im_loop(cols, target, shape, n_step, c_step, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw):
+    samples, channels, height, width = shape
+    source, columns = cols.reshape(-1), cols.shape[1]
     for task in prange(samples * channels):  # one image plane each: no two tasks write one pixel
         n, c = task // channels, task % channels
-        plane = (n * channels + c) * height * width
+        plane = n * n_step + c * c_step
         for q in range(height * width):
             target[uint64(plane + q)] = 0
         for i in range(kh):
@@ -336,14 +367,14 @@ def _col2im_loop(cols, image, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw):
 
 # The closures to compile per geometry (their numbers become constants; the loops are inlined into them).
 def _im2col_for(kh, kw, sh, sw, ph, pw, dh, dw):
-    def loop(image, cols, oh, ow):
-        _im2col_loop(image, cols, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw)
+    def loop(source, shape, n_step, c_step, cols, oh, ow):
+        _im2col_loop(source, shape, n_step, c_step, cols, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw)
     return loop
 
 
 def _col2im_for(kh, kw, sh, sw, ph, pw, dh, dw):
-    def loop(cols, image, oh, ow):
-        _col2im_loop(cols, image, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw)
+    def loop(cols, target, shape, n_step, c_step, oh, ow):
+        _col2im_loop(cols, target, shape, n_step, c_step, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw)
     return loop
 
 
@@ -351,44 +382,71 @@ _im2col = _WindowKernel(_im2col_loop, _im2col_for)
 _col2im = _WindowKernel(_col2im_loop, _col2im_for)
 
 
+def _plane_steps(image):
+    """(flat, n_step, c_step) for an (N, C, H, W) image whose (H, W) planes are C-contiguous and lie at
+    non-negative distances: a 1-D view of the memory from its first value to its last, and how far (in values)
+    plane (n, c) starts from plane (0, 0) per sample and per channel. None when the image does not lie so."""
+    samples, channels, height, width = image.shape
+    if image.size == 0 or not image[0, 0].flags.c_contiguous:
+        return None
+    # a step along an axis of length 1 is never taken (NumPy may give such an axis any stride)
+    n_step = image.strides[0] // image.itemsize if samples > 1 else 0
+    c_step = image.strides[1] // image.itemsize if channels > 1 else 0
+    if n_step < 0 or c_step < 0 or image.strides[0] % image.itemsize or image.strides[1] % image.itemsize:
+        return None
+    extent = (samples - 1) * n_step + (channels - 1) * c_step + height * width
+    return np.lib.stride_tricks.as_strided(image, shape=(extent,), strides=(image.itemsize,)), n_step, c_step
+
+
 def im2col(image, kernel, stride, padding, dilation, out_hw):
-    """The column matrix (C*KH*KW, N*OH*OW) of an (N, C, H, W) image: no padded copy."""
-    image = np.ascontiguousarray(image)
+    """The column matrix (C*KH*KW, N*OH*OW) of an (N, C, H, W) image, NCHW or channel-major: no padded copy."""
+    steps = _plane_steps(image)
+    if steps is None:
+        image = np.ascontiguousarray(image)
+        steps = _plane_steps(image) if image.size else (image.reshape(-1), 0, 0)
     n, channels = image.shape[:2]
     cols = np.empty((channels * kernel[0] * kernel[1], n * out_hw[0] * out_hw[1]), dtype=image.dtype)
-    _im2col(cols.size, (*kernel, *stride, *padding, *dilation), image, cols, *out_hw)
+    _im2col(cols.size, (*kernel, *stride, *padding, *dilation), steps[0], image.shape, steps[1], steps[2], cols,
+            *out_hw)
     return cols
 
 
 def col2im(columns, image, kernel, stride, padding, dilation, out_hw) -> None:
-    """Sum a (C*KH*KW, N*OH*OW) column matrix back onto `image` (N, C, H, W, C-contiguous), overwriting it."""
-    if not image.flags.c_contiguous or image.dtype != columns.dtype:
-        raise ValueError("col2im writes into a C-contiguous image of the columns' dtype")
-    _col2im(columns.size, (*kernel, *stride, *padding, *dilation), np.ascontiguousarray(columns), image, *out_hw)
+    """Sum a (C*KH*KW, N*OH*OW) column matrix back onto `image` (N, C, H, W), overwriting it: NCHW, channel-major
+    or a batch slice of either (its planes must not overlap)."""
+    if image.dtype != columns.dtype:
+        raise ValueError(f"col2im writes into an image of the columns' dtype {columns.dtype}, got {image.dtype}")
+    steps = _plane_steps(image)
+    if steps is None:  # planes that are not contiguous (or no values): through an NCHW copy
+        if image.size:
+            contiguous = np.empty(image.shape, dtype=image.dtype)
+            col2im(columns, contiguous, kernel, stride, padding, dilation, out_hw)
+            image[...] = contiguous
+        return
+    _col2im(columns.size, (*kernel, *stride, *padding, *dilation), np.ascontiguousarray(columns), steps[0], image.shape,
+            steps[1], steps[2], *out_hw)
 
 
 @_Kernel
-def _filters_to_images(product, bias, relu, out):
-    samples, filters, pixels = out.shape
-    for task in prange(samples * filters):
-        n, f = task // filters, task % filters
-        source = product[f, n * pixels:(n + 1) * pixels]
-        target = out[n, f]
-        shift = bias[f]
+def _bias_relu_rows(rows, bias, has_bias, relu):
+    width = rows.shape[1]
+    for f in prange(rows.shape[0]):
+        row, shift = rows[f], bias[f] if has_bias else 0
         if relu:
-            for p in range(pixels):
-                v = source[p] + shift
-                target[p] = 0 if v < 0 else v  # NaN stays NaN, as in np.maximum
+            for p in range(width):
+                v = row[p] + shift
+                row[p] = 0 if v < 0 else v  # NaN stays NaN, as in np.maximum
         else:
-            for p in range(pixels):
-                target[p] = source[p] + shift
+            for p in range(width):
+                row[p] += shift
 
 
-def filters_to_images(product, bias, out, relu: bool) -> None:
-    """out (N, F, OH, OW) = the (F, N*OH*OW) product of a convolution GEMM, plus bias (F,) or None, then the ReLU."""
-    samples, filters = out.shape[:2]
-    _filters_to_images(out.size, np.ascontiguousarray(product), np.zeros(filters, out.dtype) if bias is None else bias,
-                       relu, out.reshape(samples, filters, -1))
+def bias_relu_rows(rows, bias, relu: bool) -> None:
+    """rows (F, M), C-contiguous, = rows + bias[:, None] (bias (F,) or None), then the ReLU: in place."""
+    if not rows.flags.c_contiguous:
+        raise ValueError("bias_relu_rows works in place on a C-contiguous array")
+    if bias is not None or relu:
+        _bias_relu_rows(rows.size, rows, np.zeros(1, rows.dtype) if bias is None else bias, bias is not None, relu)
 
 
 @_Kernel
@@ -399,9 +457,16 @@ def _images_to_filters(grad, out):
         out[f, n * pixels:(n + 1) * pixels] = grad[n, f]
 
 
+# Not on this set's path (its convolutions write their product as the activation: CHANNEL_MAJOR); the interface's.
+filters_to_images = reference.filters_to_images
+
+
 def images_to_filters(grad):
-    """(N, F, OH, OW) -> (F, N*OH*OW): the layout the convolution's gradient GEMMs take."""
+    """(N, F, OH, OW) -> (F, N*OH*OW): the layout the convolution's gradient GEMMs take; a view of a channel-major
+    gradient, a copy of an NCHW one."""
     samples, filters = grad.shape[:2]
+    if _channel_major(grad):
+        return grad.swapaxes(0, 1).reshape(filters, -1)
     out = np.empty((filters, grad.size // max(1, filters)), dtype=grad.dtype)
     _images_to_filters(grad.size, np.ascontiguousarray(grad).reshape(samples, filters, -1), out)
     return out
@@ -477,20 +542,28 @@ _max_pool_forward = _WindowKernel(_max_pool_forward_loop, _max_pool_forward_for)
 _max_pool_backward = _WindowKernel(_max_pool_backward_loop, _max_pool_backward_for)
 
 
+# The pooling loops work plane by plane and never ask which axis is the channel: a channel-major (N, C, H, W) array
+# goes in as the C-contiguous (C, N, H, W) array under it, and the result comes back swapped the same way.
+
+
 def max_pool_forward(x, kernel, stride, padding, out_hw):
-    """(output, winner): each window's maximum and the offset (i * kw + j) that holds it (padding is -inf)."""
-    x = np.ascontiguousarray(x)
-    out = np.empty(x.shape[:2] + tuple(out_hw), dtype=x.dtype)
+    """(output, winner): each window's maximum and the offset (i * kw + j) that holds it (padding is -inf); both
+    in x's memory order."""
+    order = _channel_major(x)
+    planes = _in_order(x, order)
+    out = np.empty(planes.shape[:2] + tuple(out_hw), dtype=x.dtype)
     winner = np.empty(out.shape, dtype=np.uint8)
-    _max_pool_forward(x.size, (*kernel, *stride, *padding), x, out, winner)
-    return out, winner
+    _max_pool_forward(x.size, (*kernel, *stride, *padding), planes, out, winner)
+    return (out.swapaxes(0, 1), winner.swapaxes(0, 1)) if order else (out, winner)
 
 
 def max_pool_backward(grad_out, winner, input_shape, kernel, stride, padding, out_hw):
-    """The input gradient of max pooling: each window's gradient goes to the input that won it."""
-    grad_in = np.empty(input_shape, dtype=grad_out.dtype)
-    _max_pool_backward(grad_in.size, (*kernel, *stride, *padding), np.ascontiguousarray(grad_out), winner,
-                       grad_in)
+    """The input gradient of max pooling: each window's gradient goes to the input that won it; in the memory
+    order of the forward's input (the winner's)."""
+    order = _channel_major(winner)
+    grad_in = _empty(input_shape, grad_out.dtype, order)
+    _max_pool_backward(grad_in.size, (*kernel, *stride, *padding), _in_order(grad_out, order), _in_order(winner, order),
+                       _in_order(grad_in, order))
     return grad_in
 
 
@@ -552,18 +625,22 @@ _avg_pool_backward = _WindowKernel(_avg_pool_backward_loop, _avg_pool_backward_f
 
 
 def avg_pool_forward(x, kernel, stride, padding, out_hw, count_include_pad: bool):
-    """Each window's mean; padding counts as zeros in it when count_include_pad (torch's default)."""
-    x = np.ascontiguousarray(x)
-    out = np.empty(x.shape[:2] + tuple(out_hw), dtype=x.dtype)
-    _avg_pool_forward(x.size, (*kernel, *stride, *padding, bool(count_include_pad)), x, out)
-    return out
+    """Each window's mean; padding counts as zeros in it when count_include_pad (torch's default). In x's memory
+    order."""
+    order = _channel_major(x)
+    planes = _in_order(x, order)
+    out = np.empty(planes.shape[:2] + tuple(out_hw), dtype=x.dtype)
+    _avg_pool_forward(x.size, (*kernel, *stride, *padding, bool(count_include_pad)), planes, out)
+    return out.swapaxes(0, 1) if order else out
 
 
 def avg_pool_backward(grad_out, input_shape, kernel, stride, padding, out_hw, count_include_pad: bool):
-    """Each window's gradient shared equally by the values it averaged."""
-    grad_in = np.empty(input_shape, dtype=grad_out.dtype)
+    """Each window's gradient shared equally by the values it averaged; in grad_out's memory order (the
+    forward's)."""
+    order = _channel_major(grad_out)
+    grad_in = _empty(input_shape, grad_out.dtype, order)
     _avg_pool_backward(grad_in.size, (*kernel, *stride, *padding, bool(count_include_pad)),
-                       np.ascontiguousarray(grad_out), grad_in)
+                       _in_order(grad_out, order), _in_order(grad_in, order))
     return grad_in
 
 
@@ -598,8 +675,11 @@ def _batch_norm_statistics(x, gamma, beta, running_mean, running_var, flags, eps
             running_var[c] = (1 - momentum) * running_var[c] + momentum * var * (count / (count - 1))
 
 
-def _planes(array):
-    """(N, C, H*W...) view of a contiguous (N, C, ...) array."""
+def _planes(array, channel_major: bool):
+    """A C-contiguous (M, C, P) view in which channel c is [:, c, :]: (N, C, H*W...) for the NCHW order, and for the
+    channel-major one (1, C, N*H*W...), each channel one contiguous row (a copy when `array` lies otherwise)."""
+    if channel_major:
+        return _in_order(array, True).reshape(1, array.shape[1], -1)
     array = np.ascontiguousarray(array)
     return array.reshape(array.shape[0], array.shape[1], -1)
 
@@ -613,8 +693,8 @@ def batch_norm_statistics(x, gamma, beta, running_mean, running_var, eps: float,
     flags = ((gamma is not None) * 1 + (beta is not None) * 2 + (running_mean is not None) * 4
              + (running_var is not None) * 8)
     given = (dummy if a is None else a for a in (gamma, beta, running_mean, running_var))
-    _batch_norm_statistics(2 * x.size, _planes(x), *given, flags, float(eps), float(momentum), mean, inv_std, scale,
-                           shift)
+    _batch_norm_statistics(2 * x.size, _planes(x, _channel_major(x)), *given, flags, float(eps), float(momentum), mean,
+                           inv_std, scale, shift)
     return mean, inv_std, scale, shift
 
 
@@ -640,9 +720,10 @@ def _batch_norm_apply(x, scale, shift, relu, out):
 
 
 def batch_norm_apply(x, scale, shift, relu: bool):
-    """x * scale + shift with per-channel scale and shift, then the ReLU: one pass."""
-    out = np.empty(x.shape, dtype=x.dtype)
-    _batch_norm_apply(x.size, _planes(x), scale, shift, relu, _planes(out))
+    """x * scale + shift with per-channel scale and shift, then the ReLU: one pass, in x's memory order."""
+    order = _channel_major(x)
+    out = _empty(x.shape, x.dtype, order)
+    _batch_norm_apply(x.size, _planes(x, order), scale, shift, relu, _planes(out, order))
     return out
 
 
@@ -667,8 +748,9 @@ def _batch_norm_backward_statistics(grad, x, mean, scale, inv_std, training, sum
 def batch_norm_backward_statistics(grad, x, mean, scale, inv_std, training: bool):
     """(sum of grad, gamma's gradient, coef_centered, coef_const) per channel (see batch_norm_backward)."""
     sum_g, grad_gamma, coef_centered, coef_const = (np.empty(x.shape[1], dtype=x.dtype) for _ in range(4))
-    _batch_norm_backward_statistics(2 * x.size, _planes(grad), _planes(x), mean, scale, inv_std, bool(training), sum_g,
-                                    grad_gamma, coef_centered, coef_const)
+    order = _channel_major(x)
+    _batch_norm_backward_statistics(2 * x.size, _planes(grad, order), _planes(x, order), mean, scale, inv_std,
+                                    bool(training), sum_g, grad_gamma, coef_centered, coef_const)
     return sum_g, grad_gamma, coef_centered, coef_const
 
 
@@ -682,9 +764,12 @@ def _batch_norm_backward(grad, x, mean, scale, coef_centered, coef_const, grad_i
 
 
 def batch_norm_backward(grad, x, mean, scale, coef_centered, coef_const):
-    """The input gradient: grad * scale + (x - mean) * coef_centered + coef_const per channel, one pass."""
-    grad_in = np.empty(grad.shape, dtype=grad.dtype)
-    _batch_norm_backward(grad.size, _planes(grad), _planes(x), mean, scale, coef_centered, coef_const, _planes(grad_in))
+    """The input gradient: grad * scale + (x - mean) * coef_centered + coef_const per channel, one pass, in x's
+    memory order."""
+    order = _channel_major(x)
+    grad_in = _empty(grad.shape, grad.dtype, order)
+    _batch_norm_backward(grad.size, _planes(grad, order), _planes(x, order), mean, scale, coef_centered, coef_const,
+                         _planes(grad_in, order))
     return grad_in
 
 

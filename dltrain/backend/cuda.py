@@ -722,11 +722,12 @@ def _pool_geometry_args(height, width, kernel, stride, padding, out_hw):
 
 MAX_POOL_WINDOW = 255  # the winning offset is kept in one byte
 GATHER_GRADIENTS = True  # the optimizers gather all gradients into one buffer: one launch instead of one each
+CHANNEL_MAJOR = False  # convolutions write NCHW activations (filters_to_images), the layout cuDNN-style code expects
 
 
 # Average pooling runs as the reference's CuPy array code (one strided add per window offset), and so does the lookup
-# of 8-bit inputs (two CuPy gathers: a batch of bytes, then the table).
-from dltrain.backend.reference import avg_pool_backward, avg_pool_forward, lookup_rows  # noqa: E402, F401 (absolute: the tests load this file on its own)
+# of 8-bit inputs (two CuPy gathers: a batch of bytes, then the table); bias_relu_rows is not on this set's path.
+from dltrain.backend.reference import avg_pool_backward, avg_pool_forward, bias_relu_rows, lookup_rows  # noqa: E402, F401 (absolute: the tests load this file on its own)
 
 
 def max_pool_forward(x, kernel, stride, padding, out_hw):

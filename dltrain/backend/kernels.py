@@ -20,6 +20,11 @@ from typing import Protocol
 class Kernels(Protocol):
     MAX_POOL_WINDOW: int  # largest KH * KW that max_pool_forward takes (the winner is one byte)
     GATHER_GRADIENTS: bool  # optimizers: gather all gradients into one buffer (True) or update parameter by parameter
+    # Convolutions keep their activations channel-major (True: the (F, N*OH*OW) product is the activation, an
+    # (N, F, OH, OW) view of (F, N, OH, OW) memory, and bias_relu_rows finishes it in place) or NCHW (False:
+    # filters_to_images). Either way every function below that takes (N, C, ...) arrays takes them in any memory order
+    # and returns its result in its input's where it can.
+    CHANNEL_MAJOR: bool
 
     def supports(self, dtype) -> bool:
         """Whether the kernels take arrays of `dtype`."""
@@ -63,15 +68,20 @@ class Kernels(Protocol):
         (n, oh, ow) holds pixel (oh * stride + i * dilation - padding, ...) or 0 in the padding."""
 
     def col2im(self, columns, image, kernel, stride, padding, dilation, out_hw) -> None:
-        """Overwrites `image` (N, C, H, W, C-contiguous, the columns' dtype) with the sum of each entry of a
-        (C*KH*KW, N*OH*OW) column matrix at the pixel im2col read it from: the input gradient."""
+        """Overwrites `image` (N, C, H, W, the columns' dtype; C-contiguous, or with CHANNEL_MAJOR any array whose
+        (H, W) planes are contiguous and apart) with the sum of each entry of a (C*KH*KW, N*OH*OW) column matrix at
+        the pixel im2col read it from: the input gradient."""
 
     def filters_to_images(self, product, bias, out, relu: bool) -> None:
         """Writes out (N, F, OH, OW) = the (F, N*OH*OW) GEMM product in image order, plus bias (F,) or None, then
         max(., 0) when relu (a following ReLU layer fused in)."""
 
+    def bias_relu_rows(self, rows, bias, relu: bool) -> None:
+        """Overwrites rows (F, M), C-contiguous, with rows + bias[:, None] (bias (F,) or None), then max(., 0) when
+        relu: a channel-major convolution's bias and ReLU on its product in place (CHANNEL_MAJOR)."""
+
     def images_to_filters(self, grad):
-        """Returns (N, F, OH, OW) as (F, N*OH*OW): the layout the gradient GEMMs take."""
+        """Returns (N, F, OH, OW) as (F, N*OH*OW): the layout the gradient GEMMs take (may be a view of grad)."""
 
     # ------------------------------------------------------------ pooling, (N, C, H, W)
     def max_pool_forward(self, x, kernel, stride, padding, out_hw):

@@ -18,6 +18,7 @@ from . import array_module, erf
 
 MAX_POOL_WINDOW = 1 << 31  # any window: the winner is one byte up to 256 offsets, four beyond
 GATHER_GRADIENTS = False  # the optimizers update each parameter's part of the flat buffers in turn
+CHANNEL_MAJOR = False  # convolutions write NCHW activations (filters_to_images)
 
 
 def supports(dtype) -> bool:
@@ -153,6 +154,14 @@ def filters_to_images(product, bias, out, relu: bool) -> None:
         xp.add(images, bias.reshape(1, -1, 1, 1), out=out)
     if relu:
         _relu_in_place(xp, out)
+
+
+def bias_relu_rows(rows, bias, relu: bool) -> None:
+    """rows (F, M) = rows + bias[:, None] (bias None: none), then the ReLU, in place."""
+    if bias is not None:
+        rows += bias[:, None]
+    if relu:
+        _relu_in_place(array_module(rows), rows)
 
 
 def images_to_filters(grad):

@@ -65,25 +65,38 @@ def _conv2d(kernels, x, w, b, kernel, stride, padding, dilation, out_hw, relu) -
     """conv2d through the kernels: im2col into one (C*KH*KW, N*OH*OW) column matrix (one kernel, no padded copy),
     so each direction is one large GEMM instead of a batch of small per-sample ones (TF32 in float32 where the GPU
     has it, as PyTorch's cuDNN convolutions by default; DLTRAIN_TF32=0 turns it off):
-        forward        (F, C*KH*KW) @ columns           -> (F, N*OH*OW), put into NCHW with the bias by one kernel
+        forward        (F, C*KH*KW) @ columns           -> (F, N*OH*OW), the activation with the bias added
         weight grad    g (F, N*OH*OW) @ columns.T       -> (F, C*KH*KW)
         input grad     weight.T @ g -> column gradients -> summed into the image by col2im (a gather)
+    The product's order is channel-major, (F, N, OH, OW). Kernels with CHANNEL_MAJOR (the compiled CPU ones) keep it:
+    the output is that memory seen as (N, F, OH, OW), and g arrives in it, so neither direction moves the activation;
+    the others put it into NCHW (filters_to_images) and take g back out of it (images_to_filters).
     Batches whose column matrix exceeds COLUMN_BUDGET go in chunks of samples."""
     xp = backend.array_module(x.data)
     n, filters = x.shape[0], w.shape[0]
     w2 = w.data.reshape(filters, -1)
+    bias = None if b is None else b.data
     pixels = out_hw[0] * out_hw[1]
     keep = is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, b))
     chunk = max(1, (COLUMN_BUDGET if keep else INFERENCE_COLUMN_BUDGET) // max(1, w2.shape[1] * pixels))
-    out = xp.empty((n, filters) + tuple(out_hw), dtype=x.dtype)
+    channel_major = kernels.CHANNEL_MAJOR
+    if channel_major:
+        products = xp.empty((filters, n) + tuple(out_hw), dtype=x.dtype)
+        out = products.transpose(1, 0, 2, 3)
+    else:
+        out = xp.empty((n, filters) + tuple(out_hw), dtype=x.dtype)
     columns = []
     for start in range(0, n, chunk):
         cols = kernels.im2col(x.data[start:start + chunk], kernel, stride, padding, dilation, out_hw)
         with backend.tf32_products(cols):
-            product = w2 @ cols
-        kernels.filters_to_images(product, None if b is None else b.data, out[start:start + chunk], relu)
+            if channel_major:  # the GEMM writes this chunk's samples of every filter's row in place
+                xp.matmul(w2, cols, out=products[:, start:start + chunk].reshape(filters, -1))
+            else:
+                kernels.filters_to_images(w2 @ cols, bias, out[start:start + chunk], relu)
         if keep:
             columns.append(cols)
+    if channel_major:
+        kernels.bias_relu_rows(products.reshape(filters, -1), bias, relu)
 
     def backward(g):
         if relu:
@@ -99,7 +112,8 @@ def _conv2d(kernels, x, w, b, kernel, stride, padding, dilation, out_hw, relu) -
                 grad_w = product if grad_w is None else grad_w + product
             grad_w = grad_w.reshape(w.shape)
         if x.requires_grad:
-            grad_x = xp.empty(x.shape, dtype=g.dtype)
+            # in x's memory order (a channel-major activation gets a channel-major gradient)
+            grad_x = xp.empty_like(x.data, dtype=g.dtype) if channel_major else xp.empty(x.shape, dtype=g.dtype)
             for (_, g_part), start in zip(parts, range(0, n, chunk)):
                 with backend.tf32_products(g_part):
                     grad_columns = w2.T @ g_part
