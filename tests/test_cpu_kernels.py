@@ -90,7 +90,7 @@ def test_kernels_take_non_contiguous_inputs(layout):
 
 
 def _channel_major(array):
-    """The same values as `array` (N, C, ...) in channel-major memory: (C, N, ...) C-contiguous, axes 0 and 1 swapped."""
+    """The values of `array` (N, C, ...) in channel-major memory: (C, N, ...) C-contiguous, axes 0 and 1 swapped."""
     return np.ascontiguousarray(array.swapaxes(0, 1)).swapaxes(0, 1)
 
 
@@ -307,7 +307,8 @@ def test_every_kernel_set_implements_the_written_interface():
     wanted = {name: [p for p in inspect.signature(member).parameters if p != "self"]
               for name, member in vars(kernels.Kernels).items() if inspect.isfunction(member) and name[0] != "_"}
     assert len(wanted) == 32
-    assert {"gelu_forward", "avg_pool_backward", "lstm_backward", "layer_norm_backward", "bias_relu_rows"} <= set(wanted)
+    assert {"gelu_forward", "avg_pool_backward", "lstm_backward", "layer_norm_backward",
+            "bias_relu_rows"} <= set(wanted)
     for module in (reference, cpu):
         for function, parameters in wanted.items():
             assert list(inspect.signature(getattr(module, function)).parameters) == parameters, (module, function)
