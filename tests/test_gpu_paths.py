@@ -20,10 +20,10 @@ from dltrain import backend
 from dltrain.autograd import Tensor
 from dltrain.config import validate
 from dltrain.gradcheck import check_gradients
+from dltrain.inference.evaluate import evaluate_checkpoint
 from dltrain.optim.optimizers import SGD, Adam, AdamW
 from dltrain.training import rundir as files
 from dltrain.training.checkpoint import load_checkpoint
-from dltrain.training.evaluate import evaluate_checkpoint
 from dltrain.training.reporting import SilentReporter
 from dltrain.training.trainer import DEVICE_READ_EVERY, Diverged, Trainer
 

@@ -27,8 +27,8 @@ def evaluate(
     """Test metrics from a self-contained checkpoint: loss, accuracy, per-class scores, confusion matrix."""
     from .. import backend  # noqa: PLC0415
     from ..errors import ConfigError  # noqa: PLC0415
+    from ..inference.evaluate import SPLITS, evaluate_checkpoint  # noqa: PLC0415
     from ..plugins import load_code  # noqa: PLC0415
-    from ..training.evaluate import SPLITS, evaluate_checkpoint  # noqa: PLC0415
 
     load_code(code)
     if split not in SPLITS:

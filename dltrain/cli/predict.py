@@ -40,8 +40,8 @@ def predict(
     """Predict with a trained model on new inputs: one output row per input (CSV to stdout unless --out)."""
     from .. import backend  # noqa: PLC0415
     from ..errors import ConfigError  # noqa: PLC0415
+    from ..inference.predict import predict as run_predict  # noqa: PLC0415
     from ..plugins import load_code  # noqa: PLC0415
-    from ..training.predict import predict as run_predict  # noqa: PLC0415
 
     load_code(code)
     if fmt not in ("csv", "jsonl"):

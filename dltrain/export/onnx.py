@@ -434,9 +434,9 @@ _EXPORTERS = {
 def export_checkpoint(checkpoint, out: Path | None = None, opset: int = DEFAULT_OPSET) -> Path:
     """An ONNX file from a checkpoint (or a run directory's best one), with the run's config in its metadata."""
     from ..config import config_from_dict  # noqa: PLC0415
+    from ..inference.loading import note_views_not_exported  # noqa: PLC0415
     from ..layers import Softmax, build_model  # noqa: PLC0415
     from ..training.checkpoint import load_checkpoint, resolve_checkpoint  # noqa: PLC0415
-    from ..training.evaluate import note_views_not_exported  # noqa: PLC0415
 
     ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
     config = config_from_dict(ckpt.config, f"{ckpt.path} (config)")

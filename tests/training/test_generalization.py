@@ -219,7 +219,7 @@ def test_weight_averaging_against_a_hand_written_average(tmp_path):
         np.testing.assert_allclose(checkpoint.model[name], value, rtol=1e-5)  # model/: the average
         np.testing.assert_array_equal(checkpoint.training[name], seen[-1][name])  # training/: the weights
     # restore_best off: the model left at the end (and tested) is the average too
-    from dltrain.training.evaluate import evaluate_checkpoint
+    from dltrain.inference.evaluate import evaluate_checkpoint
 
     report = evaluate_checkpoint(tmp_path / "run" / files.LAST, "test")
     assert summary["test_loss"] == pytest.approx(report["loss"], rel=1e-6)

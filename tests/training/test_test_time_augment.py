@@ -12,11 +12,11 @@ from dltrain.cli import app
 from dltrain.config import validate
 from dltrain.data.splits import normalize
 from dltrain.errors import ConfigError
+from dltrain.inference.evaluate import evaluate_checkpoint
+from dltrain.inference.loading import load_predictor
 from dltrain.training import rundir as files
 from dltrain.training.checkpoint import load_checkpoint
-from dltrain.training.evaluate import evaluate_checkpoint
 from dltrain.training.model import TEST_TIME_VIEWS, Model, average_outputs
-from dltrain.training.predict import load_predictor
 from dltrain.training.run import run_training
 
 

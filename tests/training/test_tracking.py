@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dltrain.cli import app
-from dltrain.training import eval_plots
+from dltrain.inference import eval_plots
 
 DLTRAIN = str(Path(sys.executable).parent / "dltrain")
 

@@ -203,7 +203,7 @@ def test_skip_policy_skips_a_bounded_number_of_batches(tmp_path, device, bad_row
 def test_an_interrupted_run_reports_what_is_on_disk(tmp_path, interrupt_in_epoch):
     """Ctrl-C mid-epoch: the summary's test metrics are those of the last checkpoint (what eval reproduces),
     and an interrupt before any epoch completed says there is nothing to resume (and reports no test metrics)."""
-    from dltrain.training.evaluate import evaluate_checkpoint
+    from dltrain.inference.evaluate import evaluate_checkpoint
     from dltrain.training.trainer import Interrupted
 
     class CtrlC(Callback):

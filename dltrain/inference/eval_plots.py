@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .rundir import atomic_write
+from ..training.rundir import atomic_write
 
 
 def roc_curve(targets, scores) -> tuple[np.ndarray, np.ndarray]:

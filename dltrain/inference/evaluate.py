@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from .. import backend
@@ -11,9 +10,11 @@ from ..config import config_from_dict
 from ..data import prepare
 from ..errors import CheckpointError, ConfigError, DltrainError, RunDirError, ShapeError
 from ..registry import losses
-from .checkpoint import data_problem, load_checkpoint, metadata_json, resolve_checkpoint
+from ..training.checkpoint import load_checkpoint, resolve_checkpoint
+from ..training.model import Model, build_for, checked_views
+from .answers import to_target_units
 from .eval_plots import write_plots
-from .model import Model, build_for, checked_views
+from .loading import load_onnx, note_views_not_exported
 
 np = backend.np
 
@@ -54,13 +55,6 @@ def _report(path, split: str, n: int, loss: float, predictions, targets, task: s
     return report
 
 
-def to_target_units(values, data: dict):
-    """Regression outputs or targets back in the units of the data (training standardizes them)."""
-    norm = data.get("target_normalization")
-    values = np.asarray(values, np.float64)
-    return values if not norm else values * np.asarray(norm["std"]) + np.asarray(norm["mean"])
-
-
 def regression_scores(predictions, targets) -> dict:
     """MAE, RMSE and R² (the mean over target columns of 1 - residual / total sum of squares), in the data's units."""
     errors = predictions - targets
@@ -76,58 +70,6 @@ def _choose_split(splits, split: str):
         available = [s for s in SPLITS if getattr(splits, s) is not None]
         raise DltrainError(f"--split {split}: this data has no {split} split; available: {', '.join(available)}")
     return chosen
-
-
-def load_onnx(path: Path, doing: str) -> tuple:
-    """(onnxruntime session, dltrain's metadata, the run's config (a dict, not validated: predicting needs no
-    --code for the graph's layers), its data record) of an exported model, the metadata checked as a checkpoint's
-    is; CheckpointError for anything else."""
-    try:
-        import onnx  # noqa: PLC0415
-        import onnxruntime  # noqa: PLC0415
-    except ImportError:
-        raise DltrainError(f"{doing} an ONNX model needs onnx and onnxruntime: pip install 'dltrain[onnx]'") from None
-    try:
-        props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnx and onnxruntime raise many kinds for unreadable files
-        raise CheckpointError(f"{path}: not a loadable ONNX model ({exc})") from None
-    if "dltrain_config" not in props or "dltrain_data" not in props:
-        raise CheckpointError(f"{path}: an ONNX model without dltrain's metadata (export it with dltrain export)")
-    config, data = (metadata_json(props, key, path) for key in ("dltrain_config", "dltrain_data"))
-    if not (isinstance(config, dict) and all(isinstance(config.get(key), dict) for key in ("data", "loss"))):
-        raise CheckpointError(f"{path}: metadata dltrain_config: expected a config with data and loss mappings")
-    problem = data_problem(data) if isinstance(data, dict) else "expected a JSON object"
-    if problem:
-        raise CheckpointError(f"{path}: metadata dltrain_data is damaged ({problem})")
-    if config["loss"].get("name") == "cross_entropy":  # one output per class: predict and eval name each
-        problem = _classes_problem(data, session.get_outputs()[0].shape)
-        if problem:
-            raise CheckpointError(f"{path}: metadata dltrain_data does not fit the graph ({problem})")
-    return session, props, config, data
-
-
-def _classes_problem(data: dict, output_shape) -> str | None:
-    """How the metadata's classes disagree with the width of the graph's output (its last dimension, where the graph
-    fixes it), or None: edited metadata would otherwise name classes the graph does not output, or leave some out."""
-    width = output_shape[-1] if output_shape else None
-    if not isinstance(width, int) or isinstance(width, bool):
-        return None  # a dimension the graph leaves open (a name such as 'classes'): nothing to compare
-    names, classes = data.get("class_names"), data.get("classes")
-    if names and len(names) != width:
-        return (f"data.class_names: expected a name for each of the graph's {width} outputs, found {len(names)} "
-                f"name{'' if len(names) == 1 else 's'}")
-    if classes != width:
-        return f"data.classes: expected the graph's output width {width}, found {classes}"
-    return None
-
-
-def note_views_not_exported(data_config: dict) -> None:
-    """An ONNX graph is the network alone: say so where its predictions leave out the config's test-time views."""
-    views = data_config.get("test_time_augment")
-    if views:
-        print(f"note: the exported graph predicts without data.test_time_augment ({', '.join(views)}); dltrain eval "
-              f"and predict on the checkpoint average over them", file=sys.stderr)
 
 
 def evaluate_onnx(path: Path, split: str = "test", data_path: str | None = None, plots: Path | None = None) -> dict:

@@ -1,0 +1,43 @@
+"""The house is one-way: the parts that train a model never import the parts that put a trained model to use."""
+
+import ast
+from pathlib import Path
+
+import dltrain
+
+PACKAGE = Path(dltrain.__file__).parent
+# inference/ (predict, eval, serve) builds on these; none of them may import it
+BELOW_INFERENCE = ("autograd.py", "backend", "config", "data", "functional", "layers", "losses.py", "optim",
+                   "registry.py", "training")
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every dltrain module a file imports, relative imports resolved against its package."""
+    package = path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = list(package[:len(package) - node.level + 1]) if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)
+    return {name for name in found if name.startswith("dltrain")}
+
+
+def test_nothing_below_inference_imports_it():
+    files = [p for part in BELOW_INFERENCE for p in ([PACKAGE / part] if part.endswith(".py")
+                                                     else sorted((PACKAGE / part).rglob("*.py")))]
+    assert len(files) > 40
+    offenders = {str(p.relative_to(PACKAGE)): sorted(m for m in _imported_modules(p)
+                                                      if m.startswith("dltrain.inference"))
+                 for p in files}
+    assert {name: modules for name, modules in offenders.items() if modules} == {}
+
+
+def test_the_import_reader_sees_relative_imports():
+    """The check above can fail: the reader resolves `from ..inference.loading import x` in a training module."""
+    sample = PACKAGE / "cli" / "eval.py"
+    assert "dltrain.inference.evaluate" in _imported_modules(sample)
+    assert "dltrain.training.checkpoint" in _imported_modules(PACKAGE / "inference" / "loading.py")
