@@ -120,6 +120,19 @@ def test_predict_on_the_image_files_reproduces_eval(trained, fashion_folder, tmp
 
 
 @needs_fashion
+def test_image_files_named_one_by_one_share_batches(fashion_folder):
+    """`predict RUN a.png b.png ...` runs batches of the files as a folder would, not one forward pass a file; the
+    rows keep the order of the arguments."""
+    from dltrain.data.inputs import InputSet
+
+    files = sorted((fashion_folder / "test" / "trouser").iterdir())[:10]
+    source = InputSet([*files[:3], fashion_folder / "test" / "bag", *files[3:]], (1, 28, 28), None, None)
+    batches = list(source.batches(4))
+    bag = sorted(p for p in (fashion_folder / "test" / "bag").iterdir())
+    assert [len(b.ids) for b in batches] == [4] * 7 + [2]  # 3 + 20 + 7 files, in batches of 4
+    assert [Path(i) for b in batches for i in b.ids] == [*files[:3], *bag, *files[3:]]
+
+
 def test_a_second_run_reads_the_decoded_cache(trained, fashion_folder, tmp_path, monkeypatch):
     run, config, cache = trained
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))

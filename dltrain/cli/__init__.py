@@ -52,9 +52,9 @@ def reports_errors(command):
 
 def _register_commands() -> None:
     from . import eval as eval_command  # noqa: PLC0415
-    from . import export, find_lr, graph, info, plot, predict, profile, runs, train, tune  # noqa: PLC0415
+    from . import export, find_lr, graph, info, plot, predict, profile, runs, serve, train, tune  # noqa: PLC0415
 
-    for module in (train, eval_command, predict, plot, export, graph, info, profile, find_lr, tune, runs):
+    for module in (train, eval_command, predict, serve, plot, export, graph, info, profile, find_lr, tune, runs):
         module.register(app, reports_errors)
 
 

@@ -58,15 +58,17 @@ def _own_size_check(Image):
 
 
 def decode_image(path: Path, channels: int, size: tuple[int, int], max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-                 limit_option: str = "data.max_image_pixels"):
+                 limit_option: str = "data.max_image_pixels", name: str | None = None):
     """uint8 array (channels, height, width) of one image, converted and resized; DataError naming it otherwise
-    (an image of more than `max_pixels` pixels, refused before decoding, names `limit_option`, which raises it)."""
+    (an image of more than `max_pixels` pixels, refused before decoding, names `limit_option`, which raises it).
+    `path` may be a binary file object (an upload): `name` is then what messages call it."""
     Image = _pillow()
+    shown = path if name is None else name
     try:
         with _own_size_check(Image), Image.open(path) as image:  # open reads the header; convert decodes
             width, height = image.size
             if width * height > max_pixels:
-                raise DataError(f"{path}: {width} x {height} pixels ({width * height:,}) is over the limit of "
+                raise DataError(f"{shown}: {width} x {height} pixels ({width * height:,}) is over the limit of "
                                 f"{max_pixels:,} pixels (a guard against decompression bombs); raise {limit_option} "
                                 "to read it")
             image = image.convert("L" if channels == 1 else "RGB")
@@ -74,9 +76,9 @@ def decode_image(path: Path, channels: int, size: tuple[int, int], max_pixels: i
                 image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             pixels = np.asarray(image, dtype=np.uint8)
     except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
+        raise DataError(f"{shown}: image file not found") from None
     except (OSError, ValueError, SyntaxError) as exc:  # Pillow's UnidentifiedImageError is an OSError
-        raise DataError(f"{path}: not a readable image ({exc})") from None
+        raise DataError(f"{shown}: not a readable image ({exc})") from None
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
 
 

@@ -119,7 +119,9 @@ class InputSet:
         return None
 
     def batches(self, size: int, skip_bad: bool = False) -> Iterator[Batch]:
-        for kind, path, items in self.sources:
+        """Batches of up to `size` inputs, in order; the files of consecutive image (or text) arguments share
+        batches, so that `predict RUN *.png` runs as few forward passes as `predict RUN folder/`."""
+        for kind, path, items in self._merged_files():
             if kind == "images":
                 yield from self._images(items, size, skip_bad)
             elif kind == "texts":
@@ -134,6 +136,15 @@ class InputSet:
                 for start in range(0, len(x), size):
                     yield Batch(x[start:start + size], ids[start:start + size],
                                 {k: v[start:start + size] for k, v in carried.items()})
+
+    def _merged_files(self) -> list[tuple]:
+        merged = []
+        for kind, path, items in self.sources:
+            if kind in ("images", "texts") and merged and merged[-1][0] == kind:
+                merged[-1] = (kind, merged[-1][1], merged[-1][2] + items)
+            else:
+                merged.append((kind, path, list(items) if items is not None else None))
+        return merged
 
     def _read_files(self, files: list[Path], size: int, skip_bad: bool, read) -> Iterator[tuple[list, list[str]]]:
         """(what `read(path)` gave, readable names) of up to `size` files at a time; with skip_bad a file `read`

@@ -44,6 +44,22 @@ def _sigmoid(outputs):
     return 1.0 / (1.0 + np.exp(-outputs))
 
 
+def class_probabilities(predictor: Predictor, outputs):
+    """(probabilities (n, classes), classes best first (n, classes)) of a classifier's outputs: the first of equal
+    outputs first, as eval's argmax."""
+    probs = outputs if predictor.outputs_are_probabilities else _softmax(outputs)
+    return probs, np.argsort(-outputs, axis=1, kind="stable")
+
+
+def binary_probabilities(outputs):
+    """(probabilities, predicted 0 or 1) of binary logits: the logit's sign decides, as eval."""
+    return _sigmoid(outputs), (outputs > 0).astype(np.int64)
+
+
+def binary_names(predictor: Predictor) -> list[str]:
+    return predictor.class_names if predictor.class_names and len(predictor.class_names) == 2 else ["0", "1"]
+
+
 def output_columns(predictor: Predictor, top_k: int, probabilities: bool, width: int, carried: list[str]) -> list:
     columns = ["input", *carried]
     if predictor.task == "classification":
@@ -64,8 +80,7 @@ def rows_of(predictor: Predictor, outputs, ids: list[str], carried: dict, top_k:
     """One dict per input, values as the output formats write them (floats exact: repr)."""
     rows = []
     if predictor.task == "classification":
-        probs = outputs if predictor.outputs_are_probabilities else _softmax(outputs)
-        order = np.argsort(-outputs, axis=1, kind="stable")  # argmax of the outputs, as eval predicts
+        probs, order = class_probabilities(predictor, outputs)
         for i, input_id in enumerate(ids):
             row = {"input": input_id, **{k: v[i] for k, v in carried.items()}}
             best = order[i, :max(top_k, 1)]
@@ -76,13 +91,13 @@ def rows_of(predictor: Predictor, outputs, ids: list[str], carried: dict, top_k:
                 row.update({f"probability_{name}": float(p) for name, p in zip(predictor.class_names, probs[i])})
             rows.append(row)
     elif predictor.task == "binary":
-        probs = _sigmoid(outputs)
-        names = predictor.class_names if predictor.class_names and len(predictor.class_names) == 2 else ["0", "1"]
+        probs, predicted = binary_probabilities(outputs)
+        names = binary_names(predictor)
         for i, input_id in enumerate(ids):
             row = {"input": input_id, **{k: v[i] for k, v in carried.items()}}
             suffixes = [""] if outputs.shape[1] == 1 else [f"_{j}" for j in range(outputs.shape[1])]
             for j, suffix in enumerate(suffixes):
-                row[f"prediction{suffix}"] = names[int(outputs[i, j] > 0)]  # as eval: the logit's sign
+                row[f"prediction{suffix}"] = names[predicted[i, j]]
                 row[f"probability{suffix}"] = float(probs[i, j])
             rows.append(row)
     else:
