@@ -6,7 +6,9 @@ concurrent requests into one forward pass (batching) on and off, for the MLP and
 
 Each config is trained one epoch (the speed of serving does not depend on how well the model learned), then served
 on a free port; each client sends one Fashion-MNIST test image per request (JSON, UINT8, as a Triton client would
-with binary_data=False) and waits for the answer before sending the next. Batching off is --max-batch-size 1.
+with binary_data=False) and waits for the answer before sending the next. Batching "on" gathers what arrives while
+the model is busy (--max-delay-ms 0, the default), "on, 5 ms" also waits up to 5 ms for more, "off" is
+--max-batch-size 1. The clients run on the same machine as the server (they take their share of its cores).
 Prints a Markdown table; writes nothing else.
 """
 
@@ -106,7 +108,8 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "dltrain", "predict", str(run), str(work / "images.npz"), "--out",
                         str(work / "predictions.csv")], check=True, env={**os.environ})
         predict_rate = len(images) / (time.perf_counter() - start)
-        for batching, options in (("on", ["--max-batch-size", "64", "--max-delay-ms", "5"]),
+        for batching, options in (("on", ["--max-batch-size", "64", "--max-delay-ms", "0"]),
+                                  ("on, 5 ms", ["--max-batch-size", "64", "--max-delay-ms", "5"]),
                                   ("off", ["--max-batch-size", "1"])):
             process, url = serve(run, *options)
             try:

@@ -29,8 +29,9 @@ def serve(
     max_batch_size: int = typer.Option(64, "--max-batch-size", min=1,
                                        help="Samples of concurrent requests gathered into one forward pass (1: "
                                             "each request alone)."),
-    max_delay_ms: float = typer.Option(5.0, "--max-delay-ms", min=0.0,
-                                       help="How long a request waits for others to share its forward pass."),
+    max_delay_ms: float = typer.Option(0.0, "--max-delay-ms", min=0.0,
+                                       help="How long a request waits for others to share its forward pass (0: "
+                                            "it shares with those that arrived while the model was busy)."),
     workers: int = typer.Option(1, "--workers", min=1, help="Server processes, each with the models loaded and "
                                                             "its share of the cores."),
     token_file: Path | None = typer.Option(None, "--token-file", help="A file holding the token clients must send "

@@ -55,7 +55,7 @@ OPEN_ROUTES = ("/v2/health/live", "/v2/health/ready")  # probes need no token (t
 @dataclass
 class Settings:
     max_batch_size: int = 64  # samples in one forward pass; 1 turns gathering off
-    max_delay_ms: float = 5.0  # how long the first request of a batch waits for others
+    max_delay_ms: float = 0.0  # how long the first request of a batch waits for others (0: those already queued)
     max_body_bytes: int = 64 << 20  # larger request bodies get 413
     max_image_pixels: int = 89_478_485
     token: str | None = None  # required as "Authorization: Bearer TOKEN" on every route but the probes
