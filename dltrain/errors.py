@@ -39,6 +39,15 @@ class UserCodeError(DltrainError):
     """A --code file or an installed plugin that cannot be imported."""
 
 
+class RequestError(DltrainError):
+    """A request to `dltrain serve` that cannot be answered as sent: answered with `status` (4xx) and the message;
+    the server goes on."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
 class Diverged(DltrainError):
     """The loss became NaN or infinite."""
 

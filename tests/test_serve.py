@@ -19,9 +19,10 @@ from typer.testing import CliRunner
 
 from dltrain.cli import app
 from dltrain.data.images import decode_image
+from dltrain.errors import RequestError
 from dltrain.inference.loading import load_predictor
 from dltrain.inference.serve import Batcher
-from dltrain.inference.tensors import RequestError, decode_inputs, encode_response, requested_outputs, split_body
+from dltrain.inference.tensors import decode_inputs, encode_response, requested_outputs, split_body
 
 httpx = pytest.importorskip("httpx")
 tritonclient_http = pytest.importorskip("tritonclient.http")
@@ -333,17 +334,19 @@ def test_64_clients_2000_requests_none_lost_each_answer_its_own(runs):
         expected = np.exp(expected - expected.max(axis=1, keepdims=True))
         expected /= expected.sum(axis=1, keepdims=True)
 
-        def send(k):
-            i = k % len(pixels)
-            body = {"id": f"r{k}", "inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "UINT8",
-                                               "data": pixels[i].reshape(-1).tolist()}],
-                    "outputs": [{"name": "probabilities"}]}
-            with httpx.Client(timeout=60) as client:
-                answer = client.post(f"{started.url}/v2/models/digits/infer", json=body)
-            return k, i, answer
+        def client(c):  # one of 64 clients, each with its own connection, sending requests c, c + 64, ...
+            answers = []
+            with httpx.Client(timeout=60) as session:
+                for k in range(c, 2000, 64):
+                    i = k % len(pixels)
+                    body = {"id": f"r{k}", "inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "UINT8",
+                                                       "data": pixels[i].reshape(-1).tolist()}],
+                            "outputs": [{"name": "probabilities"}]}
+                    answers.append((k, i, session.post(f"{started.url}/v2/models/digits/infer", json=body)))
+            return answers
 
         with ThreadPoolExecutor(64) as pool:
-            answers = list(pool.map(send, range(2000)))
+            answers = [answer for answers in pool.map(client, range(64)) for answer in answers]
         assert len(answers) == 2000
         for k, i, answer in answers:
             assert answer.status_code == 200, answer.text

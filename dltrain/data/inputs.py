@@ -87,7 +87,7 @@ class InputSet:
                 raise DataError(f"{path}: not an input dltrain reads (expected images ({', '.join(IMAGE_SUFFIXES)}) "
                                 f"or folders of them, .csv, .npz or IDX files)")
         images = next((path for kind, path, _ in self.sources if kind == "images"), None)
-        self.image_format = _image_format(self.input_shape, images) if images else None
+        self.image_format = image_format(self.input_shape, images) if images else None
         self.skipped: list[Skipped] = []
 
     def _text_source(self, path: Path) -> tuple:
@@ -281,7 +281,7 @@ def _squeezed(shape: tuple) -> tuple:
     return tuple(d for d in shape if d != 1)
 
 
-def _image_format(input_shape: tuple, path: Path) -> tuple[int, tuple[int, int]]:
+def image_format(input_shape: tuple, path: Path) -> tuple[int, tuple[int, int]]:
     """(channels, (height, width)) that images must be converted to for a model with this input shape."""
     if len(input_shape) == 3 and input_shape[0] in (1, 3):
         return input_shape[0], tuple(input_shape[1:])

@@ -13,7 +13,8 @@ MLServer and TorchServe speak it, so that a client written for any of them works
 A model takes raw inputs, as its training data was given (pixels 0-255, a table's cells, texts): it normalizes,
 encodes and tokenizes them inside, exactly as `dltrain predict` does, through the same Predictor (loading.py) and
 answers (answers.py). Concurrent requests to a model are gathered into one forward pass of up to max_batch_size
-samples, waiting at most max_delay_ms for more, and the outputs split back to their requests.
+samples (those that arrived while the model was busy, and those arriving within max_delay_ms when it is above 0),
+and the outputs split back to their requests.
 
 A client's mistake (an unknown model, a malformed body, a wrong name, shape or datatype, an image that does not
 decode, a body over the size limit, a missing token) gets a 4xx and {"error": "..."} naming what was wrong, and the
@@ -39,13 +40,13 @@ from starlette.exceptions import HTTPException
 
 from .. import __version__
 from ..data.images import decode_image
-from ..data.inputs import _image_format
+from ..data.inputs import image_format
 from ..data.tables import Cells
 from ..data.text import missing_texts
-from ..errors import DltrainError
+from ..errors import DltrainError, RequestError
 from .answers import binary_names, binary_probabilities, class_probabilities, rows_of, to_target_units
 from .loading import Predictor
-from .tensors import HEADER_LENGTH, RequestError, decode_inputs, encode_response, requested_outputs, split_body
+from .tensors import HEADER_LENGTH, decode_inputs, encode_response, requested_outputs, split_body
 
 log = logging.getLogger("dltrain.serve")
 
@@ -167,7 +168,7 @@ class ServedModel:
             trained_on = "texts" if self.kind == "text" else "a table"
             raise RequestError(400, f"model {self.name!r} was trained on {trained_on}, not images")
         try:
-            channels, hw = _image_format(tuple(self.predictor.input_shape), self.name)
+            channels, hw = image_format(tuple(self.predictor.input_shape), self.name)
         except DltrainError as exc:
             raise RequestError(400, str(exc)) from None
         pixels = []

@@ -14,6 +14,8 @@ import struct
 
 import numpy as np
 
+from ..errors import RequestError
+
 # the protocol's datatypes; BYTES holds strings (object arrays of bytes here)
 DATATYPES = {"BOOL": np.dtype(np.bool_), "UINT8": np.dtype(np.uint8), "UINT16": np.dtype(np.uint16),
              "UINT32": np.dtype(np.uint32), "UINT64": np.dtype(np.uint64), "INT8": np.dtype(np.int8),
@@ -21,14 +23,6 @@ DATATYPES = {"BOOL": np.dtype(np.bool_), "UINT8": np.dtype(np.uint8), "UINT16": 
              "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64),
              "BYTES": np.dtype(object)}
 HEADER_LENGTH = "Inference-Header-Content-Length"
-
-
-class RequestError(Exception):
-    """A client's mistake: answered with `status` and {"error": message}; the server goes on."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
 
 
 def datatype_of(array) -> str:
