@@ -271,13 +271,14 @@ class InputSet:
         if x.dtype.kind not in "biuf":
             raise DataError(f"{path}: expected numbers, got dtype {x.dtype}")
         sample = tuple(x.shape[1:])
-        if sample != self.input_shape and _squeezed(sample) != _squeezed(self.input_shape):
+        if sample != self.input_shape and squeezed(sample) != squeezed(self.input_shape):
             raise ShapeError(f"{path}: the model expects inputs of per-sample shape {self.input_shape}, found "
                              f"{sample}")
         return x.reshape(len(x), *self.input_shape)
 
 
-def _squeezed(shape: tuple) -> tuple:
+def squeezed(shape: tuple) -> tuple:
+    """The shape without its axes of size 1: (1, 28, 28) and (28, 28) take the same inputs."""
     return tuple(d for d in shape if d != 1)
 
 

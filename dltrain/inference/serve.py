@@ -40,7 +40,7 @@ from starlette.exceptions import HTTPException
 
 from .. import __version__
 from ..data.images import decode_image
-from ..data.inputs import image_format
+from ..data.inputs import image_format, squeezed
 from ..data.tables import Cells
 from ..data.text import missing_texts
 from ..errors import DltrainError, RequestError
@@ -124,7 +124,7 @@ class ServedModel:
         if x.dtype == object or x.dtype == np.bool_:
             raise RequestError(400, f"input 'input': datatype {'BYTES' if x.dtype == object else 'BOOL'}: expected "
                                     f"numbers (FP32, FP64, FP16, UINT8 or another integer type)")
-        if x.ndim < 1 or (tuple(x.shape[1:]) != shape and _squeezed(x.shape[1:]) != _squeezed(shape)):
+        if x.ndim < 1 or (tuple(x.shape[1:]) != shape and squeezed(x.shape[1:]) != squeezed(shape)):
             raise RequestError(400, f"input 'input': expected shape [-1, {', '.join(map(str, shape))}] (a batch of "
                                     f"inputs of shape {list(shape)}), found {list(x.shape)}")
         return x.reshape(len(x), *shape)
@@ -146,20 +146,20 @@ class ServedModel:
     def encode_rows(self, rows: list[tuple], where: list[str]):
         """A table's cells or texts (one tuple per row, in the order of the inputs) as the network's inputs."""
         p = self.predictor
+        if self.kind == "text" and not p.tokenizer.columns:  # one text each, as predict reads a file or a line
+            blank = next((w for row, w in zip(rows, where) if not row[0].strip()), None)
+            if blank is not None:
+                raise RequestError(400, f"{blank}: an empty text (nothing but white space)")
         try:
             if self.kind == "table":  # cells stripped, as predict reads a CSV
                 cells = [[value.strip() for value in row] for row in rows]
                 return p.encoding.transform(Cells(cells, p.feature_names, where))
+            texts = rows
             if p.tokenizer.columns:  # trained on a CSV's text columns: missing texts as its data.missing says
                 texts = [missing_texts(tuple(t.strip() for t in row), p.tokenizer.columns, p.tokenizer.missing, w)
                          for row, w in zip(rows, where)]
-            else:  # one text each, as predict reads a text file or a line
-                blank = next((w for row, w in zip(rows, where) if not row[0].strip()), None)
-                if blank is not None:
-                    raise RequestError(400, f"{blank}: an empty text (nothing but white space)")
-                texts = rows
             return p.tokenizer.encode(texts).reshape(len(texts), *p.input_shape)
-        except DltrainError as exc:
+        except DltrainError as exc:  # the data's own messages (a category never seen, a missing text)
             raise RequestError(400, str(exc)) from None
 
     def decode_images(self, files: list[tuple[str, bytes]], max_pixels: int):
@@ -193,10 +193,6 @@ class ServedModel:
             labels = _bytes([names[v] for v in predicted.reshape(-1)]).reshape(predicted.shape)
             return {"probability": probs, "prediction": predicted, "label": labels}
         return {"prediction": to_target_units(outputs, p.data)}
-
-
-def _squeezed(shape) -> tuple:
-    return tuple(d for d in shape if d != 1)
 
 
 def _bytes(texts: list[str]) -> np.ndarray:
@@ -446,7 +442,7 @@ async def _people_inputs(model: ServedModel, request, body: bytes, kind: str, se
         return [name for name, _ in files], model.decode_images(files, settings.max_image_pixels)
     if kind == "text/plain":
         if model.kind != "text":
-            raise RequestError(400, f"model {name_of(model)} was not trained on text; a text/plain body is for text "
+            raise RequestError(400, f"model {model.name!r} was not trained on text; a text/plain body is for text "
                                     f"models")
         try:
             lines = [line for line in body.decode("utf-8").splitlines() if line.strip()]
@@ -454,7 +450,8 @@ async def _people_inputs(model: ServedModel, request, body: bytes, kind: str, se
             raise RequestError(400, "a text/plain body must be UTF-8") from None
         if not lines:
             raise RequestError(400, "a text/plain body with no texts (one text a line)")
-        return [f"line {i + 1}" for i in range(len(lines))], _texts(model, [(line,) for line in lines])
+        ids = [f"line {i + 1}" for i in range(len(lines))]
+        return ids, _texts(model, [(line,) for line in lines], ids)
     try:
         payload = json.loads(body)
     except ValueError as exc:
@@ -466,13 +463,14 @@ async def _people_inputs(model: ServedModel, request, body: bytes, kind: str, se
         texts = payload["texts"]
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
             raise RequestError(400, "'texts': expected a non-empty list of strings")
-        return [f"texts[{i}]" for i in range(len(texts))], _texts(model, [(t,) for t in texts])
+        ids = [f"texts[{i}]" for i in range(len(texts))]
+        return ids, _texts(model, [(t,) for t in texts], ids)
     records = payload["records"]
     if not isinstance(records, list) or not records or not all(isinstance(r, dict) for r in records):
         raise RequestError(400, "'records': expected a non-empty list of objects, one per row")
     columns = [spec["name"] for spec in model.inputs]
     if model.kind == "array":
-        raise RequestError(400, f"model {name_of(model)} takes arrays or images, not table records")
+        raise RequestError(400, f"model {model.name!r} takes arrays or images, not table records")
     rows = []
     for i, record in enumerate(records):
         absent = [c for c in columns if c not in record]
@@ -488,17 +486,13 @@ async def _people_inputs(model: ServedModel, request, body: bytes, kind: str, se
     return ids, model.encode_rows(rows, ids)
 
 
-def _texts(model: ServedModel, rows: list[tuple]) -> np.ndarray:
+def _texts(model: ServedModel, rows: list[tuple], ids: list[str]) -> np.ndarray:
     if model.kind != "text":
-        raise RequestError(400, f"model {name_of(model)} was not trained on text")
+        raise RequestError(400, f"model {model.name!r} was not trained on text")
     if len(model.inputs) > 1:
-        raise RequestError(400, f"model {name_of(model)} reads {len(model.inputs)} text columns "
+        raise RequestError(400, f"model {model.name!r} reads {len(model.inputs)} text columns "
                                 f"({', '.join(s['name'] for s in model.inputs)}): send 'records' with them")
-    return model.encode_rows(rows, [f"texts[{i}]" for i in range(len(rows))])
-
-
-def name_of(model: ServedModel) -> str:
-    return repr(model.name)
+    return model.encode_rows(rows, ids)
 
 
 def _warm_up(model: ServedModel) -> None:
