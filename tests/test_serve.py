@@ -3,6 +3,7 @@ Inference Protocol's own client, which nobody here wrote) and httpx. Its answers
 
 import csv
 import json
+import logging
 import os
 import signal
 import socket
@@ -190,6 +191,25 @@ def test_triton_client_answers_equal_predict_to_the_last_bit(server, runs, binar
     assert np.mean([row["prediction"] == f.parent.name for row, f in zip(rows, files)]) > 0.7  # it learned
 
 
+@pytest.mark.parametrize("binary", [True, False])
+def test_the_classification_extension_ranks_classes_as_triton_does(server, runs, binary):
+    """tritonclient's class_count=k asks for the top k classes of an output as 'score:index:label' (Triton's
+    classification extension), highest first; the scores are the probabilities the plain output holds."""
+    client = tritonclient_http.InferenceServerClient(url=server.url.removeprefix("http://"))
+    files = runs["images"][:12]
+    tensor = tritonclient_http.InferInput("input", [12, 1, 8, 8], "UINT8")
+    tensor.set_data_from_numpy(decoded(files), binary_data=binary)
+    plain = client.infer("digits", [tensor]).as_numpy("probabilities")
+    ranked = client.infer("digits", [tensor], outputs=[tritonclient_http.InferRequestedOutput(
+        "probabilities", binary_data=binary, class_count=3)]).as_numpy("probabilities")
+    assert ranked.shape == (12, 3)
+    for row, entries in zip(plain, ranked):
+        top = np.argsort(-row, kind="stable")[:3]
+        assert [entry.decode() if isinstance(entry, bytes) else entry for entry in entries] == [
+            f"{row[c]:.6f}:{c}:{DIGITS[c]}" for c in top]
+    assert "classification" in client.get_server_metadata()["extensions"]
+
+
 def test_onnx_model_answers_within_1e_6_of_predict(server, runs):
     client = tritonclient_http.InferenceServerClient(url=server.url.removeprefix("http://"))
     files = runs["images"][:20]
@@ -288,6 +308,11 @@ BAD_REQUESTS = [
     ("nope", {"json": _image_request()}, 404, "unknown model 'nope'; served: digits, digits_onnx, iris, reviews"),
     ("digits", {"json": {**_image_request(), "outputs": [{"name": "logits"}]}}, 400,
      "outputs[0]: unknown output 'logits'; this model has probabilities, prediction, label"),
+    ("digits", {"json": {**_image_request(), "outputs": [{"name": "probabilities",
+                                                          "parameters": {"classification": 11}}]}}, 400,
+     "outputs[0]: parameters.classification: expected a number of classes from 1 to 10, found 11"),
+    ("digits", {"json": {**_image_request(), "outputs": [{"name": "label", "parameters": {"classification": 2}}]}},
+     400, "outputs[0]: parameters.classification: 'label' holds no class scores to rank; ask it of 'probabilities'"),
     ("reviews", {"json": {"inputs": [{"name": "text", "shape": [1], "datatype": "FP32", "data": [1.0]}]}}, 400,
      "input 'text': expected BYTES (texts), found numbers"),
     ("iris", {"json": {"inputs": [{"name": n, "shape": [1], "datatype": "BYTES", "data": ["x"]}
@@ -429,8 +454,11 @@ def test_binary_tensors_round_trip_and_their_sizes_are_checked():
     header = json.dumps(head).encode()
     with pytest.raises(RequestError, match=r"input 'x': shape \[3, 4\] of FP32 is 48 bytes; binary_data_size is 44"):
         decode_inputs(*split_body(header + raw, str(len(header))))
-    assert requested_outputs({"parameters": {"binary_data_output": True}}, ["a", "b"]) == (["a", "b"], {"a", "b"})
-    assert requested_outputs({"outputs": [{"name": "b"}]}, ["a", "b"]) == (["b"], set())
+    assert requested_outputs({"parameters": {"binary_data_output": True}}, ["a", "b"]) == (["a", "b"], {"a", "b"},
+                                                                                           {})
+    assert requested_outputs({"outputs": [{"name": "b"}]}, ["a", "b"]) == (["b"], set(), {})
+    assert requested_outputs({"outputs": [{"name": "b", "parameters": {"classification": 2}}]}, ["a", "b"],
+                             {"b": 3}) == (["b"], set(), {"b": 2})
     nested = {"inputs": [{"name": "x", "shape": [2, 2], "datatype": "INT64", "data": [[1, 2], [3, 4]]}]}
     np.testing.assert_array_equal(decode_inputs(nested, memoryview(b""))["x"], [[1, 2], [3, 4]])
     nested["inputs"][0]["data"] = [[1, 2], [3, 4.5]]
@@ -482,3 +510,41 @@ def test_the_batcher_gathers_concurrent_requests_into_one_pass_and_splits_the_ou
         batcher.task.cancel()
 
     asyncio.run(scenario())
+
+
+def test_a_server_fault_is_one_500_logged_once_with_its_traceback_and_large_bodies_are_parsed_off_the_loop(
+        runs, caplog, monkeypatch):
+    """In process (Starlette's TestClient runs the app's lifespan): a fault that is not the client's is a 500 with
+    no detail, its traceback in the log once; the next request is served. A body above LARGE is parsed in a thread
+    and answers as a small one does."""
+    from starlette.testclient import TestClient
+
+    from dltrain.inference import serve
+
+    model = serve.ServedModel("digits", load_predictor(runs["digits"]))
+    app = serve.create_app([model], serve.Settings(max_batch_size=1))
+    threads = []
+    original = serve.decode_inputs
+    monkeypatch.setattr(serve, "decode_inputs", lambda *a: (threads.append(threading.current_thread()),
+                                                            original(*a))[1])
+    with TestClient(app) as client:
+        small = client.post("/v2/models/digits/infer", json=_image_request())
+        assert small.status_code == 200
+        many = _image_request(shape=(300, 1, 8, 8), data=[1.0] * 300 * 64)
+        assert len(json.dumps(many)) > serve.LARGE
+        large = client.post("/v2/models/digits/infer", json=many)
+        assert large.status_code == 200
+        one = client.post("/v2/models/digits/infer", json=_image_request(data=[1.0] * 64)).json()
+        np.testing.assert_allclose(np.array(large.json()["outputs"][0]["data"]).reshape(300, 10),  # float32's last
+                                   np.tile(one["outputs"][0]["data"], (300, 1)), rtol=1e-5)   # bits: the batch
+        assert threads[0] is threads[2] and threads[1] is not threads[0]  # small ones on the loop, the large not
+        monkeypatch.setattr(model, "output_tensors", lambda outputs: 1 / 0)
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            failed = client.post("/v2/models/digits/infer", json=_image_request())
+        assert failed.status_code == 500 and failed.json() == {"error": "internal error (logged on the server)"}
+        faults = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(faults) == 1 and faults[0].getMessage() == "POST /v2/models/digits/infer failed"
+        assert faults[0].exc_info[0] is ZeroDivisionError
+        monkeypatch.undo()
+        assert client.post("/v2/models/digits/infer", json=_image_request()).status_code == 200

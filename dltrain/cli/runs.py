@@ -17,6 +17,8 @@ def runs(
     where: list[str] = typer.Option([], "--where", help="Keep runs whose column or config key has this value: "
                                                         "status=completed, optimizer.name=adam (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON and nothing else."),
+    folds: bool = typer.Option(False, "--folds", help="List the runs of each k-fold run's folds too (RUN/fold-i) "
+                                                      "after its row of means."),
 ) -> None:
     """A table of run directories: status, epochs, best value, test accuracy, time, speed. A file that cannot be read
     is named in a note on stderr (--json: in the row's `problems`); the other runs and files are listed."""
@@ -29,7 +31,7 @@ def runs(
             raise ConfigError(f"--where {condition}: expected KEY=VALUE, e.g. status=completed or optimizer.lr=0.01")
     rows = []
     for root in roots:
-        rows += [run_row(path, root) for path in find_runs([root])]
+        rows += [run_row(path, root) for path in find_runs([root], folds=folds)]
     rows = [row for row in rows if all(matches(row, condition) for condition in where)]
     if sort:
         rows.sort(key=sort_key(sort.lstrip("-")), reverse=sort.startswith("-"))
@@ -41,7 +43,7 @@ def runs(
         return
     header = ["run", "started", "device", "status", "epochs", "best", "test", "seconds", "samples/s"]
     lines = [[row["run"], row["started"][:19].replace("T", " "), str(row["device"] or ""), row["status"],
-              str(row["epochs"]), _best(row), _test(row), _number(row["seconds"], ".1f"),
+              _epochs(row), _best(row), _test(row), _number(row["seconds"], ".1f"),
               _number(row["samples_per_second"], ",.0f")] for row in rows]
     print_table(header, lines, right=("epochs", "seconds", "samples/s"))
     for row in rows:
@@ -49,16 +51,29 @@ def runs(
             print(f"note: {problem}", file=sys.stderr)
 
 
+def _epochs(row) -> str:
+    """Epochs run; for a k-fold run, how many of its folds have finished."""
+    if row.get("folds") is not None:
+        return f"{row['folds_run']}/{row['folds']} folds"
+    return str(row["epochs"])
+
+
 def _best(row) -> str:
     if row["best_value"] is None:
         return ""
+    if row.get("folds") is not None:  # the folds' mean, ± their standard deviation
+        return f"{row['monitor']} {row['best_value']:.4f}" + _spread(row.get("best_std"))
     return f"{row['monitor']} {row['best_value']:.4f} @ {row['best_epoch']}"
 
 
 def _test(row) -> str:
     if row["test_accuracy"] is not None:
-        return f"accuracy {row['test_accuracy']:.4f}"
-    return f"loss {row['test_loss']:.4f}" if row["test_loss"] is not None else ""
+        return f"accuracy {row['test_accuracy']:.4f}" + _spread(row.get("test_accuracy_std"))
+    return f"loss {row['test_loss']:.4f}" + _spread(row.get("test_loss_std")) if row["test_loss"] is not None else ""
+
+
+def _spread(std) -> str:
+    return "" if std is None else f" ± {std:.4f}"
 
 
 def _number(value, spec: str) -> str:

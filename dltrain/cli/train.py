@@ -1,4 +1,5 @@
-"""dltrain train CONFIG [--set k=v]... [--run-dir DIR] [--device D] [--resume RUN_DIR] [--code FILE]"""
+"""dltrain train CONFIG [--set k=v]... [--run-dir DIR] [--device D] [--resume RUN_DIR] [--folds K [--final]]
+[--code FILE]"""
 
 from __future__ import annotations
 
@@ -19,12 +20,19 @@ def train(
     init_from: Path | None = typer.Option(None, "--init-from",
                                           help="Start from these weights (checkpoint or run dir), fresh optimizer."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the run directory and the final summary."),
+    folds: int | None = typer.Option(None, "--folds", min=2, metavar="K",
+                                     help="k-fold cross-validation: K runs, each validated on one stratified fold of "
+                                          "the training data, then their mean and std (training.folds)."),
+    final: bool = typer.Option(False, "--final", help="With --folds: then train once on all the training data for "
+                                                      "the folds' mean best epoch count (training.final)."),
     code: list[Path] = CODE_OPTION,
 ) -> None:
     """Train a model from a YAML config; writes metrics, checkpoints and curves into a run directory."""
     from ..config import load_config  # noqa: PLC0415
     from ..distributed import communicator  # noqa: PLC0415
+    from ..errors import ConfigError  # noqa: PLC0415
     from ..plugins import load_code  # noqa: PLC0415
+    from ..training.folds import is_cross_validation, run_cross_validation  # noqa: PLC0415
     from ..training.reporting import make_reporter  # noqa: PLC0415
     from ..training.run import run_training  # noqa: PLC0415
 
@@ -32,10 +40,24 @@ def train(
     comm = communicator()  # one rank without MPI; under mpiexec, rank 0 alone writes and prints
     if comm.rank != 0:
         silence_errors()
-    cfg = load_config(config, set_) if config is not None else None
-    summary = run_training(cfg, run_dir=run_dir, resume=resume, init_from=init_from, device=device, comm=comm,
-                           overrides=set_, config_path=config, reporter=make_reporter(quiet),
-                           announce=lambda text: print(text, flush=True))
+    if resume is not None and (folds is not None or final):
+        option = "--folds" if folds is not None else "--final"
+        raise ConfigError(f"{option} starts a k-fold run; --resume continues a run as it began (a k-fold run "
+                          "continues with its own folds)")
+    extra = [f"training.folds={folds}"] * (folds is not None) + ["training.final=true"] * final
+    cfg = load_config(config, [*set_, *extra]) if config is not None else None
+    options = dict(device=device, comm=comm, overrides=set_, config_path=config, reporter=make_reporter(quiet),
+                   announce=lambda text: print(text, flush=True))
+    if (resume is not None and is_cross_validation(resume)) or (cfg is not None and cfg.training.folds is not None
+                                                                 and resume is None):
+        if init_from is not None:
+            raise ConfigError("--init-from starts one run from a checkpoint's weights; a k-fold run trains each "
+                              "fold from the start")
+        summary = run_cross_validation(cfg, run_dir=run_dir, resume=resume, **options)
+        if comm.rank == 0:
+            print_cross_validation(summary)
+        return
+    summary = run_training(cfg, run_dir=run_dir, resume=resume, init_from=init_from, **options)
     if comm.rank == 0:
         _print_summary(summary)
 
@@ -58,6 +80,35 @@ def _print_summary(summary: dict) -> None:
         parts.append(f"test loss {summary['test_loss']:.4f}")
     parts.append(f"{summary['total_seconds']:.1f}s")
     print("; ".join(parts), flush=True)
+
+
+def print_cross_validation(summary: dict) -> None:
+    """The folds' table (folds.csv's rows, mean and std last) and the line that judges the k-fold run."""
+    from ..training.folds import describe, fold_rows  # noqa: PLC0415
+    from .output import print_table  # noqa: PLC0415
+
+    rows = fold_rows(summary["fold_results"]) if summary.get("fold_results") else []
+    tested = [key for key in ("test_accuracy", "test_loss") if any(r.get(key) not in (None, "") for r in rows)]
+    header = ["fold", "stop", "epochs", "best epoch", f"best {summary['monitor']}", *(t.replace("_", " ")
+                                                                                      for t in tested), "seconds"]
+
+    def cell(value, spec):
+        return "" if value in (None, "") else format(value, spec)
+
+    lines = [[str(r["fold"]), r.get("stop_reason") or "", cell(r.get("epochs"), ".4g"),
+              cell(r.get("best_epoch"), ".4g"), cell(r.get("best_value"), ".4f"),
+              *(cell(r.get(t), ".4f") for t in tested), cell(r.get("seconds"), ".1f")] for r in rows]
+    print_table(header, lines, right=[h for h in header if h not in ("fold", "stop")])
+    text = f"{summary['stop_reason']}: {describe(summary)}"
+    for key in ("test_accuracy", "test_loss"):
+        if summary.get(key) is not None:
+            std = summary.get(f"{key}_std")
+            text += f"; {key.replace('_', ' ')} {summary[key]:.4f}" + (f" ± {std:.4f}" if std is not None else "")
+    if summary.get("final"):
+        final = summary["final"]
+        text += f"; final model: {final['run_dir']} ({final.get('epochs_run')} epochs"
+        text += f", test accuracy {final['test_accuracy']:.4f})" if "test_accuracy" in final else ")"
+    print(text + f"; {summary['total_seconds']:.1f}s", flush=True)
 
 
 def register(app: typer.Typer, reports_errors) -> None:

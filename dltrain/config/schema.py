@@ -86,6 +86,18 @@ class TrainingConfig:
     ema: EmaConfig = field(default_factory=EmaConfig)  # a mapping turns it on (enabled: true is implied)
     loggers: list[Literal["tensorboard", "mlflow"]] = field(default_factory=list)  # trackers (loggers.py)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    # k-fold cross-validation (training/folds.py): K runs, each validated on one fold of the training data
+    folds: Annotated[int, Ge(2)] | None = None
+    final: bool = False  # with folds: then one run on all the training data for the folds' mean best epoch count
+
+
+@dataclass
+class FoldConfig:
+    """Which fold of the training data validates this run: `fold: {index: 2, of: 5}`. A k-fold run writes it into
+    the config of each of its runs; the folds are stratified by class and drawn by the seed."""
+
+    index: NonNegativeInt
+    of: Annotated[int, Ge(2)]
 
 
 @dataclass
@@ -97,6 +109,7 @@ class DataConfig:
     val_fraction: Annotated[float, Ge(0), Lt(1)] = 0.1  # held out from train (stratified) unless val_path
     val_path: str | None = None
     test_path: str | None = None
+    fold: FoldConfig | None = None  # validate on this fold of the training data (replaces val_fraction)
     normalize: Literal["auto", "global", "feature", "none"] = "auto"  # statistics from the training split
     normalize_targets: bool = True  # regression: train on standardized targets, predict in the original units
     # training-batch augmentations (dltrain/data/augment.py); none where the inputs are token ids (Config.token_inputs)
@@ -296,6 +309,12 @@ class Validator:
         """Check one value against its type; on failure record 'expected ..., got ...'."""
         if dataclasses.is_dataclass(annotation):
             return self.section(raw, annotation, path)
+        union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+        options = typing.get_args(annotation) if union else ()
+        if len(options) == 2 and type(None) in options:  # an optional section: null, or the section's mapping
+            (inner,) = (option for option in options if option is not type(None))
+            if dataclasses.is_dataclass(inner):
+                return None if raw is None else self.section(raw, inner, path)
         entry_of = _entry_of(annotation)
         if entry_of is not None:
             names = entry_of.registry.names()
@@ -467,6 +486,8 @@ def validate(values, positions: dict, filename: str, overrides: dict | None = No
         if isinstance(raw_data, dict):
             raw_data = {k: value for k, value in raw_data.items() if k != "augment"}
         data = v.named(raw_data, registry.datasets, ("data",), extra=common)
+        if data is not None and isinstance(data.get("fold"), FoldConfig):
+            data["fold"] = dataclasses.asdict(data["fold"])  # data is plain values, as the loaders take them
         if not isinstance(augment, list):
             v.error(("data", "augment"), f"expected a list of augmentations, got {_kind(augment)}")
         elif data is not None:
@@ -496,7 +517,9 @@ def validate(values, positions: dict, filename: str, overrides: dict | None = No
 def _cross_checks(config: Config, v: Validator) -> None:
     """Rules that involve two keys; each message names both."""
     es = config.training.early_stopping
-    has_val = config.data["val_fraction"] > 0 or config.data["val_path"] is not None
+    _fold_checks(config, v)
+    has_val = (config.data["val_fraction"] > 0 or config.data["val_path"] is not None
+               or config.data["fold"] is not None or config.training.folds is not None)
     monitor_path = ("training", "early_stopping", "monitor")
     named = monitor_path in v.positions or monitor_path in v.overrides
     if es.monitor.startswith("val_") and not has_val and not named:
@@ -530,6 +553,25 @@ def _cross_checks(config: Config, v: Validator) -> None:
     if schedule.get("warmup_epochs", 0) > config.training.epochs:
         v.error(("schedule", "warmup_epochs"), f"warmup of {schedule['warmup_epochs']} epochs is longer than "
                                                f"training.epochs = {config.training.epochs}")
+
+
+def _fold_checks(config: Config, v: Validator) -> None:
+    """k-fold cross-validation draws its validation folds from the training split: nothing else may name one."""
+    fold, folds = config.data["fold"], config.training.folds
+    if fold is not None and fold["index"] >= fold["of"]:
+        v.error(("data", "fold", "index"), f"expected a fold in [0, {fold['of'] - 1}] (of: {fold['of']}), "
+                                           f"got {fold['index']}")
+    for key, value in (("fold", fold), ("folds", folds)):
+        if value is not None and config.data["val_path"] is not None:
+            path = ("data", "fold") if key == "fold" else ("training", "folds")
+            v.error(path, "k-fold cross-validation validates on folds of the training data, but data.val_path "
+                          "names a validation set; remove one of them")
+    if fold is not None and folds is not None:
+        v.error(("training", "folds"), "a k-fold run writes data.fold into the config of each of its runs; a config "
+                                       "with data.fold set is one of them: remove data.fold or training.folds")
+    if config.training.final and folds is None:
+        v.error(("training", "final"), "trains once more after the folds of a k-fold run; set training.folds "
+                                       "(or --folds K) too, or remove it")
 
 
 def config_from_dict(values: dict, source: str = "checkpoint") -> Config:

@@ -44,3 +44,15 @@ def stratified_split(labels, fraction: float, rng, classification: bool):
     mask = np.ones(n, dtype=bool)
     mask[val_idx] = False
     return np.flatnonzero(mask), val_idx
+
+
+def fold_numbers(labels, folds: int, rng, classification: bool):
+    """Each sample's fold, 0..folds-1: the samples in random order, class after class (stratified), dealt out to the
+    folds in turn, so that every fold holds each class's count / folds (give or take one) and the folds' sizes differ
+    by one at most."""
+    n = len(labels)
+    order = [rng.permutation(n)] if not classification else [
+        rng.permutation(members) for members in (np.flatnonzero(labels == cls) for cls in np.unique(labels))]
+    numbers = np.empty(n, dtype=np.int64)
+    numbers[np.concatenate(order)] = np.arange(n) % folds
+    return numbers

@@ -15,7 +15,7 @@ from .. import backend
 from ..errors import DataError, ShapeError
 from ..registry import datasets
 from .datasets import RawData, cache_dir, read_extra_split
-from .rows import RowView, stratified_split
+from .rows import RowView, fold_numbers, stratified_split
 from .tables import Cells, TableEncoding
 from .text import PADDING_ID, Texts, Tokenizer, cached_ids, fitted
 
@@ -198,11 +198,24 @@ def prepare(data: dict, task: str, seed: int, device: str, stats: dict | None = 
     raw = load_raw(data, seed)
     x_train, y_train = _check_arrays("train", raw.x_train, raw.y_train, task)
     val = test = None
+    fold = data.get("fold")
+    if raw.x_val is not None and fold is not None:
+        raise DataError(f"data.fold: {data['name']} came with its own validation split ({len(raw.y_val)} samples), "
+                        "but k-fold cross-validation validates on folds of the training split; move those samples "
+                        "into the training data, or train without folds")
     if raw.x_val is not None:
         val = _check_arrays("val", raw.x_val, raw.y_val, task)
-    elif data.get("val_fraction", 0) > 0:
+    elif fold is not None or data.get("val_fraction", 0) > 0:
         rng = np.random.default_rng([seed, 2])
-        train_idx, val_idx = stratified_split(y_train, data["val_fraction"], rng, task == "classification")
+        classification = task == "classification"
+        if fold is not None:
+            if len(y_train) < fold["of"]:
+                raise DataError(f"data.fold: {fold['of']} folds of {len(y_train)} training samples leave a fold "
+                                f"empty; use at most {len(y_train)} folds")
+            in_fold = fold_numbers(y_train, fold["of"], rng, classification) == fold["index"]
+            train_idx, val_idx = np.flatnonzero(~in_fold), np.flatnonzero(in_fold)
+        else:
+            train_idx, val_idx = stratified_split(y_train, data["val_fraction"], rng, classification)
         if len(val_idx) == 0 or len(train_idx) == 0:
             raise DataError(f"data.val_fraction {data['val_fraction']} of {len(y_train)} samples leaves an empty "
                             "split; use a fraction that keeps samples on both sides")

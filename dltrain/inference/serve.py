@@ -50,6 +50,7 @@ from .tensors import HEADER_LENGTH, decode_inputs, encode_response, requested_ou
 
 log = logging.getLogger("dltrain.serve")
 
+LARGE = 1 << 16  # a request body (bytes) or response (values) above this is parsed or encoded in a thread
 OPEN_ROUTES = ("/v2/health/live", "/v2/health/ready")  # probes need no token (they tell nothing about the models)
 
 
@@ -95,6 +96,21 @@ class ServedModel:
                             {"name": "label", "datatype": "BYTES", "shape": [-1, width]}]
         else:
             self.outputs = [{"name": "prediction", "datatype": "FP64", "shape": [-1, width]}]
+
+    @property
+    def ranked(self) -> dict[str, int]:
+        """The outputs the classification extension ranks, with their number of classes."""
+        if self.predictor.task != "classification":
+            return {}
+        return {"probabilities": len(self.predictor.class_names)}
+
+    def top_classes(self, probabilities: np.ndarray, count: int) -> np.ndarray:
+        """The classification extension's answer, as Triton gives it: (n, count) BYTES of 'score:index:label', the
+        classes by decreasing probability (ties: the lower index first)."""
+        order = np.argsort(-probabilities, axis=1, kind="stable")[:, :count]
+        names = self.predictor.class_names
+        return _bytes([f"{probabilities[row, c]:.6f}:{c}:{names[c]}" for row in range(len(order))
+                       for c in order[row]]).reshape(len(order), count)
 
     def metadata(self) -> dict:
         return {"name": self.name, "versions": ["1"], "platform": "dltrain", "inputs": self.inputs,
@@ -324,11 +340,6 @@ def create_app(models: list[ServedModel], settings: Settings):
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         return error(400, problems)
 
-    @app.exception_handler(Exception)
-    async def server_error(request, exc: Exception):
-        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-        return error(500, "internal error (logged on the server)")
-
     @app.middleware("http")
     async def guard(request: Request, call_next):
         if settings.token is not None and request.url.path not in OPEN_ROUTES:
@@ -340,7 +351,11 @@ def create_app(models: list[ServedModel], settings: Settings):
         if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
             return error(413, f"a request body may hold at most {settings.max_body_bytes:,} bytes; this one says "
                               f"Content-Length {length}")
-        return await call_next(request)
+        try:
+            return await call_next(request)
+        except Exception:  # not a client's mistake (those are answered inside): logged here, once, with its traceback
+            log.exception("%s %s failed", request.method, request.url.path)
+            return error(500, "internal error (logged on the server)")
 
     def model_named(name: str) -> ServedModel:
         model = by_name.get(name)
@@ -357,6 +372,11 @@ def create_app(models: list[ServedModel], settings: Settings):
             chunks.append(chunk)
         return b"".join(chunks)
 
+    async def off_the_loop(work, size: int):
+        """work(), in a thread when `size` (bytes or values) makes it long enough to hold up the event loop, which
+        meanwhile accepts connections and answers the health probes; small requests skip the thread's cost."""
+        return await asyncio.to_thread(work) if size > LARGE else work()
+
     async def run_model(model: ServedModel, x: np.ndarray) -> np.ndarray:
         if len(x) == 0:
             raise RequestError(400, "no rows to predict: the inputs' first dimension is 0")
@@ -367,7 +387,7 @@ def create_app(models: list[ServedModel], settings: Settings):
 
     @app.get("/v2")
     async def server_metadata():
-        return {"name": "dltrain", "version": __version__, "extensions": ["binary_tensor_data"]}
+        return {"name": "dltrain", "version": __version__, "extensions": ["binary_tensor_data", "classification"]}
 
     @app.get("/v2/health/live")
     async def live():
@@ -394,14 +414,22 @@ def create_app(models: list[ServedModel], settings: Settings):
         """Tensors in, tensors out (the protocol's inference request and response)."""
         model = model_named(name)
         body = await body_of(request)
-        payload, binary = split_body(body, request.headers.get(HEADER_LENGTH))
-        names, as_binary = requested_outputs(payload, [spec["name"] for spec in model.outputs])
-        x = model.network_inputs(decode_inputs(payload, binary))
+
+        def parse():
+            payload, binary = split_body(body, request.headers.get(HEADER_LENGTH))
+            wanted = requested_outputs(payload, [spec["name"] for spec in model.outputs], model.ranked)
+            return payload, wanted, model.network_inputs(decode_inputs(payload, binary))
+
+        payload, (names, as_binary, top), x = await off_the_loop(parse, len(body))
         outputs = model.output_tensors(await run_model(model, x))
+        for output, count in top.items():
+            outputs[output] = model.top_classes(outputs[output], count)
         head = {"model_name": name, "model_version": "1"}
         if "id" in payload:
             head["id"] = payload["id"]
-        content, header_length = encode_response(head, {n: outputs[n] for n in names}, as_binary)
+        answered = {n: outputs[n] for n in names}
+        content, header_length = await off_the_loop(lambda: encode_response(head, answered, as_binary),
+                                                    sum(a.size for a in answered.values()))
         if header_length is None:
             return Response(content, media_type="application/json")
         return Response(content, media_type="application/octet-stream",

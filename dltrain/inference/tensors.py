@@ -168,19 +168,23 @@ def _from_bytes(raw: memoryview, shape: list, datatype: str, count: int, where: 
     return np.frombuffer(raw, dtype=dtype).astype(DATATYPES[datatype], copy=True).reshape(shape)
 
 
-def requested_outputs(request: dict, available: list[str]) -> tuple[list[str], set[str]]:
-    """(the output names to answer with, in order, and those to send as binary data). Without "outputs" all of
-    them, binary when the request's parameters.binary_data_output says so (what Triton's client asks)."""
+def requested_outputs(request: dict, available: list[str],
+                      ranked: dict[str, int] | None = None) -> tuple[list[str], set[str], dict[str, int]]:
+    """(the output names to answer with, in order, those to send as binary data, and {name: k} of those asked for
+    as their top k classes: the classification extension, parameters.classification = k, offered for the outputs
+    `ranked` names with their number of classes). Without "outputs" all of them, binary when the request's
+    parameters.binary_data_output says so (what Triton's client asks)."""
     parameters = request.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise RequestError(400, f"'parameters': expected an object, found {parameters!r}")
     every_binary = parameters.get("binary_data_output") is True
     wanted = request.get("outputs")
     if wanted is None:
-        return list(available), set(available) if every_binary else set()
+        return list(available), set(available) if every_binary else set(), {}
     if not isinstance(wanted, list):
         raise RequestError(400, f"'outputs': expected a list of requested outputs, found {wanted!r}")
-    names, binary = [], set()
+    names, binary, top = [], set(), {}
+    ranked = ranked or {}
     for i, spec in enumerate(wanted):
         name = spec.get("name") if isinstance(spec, dict) else None
         if name not in available:
@@ -188,13 +192,20 @@ def requested_outputs(request: dict, available: list[str]) -> tuple[list[str], s
         output_parameters = spec.get("parameters") or {}
         if not isinstance(output_parameters, dict):
             raise RequestError(400, f"outputs[{i}]: 'parameters': expected an object, found {output_parameters!r}")
-        if output_parameters.get("classification"):
-            raise RequestError(400, f"outputs[{i}]: the classification extension is not offered; ask for "
-                                    f"'probabilities' and 'label' instead")
+        count = output_parameters.get("classification")
+        if count is not None:
+            if name not in ranked:
+                offered = f"; ask it of {', '.join(map(repr, ranked))}" if ranked else " by this model"
+                raise RequestError(400, f"outputs[{i}]: parameters.classification: {name!r} holds no class scores "
+                                        f"to rank{offered}")
+            if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= ranked[name]:
+                raise RequestError(400, f"outputs[{i}]: parameters.classification: expected a number of classes "
+                                        f"from 1 to {ranked[name]}, found {count!r}")
+            top[name] = count
         names.append(name)
         if output_parameters.get("binary_data", every_binary) is True:
             binary.add(name)
-    return names, binary
+    return names, binary, top
 
 
 def encode_response(head: dict, outputs: dict[str, np.ndarray], binary: set[str]) -> tuple[bytes, int | None]:

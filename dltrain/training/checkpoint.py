@@ -18,7 +18,7 @@ from pathlib import Path
 from .. import __version__, backend
 from ..config.loader import MAX_DEPTH
 from ..errors import CheckpointError
-from .rundir import BEST, LAST, atomic_write
+from .rundir import BEST, CHECKPOINTS, FOLDS, LAST, atomic_write
 
 np = backend.np
 
@@ -253,8 +253,15 @@ def _metadata(raw: bytes) -> dict:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A run directory means its best checkpoint (its last one if no best was written)."""
+    """A run directory means its best checkpoint (its last one if no best was written); a k-fold run's directory,
+    that of its final run (training.final)."""
     path = Path(path)
+    if path.is_dir() and (path / FOLDS).is_file() and not (path / CHECKPOINTS).is_dir():
+        if (path / "final").is_dir():
+            return resolve_checkpoint(path / "final")
+        raise CheckpointError(f"{path}: a k-fold run keeps one model per fold and no final run: give one fold's run "
+                              f"directory ({path / 'fold-0'}, ...), or train with --final for one model on all the "
+                              "training data")
     if path.is_dir():
         for name in (BEST, LAST):
             if (path / name).is_file():

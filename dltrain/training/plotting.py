@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import DltrainError
 from .rundir import CURVES, METRICS, RunDir, atomic_write
-from .runs import metric_value, numbers_checked
+from .runs import is_cross_validation, metric_value, numbers_checked
 
 FIGSIZE = (15, 4.5)  # inches; at DPI this gives a 1500 x 450 PNG
 DPI = 100
@@ -18,6 +18,17 @@ DPI = 100
 
 def _column(path: Path, rows: list[dict], key: str) -> list[float | None]:
     return [metric_value(path, r, key) for r in rows]
+
+
+def _fold_runs(path) -> list:
+    """A k-fold run's directory stands for its folds' runs (fold-0, fold-1, ...: each a curve); others for
+    themselves."""
+    if not is_cross_validation(Path(path)):
+        return [path]
+    folds = [p for p in Path(path).iterdir() if p.is_dir() and p.name.startswith("fold-") and p.name[5:].isdigit()]
+    if not folds:
+        raise DltrainError(f"{path}: a k-fold run with no fold run yet (no fold-0)")
+    return sorted(folds, key=lambda p: int(p.name[5:]))
 
 
 def plot_runs(run_dirs: list, out: Path | None = None) -> Path:
@@ -28,7 +39,9 @@ def plot_runs(run_dirs: list, out: Path | None = None) -> Path:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     runs = []
-    for path in run_dirs:
+    expanded = [fold for path in run_dirs for fold in _fold_runs(path)]
+    out = Path(out) if out else Path(run_dirs[0]) / CURVES if expanded != list(run_dirs) else None
+    for path in expanded:
         run = RunDir(path)
         if not run.path.is_dir():
             raise DltrainError(f"{path}: not a run directory")
@@ -37,7 +50,7 @@ def plot_runs(run_dirs: list, out: Path | None = None) -> Path:
             raise DltrainError(f"{run.file('metrics.csv')}: no epochs recorded yet (missing or empty metrics.csv)")
         numbers_checked(run.file(METRICS), rows)  # a word in any column is named before anything is drawn
         runs.append((run, rows, run.read_summary() or {}))
-    out = Path(out) if out else runs[0][0].file(CURVES)
+    out = out or runs[0][0].file(CURVES)
 
     fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=FIGSIZE, dpi=DPI)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]

@@ -41,6 +41,7 @@ PROCESS = "process.json"
 GRADIENTS = "gradients.csv"  # with training.log_gradients
 GRADIENT_PLOT = "gradients.png"
 LOCK = ".lock"
+FOLDS = "folds.csv"  # a k-fold run's table of folds (training/folds.py); it marks the k-fold run's own directory
 # What a run writes; a directory holding only these from a run that failed before its first epoch is reused.
 RUN_FILES = {CONFIG, METRICS, SUMMARY, CHECKPOINTS, CURVES, PROCESS, GRADIENTS, GRADIENT_PLOT, LOCK, "tensorboard",
              "mlflow.json", "plots"}
@@ -98,9 +99,10 @@ class RunDir:
     def file(self, name: str) -> Path:
         return self.path / name
 
-    def create(self) -> None:
-        """Make a new run directory and lock it; an existing one is never overwritten, except what a run that failed
-        before its first epoch left (its summary says so)."""
+    def create(self, checkpoints: bool = True) -> None:
+        """Make a new run directory (with its checkpoints/ unless `checkpoints` is false: a k-fold run's own
+        directory) and lock it; an existing one is never overwritten, except what a run that failed before its first
+        epoch left (its summary says so)."""
         if not self.writable:
             return
         if self.path.exists() and not self.path.is_dir():
@@ -116,7 +118,8 @@ class RunDir:
             for name in self._leftovers_of_failed_setup():  # nothing of value: no epoch was completed
                 target = self.file(name)
                 shutil.rmtree(target) if target.is_dir() else target.unlink()
-            (self.path / CHECKPOINTS).mkdir(exist_ok=True)
+            if checkpoints:
+                (self.path / CHECKPOINTS).mkdir(exist_ok=True)
         except OSError as exc:
             self.unlock()
             raise RunDirError(f"cannot create run directory {self.path}: {exc.strerror or exc}") from None
@@ -250,6 +253,10 @@ class RunDir:
         if not names_a_process(pid):
             return None
         return {"pid": pid, **{key: value for key, value in process.items() if isinstance(value, str)}}
+
+    def write(self, name: str, data: bytes) -> None:
+        """Replace the file `name` in the run with `data`, atomically (nothing with writable=False)."""
+        self._write(name, data)
 
     def _write(self, name: str, data: bytes) -> None:
         if not self.writable:

@@ -14,6 +14,7 @@ the table: the row shows what the other files say, and the row's `problems` name
 from __future__ import annotations
 
 import datetime
+import re
 from pathlib import Path
 
 import yaml
@@ -26,20 +27,34 @@ from . import rundir as files
 COLUMNS = ("run", "started", "device", "status", "epochs", "best", "test", "seconds", "samples_per_second")
 
 
-def find_runs(roots: list[Path]) -> list[Path]:
-    """Run directories (holding config.yaml and metrics.csv or summary.json) under `roots`, recursively."""
+def find_runs(roots: list[Path], folds: bool = False) -> list[Path]:
+    """Run directories (holding config.yaml and metrics.csv or summary.json, or a k-fold run's folds.csv) under
+    `roots`, recursively. A k-fold run is one directory; its folds' runs are listed after it with `folds`."""
     found = []
     for root in roots:
         root = Path(root)
         if not root.exists():
             raise DltrainError(f"{root}: no such directory")
-        candidates = [root, *sorted(p.parent for p in root.rglob(files.CONFIG))]
+        candidates = [root, *sorted((p.parent for p in root.rglob(files.CONFIG)), key=_natural)]
         for path in candidates:
-            if (path / files.CONFIG).is_file() and ((path / files.METRICS).is_file()
-                                                     or (path / files.SUMMARY).is_file()):
+            inside_cross_validation = path != root and is_cross_validation(path.parent)
+            if not (path / files.CONFIG).is_file() or (inside_cross_validation and not folds):
+                continue
+            if any((path / name).is_file() for name in (files.METRICS, files.SUMMARY, files.FOLDS)):
                 if path not in found:
                     found.append(path)
     return found
+
+
+def _natural(path: Path) -> tuple:
+    """Paths in the order people count: fold-2 before fold-10."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
+                 for part in re.split(r"(\d+)", str(path)) if part)
+
+
+def is_cross_validation(path: Path) -> bool:
+    """Whether `path` is the directory of a k-fold run (training/folds.py), not one of its folds."""
+    return (Path(path) / files.FOLDS).is_file() and (Path(path) / files.CONFIG).is_file()
 
 
 def status_of(run: files.RunDir, summary: dict | None, metrics: list[dict] = ()) -> str:
@@ -107,6 +122,8 @@ def run_row(path: Path, root: Path | None = None) -> dict:
 
     summary = read(run.read_summary, None)
     summary_unreadable = bool(problems)
+    if is_cross_validation(path):
+        return _cross_validation_row(path, root, run, summary, problems)
     metrics_file = run.file(files.METRICS)
     metrics = read(lambda: numbers_checked(metrics_file, run.read_metrics()), [])
     process = run.read_process() or {}
@@ -135,6 +152,45 @@ def run_row(path: Path, root: Path | None = None) -> dict:
     row["config"] = flatten_keys(config)
     row["problems"] = problems
     return row
+
+
+def _cross_validation_row(path: Path, root: Path | None, run: files.RunDir, summary: dict | None,
+                          problems: list[str]) -> dict:
+    """A k-fold run's row: its folds' mean (and std) from folds.csv, which grows as they finish."""
+    from .folds import FIGURES, mean_and_std, read_folds  # noqa: PLC0415 (folds builds on this module)
+
+    unreadable = bool(problems)
+    try:
+        rows = read_folds(path)
+        for row in rows:
+            for column in FIGURES:
+                metric_value(run.file(files.FOLDS), {**row, "epoch": row["fold"]}, column)
+    except RunDirError as exc:
+        problems.append(str(exc))
+        rows = []
+    try:
+        config = read_config(path)
+    except DltrainError as exc:
+        problems.append(str(exc))
+        config = {}
+    figures = {column: mean_and_std([float(r[column]) for r in rows if r[column] != ""]) for column in FIGURES}
+    process = run.read_process() or {}
+    started = process.get("started") or datetime.datetime.fromtimestamp(
+        (path / files.CONFIG).stat().st_mtime).astimezone().strftime("%Y-%m-%dT%H:%M:%S%z")
+    summary = summary or {}
+    folds = summary.get("folds") or _setting(config, "training", "folds")
+    return {"run": str(path.relative_to(root)) if root and path != root and path.is_relative_to(root) else str(path),
+            "started": started, "device": summary.get("device") or _setting(config, "device"),
+            "status": "unreadable" if unreadable else status_of(run, summary or None),
+            "epochs": sum(int(float(r["epochs"])) for r in rows if r["epochs"] != ""),
+            "folds": folds, "folds_run": len(rows),
+            "monitor": summary.get("monitor") or next((r["monitor"] for r in rows if r["monitor"]), None)
+            or _setting(config, "training", "early_stopping", "monitor"),
+            "best_value": figures["best_value"][0], "best_std": figures["best_value"][1], "best_epoch": None,
+            "test_accuracy": figures["test_accuracy"][0], "test_accuracy_std": figures["test_accuracy"][1],
+            "test_loss": figures["test_loss"][0], "test_loss_std": figures["test_loss"][1],
+            "seconds": summary.get("total_seconds", round(sum(float(r["seconds"]) for r in rows if r["seconds"]), 3)),
+            "samples_per_second": None, "config": flatten_keys(config), "problems": problems}
 
 
 def _setting(config: dict, *keys):

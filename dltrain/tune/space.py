@@ -5,6 +5,7 @@
       trials: 40
       sampler: tpe                  # tpe | random | grid | cmaes
       pruner: median                # median | hyperband | none
+      folds: 5                      # optional: each trial a k-fold run, judged by the folds' mean
       parameters:                   # config key paths, written as for --set
         optimizer.lr: {log_uniform: [1.0e-4, 1.0e-1]}
         model[1].linear.units: {choice: [256, 512, 1024]}
@@ -22,7 +23,9 @@ import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+
+from annotated_types import Ge
 
 from ..config import format_path
 from ..config.loader import apply_override, parse_key, parse_override, read_config_file
@@ -45,6 +48,7 @@ class TuneSection:
     trials: PositiveInt = 20
     sampler: Literal[SAMPLERS] = "tpe"
     pruner: Literal[PRUNERS] = "median"
+    folds: Annotated[int, Ge(2)] | None = None  # each trial a k-fold run (training.folds), judged by the folds' mean
 
 
 @dataclass(frozen=True)
@@ -85,9 +89,11 @@ class Search:
     pruner: str
     parameters: list[Parameter] = field(default_factory=list)
     monitor: str | None = None  # what a trial's early stopping and best checkpoint follow (default: metric)
+    folds: int | None = None  # each trial a k-fold run of this many folds (tune.folds, or the config's own)
 
     def __post_init__(self):
         self.monitor = self.monitor or self.metric
+        self.folds = self.folds or self.config.training.folds
 
     def trial_config(self, assignment: dict) -> Config:
         """The config of one trial: the base values with `assignment` (key -> value) written in, and the study's
@@ -98,6 +104,9 @@ class Search:
             value = assignment[parameter.key]
             apply_override(values, parameter.path, value, f"{parameter.key}={value!r}")
             written_by[parameter.path] = f"{parameter.key}={value!r} (tune)"
+        if self.folds is not None and self.folds != self.config.training.folds:
+            apply_override(values, ("training", "folds"), self.folds, f"tune.folds={self.folds}")
+            written_by[("training", "folds")] = f"tune.folds: {self.folds}"
         monitor_metric(values, self.metric)
         return validate(values, self.positions, self.filename, written_by)
 
@@ -138,7 +147,12 @@ def load_search(config_path: str | Path, overrides: list[str] = (), space_path: 
     options = v.section(section, TuneSection, (SEARCH_SECTION,))
     v.raise_if_any()
     metric = options.metric or config.training.early_stopping.monitor
-    _check_metric(v, config, metric, options.metric is not None)
+    if options.folds is not None and config.data["val_path"] is not None:
+        v.error((SEARCH_SECTION, "folds"), "k-fold cross-validation validates on folds of the training data, but "
+                                           "data.val_path names a validation set; remove one of them")
+    if options.folds is not None and metric.startswith("train_") and options.metric is None:
+        metric = "val_" + metric.removeprefix("train_")  # no validation split, until the folds give one
+    _check_metric(v, config, metric, options.metric is not None, options.folds)
     raw_parameters = options.parameters
     parameters = []
     if not isinstance(raw_parameters, dict) or not raw_parameters:
@@ -160,7 +174,7 @@ def load_search(config_path: str | Path, overrides: list[str] = (), space_path: 
     direction = "maximize" if metric.endswith("accuracy") else "minimize"
     monitor = config.training.early_stopping.monitor if named_monitor(values) else metric
     return Search(config, values, positions, filename, written_by, metric, direction, options.trials,
-                  options.sampler, options.pruner, parameters, monitor)
+                  options.sampler, options.pruner, parameters, monitor, options.folds)
 
 
 def named_monitor(values: dict) -> bool:
@@ -185,9 +199,10 @@ def monitor_metric(values: dict, metric: str) -> None:
         training["early_stopping"] = {**early_stopping, "monitor": metric}
 
 
-def _check_metric(v: Validator, config: Config, metric: str, named: bool) -> None:
+def _check_metric(v: Validator, config: Config, metric: str, named: bool, folds: int | None = None) -> None:
     path = (SEARCH_SECTION, "metric")
-    has_val = config.data["val_fraction"] > 0 or config.data["val_path"] is not None
+    has_val = (config.data["val_fraction"] > 0 or config.data["val_path"] is not None
+               or (folds or config.training.folds) is not None)
     if metric.startswith("val_") and not has_val:
         v.error(path, f"{metric!r} needs a validation split, and data.val_fraction is 0 with no data.val_path; "
                       "search on a train_ metric or hold out validation data")

@@ -239,10 +239,12 @@ def _sampler(search: Search, seed: int) -> optuna.samplers.BaseSampler:
 
 
 def _pruner(search: Search) -> optuna.pruners.BasePruner:
-    if search.pruner == "median":  # judged from the second epoch, once 5 trials have finished
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
+    """A trial's steps are its epochs; with folds, its folds (the running mean after fold 0, 1, ...)."""
+    if search.pruner == "median":  # judged from the second epoch (or fold), once 5 trials have finished
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1 if search.folds else 2)
     if search.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=search.config.training.epochs)
+        steps = search.folds or search.config.training.epochs
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=steps)
     return optuna.pruners.NopPruner()
 
 
@@ -315,12 +317,16 @@ def run_worker(search: Search, study: optuna.Study, study_dir: Path, *, device: 
 
 class _Pruning(Callback):
     """Reports the searched metric to Optuna after every epoch, keeps its best value, stops a trial the pruner
-    gives up on (the run says stop_reason: pruned)."""
+    gives up on (the run says stop_reason: pruned). With `per_epoch` false (a k-fold trial, judged after each fold)
+    it only keeps the best value of the run it is in."""
 
-    def __init__(self, trial: optuna.Trial, metric: str, direction: str):
-        self.trial, self.metric = trial, metric
+    def __init__(self, trial: optuna.Trial, metric: str, direction: str, per_epoch: bool = True):
+        self.trial, self.metric, self.per_epoch = trial, metric, per_epoch
         self.better = max if direction == "maximize" else min
         self.best, self.best_epoch = None, None
+
+    def on_train_begin(self, trainer):
+        self.best, self.best_epoch = None, None  # each fold of a k-fold trial is a run of its own
 
     def on_epoch_end(self, trainer, epoch, logs):
         value = logs.get(self.metric)
@@ -329,6 +335,8 @@ class _Pruning(Callback):
         value = float(value)
         if self.best is None or self.better(self.best, value) == value != self.best:
             self.best, self.best_epoch = value, epoch
+        if not self.per_epoch:
+            return
         self.trial.report(value, epoch)
         if epoch < trainer.config.training.epochs and not trainer.stop_training and self.trial.should_prune():
             trainer.stop_training = True
@@ -346,6 +354,8 @@ class _Objective:
         config = self.search.trial_config(assignment)
         run_dir = self.study_dir / f"trial-{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir))
+        if config.training.folds is not None:
+            return self._cross_validate(trial, assignment, config, run_dir)
         pruning = _Pruning(trial, self.search.metric, self.search.direction)
         try:
             summary = run_training(config, run_dir=run_dir, device=self.device, callbacks=[pruning], name=self.name)
@@ -375,6 +385,50 @@ class _Objective:
         return best
 
 
+    def _cross_validate(self, trial: optuna.Trial, assignment: dict, config, run_dir: Path) -> float:
+        """A k-fold trial: its value is the mean over the folds of each fold's best value of the metric; after each
+        fold the running mean goes to the pruner."""
+        from ..training.folds import describe, mean_and_std, run_cross_validation  # noqa: PLC0415
+
+        metric = self.search.metric
+        tracker = _Pruning(trial, metric, self.search.direction, per_epoch=False)
+        bests: list[float | None] = []
+
+        def after_fold(index: int, results: list[dict]) -> bool:
+            summary = results[-1]
+            bests.append(float(summary["best_value"]) if summary.get("monitor") == metric
+                         and summary.get("best_value") is not None else tracker.best)
+            mean = mean_and_std(bests)[0]
+            if mean is None or None in bests:
+                return False  # a fold with no value of the metric: the trial fails at the end
+            trial.report(mean, index)
+            return trial.should_prune()
+
+        try:
+            summary = run_cross_validation(config, run_dir=run_dir, device=self.device, callbacks=[tracker],
+                                           name=self.name, after_fold=after_fold)
+        except Diverged:
+            summary = files.RunDir(run_dir, writable=False).read_summary() or {"stop_reason": "diverged"}
+        mean, std = mean_and_std(bests)
+        for key in ("stop_reason", "total_seconds", "test_accuracy", "test_loss", "monitor"):
+            if summary.get(key) is not None:
+                trial.set_user_attr(key, summary[key])
+        trial.set_user_attr("epochs_run", sum(r.get("epochs_run") or 0 for r in summary.get("fold_results", [])))
+        if summary.get("best_value") is not None:
+            trial.set_user_attr("monitor_value", summary["best_value"])
+        if std is not None:
+            trial.set_user_attr("std", std)
+        outcome = (describe({**summary, "monitor": metric, "best_value": mean, "best_value_std": std,
+                             "folds_run": len(bests)}) if mean is not None and None not in bests else f"no {metric}")
+        self.announce(f"trial {trial.number}: {describe_assignment(assignment)} -> {outcome}; "
+                      f"{summary['stop_reason']}, {summary.get('total_seconds', 0):.1f}s, {run_dir}")
+        if summary["stop_reason"] == "diverged" or mean is None or None in bests:
+            return math.nan
+        if summary["stop_reason"] == "pruned":
+            raise optuna.TrialPruned(f"pruned after fold {len(bests) - 1}")
+        return mean
+
+
 def suggest(trial: optuna.Trial, parameter: Parameter):
     if parameter.kind == "choice":
         return parameter.from_category(trial.suggest_categorical(parameter.key, parameter.categories()))
@@ -393,6 +447,8 @@ def trial_rows(study: optuna.Study, search: Search) -> list[dict]:
     by_key = {p.key: p for p in search.parameters}
     for t in study.get_trials(deepcopy=False):
         row = {"number": t.number, "state": _state(t), "value": t.value if t.values else None}
+        if search.folds:
+            row["std"] = t.user_attrs.get("std")  # of the folds' values, whose mean is the value
         for key in by_key:
             value = t.params.get(key)
             row[key] = by_key[key].from_category(value) if value is not None and by_key[key].kind == "choice" \
@@ -431,8 +487,8 @@ def write_results(study: optuna.Study, search: Search, study_dir: Path, name: st
 
 def _write_results(study: optuna.Study, search: Search, study_dir: Path, name: str) -> dict:
     rows = trial_rows(study, search)
-    columns = ["number", "state", "value", *(p.key for p in search.parameters), "stop_reason", "epochs",
-               "best_epoch", "monitor", "monitor_value", "seconds", "run_dir"]
+    columns = ["number", "state", "value", *["std"] * bool(search.folds), *(p.key for p in search.parameters),
+               "stop_reason", "epochs", "best_epoch", "monitor", "monitor_value", "seconds", "run_dir"]
     text = io.StringIO()
     writer = csv.DictWriter(text, columns, lineterminator="\n")
     writer.writeheader()
@@ -455,11 +511,14 @@ def _write_best_config(best: dict, search: Search, study_dir: Path, name: str) -
         config = yaml.safe_load(config_file.read_text(encoding="utf-8"))
     else:
         config = search.trial_config({p.key: best[p.key] for p in search.parameters}).to_dict()
-    kept = f"at epoch {best['best_epoch']}"
+    kept = f"at epoch {best['best_epoch']}" if best.get("best_epoch") is not None else "(the folds' mean)"
     if best.get("monitor") not in (None, search.metric) and best.get("monitor_value") is not None:
         kept = f"its checkpoint: epoch {best['best_epoch']}, {best['monitor']} {best['monitor_value']:.6g}"
     head = (f"# The best trial of study {name!r}: trial {best['number']}, {search.metric} {best['value']:.6g} "
             f"{kept}.\n# Train it again with: dltrain train {study_dir / BEST_FILE}\n")
+    if (config.get("training") or {}).get("folds"):
+        head += ("# It trains a k-fold run (training.folds), as the trial did; add --final for one more model on all "
+                 "the training data\n")
     files.atomic_write(study_dir / BEST_FILE, (head + yaml.safe_dump(config, sort_keys=False)).encode())
 
 
