@@ -299,6 +299,11 @@ BAD_REQUESTS = [
     ("digits", {"json": _image_request(data=["a"] * 64)}, 400,
      "input 'input': datatype FP32: expected numbers in 'data', found 'a'"),
     ("digits", {"json": {"inputs": []}}, 400, "'inputs': expected a non-empty list of tensors"),
+    ("digits", {"content": json.dumps(_image_request(data=[0.0] * 5 + [float("nan")] + [0.0] * 58)).encode()}, 400,
+     "input 'input': expected finite numbers, found nan at index [0, 0, 0, 5]"),
+    ("digits", {"json": _image_request(shape=(2, 1, 8, 8), datatype="FP64", data=[0.0] * 64 + [1.0e300] * 64)}, 422,
+     "the model's output for row 1 is not finite (1 of 2 rows): its inputs lie far outside the data it was trained "
+     "on"),
     ("digits", {"content": b'{"inputs": [', "headers": {"content-type": "application/json"}}, 400,
      "malformed JSON body: Expecting value: line 1 column 13 (char 12)"),
     ("digits", {"json": [1, 2]}, 400, "expected a JSON object with 'inputs', found list"),

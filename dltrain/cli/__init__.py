@@ -12,14 +12,24 @@ import sys
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, evaluate and plot deep learning models described by one YAML file.")
 
 _state = {"debug": False, "silent": False}
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from .. import __version__  # noqa: PLC0415
+
+        print(f"dltrain {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _options(debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks for errors.")) -> None:
+def _options(debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks for errors."),
+             version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="Print dltrain's version and exit.")) -> None:
     _state["debug"] = debug
 
 

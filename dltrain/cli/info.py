@@ -10,6 +10,11 @@ import typer
 from .options import CODE_OPTION
 
 
+def plural(noun: str) -> str:
+    """'losses', 'layers', 'schedules': a registry's kind, counted."""
+    return noun + ("es" if noun.endswith(("s", "sh", "ch", "x")) else "s")
+
+
 def _show_registry(kind: str, code, extra_note: str = "") -> None:
     from rich.console import Console  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
@@ -21,7 +26,7 @@ def _show_registry(kind: str, code, extra_note: str = "") -> None:
     load_code(code)
     _import_registries()
     reg = getattr(registry, kind)
-    table = Table(title=f"{reg.kind}s", show_lines=False)
+    table = Table(title=plural(reg.kind), show_lines=False)
     table.add_column("name", style="bold")
     table.add_column("parameters (type = default)")
     table.add_column("what it does")

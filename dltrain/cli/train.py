@@ -40,26 +40,46 @@ def train(
     comm = communicator()  # one rank without MPI; under mpiexec, rank 0 alone writes and prints
     if comm.rank != 0:
         silence_errors()
-    if resume is not None and (folds is not None or final):
+    cross_validation = resume is not None and is_cross_validation(resume)
+    if resume is not None and not cross_validation and (folds is not None or final):
         option = "--folds" if folds is not None else "--final"
-        raise ConfigError(f"{option} starts a k-fold run; --resume continues a run as it began (a k-fold run "
-                          "continues with its own folds)")
-    extra = [f"training.folds={folds}"] * (folds is not None) + ["training.final=true"] * final
-    cfg = load_config(config, [*set_, *extra]) if config is not None else None
+        raise ConfigError(f"{option}: {resume} is one run, not a k-fold run; --resume continues it as it began "
+                          f"(start a k-fold run with CONFIG {option.replace('--final', '--folds K --final')})")
+    cfg = load_config(config, set_) if config is not None else None
+    if cfg is not None and (folds is not None or final):
+        cfg = with_folds(cfg, folds, final, config)
     options = dict(device=device, comm=comm, overrides=set_, config_path=config, reporter=make_reporter(quiet),
                    announce=lambda text: print(text, flush=True))
-    if (resume is not None and is_cross_validation(resume)) or (cfg is not None and cfg.training.folds is not None
-                                                                 and resume is None):
+    if cross_validation or (cfg is not None and cfg.training.folds is not None and resume is None):
         if init_from is not None:
             raise ConfigError("--init-from starts one run from a checkpoint's weights; a k-fold run trains each "
                               "fold from the start")
-        summary = run_cross_validation(cfg, run_dir=run_dir, resume=resume, **options)
+        if cfg is None and folds is not None:  # --resume RUN --folds K: the run's own K, or a mistake
+            from ..training.runs import read_config  # noqa: PLC0415
+
+            stored = (read_config(resume).get("training") or {}).get("folds")
+            if stored != folds:
+                raise ConfigError(f"--folds {folds}: the k-fold run {resume} has {stored} folds; resume it without "
+                                  "--folds, or start a new run")
+        summary = run_cross_validation(cfg, run_dir=run_dir, resume=resume, final=final, **options)
         if comm.rank == 0:
             print_cross_validation(summary)
         return
     summary = run_training(cfg, run_dir=run_dir, resume=resume, init_from=init_from, **options)
     if comm.rank == 0:
         _print_summary(summary)
+
+
+def with_folds(cfg, folds: int | None, final: bool, config_path: Path):
+    """The config with --folds K and --final written in, validated: a message names the options."""
+    from ..config import validate  # noqa: PLC0415
+
+    values = cfg.to_dict()
+    if folds is not None:
+        values["training"]["folds"] = folds
+    values["training"]["final"] = values["training"]["final"] or final
+    given = " ".join([f"--folds {folds}"] * (folds is not None) + ["--final"] * final)
+    return validate(values, {}, f"{config_path} with {given}")
 
 
 def silence_errors() -> None:

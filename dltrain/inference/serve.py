@@ -143,6 +143,9 @@ class ServedModel:
         if x.ndim < 1 or (tuple(x.shape[1:]) != shape and squeezed(x.shape[1:]) != squeezed(shape)):
             raise RequestError(400, f"input 'input': expected shape [-1, {', '.join(map(str, shape))}] (a batch of "
                                     f"inputs of shape {list(shape)}), found {list(x.shape)}")
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            index = tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
+            raise RequestError(400, f"input 'input': expected finite numbers, found {x[index]} at index {list(index)}")
         return x.reshape(len(x), *shape)
 
     def _column(self, name: str, values: np.ndarray) -> list[str]:
@@ -381,9 +384,14 @@ def create_app(models: list[ServedModel], settings: Settings):
         if len(x) == 0:
             raise RequestError(400, "no rows to predict: the inputs' first dimension is 0")
         try:
-            return await state["batchers"][model.name](x)
+            outputs = await state["batchers"][model.name](x)
         except DltrainError as exc:  # the data's own check (an image model given other shapes, ...)
             raise RequestError(400, str(exc)) from None
+        rows = np.flatnonzero(~np.isfinite(outputs.reshape(len(outputs), -1)).all(axis=1))
+        if len(rows):  # finite inputs far outside the training data can overflow; JSON has no NaN or Infinity
+            raise RequestError(422, f"the model's output for row {int(rows[0])} is not finite ({len(rows)} of "
+                                    f"{len(outputs)} rows): its inputs lie far outside the data it was trained on")
+        return outputs
 
     @app.get("/v2")
     async def server_metadata():
@@ -421,15 +429,18 @@ def create_app(models: list[ServedModel], settings: Settings):
             return payload, wanted, model.network_inputs(decode_inputs(payload, binary))
 
         payload, (names, as_binary, top), x = await off_the_loop(parse, len(body))
-        outputs = model.output_tensors(await run_model(model, x))
-        for output, count in top.items():
-            outputs[output] = model.top_classes(outputs[output], count)
+        raw = await run_model(model, x)
         head = {"model_name": name, "model_version": "1"}
         if "id" in payload:
             head["id"] = payload["id"]
-        answered = {n: outputs[n] for n in names}
-        content, header_length = await off_the_loop(lambda: encode_response(head, answered, as_binary),
-                                                    sum(a.size for a in answered.values()))
+
+        def answer():
+            outputs = model.output_tensors(raw)
+            for output, count in top.items():
+                outputs[output] = model.top_classes(outputs[output], count)
+            return encode_response(head, {n: outputs[n] for n in names}, as_binary)
+
+        content, header_length = await off_the_loop(answer, raw.size * max(1, len(names)))
         if header_length is None:
             return Response(content, media_type="application/json")
         return Response(content, media_type="application/octet-stream",

@@ -109,6 +109,23 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
                       normalization=normalization, path=path, training=group("training/") or None)
 
 
+def checkpoint_config(path: str | Path) -> dict:
+    """The config a checkpoint was trained with, read from its header alone (not its tensors)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            raw = f.read(size) if size <= 100_000_000 else b""
+        config = metadata_json(_metadata(len(raw).to_bytes(8, "little") + raw), "config", path)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({exc.strerror or exc})") from None
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(f"{path}: not a valid dltrain checkpoint ({exc})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: checkpoint metadata has the wrong structure")
+    return config
+
+
 def metadata_json(metadata: dict, key: str, path: Path):
     """The JSON value of a metadata entry (KeyError if missing); CheckpointError naming the file and the key for
     text that is not JSON or is nested deeper than a config ever is (config.loader's MAX_DEPTH)."""
@@ -257,11 +274,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
     that of its final run (training.final)."""
     path = Path(path)
     if path.is_dir() and (path / FOLDS).is_file() and not (path / CHECKPOINTS).is_dir():
-        if (path / "final").is_dir():
-            return resolve_checkpoint(path / "final")
-        raise CheckpointError(f"{path}: a k-fold run keeps one model per fold and no final run: give one fold's run "
-                              f"directory ({path / 'fold-0'}, ...), or train with --final for one model on all the "
-                              "training data")
+        from .folds import final_checkpoint  # noqa: PLC0415 (the k-fold driver builds on this module)
+
+        return final_checkpoint(path)
     if path.is_dir():
         for name in (BEST, LAST):
             if (path / name).is_file():

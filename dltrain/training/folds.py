@@ -21,11 +21,11 @@ Standard deviations are the sample standard deviation (n - 1) of the folds' valu
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import io
 import math
-import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -34,14 +34,16 @@ from pathlib import Path
 from .. import __version__
 from ..config import Config, config_from_dict, validate
 from ..distributed import communicator, on_rank_zero
-from ..errors import ConfigError, Diverged, DltrainError, Interrupted, RunDirError, Terminated
+from ..errors import CheckpointError, ConfigError, Diverged, DltrainError, Interrupted, RunDirError, Terminated
 from . import rundir as files
+from .checkpoint import checkpoint_config
+from .reporting import silence_stdout
 from .run import run_training
 from .runs import differences, is_cross_validation, read_config
 from .trainer import sigterm_interrupts
 
 FOLDS = files.FOLDS  # written when the k-fold run's directory is created: it marks one
-FINAL = "final"
+FINAL = files.FINAL
 FIGURES = ("best_value", "best_epoch", "test_accuracy", "test_loss", "epochs", "seconds")  # averaged over folds
 COLUMNS = ("fold", "stop_reason", "epochs", "best_epoch", "monitor", "best_value", "test_accuracy", "test_loss",
            "seconds", "run_dir")
@@ -54,32 +56,53 @@ def fold_dir(path: str | Path, index: int) -> Path:
     return Path(path) / f"fold-{index}"
 
 
-def fold_config(config: Config, index: int | None, source: str) -> Config:
+def fold_config(config: Config, index: int | None, source: str, epochs: int | None = None) -> Config:
     """The config of fold `index` (data.fold set, training.folds unset), or with index None of the final run: all
-    the training data (no validation split), for config.training.epochs epochs, no early stopping."""
+    the training data (no validation split), for `epochs` epochs (a warmup longer than that shortened to it), no
+    early stopping and no best epoch restored: its model is its last epoch's."""
     values = copy.deepcopy(config.to_dict())
     folds = values["training"]["folds"]
     values["training"].update(folds=None, final=False)
     if index is None:
         values["data"].update(fold=None, val_fraction=0.0)
-        values["training"]["early_stopping"].update(enabled=False, restore_best=False)
-        values["training"]["early_stopping"]["monitor"] = "train_loss"
+        values["training"]["early_stopping"].update(enabled=False, restore_best=False, monitor="train_loss")
+        values["training"]["epochs"] = epochs = epochs or values["training"]["epochs"]
+        if values["schedule"].get("warmup_epochs", 0) > epochs:
+            values["schedule"]["warmup_epochs"] = epochs
     else:
         values["data"]["fold"] = {"index": index, "of": folds}
     return validate(values, {}, source)
 
 
+def final_checkpoint(path: Path) -> Path:
+    """The model of a k-fold run's final run (its last epoch's, which its summary's test metrics are of); a
+    CheckpointError saying what to do when there is none, or it has not finished."""
+    final = Path(path) / FINAL
+    summary = None
+    with contextlib.suppress(RunDirError):
+        summary = files.RunDir(final, writable=False).read_summary()
+    if not final.is_dir():
+        raise CheckpointError(f"{path}: a k-fold run keeps one model per fold and no final run: give one fold's run "
+                              f"directory ({Path(path) / 'fold-0'}, ...), or add one model trained on all the training "
+                              f"data: dltrain train --resume {path} --final")
+    if summary is None or summary.get("stop_reason") in (*UNFINISHED, "diverged"):
+        how = f"it ended {summary['stop_reason']}" if summary else "it has not finished"
+        raise CheckpointError(f"{path}: the k-fold run's final run ({final}) is not a trained model: {how}; "
+                              f"continue it with dltrain train --resume {path}")
+    return final / files.LAST
+
+
 def run_cross_validation(config: Config | None, *, run_dir: str | Path | None = None,
-                         resume: str | Path | None = None, device: str | None = None, comm=None,
+                         resume: str | Path | None = None, final: bool = False, device: str | None = None, comm=None,
                          overrides: list[str] = (), config_path: str | Path | None = None, reporter=None,
                          announce: Callable[[str], None] | None = None, callbacks=(), plot: bool = True,
                          name: str | None = None, after_fold: Callable[[int, list[dict]], bool] | None = None) -> dict:
     """Run the k-fold cross-validation `config` asks for (training.folds) into a new directory (default
     runs/<config_path's name>-<time>), or continue the k-fold run `resume`: its finished folds are kept, an
-    interrupted one is resumed from its last checkpoint, the others run. Returns the summary (also in summary.json);
-    raises Interrupted or Diverged after writing it. `after_fold(index, fold summaries so far)` returning True stops
-    the cross-validation there (stop_reason 'pruned': dltrain tune's pruner). The other arguments are
-    run_training's, handed to every fold."""
+    interrupted one is resumed from its last checkpoint, the others run; `final` adds the final run to it. Returns
+    the summary (also in summary.json); raises Interrupted or Diverged after writing it. `after_fold(index, fold
+    summaries so far)` returning True stops the cross-validation there (stop_reason 'pruned': dltrain tune's
+    pruner). The other arguments are run_training's, handed to every fold."""
     comm = comm or communicator()
     main = comm.rank == 0
     say = announce if (announce and main) else (lambda text: None)
@@ -91,22 +114,36 @@ def run_cross_validation(config: Config | None, *, run_dir: str | Path | None = 
             run = files.RunDir(resume, writable=main)
             on_rank_zero(comm, run.lock)
             config = _resumed_config(run, config, overrides, config_path)
+            if final and not config.training.final:  # asked for now: the run's config says so from here on
+                config.training.final = True
+                _check_configs(config)
+                on_rank_zero(comm, lambda: run.write_config(config.to_dict()))
+            else:
+                _check_configs(config)
+            previous = _previous_summary(run)
+            if not _pending(config, run.path):
+                say(f"k-fold run directory: {run.path}: every fold" + (" and the final run" if config.training.final
+                                                                       else "") + " has finished; nothing to resume")
+                return previous or _summary(config, _results(config, run.path), _final_result(config, run.path),
+                                            "completed", 0.0)
         else:
             if config is None:
                 raise ConfigError("missing CONFIG: give a YAML config file (or --resume RUN_DIR)")
             if config.training.folds is None:
                 raise ConfigError("training.folds is not set: a k-fold run needs the number of folds (--folds K)")
-            for index in range(config.training.folds):  # a config the folds' runs refuse is refused before the first
-                fold_config(config, index, "the config")
+            _check_configs(config)  # what a fold's run (or the final run) would refuse, refused before the first
+            previous = None
             path = comm.broadcast(run_dir or files.default_run_dir(config_path or "run"))
             run = files.RunDir(path, writable=main)
+        # Said before anything is written: a closed output (`| head`) stops the run with nothing to clean up.
+        say(f"k-fold run directory: {run.path} ({config.training.folds} folds"
+            + (", then a final run" if config.training.final else "") + ")")
+        if resume is None:
             on_rank_zero(comm, lambda: (run.create(checkpoints=False), run.write_config(config.to_dict()),
                                         _write_folds(run, [])))
         if main:
             run.write_process()
-        say(f"k-fold run directory: {run.path} ({config.training.folds} folds"
-            + (", then a final run" if config.training.final else "") + ")")
-        return _cross_validate(config, run, device=device, comm=comm, reporter=reporter, say=say,
+        return _cross_validate(config, run, previous, device=device, comm=comm, reporter=reporter, say=say,
                                callbacks=callbacks, plot=plot, after_fold=after_fold,
                                name=name or (Path(config_path).stem if config_path else None))
     finally:
@@ -114,8 +151,11 @@ def run_cross_validation(config: Config | None, *, run_dir: str | Path | None = 
             run.unlock()
 
 
+SHAPING = ("model", "loss", "optimizer", "data", "seed")  # what a given config must share with a resumed run's
+
+
 def _resumed_config(run: files.RunDir, given: Config | None, overrides, config_path) -> Config:
-    """The k-fold run's own config; a given one must be the same (each fold keeps the config it began with)."""
+    """The k-fold run's own config; a given one must agree with it on what shapes the runs and the folds."""
     if not is_cross_validation(run.path):
         raise ConfigError(f"--resume {run.path}: not a k-fold run directory (no {FOLDS})")
     if overrides:
@@ -123,7 +163,11 @@ def _resumed_config(run: files.RunDir, given: Config | None, overrides, config_p
                           f"applies to one run: resume a fold (--resume {fold_dir(run.path, 0)}) to change it")
     config = config_from_dict(read_config(run.path), str(run.file(files.CONFIG)))
     if given is not None:
-        changed = list(differences(config.to_dict(), given.to_dict()))
+        stored, wanted = config.to_dict(), given.to_dict()
+        changed = [(path, old, new) for key in SHAPING for path, old, new in differences(stored[key], wanted[key],
+                                                                                          (key,))]
+        if given.training.folds not in (None, config.training.folds):
+            changed.append(("training.folds", config.training.folds, given.training.folds))
         if changed:
             diff = "\n".join(f"  {path}: run has {old!r}, {config_path or 'the given config'} has {new!r}"
                              for path, old, new in changed)
@@ -132,11 +176,44 @@ def _resumed_config(run: files.RunDir, given: Config | None, overrides, config_p
     return config
 
 
-def _cross_validate(config: Config, run: files.RunDir, *, device, comm, reporter, say, callbacks, plot, after_fold,
-                    name) -> dict:
+def _check_configs(config: Config) -> None:
+    """Every config the k-fold run will train, validated now (the final one for the longest it may run)."""
+    for index in range(config.training.folds):
+        fold_config(config, index, f"the config of fold {index}")
+    if config.training.final:
+        fold_config(config, None, "the config of the final run")
+
+
+def _previous_summary(run: files.RunDir) -> dict | None:
+    with contextlib.suppress(RunDirError):
+        return run.read_summary()
+    return None
+
+
+def _pending(config: Config, path: Path) -> bool:
+    """Whether a fold (or the final run) is yet to run or to finish; a fold that diverged raises Diverged."""
+    expected = [fold_config(config, i, f"fold {i}") for i in range(config.training.folds)]
+    if any(_finished(fold_dir(path, i), f"fold {i}", expected[i]) is None for i in range(config.training.folds)):
+        return True
+    return config.training.final and _finished(path / FINAL, "the final run") is None
+
+
+def _results(config: Config, path: Path) -> list[dict]:
+    return [{**_finished(fold_dir(path, i), f"fold {i}"), "fold": i, "run_dir": str(fold_dir(path, i))}
+            for i in range(config.training.folds)]
+
+
+def _final_result(config: Config, path: Path) -> dict | None:
+    summary = _finished(path / FINAL, "the final run") if config.training.final else None
+    return {**summary, "run_dir": str(path / FINAL)} if summary else None
+
+
+def _cross_validate(config: Config, run: files.RunDir, previous: dict | None, *, device, comm, reporter, say,
+                    callbacks, plot, after_fold, name) -> dict:
     started = time.perf_counter()
+    earlier = (previous or {}).get("total_seconds") or 0.0  # the sessions before this one (a resumed run)
     results: list[dict] = []
-    stop_reason, error = "completed", None
+    stop_reason, error, results_final = "completed", None, None
     try:
         with sigterm_interrupts():  # between folds too: the summary says how far the k-fold run got
             results_final = _folds(config, run, results, device=device, comm=comm, reporter=reporter, say=say,
@@ -144,18 +221,19 @@ def _cross_validate(config: Config, run: files.RunDir, *, device, comm, reporter
         if results_final == "pruned":
             stop_reason, results_final = "pruned", None
     except (Interrupted, Diverged) as exc:
-        stop_reason = "interrupted" if isinstance(exc, Interrupted) else "diverged"
-        error = exc
-        results_final = None
+        stop_reason, error = "interrupted" if isinstance(exc, Interrupted) else "diverged", exc
     except (KeyboardInterrupt, Terminated) as exc:
         signal_name, code = ("SIGTERM", 143) if isinstance(exc, Terminated) else ("Ctrl-C", 130)
-        stop_reason, error, results_final = "interrupted", Interrupted(f"interrupted ({signal_name})", code), None
+        stop_reason, error = "interrupted", Interrupted(f"interrupted ({signal_name})", code)
+    except BrokenPipeError:  # `dltrain train ... | head`: the reader went away
+        silence_stdout()
+        stop_reason, error = "interrupted", Interrupted("interrupted (output closed)", 141)
     except Exception as exc:
-        summary = _summary(config, results, None, "failed", time.perf_counter() - started)
+        summary = _summary(config, results, None, "failed", earlier + time.perf_counter() - started)
         summary["error"] = f"{type(exc).__name__}: {exc}" if not isinstance(exc, DltrainError) else str(exc)
         run.write_summary(summary)
         raise
-    summary = _summary(config, results, results_final, stop_reason, time.perf_counter() - started)
+    summary = _summary(config, results, results_final, stop_reason, earlier + time.perf_counter() - started)
     if error is not None:
         summary["error"] = str(error)
     run.write_summary(summary)
@@ -163,10 +241,10 @@ def _cross_validate(config: Config, run: files.RunDir, *, device, comm, reporter
         _plot_folds(run, results)
     if isinstance(error, Interrupted):
         signal_name = {143: "SIGTERM", 141: "output closed"}.get(error.exit_code, "Ctrl-C")
-        where = f"during fold {len(results)}" if len(results) < config.training.folds else "after the folds"
+        where = (f"during fold {len(results)}" if len(results) < config.training.folds else "during the final run")
         raise Interrupted(f"interrupted ({signal_name}) {where}: the k-fold run keeps its {len(results)} finished "
-                          f"fold(s), and a fold's last complete epoch; continue it with --resume {run.path}",
-                          error.exit_code)
+                          f"fold(s), and the last complete epoch of the run it was in; continue it with --resume "
+                          f"{run.path}", error.exit_code)
     if error is not None:
         raise error
     return summary
@@ -179,82 +257,70 @@ def _folds(config: Config, run: files.RunDir, results: list[dict], *, device, co
     folds = config.training.folds
     for index in range(folds):
         path = fold_dir(run.path, index)
-        summary = _finished(path, index)
+        expected = fold_config(config, index, f"fold {index}")
+        summary = _finished(path, f"fold {index}", expected)
         if summary is None:
-            summary = _run_fold(config, index, path, device=device, comm=comm, reporter=reporter,
-                                say=lambda text, index=index: say(f"fold {index} ({index + 1} of {folds}), {text}"),
-                                callbacks=callbacks, plot=plot, name=name)
+            summary = _run(expected, path, device=device, comm=comm, reporter=reporter, callbacks=callbacks,
+                           plot=plot, name=name,
+                           say=lambda text, index=index: say(f"fold {index} ({index + 1} of {folds}), {text}"))
         results.append({**summary, "fold": index, "run_dir": str(path)})
-        if comm.rank == 0:
-            _write_folds(run, results)
+        on_rank_zero(comm, lambda: _write_folds(run, results))
         if after_fold is not None and after_fold(index, results) and index < folds - 1:
             return "pruned"
     if not config.training.final:
         return None
-    return _run_final(config, run, results, device=device, comm=comm, reporter=reporter, say=say,
-                      callbacks=callbacks, plot=plot, name=name)
+    path = run.path / FINAL
+    summary = _finished(path, "the final run")
+    if summary is None:
+        mean = statistics.fmean(r.get("best_epoch") or r["epochs_run"] for r in results)
+        epochs = max(1, math.floor(mean + 0.5))
+        final = fold_config(config, None, "the config of the final run", epochs)
+        say(f"final run: {epochs} epochs (the folds' mean best epoch, {mean:.4g}) on all the training data"
+            + (f", warmup shortened to {final.schedule['warmup_epochs']} epochs"
+               if final.schedule.get("warmup_epochs") != config.schedule.get("warmup_epochs") else ""))
+        summary = _run(final, path, device=device, comm=comm, reporter=reporter, say=say, callbacks=callbacks,
+                       plot=plot, name=name)
+    return {**summary, "run_dir": str(path)}
 
 
-def _finished(path: Path, index: int) -> dict | None:
-    """The summary of fold `index` when its run has ended for good; None when it is yet to run or to finish. A fold
-    that diverged stops the cross-validation again: its mean would mean nothing."""
+def _finished(path: Path, label: str, expected: Config | None = None) -> dict | None:
+    """The summary of a fold's run (`label` says which) when it has ended for good; None when it is yet to run or to
+    finish. A run that diverged stops the cross-validation again (a mean without it would mean nothing), and one
+    whose config is not `expected` is refused (its results would not belong to this k-fold run)."""
     try:
         summary = files.RunDir(path, writable=False).read_summary()
     except RunDirError:
         return None  # an unreadable summary is the run's to replace: resumed or run again
+    if expected is not None and ((path / files.LAST).is_file() or summary is not None):
+        _check_config(path, label, expected)
     if summary is None or summary.get("stop_reason") in UNFINISHED:
         return None
     if summary.get("stop_reason") == "diverged":
-        raise Diverged(f"{path}: fold {index} diverged ({summary.get('error', 'see its summary.json')}); a k-fold "
-                       "run needs every fold: change the config and start a new run")
+        raise Diverged(f"{path}: {label} diverged ({summary.get('error', 'see its summary.json')}); a k-fold run "
+                       "needs every fold: change the config and start a new run")
     return summary
 
 
-def _run_fold(config: Config, index: int, path: Path, *, device, comm, reporter, say, callbacks, plot, name):
-    if (path / files.LAST).is_file():  # interrupted (or killed) after at least one epoch
+def _check_config(path: Path, label: str, expected: Config) -> None:
+    """The config of the run's last session (its last checkpoint's: a resume with --set changes it) against the
+    k-fold run's for that fold."""
+    stored = checkpoint_config(path / files.LAST) if (path / files.LAST).is_file() else read_config(path)
+    changed = [(key, old, new) for key, old, new in differences(expected.to_dict(), stored) if key != "device"]
+    if changed:
+        diff = "\n".join(f"  {key}: the k-fold run's config gives {old!r}, {label}'s has {new!r}"
+                         for key, old, new in changed[:10])
+        raise ConfigError(f"{path}: {label} was trained with another config than the k-fold run's, so its results "
+                          f"would not belong to it; move it away to train it again:\n{diff}")
+
+
+def _run(config: Config, path: Path, *, device, comm, reporter, say, callbacks, plot, name) -> dict:
+    """One run of the k-fold run: resumed from its last checkpoint when it has one (interrupted or killed after an
+    epoch), else started (over what a run stopped before its first epoch left, which RunDir.create clears)."""
+    if (path / files.LAST).is_file():
         return run_training(None, resume=path, device=device, comm=comm, reporter=reporter, announce=say,
                             callbacks=callbacks, plot=plot, name=name)
-    if path.exists() and comm.rank == 0:
-        _clear_unstarted(path)
-    return run_training(fold_config(config, index, f"fold {index}"), run_dir=path, device=device, comm=comm,
-                        reporter=reporter, announce=say, callbacks=callbacks, plot=plot, name=name)
-
-
-def _clear_unstarted(path: Path) -> None:
-    """A fold's directory with no checkpoint (killed before its first epoch ended): nothing of value, emptied under
-    its lock (a process still writing it is named instead) so that the fold starts over there."""
-    fold = files.RunDir(path)
-    fold.lock()
-    try:
-        for entry in path.iterdir():
-            if entry.name != files.LOCK:
-                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-    finally:
-        fold.unlock()
-
-
-def _run_final(config: Config, run: files.RunDir, results: list[dict], *, device, comm, reporter, say, callbacks,
-               plot, name) -> dict:
-    """training.final: one run on all the training data for the folds' mean best epoch count (their last epoch
-    where a fold kept none)."""
-    path = run.path / FINAL
-    epochs = max(1, round(statistics.fmean(r.get("best_epoch") or r["epochs_run"] for r in results)))
-    summary = _finished(path, -1) if path.exists() else None
-    if summary is not None:
-        return {**summary, "run_dir": str(path)}
-    values = config.to_dict()
-    values["training"]["epochs"] = epochs
-    final = fold_config(config_from_dict(values, "the final run's config"), None, "the final run's config")
-    say(f"final run: {epochs} epochs (the folds' mean best epoch) on all the training data")
-    if (path / files.LAST).is_file():
-        summary = run_training(None, resume=path, device=device, comm=comm, reporter=reporter, announce=say,
-                               callbacks=callbacks, plot=plot, name=name)
-    else:
-        if path.exists() and comm.rank == 0:
-            _clear_unstarted(path)
-        summary = run_training(final, run_dir=path, device=device, comm=comm, reporter=reporter, announce=say,
-                               callbacks=callbacks, plot=plot, name=name)
-    return {**summary, "run_dir": str(path)}
+    return run_training(config, run_dir=path, device=device, comm=comm, reporter=reporter, announce=say,
+                        callbacks=callbacks, plot=plot, name=name)
 
 
 # ---------------------------------------------------------------- the folds' figures
@@ -284,6 +350,7 @@ def _summary(config: Config, results: list[dict], final: dict | None, stop_reaso
         "stop_reason": stop_reason,
         "folds": config.training.folds,
         "folds_run": len(results),
+        "epochs_run": sum(r.get("epochs_run") or 0 for r in results),  # over every fold
         "monitor": next((r["monitor"] for r in results if r.get("monitor")), config.training.early_stopping.monitor),
         "best_value": figures["best_value"][0],
         "best_value_std": figures["best_value"][1],

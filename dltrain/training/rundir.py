@@ -42,9 +42,10 @@ GRADIENTS = "gradients.csv"  # with training.log_gradients
 GRADIENT_PLOT = "gradients.png"
 LOCK = ".lock"
 FOLDS = "folds.csv"  # a k-fold run's table of folds (training/folds.py); it marks the k-fold run's own directory
+FINAL = "final"  # a k-fold run's final run (training.final), beside its fold-0, fold-1, ...
 # What a run writes; a directory holding only these from a run that failed before its first epoch is reused.
 RUN_FILES = {CONFIG, METRICS, SUMMARY, CHECKPOINTS, CURVES, PROCESS, GRADIENTS, GRADIENT_PLOT, LOCK, "tensorboard",
-             "mlflow.json", "plots"}
+             "mlflow.json", "plots", FOLDS}
 METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
 
 
@@ -152,16 +153,23 @@ class RunDir:
         return entries
 
     def _failed_before_first_epoch(self, entries: set[str]) -> bool:
+        """Whether the (locked) directory holds only what a run that completed no epoch left: no checkpoint, no
+        metrics row, and a summary saying it failed or was interrupted after 0 epochs, or none (killed during its
+        set-up; the lock says no process writes it now)."""
         if not entries <= RUN_FILES:
             return False
-        try:
-            summary = json.loads(self.file(SUMMARY).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return False
         checkpoints = self.file(CHECKPOINTS)
-        return (isinstance(summary, dict) and summary.get("stop_reason") == "failed"
-                and summary.get("epochs_run") == 0
-                and not (checkpoints.is_dir() and any(p.suffix == ".safetensors" for p in checkpoints.iterdir())))
+        if checkpoints.is_dir() and any(p.suffix == ".safetensors" for p in checkpoints.iterdir()):
+            return False
+        try:
+            if self.read_metrics():
+                return False
+            summary = self.read_summary()
+        except RunDirError:
+            return False
+        if summary is None:
+            return True
+        return summary.get("stop_reason") in ("failed", "interrupted") and summary.get("epochs_run") == 0
 
     # ------------------------------------------------------------ one writer at a time
 

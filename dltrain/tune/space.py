@@ -104,9 +104,12 @@ class Search:
             value = assignment[parameter.key]
             apply_override(values, parameter.path, value, f"{parameter.key}={value!r}")
             written_by[parameter.path] = f"{parameter.key}={value!r} (tune)"
-        if self.folds is not None and self.folds != self.config.training.folds:
-            apply_override(values, ("training", "folds"), self.folds, f"tune.folds={self.folds}")
-            written_by[("training", "folds")] = f"tune.folds: {self.folds}"
+        if self.folds is not None:  # each trial a k-fold run; the study keeps no final runs
+            if self.folds != self.config.training.folds:
+                apply_override(values, ("training", "folds"), self.folds, f"tune.folds={self.folds}")
+                written_by[("training", "folds")] = f"tune.folds: {self.folds}"
+            if self.config.training.final:
+                apply_override(values, ("training", "final"), False, "training.final=false")
         monitor_metric(values, self.metric)
         return validate(values, self.positions, self.filename, written_by)
 
@@ -150,6 +153,9 @@ def load_search(config_path: str | Path, overrides: list[str] = (), space_path: 
     if options.folds is not None and config.data["val_path"] is not None:
         v.error((SEARCH_SECTION, "folds"), "k-fold cross-validation validates on folds of the training data, but "
                                            "data.val_path names a validation set; remove one of them")
+    if options.folds is not None and config.data["fold"] is not None:
+        v.error((SEARCH_SECTION, "folds"), "makes each trial a k-fold run, which writes data.fold into the config of "
+                                           "each of its runs; remove data.fold")
     if options.folds is not None and metric.startswith("train_") and options.metric is None:
         metric = "val_" + metric.removeprefix("train_")  # no validation split, until the folds give one
     _check_metric(v, config, metric, options.metric is not None, options.folds)

@@ -513,7 +513,9 @@ def _write_best_config(best: dict, search: Search, study_dir: Path, name: str) -
         config = search.trial_config({p.key: best[p.key] for p in search.parameters}).to_dict()
     kept = f"at epoch {best['best_epoch']}" if best.get("best_epoch") is not None else "(the folds' mean)"
     if best.get("monitor") not in (None, search.metric) and best.get("monitor_value") is not None:
-        kept = f"its checkpoint: epoch {best['best_epoch']}, {best['monitor']} {best['monitor_value']:.6g}"
+        kept = (f"its checkpoint: epoch {best['best_epoch']}, {best['monitor']} {best['monitor_value']:.6g}"
+                if best.get("best_epoch") is not None else
+                f"(the folds' mean; their checkpoints by {best['monitor']}, mean {best['monitor_value']:.6g})")
     head = (f"# The best trial of study {name!r}: trial {best['number']}, {search.metric} {best['value']:.6g} "
             f"{kept}.\n# Train it again with: dltrain train {study_dir / BEST_FILE}\n")
     if (config.get("training") or {}).get("folds"):

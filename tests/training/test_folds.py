@@ -143,7 +143,8 @@ def test_a_k_fold_run_resumed_mid_fold_equals_an_uninterrupted_one(tmp_path):
         run_cross_validation(cfg, run_dir=tmp_path / "split", plot=False, callbacks=[InterruptAt(6)])
     assert caught.value.exit_code == 130
     assert str(caught.value) == (f"interrupted (Ctrl-C) during fold 1: the k-fold run keeps its 1 finished fold(s), "
-                                 f"and a fold's last complete epoch; continue it with --resume {tmp_path / 'split'}")
+                                 f"and the last complete epoch of the run it was in; continue it with --resume "
+                                 f"{tmp_path / 'split'}")
     stopped = summary_of(tmp_path / "split")
     assert stopped["stop_reason"] == "interrupted" and stopped["folds_run"] == 1
     assert summary_of(tmp_path / "split" / "fold-1")["epochs_run"] == 2
@@ -193,9 +194,12 @@ def test_k_fold_config_errors(tmp_path):
     run_cross_validation(config(training__folds=2, training__epochs=1), run_dir=tmp_path / "cv", plot=False)
     with pytest.raises(ConfigError, match="a k-fold run continues with the config its folds began with; --set"):
         run_cross_validation(None, resume=tmp_path / "cv", overrides=["training.epochs=3"])
-    with pytest.raises(ConfigError, match=r"the given config differs from the k-fold run's(.|\n)*training\.epochs: "
-                                          r"run has 1, the given config has 4"):
-        run_cross_validation(config(training__folds=2), resume=tmp_path / "cv")
+    run_cross_validation(config(training__folds=2), resume=tmp_path / "cv")  # the same but for epochs: nothing to do
+    with pytest.raises(ConfigError, match=r"the given config differs from the k-fold run's(.|\n)*optimizer\.lr: "
+                                          r"run has 0\.05, the given config has 0\.1"):
+        run_cross_validation(config(training__folds=2, optimizer__lr=0.1), resume=tmp_path / "cv")
+    with pytest.raises(ConfigError, match=r"training\.folds: run has 2, the given config has 3"):
+        run_cross_validation(config(training__folds=3), resume=tmp_path / "cv")
 
 
 def test_k_fold_on_an_image_folder_with_its_own_validation_split_is_refused(tmp_path):
@@ -250,16 +254,23 @@ def test_the_command_line_runs_lists_plots_and_evaluates_a_k_fold_run(tmp_path, 
 
     evaluated = runner.invoke(app, ["eval", str(cv)])
     assert evaluated.exit_code == 2
-    assert (f"error: {cv}: a k-fold run keeps one model per fold and no final run: give one fold's run directory "
-            f"({cv / 'fold-0'}, ...), or train with --final for one model on all the training data") in evaluated.output
+    assert evaluated.output.startswith(f"error: {cv}: a k-fold run keeps one model per fold and no final run")
     assert runner.invoke(app, ["eval", str(cv / "fold-1")]).exit_code == 0
 
-    refused = runner.invoke(app, ["train", "--resume", str(cv), "--folds", "3"])
-    assert refused.exit_code == 2 and "--folds starts a k-fold run; --resume continues a run as it began" in \
-        refused.output
-    again = runner.invoke(app, ["train", "--resume", str(cv)])  # every fold finished: nothing runs again
-    assert again.exit_code == 0, again.output
-    assert "run directory:" not in again.output.replace("k-fold run directory:", "")
+    refused = runner.invoke(app, ["train", "--resume", str(cv), "--folds", "4"])
+    assert refused.exit_code == 2
+    assert f"error: --folds 4: the k-fold run {cv} has 3 folds; resume it without --folds" in refused.output
+    refused = runner.invoke(app, ["train", "--resume", str(cv / "fold-0"), "--final"])
+    assert refused.exit_code == 2
+    assert f"error: --final: {cv / 'fold-0'} is one run, not a k-fold run" in refused.output
+    for again in (["train", "--resume", str(cv)], ["train", str(tmp_path / "tiny.yaml"), "--resume", str(cv),
+                                                   "--folds", "3"]):
+        result = runner.invoke(app, again)  # every fold finished: nothing runs again
+        assert result.exit_code == 0, result.output
+        assert f"k-fold run directory: {cv}: every fold has finished; nothing to resume" in result.output
+    final = runner.invoke(app, ["train", "--resume", str(cv), "--final"])
+    assert final.exit_code == 0, final.output
+    assert "final run: " in final.output and runner.invoke(app, ["eval", str(cv)]).exit_code == 0
 
 
 def test_final_trains_on_all_the_training_data_for_the_folds_mean_best_epoch(tmp_path):
@@ -272,12 +283,72 @@ def test_final_trains_on_all_the_training_data_for_the_folds_mean_best_epoch(tmp
     assert final["monitor"] == "train_loss" and final["stop_reason"] == "completed"
     assert len(files.RunDir(tmp_path / "cv" / "final").read_metrics()) == epochs
     assert summary["final"]["test_accuracy"] == final["test_accuracy"]
-    assert resolve_checkpoint(tmp_path / "cv") == tmp_path / "cv" / "final" / files.BEST
+    assert resolve_checkpoint(tmp_path / "cv") == tmp_path / "cv" / "final" / files.LAST  # what it was tested with
     # trained on every training sample: no validation split
     assert all(row["val_loss"] == "" for row in files.RunDir(tmp_path / "cv" / "final").read_metrics())
+    from dltrain.inference.evaluate import evaluate_checkpoint
+
+    assert evaluate_checkpoint(tmp_path / "cv", "test")["loss"] == pytest.approx(final["test_loss"], rel=1e-6)
     os.rename(tmp_path / "cv" / "final", tmp_path / "elsewhere")
-    with pytest.raises(CheckpointError, match="a k-fold run keeps one model per fold and no final run"):
+    with pytest.raises(CheckpointError) as caught:
         resolve_checkpoint(tmp_path / "cv")
+    assert str(caught.value) == (f"{tmp_path / 'cv'}: a k-fold run keeps one model per fold and no final run: give "
+                                 f"one fold's run directory ({tmp_path / 'cv' / 'fold-0'}, ...), or add one model "
+                                 f"trained on all the training data: dltrain train --resume {tmp_path / 'cv'} --final")
+
+
+def test_an_unfinished_final_run_is_no_model_and_resume_finishes_it(tmp_path):
+    cfg = config(training__final=True, training__early_stopping=False, training__folds=2)
+    with pytest.raises(Interrupted, match="during the final run"):  # 2 folds of 4 epochs, then the final's 2nd
+        run_cross_validation(cfg, run_dir=tmp_path / "cv", plot=False, callbacks=[InterruptAt(10)])
+    with pytest.raises(CheckpointError, match=r"the k-fold run's final run \(.*final\) is not a trained model: it "
+                                              r"ended interrupted; continue it with dltrain train --resume"):
+        resolve_checkpoint(tmp_path / "cv")
+    summary = run_cross_validation(None, resume=tmp_path / "cv", plot=False)
+    best = [summary_of(tmp_path / "cv" / f"fold-{i}")["best_epoch"] for i in range(2)]
+    assert summary["final"]["epochs_run"] == int(sum(best) / 2 + 0.5) and summary["stop_reason"] == "completed"
+    assert resolve_checkpoint(tmp_path / "cv") == tmp_path / "cv" / "final" / files.LAST
+
+
+def test_a_final_run_shorter_than_the_warmup_warms_up_for_all_of_it(tmp_path):
+    cfg = config(training__final=True, training__folds=2, training__epochs=6,
+                 training__early_stopping={"patience": 1}, schedule={"name": "constant", "warmup_epochs": 5})
+    summary = run_cross_validation(cfg, run_dir=tmp_path / "cv", plot=False)
+    final = __import__("yaml").safe_load((tmp_path / "cv" / "final" / files.CONFIG).read_text())
+    assert final["schedule"]["warmup_epochs"] == final["training"]["epochs"] == summary["final"]["epochs_run"] < 5
+
+
+def test_resuming_a_finished_k_fold_run_changes_nothing_and_final_can_be_added(tmp_path):
+    run_cross_validation(config(training__folds=2), run_dir=tmp_path / "cv", plot=False)
+    before = {name: (tmp_path / "cv" / name).read_bytes() for name in (files.SUMMARY, files.FOLDS, files.PROCESS)}
+    again = run_cross_validation(config(training__folds=2), resume=tmp_path / "cv", plot=False)
+    assert {name: (tmp_path / "cv" / name).read_bytes() for name in before} == before
+    assert again == json.loads(before[files.SUMMARY])
+    added = run_cross_validation(None, resume=tmp_path / "cv", final=True, plot=False)
+    assert (tmp_path / "cv" / "final" / files.LAST).is_file() and added["final"]["stop_reason"] == "completed"
+    assert added["total_seconds"] > again["total_seconds"]  # the sessions add up
+    assert __import__("yaml").safe_load((tmp_path / "cv" / files.CONFIG).read_text())["training"]["final"] is True
+
+
+def test_a_fold_trained_with_another_config_is_refused(tmp_path):
+    from dltrain.training.run import run_training
+
+    cfg = config(training__folds=2, training__early_stopping=False, training__epochs=2)
+    run_cross_validation(cfg, run_dir=tmp_path / "cv", plot=False)
+    run_training(None, resume=tmp_path / "cv" / "fold-1", overrides=["training.epochs=3"], plot=False)
+    with pytest.raises(ConfigError) as caught:
+        run_cross_validation(None, resume=tmp_path / "cv", plot=False)
+    assert str(caught.value) == (f"{tmp_path / 'cv' / 'fold-1'}: fold 1 was trained with another config than the "
+                                 f"k-fold run's, so its results would not belong to it; move it away to train it "
+                                 f"again:\n  training.epochs: the k-fold run's config gives 2, fold 1's has 3")
+
+
+def test_a_k_fold_run_that_failed_before_its_first_fold_leaves_its_directory_usable(tmp_path):
+    with pytest.raises(DataError):
+        run_cross_validation(config(training__folds=300), run_dir=tmp_path / "cv", plot=False)
+    assert summary_of(tmp_path / "cv")["stop_reason"] == "failed"
+    summary = run_cross_validation(config(training__folds=2, training__epochs=1), run_dir=tmp_path / "cv", plot=False)
+    assert summary["stop_reason"] == "completed"
 
 
 class FakeTrial:
@@ -338,4 +409,5 @@ def test_tune_with_folds_optimizes_the_folds_mean(tmp_path, monkeypatch):
         assert float(trial["value"]) == pytest.approx(sum(values) / 2, rel=1e-12)
         assert float(trial["std"]) == pytest.approx(float(np.std(values, ddof=1)), rel=1e-9)
         assert f"val_accuracy {float(trial['value']):.4f} ± {float(trial['std']):.4f} over 2 folds" in result.output
-    assert "training.folds" in (tmp_path / "study" / "best.yaml").read_text()
+    best = __import__("yaml").safe_load((tmp_path / "study" / "best.yaml").read_text())
+    assert best["training"]["folds"] == 2 and best["training"]["final"] is False
