@@ -1,6 +1,6 @@
 """CPU training speed and memory: `dltrain train` against the same training in PyTorch, several epochs, same run.
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/cpu.py --readme   # every case: RESULTS.md, README
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/cpu.py --readme   # all: RESULTS.md, docs/speed.md
     python benchmarks/cpu.py --cases mlp_sgd128,fashion_cnn --reps 5 --epochs 4        # a subset: RESULTS.md only
     python benchmarks/cpu.py --cases tiny16 --reps 1 --samples 512 --epochs 2          # smoke test: writes nothing
     python benchmarks/cpu.py --device gpu --cases fashion_cnn,fashion_resnet         # both sides on the GPU: prints
@@ -56,7 +56,7 @@ every side (DLTRAIN_THREADS, OMP/OpenBLAS/MKL, torch), float32. The machine's CP
 and both sides' BLAS are printed and written: targets are stated per CPU kind.
 
 A run writes the top part of RESULTS.md (the other scripts' sections stay); with --readme also the table between
-<!-- cpu-table --> and <!-- /cpu-table --> in README.md. --samples N trains on the first N training images only
+<!-- cpu-table --> and <!-- /cpu-table --> in docs/speed.md. --samples N trains on the first N training images only
 (validation and test: N/4; the same .npz files for both sides): a smoke test of the script, whose table is printed
 and nothing written.
 """
@@ -80,8 +80,8 @@ THREADS = 2
 EPOCHS = 3  # the default of --epochs: what the dltrain side is told with --set, and the schedules' horizon
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE.parent / "configs"
-README = HERE.parent / "README.md"
-README_MARKERS = ("<!-- cpu-table -->", "<!-- /cpu-table -->")
+SPEED_PAGE = HERE.parent / "docs" / "speed.md"  # the speed page of the docs site holds the table
+TABLE_MARKERS = ("<!-- cpu-table -->", "<!-- /cpu-table -->")
 
 # The benchmark's own models (dltrain layer specs); "cnn" and "gru" (gpu.py) are the shipped configs' models.
 MODELS = {
@@ -1037,19 +1037,19 @@ def main() -> None:
     text = results_section(results, samples, machine, command_line(args, opts))
     if opts.device == "gpu":  # the section is the CPU's: print the GPU's figures, write nothing
         print("\n" + text + f"\n--device gpu ({gpu_name()}): both sides trained on the GPU; the machine line above is "
-              f"the host's; {args.out} and README.md not written")
+              f"the host's; {args.out} and docs/speed.md not written")
         return
     if opts.samples:
         print("\n" + text + f"\nWARNING: --samples {opts.samples} (smoke test): {args.out}"
-              + (" and README.md" if opts.readme else "") + " not written")
+              + (" and docs/speed.md" if opts.readme else "") + " not written")
         return
     from harness import replace_section
 
     replace_section(Path(args.out), None, text)  # the sections of mpi_scaling.py, gpu.py and text.py stay
     print(f"wrote {args.out}")
     if opts.readme:
-        replace_readme_table(README, readme_block(results, samples, machine))
-        print(f"wrote the table of {README}")
+        replace_readme_table(SPEED_PAGE, readme_block(results, samples, machine))
+        print(f"wrote the table of {SPEED_PAGE}")
 
 
 def check_same_samples(case: str, results: list, n: int) -> None:
@@ -1072,7 +1072,7 @@ def command_line(args, opts) -> str:
     return " ".join(["env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/cpu.py", *extra])
 
 
-# ---------------------------------------------------------------- RESULTS.md and README.md
+# ---------------------------------------------------------------- RESULTS.md and docs/speed.md
 
 
 def machine_line(machine: dict) -> str:
@@ -1185,7 +1185,7 @@ def readme_name(case: str) -> str:
 
 
 def readme_block(results: dict, samples: dict, machine: dict) -> str:
-    """README.md's speed table and the line before it that says where and how it was measured."""
+    """docs/speed.md's table and the line before it that says where and how it was measured."""
     epochs = machine["epochs"]
     lines = [
         f"Latest run, {machine['date']}: {machine_line(machine)} {epochs} epochs per process, "
@@ -1209,9 +1209,9 @@ def readme_block(results: dict, samples: dict, machine: dict) -> str:
 
 
 def replace_readme_table(path: Path, block: str) -> None:
-    """Put `block` between README.md's <!-- cpu-table --> and <!-- /cpu-table --> markers."""
+    """Put `block` between docs/speed.md's <!-- cpu-table --> and <!-- /cpu-table --> markers."""
     text = path.read_text()
-    start, end = README_MARKERS
+    start, end = TABLE_MARKERS
     if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
         raise SystemExit(f"{path}: expected one {start} ... {end} pair around the CPU table")
     head, rest = text.split(start)

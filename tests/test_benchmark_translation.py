@@ -1,5 +1,5 @@
 """benchmarks/cpu.py trains in PyTorch what dltrain trains: the same learning rate and momentum at every step, the
-same augmentation and test-time views, the same weight average; and its RESULTS.md and README.md writers work."""
+same augmentation and test-time views, the same weight average; and its RESULTS.md and docs/speed.md writers work."""
 
 import importlib.util
 import math
@@ -158,12 +158,12 @@ def test_results_and_readme_writers(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| fashion_resnet |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[2:10] == ["900", "1,350", "1,800", "2,700", "0.50", "0.50", "1.50", "1.50"]
-    readme = tmp_path / "README.md"
-    original = (ROOT / "README.md").read_text()
+    readme = tmp_path / "speed.md"
+    original = (ROOT / "docs" / "speed.md").read_text()
     readme.write_text(original)
     block = cpu.readme_block(results, samples, machine)
     cpu.replace_readme_table(readme, block)
-    start, end = cpu.README_MARKERS
+    start, end = cpu.TABLE_MARKERS
     written = readme.read_text()
     assert written.split(start)[0] == original.split(start)[0]
     assert written.split(end)[1] == original.split(end)[1]

@@ -183,7 +183,7 @@ def test_csv_text_columns_train_and_predict_equal_to_eval(tmp_path, monkeypatch)
     assert ckpt.data["input_shape"] == [21] and ckpt.data["text"]["columns"] == ["title", "review", "genre"]
     expected, accuracy = eval_predictions(run)
     rows = read_rows(invoke("predict", run, test_csv).stdout)
-    assert list(rows[0]) == ["input", "id", "prediction", "probability"]
+    assert list(rows[0]) == ["input", "id", "prediction", "label", "probability"]
     assert [r["prediction"] for r in rows] == expected
     result = invoke("predict", run, "-", input="good\n")
     assert result.exit_code == 2

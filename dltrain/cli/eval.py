@@ -1,9 +1,10 @@
-"""dltrain eval CHECKPOINT_OR_RUN_DIR [--split test|val|train] [--data PATH] [--json] [--plots [--plots-dir DIR]]
+"""dltrain eval CHECKPOINT... [--split test|val|train] [--data PATH] [--json] [--plots [--plots-dir DIR]]
 [--tta VIEW ... | --no-tta]"""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import typer
@@ -12,19 +13,24 @@ from .options import CODE_OPTION, NO_TTA_OPTION, TTA_OPTION, chosen_views
 
 
 def evaluate(
-    checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint, or a run directory (uses its best)."),
-    split: str = typer.Option("test", "--split", help="Which split to evaluate: test, val or train."),
-    data: Path | None = typer.Option(None, "--data", help="Evaluate on this data path instead of the config's."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object and nothing else."),
-    device: str = typer.Option("cpu", "--device", help="cpu, gpu or auto."),
+    checkpoints: list[Path] = typer.Argument(..., metavar="CHECKPOINT",
+                                             help="A .safetensors checkpoint, a run directory (its best checkpoint) "
+                                                  "or an exported .onnx model; several are evaluated in turn."),
+    split: str = typer.Option("test", "--split", metavar="SPLIT", help="Which split to evaluate: test, val or train."),
+    data: Path | None = typer.Option(None, "--data", metavar="PATH",
+                                     help="Evaluate on this data path instead of the config's."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per checkpoint, one a line (JSON "
+                                                       "Lines), and nothing else."),
+    device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="cpu, gpu or auto."),
     plots: bool = typer.Option(False, "--plots", help="Also draw the results: confusion matrix, ROC and "
                                                       "precision-recall curves, or predicted against true."),
-    plots_dir: Path | None = typer.Option(None, "--plots-dir", help="Where --plots writes (default: RUN/plots)."),
+    plots_dir: Path | None = typer.Option(None, "--plots-dir", metavar="DIR",
+                                          help="Where --plots writes (default: RUN/plots; one checkpoint only)."),
     tta: list[str] = TTA_OPTION,
     no_tta: bool = NO_TTA_OPTION,
     code: list[Path] = CODE_OPTION,
 ) -> None:
-    """Test metrics from a self-contained checkpoint: loss, accuracy, per-class scores, confusion matrix."""
+    """Test metrics from self-contained checkpoints: loss, accuracy, per-class scores, confusion matrix."""
     from .. import backend  # noqa: PLC0415
     from ..errors import ConfigError  # noqa: PLC0415
     from ..inference.evaluate import SPLITS, evaluate_checkpoint  # noqa: PLC0415
@@ -33,15 +39,36 @@ def evaluate(
     load_code(code)
     if split not in SPLITS:
         raise ConfigError(f"--split: expected one of {', '.join(SPLITS)}, got {split!r}")
+    if plots_dir is not None and len(checkpoints) > 1:
+        raise ConfigError(f"--plots-dir {plots_dir}: one folder for {len(checkpoints)} checkpoints; give one "
+                          "checkpoint, or --plots alone (each run's pictures go to RUN/plots)")
     views = chosen_views(tta, no_tta)
-    where = (plots_dir or _plots_dir(checkpoint)) if plots or plots_dir else None
-    report = evaluate_checkpoint(checkpoint, split, data, backend.resolve_device(device), plots=where, views=views)
-    if as_json:
-        print(json.dumps(report))
-        return
-    _print_report(report)
-    for name, path in report.get("plots", {}).get("files", {}).items():
-        print(f"{name}: {path}")
+    _check_paths(checkpoints)  # a path that names no checkpoint stops the command before the first report
+    resolved = backend.resolve_device(device)
+    for i, checkpoint in enumerate(checkpoints):
+        where = (plots_dir or _plots_dir(checkpoint)) if plots or plots_dir else None
+        report = evaluate_checkpoint(checkpoint, split, data, resolved, plots=where, views=views)
+        if as_json:  # JSON Lines: one object a line
+            print(json.dumps(report), flush=True)
+            continue
+        if i:
+            print()
+        _print_report(report)
+        for name, path in report.get("plots", {}).get("files", {}).items():
+            print(f"{name}: {path}")
+        sys.stdout.flush()
+
+
+def _check_paths(checkpoints: list[Path]) -> None:
+    """Each path a checkpoint, a run directory holding one or an .onnx file: CheckpointError for the first that is
+    not, before anything is evaluated."""
+    from ..errors import CheckpointError  # noqa: PLC0415
+    from ..training.checkpoint import resolve_checkpoint  # noqa: PLC0415
+
+    for path in checkpoints:
+        onnx = path.suffix == ".onnx"
+        if not (path if onnx else resolve_checkpoint(path)).exists():
+            raise CheckpointError(f"{path}: {'exported model' if onnx else 'checkpoint'} not found")
 
 
 def _plots_dir(checkpoint: Path) -> Path:

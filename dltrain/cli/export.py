@@ -11,10 +11,12 @@ from .options import CODE_OPTION
 
 
 def export(
-    checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint, or a run directory (uses its best)."),
-    format_: str = typer.Option("onnx", "--format", help="Export format: onnx."),
-    out: Path | None = typer.Option(None, "--out", help="The file to write (default: the checkpoint's name, .onnx)."),
-    opset: int = typer.Option(17, "--opset", help="ONNX operator set version (13 or newer)."),
+    checkpoint: Path = typer.Argument(..., metavar="CHECKPOINT",
+                                      help="A .safetensors checkpoint, or a run directory (uses its best)."),
+    format_: str = typer.Option("onnx", "--format", metavar="FORMAT", help="Export format: onnx."),
+    out: Path | None = typer.Option(None, "--out", metavar="FILE",
+                                    help="The file to write (default: the checkpoint's name, .onnx)."),
+    opset: int = typer.Option(17, "--opset", metavar="N", help="ONNX operator set version (13 or newer)."),
     code: list[Path] = CODE_OPTION,
 ) -> None:
     """Export a trained model to ONNX (normalization folded in, dynamic batch), checked by onnx's checker."""

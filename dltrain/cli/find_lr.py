@@ -10,13 +10,14 @@ from .options import CODE_OPTION
 
 
 def find_lr(
-    config: Path = typer.Argument(..., help="The YAML config whose learning rate to choose."),
-    start: float = typer.Option(1e-7, "--start", help="The first learning rate tried."),
-    end: float = typer.Option(10.0, "--end", help="The last learning rate tried."),
-    steps: int = typer.Option(100, "--steps", min=1, help="Training steps (one learning rate each)."),
-    out: Path | None = typer.Option(None, "--out", help="The plot (default <config name>-lr.png)."),
-    device: str | None = typer.Option(None, "--device", help="cpu, gpu or auto (overrides the config's device)."),
-    set_: list[str] = typer.Option([], "--set", help="Override a config key (repeatable)."),
+    config: Path = typer.Argument(..., metavar="CONFIG", help="The YAML config whose learning rate to choose."),
+    start: float = typer.Option(1e-7, "--start", metavar="LR", help="The first learning rate tried."),
+    end: float = typer.Option(10.0, "--end", metavar="LR", help="The last learning rate tried."),
+    steps: int = typer.Option(100, "--steps", min=1, metavar="N", help="Training steps (one learning rate each)."),
+    out: Path | None = typer.Option(None, "--out", metavar="FILE", help="The plot (default <config name>-lr.png)."),
+    device: str | None = typer.Option(None, "--device", metavar="DEVICE",
+                                      help="cpu, gpu or auto (overrides the config's device)."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override a config key (repeatable)."),
     code: list[Path] = CODE_OPTION,
 ) -> None:
     """The learning-rate range test: loss against an exponentially rising learning rate, and the rate to use."""

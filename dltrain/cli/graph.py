@@ -12,11 +12,13 @@ from .options import CODE_OPTION
 
 
 def graph(
-    source: Path = typer.Argument(..., help="A YAML config, a .safetensors checkpoint or a run directory."),
-    out: Path | None = typer.Option(None, "--out", help="FILE.svg, FILE.png or FILE.dot (default <name>-graph.svg)."),
+    source: Path = typer.Argument(..., metavar="CONFIG_OR_CHECKPOINT",
+                                  help="A YAML config, a .safetensors checkpoint or a run directory."),
+    out: Path | None = typer.Option(None, "--out", metavar="FILE",
+                                    help="FILE.svg, FILE.png or FILE.dot (default <name>-graph.svg)."),
     backward: bool = typer.Option(False, "--backward", help="Also run backward; label edges with gradient norms."),
     ops: bool = typer.Option(False, "--ops", help="One node per op (grouped by layer) instead of one box per layer."),
-    batch: int = typer.Option(4, "--batch", min=1, help="Samples in the recorded batch."),
+    batch: int = typer.Option(4, "--batch", min=1, metavar="N", help="Samples in the recorded batch."),
     code: list[Path] = CODE_OPTION,
 ) -> None:
     """Draw the autodiff graph of one forward (and backward) pass of a model on a small batch."""

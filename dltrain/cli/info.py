@@ -61,8 +61,9 @@ def optimizers(code: list[Path] = CODE_OPTION) -> None:
 def schedules(code: list[Path] = CODE_OPTION) -> None:
     """The learning-rate schedules, and the options every schedule takes."""
     from .. import registry  # noqa: PLC0415
-    from ..config.schema import describe  # noqa: PLC0415
+    from ..config.schema import _import_registries, describe  # noqa: PLC0415
 
+    _import_registries()  # the schedules are registered when their module is imported
     common = ", ".join(f"{p.name} ({describe(p.annotation)}, default {p.default!r})"
                        for p in registry.schedules.params("constant"))
     _show_registry("schedules", code, f"Every schedule also takes: {common}.")
@@ -107,8 +108,8 @@ def devices() -> None:
 
 
 def check(
-    config: Path = typer.Argument(..., help="The YAML config to check."),
-    set_: list[str] = typer.Option([], "--set", help="Override a config key (repeatable)."),
+    config: Path = typer.Argument(..., metavar="CONFIG", help="The YAML config to check."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override a config key (repeatable)."),
     code: list[Path] = CODE_OPTION,
 ) -> None:
     """Validate a config, load its data and print the model summary, without training."""

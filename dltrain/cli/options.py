@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import typer
 
-CODE_OPTION = typer.Option([], "--code", help="A Python file whose registrations (layers, losses, optimizers, "
-                                              "schedules, datasets, callbacks) the config may name (repeatable).")
+CODE_OPTION = typer.Option([], "--code", metavar="FILE",
+                           help="A Python file whose registrations (layers, losses, optimizers, "
+                                "schedules, datasets, callbacks) the config may name (repeatable).")
 
-TTA_OPTION = typer.Option([], "--tta", help="Average the predictions over the inputs and this view of them "
-                                            "(horizontal_flip, vertical_flip, shift_up, shift_down, shift_left, "
-                                            "shift_right; repeatable), instead of the config's "
-                                            "data.test_time_augment.")
+TTA_OPTION = typer.Option([], "--tta", metavar="VIEW",
+                          help="Average the predictions over the inputs and this view of them "
+                               "(horizontal_flip, vertical_flip, shift_up, shift_down, shift_left, "
+                               "shift_right; repeatable), instead of the config's "
+                               "data.test_time_augment.")
 NO_TTA_OPTION = typer.Option(False, "--no-tta", help="The network's own predictions, without the config's "
                                                      "data.test_time_augment.")
 

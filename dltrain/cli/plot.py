@@ -8,8 +8,10 @@ import typer
 
 
 def plot(
-    run_dirs: list[Path] = typer.Argument(..., help="One or more run directories (several overlay, with a legend)."),
-    out: Path | None = typer.Option(None, "--out", help="The PNG to write (default: FIRST_RUN_DIR/curves.png)."),
+    run_dirs: list[Path] = typer.Argument(..., metavar="RUN_DIR",
+                                          help="One or more run directories (several overlay, with a legend)."),
+    out: Path | None = typer.Option(None, "--out", metavar="FILE",
+                                    help="The PNG to write (default: FIRST_RUN_DIR/curves.png)."),
     gradients: bool = typer.Option(False, "--gradients",
                                    help="Plot per-layer gradient norms (gradients.csv) instead, to gradients.png."),
 ) -> None:

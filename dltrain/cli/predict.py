@@ -14,20 +14,24 @@ from .options import CODE_OPTION, NO_TTA_OPTION, TTA_OPTION, chosen_views
 
 
 def predict(
-    model: Path = typer.Argument(..., help="A run directory (its best checkpoint), a checkpoint or an exported .onnx."),
-    inputs: list[Path] = typer.Argument(..., help="Image files, folders of images, .csv, .npz (x) or IDX files; for "
-                                                  "a text model text files, folders of them, .csv with its text "
-                                                  "column(s), or - for lines on standard input (each line "
-                                                  "one text; an empty line is skipped)."),
-    out: Path | None = typer.Option(None, "--out", help="Write here (atomically) instead of to stdout."),
-    fmt: str = typer.Option("csv", "--format", help="csv or jsonl."),
-    top_k: int = typer.Option(1, "--top-k", min=1, help="Also the K best classes and their probabilities."),
+    model: Path = typer.Argument(..., metavar="MODEL",
+                                 help="A run directory (its best checkpoint), a checkpoint or an exported .onnx."),
+    inputs: list[Path] = typer.Argument(..., metavar="INPUT",
+                                        help="Image files, folders of images, .csv, .npz (x) or IDX files; for "
+                                             "a text model text files, folders of them, .csv with its text "
+                                             "column(s), or - for lines on standard input (each line "
+                                             "one text; an empty line is skipped)."),
+    out: Path | None = typer.Option(None, "--out", metavar="FILE",
+                                    help="Write here (atomically) instead of to stdout."),
+    fmt: str = typer.Option("csv", "--format", metavar="FORMAT", help="csv or jsonl."),
+    top_k: int = typer.Option(1, "--top-k", min=1, metavar="K",
+                              help="Also the K best classes and their probabilities."),
     probabilities: bool = typer.Option(False, "--probabilities", help="One probability column per class."),
-    batch_size: int = typer.Option(256, "--batch-size", min=1, help="Inputs per batch."),
-    device: str = typer.Option("cpu", "--device", help="cpu, gpu or auto."),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, metavar="N", help="Inputs per batch."),
+    device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="cpu, gpu or auto."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images and texts (empty, not UTF-8, a "
                                                             "missing text cell); list them on stderr at the end."),
-    max_image_pixels: int = typer.Option(DEFAULT_MAX_IMAGE_PIXELS, "--max-image-pixels", min=1,
+    max_image_pixels: int = typer.Option(DEFAULT_MAX_IMAGE_PIXELS, "--max-image-pixels", min=1, metavar="N",
                                          help="Refuse (or with --skip-bad skip) images of more pixels than this, "
                                               "read from their header before decoding."),
     escape_formulas: bool = typer.Option(False, "--escape-formulas",

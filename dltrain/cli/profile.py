@@ -10,10 +10,11 @@ from .options import CODE_OPTION
 
 
 def profile(
-    config: Path = typer.Argument(..., help="The YAML config whose training step to profile."),
-    steps: int = typer.Option(20, "--steps", min=1, help="Timed steps (after 3 warm-up steps)."),
-    device: str | None = typer.Option(None, "--device", help="cpu, gpu or auto (overrides the config's device)."),
-    set_: list[str] = typer.Option([], "--set", help="Override a config key (repeatable)."),
+    config: Path = typer.Argument(..., metavar="CONFIG", help="The YAML config whose training step to profile."),
+    steps: int = typer.Option(20, "--steps", min=1, metavar="N", help="Timed steps (after 3 warm-up steps)."),
+    device: str | None = typer.Option(None, "--device", metavar="DEVICE",
+                                      help="cpu, gpu or auto (overrides the config's device)."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override a config key (repeatable)."),
     code: list[Path] = CODE_OPTION,
 ) -> None:
     """Time a training step part by part: batch gather, each layer's forward and backward, loss, optimizer."""

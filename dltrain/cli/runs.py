@@ -12,16 +12,21 @@ from .output import print_table
 
 
 def runs(
-    directories: list[Path] = typer.Argument(None, help="Folders to search for run directories (default runs/)."),
-    sort: str | None = typer.Option(None, "--sort", help="Sort by a column or config key; -KEY for descending."),
-    where: list[str] = typer.Option([], "--where", help="Keep runs whose column or config key has this value: "
-                                                        "status=completed, optimizer.name=adam (repeatable)."),
+    directories: list[Path] = typer.Argument(None, metavar="DIR",
+                                             help="Folders to search for run directories (default runs/)."),
+    sort: str | None = typer.Option(None, "--sort", metavar="KEY",
+                                    help="Sort by a column or config key; -KEY for descending."),
+    where: list[str] = typer.Option([], "--where", metavar="KEY=VALUE",
+                                    help="Keep runs whose column or config key has this value: "
+                                         "status=completed, optimizer.name=adam (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON and nothing else."),
     folds: bool = typer.Option(False, "--folds", help="List the runs of each k-fold run's folds too (RUN/fold-i) "
                                                       "after its row of means."),
 ) -> None:
-    """A table of run directories: status, epochs, best value, test accuracy, time, speed. A file that cannot be read
-    is named in a note on stderr (--json: in the row's `problems`); the other runs and files are listed."""
+    """A table of run directories: status, epochs, best value, test accuracy, time, speed.
+
+    A file that cannot be read is named in a note on stderr (--json: in the row's `problems`); the other runs and
+    files are listed."""
     from ..errors import ConfigError  # noqa: PLC0415
     from ..training.runs import find_runs, matches, run_row, sort_key  # noqa: PLC0415
 
@@ -81,8 +86,8 @@ def _number(value, spec: str) -> str:
 
 
 def diff(
-    run_a: Path = typer.Argument(..., help="A run directory."),
-    run_b: Path = typer.Argument(..., help="Another run directory."),
+    run_a: Path = typer.Argument(..., metavar="RUN_A", help="A run directory."),
+    run_b: Path = typer.Argument(..., metavar="RUN_B", help="Another run directory."),
 ) -> None:
     """The config keys in which two runs differ, and their results side by side."""
     from ..errors import DltrainError, RunDirError  # noqa: PLC0415

@@ -21,33 +21,39 @@ SETTINGS_VARIABLE = "DLTRAIN_SERVE"  # what each of several worker processes is 
 def serve(
     models: list[Path] = typer.Argument(..., help="Run directories (their best checkpoints), checkpoints or exported "
                                                   ".onnx files, each served under its name (the run directory's, or "
-                                                  "the file's without its suffix).", metavar="MODEL..."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; anything but this machine's own "
-                                                         "(127.0.0.1, ::1, localhost) needs --token-file or "
-                                                         "--no-auth."),
-    port: int = typer.Option(8080, "--port", min=0, max=65535, help="TCP port (0: any free one)."),
-    max_batch_size: int = typer.Option(64, "--max-batch-size", min=1,
+                                                  "the file's without its suffix).", metavar="MODEL"),
+    host: str = typer.Option("127.0.0.1", "--host", metavar="HOST",
+                             help="Address to listen on; anything but this machine's own "
+                                  "(127.0.0.1, ::1, localhost) needs --token-file or "
+                                  "--no-auth."),
+    port: int = typer.Option(8080, "--port", min=0, max=65535, metavar="PORT", help="TCP port (0: any free one)."),
+    max_batch_size: int = typer.Option(64, "--max-batch-size", min=1, metavar="N",
                                        help="Samples of concurrent requests gathered into one forward pass (1: "
                                             "each request alone)."),
-    max_delay_ms: float = typer.Option(0.0, "--max-delay-ms", min=0.0,
+    max_delay_ms: float = typer.Option(0.0, "--max-delay-ms", min=0.0, metavar="MS",
                                        help="How long a request waits for others to share its forward pass (0: "
                                             "it shares with those that arrived while the model was busy)."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Server processes, each with the models loaded and "
-                                                            "its share of the cores."),
-    token_file: Path | None = typer.Option(None, "--token-file", help="A file holding the token clients must send "
-                                                                      "as 'Authorization: Bearer TOKEN'."),
+    workers: int = typer.Option(1, "--workers", min=1, metavar="N",
+                                help="Server processes, each with the models loaded and "
+                                     "its share of the cores."),
+    token_file: Path | None = typer.Option(None, "--token-file", metavar="FILE",
+                                           help="A file holding the token clients must send "
+                                                "as 'Authorization: Bearer TOKEN'."),
     no_auth: bool = typer.Option(False, "--no-auth", help="Serve beyond this machine without a token."),
-    max_body_mb: float = typer.Option(64.0, "--max-body-mb", min=0.001, help="Largest request body (MB)."),
-    max_image_pixels: int = typer.Option(DEFAULT_MAX_IMAGE_PIXELS, "--max-image-pixels", min=1,
+    max_body_mb: float = typer.Option(64.0, "--max-body-mb", min=0.001, metavar="MB",
+                                      help="Largest request body (MB)."),
+    max_image_pixels: int = typer.Option(DEFAULT_MAX_IMAGE_PIXELS, "--max-image-pixels", min=1, metavar="N",
                                          help="Refuse uploaded images of more pixels than this (read from their "
                                               "header before decoding)."),
-    device: str = typer.Option("cpu", "--device", help="cpu, gpu or auto."),
+    device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="cpu, gpu or auto."),
     tta: list[str] = TTA_OPTION,
     no_tta: bool = NO_TTA_OPTION,
     code: list[Path] = CODE_OPTION,
 ) -> None:
-    """Serve trained models over the Open Inference Protocol (KServe v2, as Triton speaks it) and a /predict route
-    for people, until Ctrl-C or SIGTERM (both let the requests in flight finish; exit 0)."""
+    """Serve trained models over the Open Inference Protocol (KServe v2) and a /predict route for people.
+
+    The protocol as Triton speaks it; the server runs until Ctrl-C or SIGTERM (both let the requests in flight
+    finish; exit 0)."""
     from ..errors import ConfigError  # noqa: PLC0415
 
     token = _token(token_file, no_auth, host)

@@ -11,13 +11,17 @@ from .options import CODE_OPTION
 
 
 def train(
-    config: Path | None = typer.Argument(None, help="The run's YAML config (optional with --resume)."),
-    set_: list[str] = typer.Option([], "--set", help="Override a config key: --set training.epochs=5 (repeatable)."),
-    run_dir: Path | None = typer.Option(None, "--run-dir",
+    config: Path | None = typer.Argument(None, metavar="CONFIG",
+                                         help="The run's YAML config (optional with --resume)."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE",
+                                   help="Override a config key: --set training.epochs=5 (repeatable)."),
+    run_dir: Path | None = typer.Option(None, "--run-dir", metavar="DIR",
                                         help="The run directory to create (default runs/<config>-<time>)."),
-    device: str | None = typer.Option(None, "--device", help="cpu, gpu or auto (overrides the config's device)."),
-    resume: Path | None = typer.Option(None, "--resume", help="Continue this run directory from its last checkpoint."),
-    init_from: Path | None = typer.Option(None, "--init-from",
+    device: str | None = typer.Option(None, "--device", metavar="DEVICE",
+                                      help="cpu, gpu or auto (overrides the config's device)."),
+    resume: Path | None = typer.Option(None, "--resume", metavar="RUN_DIR",
+                                       help="Continue this run directory from its last checkpoint."),
+    init_from: Path | None = typer.Option(None, "--init-from", metavar="CHECKPOINT",
                                           help="Start from these weights (checkpoint or run dir), fresh optimizer."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the run directory and the final summary."),
     folds: int | None = typer.Option(None, "--folds", min=2, metavar="K",
@@ -98,6 +102,9 @@ def _print_summary(summary: dict) -> None:
         parts.append(f"test accuracy {summary['test_accuracy']:.4f}")
     if "test_loss" in summary:
         parts.append(f"test loss {summary['test_loss']:.4f}")
+    for key, label in (("test_mae", "MAE"), ("test_r2", "R²")):  # regression, in the data's units as eval
+        if summary.get(key) is not None:
+            parts.append(f"test {label} {summary[key]:.4g}")
     parts.append(f"{summary['total_seconds']:.1f}s")
     print("; ".join(parts), flush=True)
 

@@ -17,26 +17,33 @@ from .output import print_table
 
 
 def tune(
-    config: Path = typer.Argument(..., help="The config to search around (its `tune:` section, or --space)."),
-    space: Path | None = typer.Option(None, "--space", help="A YAML file with the `tune:` section."),
-    set_: list[str] = typer.Option([], "--set", help="Override a config key in every trial (repeatable)."),
-    trials: int | None = typer.Option(None, "--trials", min=1, help="Finished trials to reach (default tune.trials)."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Local processes running trials side by side."),
-    storage: str | None = typer.Option(None, "--storage", envvar="DLTRAIN_STORAGE", show_envvar=True,
+    config: Path = typer.Argument(..., metavar="CONFIG",
+                                  help="The config to search around (its `tune:` section, or --space)."),
+    space: Path | None = typer.Option(None, "--space", metavar="FILE", help="A YAML file with the `tune:` section."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE",
+                                   help="Override a config key in every trial (repeatable)."),
+    trials: int | None = typer.Option(None, "--trials", min=1, metavar="N",
+                                      help="Finished trials to reach (default tune.trials)."),
+    workers: int = typer.Option(1, "--workers", min=1, metavar="N",
+                                help="Local processes running trials side by side."),
+    storage: str | None = typer.Option(None, "--storage", metavar="URL", envvar="DLTRAIN_STORAGE", show_envvar=True,
                                        help="An SQLAlchemy URL shared by workers on several machines, e.g. "
                                             "postgresql+psycopg2://user:password@host/db "
                                             "(default: sqlite in the study directory; from the environment, "
                                             "a password stays out of `ps`)."),
-    storage_timeout: int = typer.Option(10, "--storage-timeout", min=1,
+    storage_timeout: int = typer.Option(10, "--storage-timeout", min=1, metavar="SECONDS",
                                         help="Seconds a --storage database server has to answer a connection "
                                              "(PostgreSQL, MySQL)."),
-    study: str | None = typer.Option(None, "--study", help="The study's name (default: the config file's name)."),
-    directory: Path | None = typer.Option(None, "--dir", help="The study directory (default runs/<study>)."),
-    timeout: float | None = typer.Option(None, "--timeout", min=0,
+    study: str | None = typer.Option(None, "--study", metavar="NAME",
+                                     help="The study's name (default: the config file's name)."),
+    directory: Path | None = typer.Option(None, "--dir", metavar="DIR",
+                                          help="The study directory (default runs/<study>)."),
+    timeout: float | None = typer.Option(None, "--timeout", min=0, metavar="SECONDS",
                                          help="Start no trial after this many seconds (running ones finish)."),
-    device: str | None = typer.Option(None, "--device", help="cpu, gpu or auto, for every trial."),
+    device: str | None = typer.Option(None, "--device", metavar="DEVICE", help="cpu, gpu or auto, for every trial."),
     code: list[Path] = CODE_OPTION,
-    worker: int | None = typer.Option(None, "--worker", hidden=True, help="Run as worker N of a --workers study."),
+    worker: int | None = typer.Option(None, "--worker", hidden=True, metavar="N",
+                                      help="Run as worker N of a --workers study."),
 ) -> None:
     """Search hyperparameters with Optuna: each trial a run directory; trials.csv, best.yaml and plots at the end."""
     from ..errors import ConfigError, Interrupted, SearchIncomplete, Terminated  # noqa: PLC0415

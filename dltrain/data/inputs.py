@@ -2,8 +2,9 @@
 trained on text, text files and folders of them, a CSV's text columns, and lines on standard input ('-').
 
 Each source yields Batches of raw inputs shaped as the model's training inputs (before normalization), with what
-identifies each row in the output: the file path or row number, and a CSV's other columns. Paths are written as
-readable_path() writes them: every name a file system holds, as valid UTF-8 text that maps back to it.
+identifies each row in the output: the file path or row number, a CSV's other columns, and its label column's cells
+where it has one. Paths are written as readable_path() writes them: every name a file system holds, as valid UTF-8
+text that maps back to it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Batch:
     x: object  # host array (n, *input_shape): uint8 pixels or float64 values
     ids: list[str]  # the file path, or "FILE:ROW" for rows of a table or array, as readable_path() writes them
     carried: dict = field(default_factory=dict)  # column name -> values (a CSV's columns the model does not read)
+    labels: list[str] | None = None  # a CSV's label cells (stripped), where it has the model's label column
 
 
 @dataclass
@@ -131,11 +133,12 @@ class InputSet:
             elif kind == "text_csv":
                 yield from self._text_csv(path, size, skip_bad)
             else:
-                x, ids, carried = {"csv": self._csv, "npz": self._npz, "idx": self._idx}[kind](path)
+                x, ids, carried, labels = {"csv": self._csv, "npz": self._npz, "idx": self._idx}[kind](path)
                 ids = [readable_path(row_id) for row_id in ids]
                 for start in range(0, len(x), size):
                     yield Batch(x[start:start + size], ids[start:start + size],
-                                {k: v[start:start + size] for k, v in carried.items()})
+                                {k: v[start:start + size] for k, v in carried.items()},
+                                labels[start:start + size] if labels is not None else None)
 
     def _merged_files(self) -> list[tuple]:
         merged = []
@@ -218,6 +221,7 @@ class InputSet:
                             f"(found: {', '.join(header)})")
         position = [header.index(name) for name in columns]
         other = [i for i, name in enumerate(header) if i not in position and name != self.label]
+        label = header.index(self.label) if self.label in header else None
         rows, lines = table.data_rows()
         for start in range(0, len(rows), size):
             texts, ids, kept = [], [], []
@@ -234,7 +238,9 @@ class InputSet:
                 ids.append(readable_path(where))
                 kept.append(row)
             if ids:
-                yield self._tokenized(texts, ids, {header[i]: [row[i] for row in kept] for i in other})
+                batch = self._tokenized(texts, ids, {header[i]: [row[i] for row in kept] for i in other})
+                batch.labels = [row[label].strip() for row in kept] if label is not None else None
+                yield batch
 
     def _csv(self, path: Path):
         if not self.feature_names:
@@ -252,18 +258,20 @@ class InputSet:
         rows, lines = table.data_rows()
         values = [list(map(str.strip, map(row.__getitem__, columns))) for row in rows]  # stripped as in training
         carried = {header[i]: [row[i] for row in rows] for i in other}
-        return values, [f"{path}:{line}" for line in lines], carried
+        label = position.get(self.label)
+        labels = [row[label].strip() for row in rows] if label is not None else None
+        return values, [f"{path}:{line}" for line in lines], carried, labels
 
     def _npz(self, path: Path):
         arrays = read_npz(path)
         if "x" not in arrays:
             raise DataError(f"{path}: expected an array 'x' in the .npz, found {', '.join(arrays) or 'none'}")
         x = self._shaped(arrays["x"], path)
-        return x, [f"{path}:{i}" for i in range(len(x))], {}
+        return x, [f"{path}:{i}" for i in range(len(x))], {}, None
 
     def _idx(self, path: Path):
         x = self._shaped(read_idx(path), path)
-        return x, [f"{path}:{i}" for i in range(len(x))], {}
+        return x, [f"{path}:{i}" for i in range(len(x))], {}, None
 
     def _shaped(self, x, path: Path):
         """x as (n, *input_shape): the same shape, or one that differs only by axes of size 1 ((n, 28, 28) for

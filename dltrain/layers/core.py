@@ -61,21 +61,21 @@ class _Activation(Module):
 
 @layers.register("relu")
 class ReLU(_Activation):
-    """max(x, 0)."""
+    """The rectified linear unit: max(x, 0), elementwise."""
 
     function = staticmethod(F.relu)
 
 
 @layers.register("tanh")
 class Tanh(_Activation):
-    """Hyperbolic tangent."""
+    """The hyperbolic tangent, elementwise."""
 
     function = staticmethod(F.tanh)
 
 
 @layers.register("sigmoid")
 class Sigmoid(_Activation):
-    """1 / (1 + exp(-x))."""
+    """The logistic sigmoid: 1 / (1 + exp(-x)), elementwise."""
 
     function = staticmethod(F.sigmoid)
 

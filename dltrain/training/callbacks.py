@@ -15,7 +15,8 @@ The built-in callbacks run in the order below on every epoch end. That order kee
 writes resumable: a metrics row or a best checkpoint ahead of `last` is simply redone (identically) by the
 resumed run, which starts after the epoch `last` holds.
 
-    (WeightAveraging) -> EarlyStopping -> MetricsWriter -> GradientLogger -> CheckpointWriter (best, then last)
+    (WeightAveraging) -> EarlyStopping -> MetricsWriter -> LearningRateWriter -> GradientLogger
+    -> CheckpointWriter (best, then last)
     -> ProgressReporter -> CurvesWriter -> the trackers (`training.loggers`, loggers.py)
     -> the config's own callbacks (`callbacks:`), in the order given
 """
@@ -95,6 +96,19 @@ class MetricsWriter(Callback):
     def on_epoch_end(self, trainer, epoch, logs):
         trainer.run.append_metrics({k: (v if k == "epoch" else _fmt(v)) for k, v in logs.items()
                                     if k in files.METRIC_COLUMNS})
+
+
+class LearningRateWriter(Callback):
+    """lr.csv: the rate of every optimizer step of the epoch (warmup and per-step schedules change it within one),
+    in one write per epoch; a resumed run keeps the rows of finished epochs."""
+
+    def on_train_begin(self, trainer):
+        trainer.run.start_table(files.LEARNING_RATES, files.LR_COLUMNS, keep_epochs=trainer.start_epoch)
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        trainer.run.append_rows(files.LEARNING_RATES, files.LR_COLUMNS,
+                                [{"epoch": epoch, "step": step, "lr": _fmt(lr)}
+                                 for step, lr in enumerate(trainer.epoch_lrs, start=1)])
 
 
 class GradientLogger(Callback):
@@ -251,7 +265,7 @@ def built_in(trainer, reporter, loggers=()) -> list[Callback]:
     """The callbacks every run has, in the order that keeps it resumable, then the trackers and the config's own."""
     early = EarlyStopping(trainer.config)
     found = [trainer.averaging] if trainer.averaging else []  # the average is up to date before anything reads it
-    found += [early, MetricsWriter()]
+    found += [early, MetricsWriter(), LearningRateWriter()]
     if trainer.config.training.log_gradients:
         found.append(GradientLogger(trainer.model.network.layers))
     found += [CheckpointWriter(early), ProgressReporter(reporter), CurvesWriter(), *loggers]

@@ -78,6 +78,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         tensors = load(raw)
         metadata = _metadata(raw)
     except (SafetensorError, ValueError, OverflowError, MemoryError) as exc:
+        if looks_like_config(path, raw):
+            raise config_given(path) from None
         raise CheckpointError(f"{path}: not a valid safetensors checkpoint (truncated, corrupt or another "
                               f"format: {exc})") from None
     if metadata.get("format") != FORMAT:
@@ -269,10 +271,38 @@ def _metadata(raw: bytes) -> dict:
     return metadata
 
 
+def looks_like_config(path: Path, raw: bytes | None = None) -> bool:
+    """Whether a file given for a checkpoint is a YAML config instead: by its suffix, or by its text (`raw`, the
+    file's bytes), a YAML mapping with a config's model, data or training section."""
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return True
+    if raw is None or len(raw) > 1_000_000:  # a config is a few kilobytes
+        return False
+    import yaml  # noqa: PLC0415
+
+    try:
+        values = yaml.safe_load(raw.decode("utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError, RecursionError):
+        return False
+    return isinstance(values, dict) and any(key in values for key in ("model", "data", "training"))
+
+
+def config_given(path: Path) -> CheckpointError:
+    """The error for a YAML config given where a trained model is expected (dltrain eval, predict, export, serve,
+    train --init-from)."""
+    import shlex  # noqa: PLC0415
+
+    return CheckpointError(f"{path}: expected a checkpoint (.safetensors), a run directory or an exported .onnx "
+                           f"model, found what looks like a YAML config; train it first (dltrain train "
+                           f"{shlex.quote(str(path))}) and give the run directory it writes")
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A run directory means its best checkpoint (its last one if no best was written); a k-fold run's directory,
-    that of its final run (training.final)."""
+    that of its final run (training.final). A YAML config (by its suffix) is refused, saying so."""
     path = Path(path)
+    if path.is_file() and looks_like_config(path):
+        raise config_given(path)
     if path.is_dir() and (path / FOLDS).is_file() and not (path / CHECKPOINTS).is_dir():
         from .folds import final_checkpoint  # noqa: PLC0415 (the k-fold driver builds on this module)
 

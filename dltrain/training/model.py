@@ -63,6 +63,34 @@ class Evaluation:
     predictions: object  # host array
     targets: object  # host array
     outputs: object = None  # host array of the network's outputs, when asked for (ROC curves)
+    error_sums: object = None  # regression: error_sums() of the split, which ranks add up
+    mae: float | None = None  # regression: in the data's units
+    r2: float | None = None
+
+
+def error_sums(predictions, targets):
+    """Regression's sums (float64, rows: |error|, error², target, target²; a column per target) in the units the
+    model trains in; summed over MPI ranks' shards they give the whole split's MAE and R² (regression_figures)."""
+    errors = np.asarray(predictions, np.float64) - np.asarray(targets, np.float64)
+    targets = np.asarray(targets, np.float64)
+    return np.stack([np.abs(errors).sum(axis=0), (errors ** 2).sum(axis=0), targets.sum(axis=0),
+                     (targets ** 2).sum(axis=0)])
+
+
+def regression_figures(sums, n: int, target_normalization: dict | None) -> tuple[float | None, float | None]:
+    """(MAE in the data's units, R²) from error_sums over n samples, as `dltrain eval` reports them: the MAE over
+    every target value, R² the mean over target columns of 1 - residual / total sum of squares (None where no column
+    varies). Targets train standardized (mean 0, so the sums lose no precision); R² does not change with the units."""
+    if n == 0:
+        return None, None
+    absolute, squared, total, total_squared = sums
+    std = np.asarray(target_normalization["std"], np.float64) if target_normalization else np.ones(len(absolute))
+    variation = total_squared - total ** 2 / n
+    varies = variation > 1e-12 * total_squared  # a constant column leaves only rounding
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r2 = np.where(varies, 1 - squared / variation, np.nan)
+    mae = float((absolute * std).sum() / (n * len(absolute)))
+    return mae, float(np.nanmean(r2)) if np.isfinite(r2).any() else None
 
 
 class Model:
@@ -86,6 +114,7 @@ class Model:
         self._check_output(classes, target_width)
         self.views = checked_views(config.data.get("test_time_augment"), input_shape, "data.test_time_augment")
         self.blank = blank  # a raw 0 after normalization: what a shifted view's uncovered pixels hold
+        self.target_normalization = None  # regression: the targets' mean and std (build_for), for the data's units
 
     @staticmethod
     def task_of(config: Config) -> str:
@@ -158,7 +187,12 @@ class Model:
         targets = backend.to_numpy(split.y)
         accuracy = None if self.task == "regression" else float((predictions == targets).mean())
         kept = backend.to_numpy(xp.concatenate(outputs)) if keep_outputs else None
-        return Evaluation(total_loss / len(split), accuracy, predictions, targets, kept)
+        evaluation = Evaluation(total_loss / len(split), accuracy, predictions, targets, kept)
+        if self.task == "regression":
+            evaluation.error_sums = error_sums(predictions, targets)
+            evaluation.mae, evaluation.r2 = regression_figures(evaluation.error_sums, len(split),
+                                                               self.target_normalization)
+        return evaluation
 
 
 def _logsumexp(xp, a, axis: int):
@@ -228,6 +262,7 @@ def build_for(config: Config, device: str = "cpu", checkpoint=None, text: dict |
                         f"(0..{trained['classes'] - 1})")
     model = Model(config, splits.input_shape, trained.get("classes", info["classes"]),
                   trained.get("target_width", info["target_width"]), blank_value(splits.normalization), data)
+    model.target_normalization = splits.target_normalization  # a checkpoint's, when given one (prepare)
     model.network.to(device)
     if hasattr(model.loss, "weights_for"):
         weights = trained.get("class_weights") or model.loss.weights_for(backend.to_numpy(splits.train.y),

@@ -1,4 +1,5 @@
-"""Learning curves from metrics.csv: loss, accuracy and learning rate against epoch.
+"""Learning curves from metrics.csv: loss, accuracy (or, for regression, the validation MAE) and learning rate
+against epoch; the learning rate of every optimizer step from lr.csv, where the run wrote one.
 
 Reads only what runs wrote; copes with runs that have no validation, no accuracy or one epoch. A file that cannot be
 read (not UTF-8, not the CSV or JSON it should be, a word where a number belongs) is a RunDirError naming it.
@@ -9,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DltrainError
-from .rundir import CURVES, METRICS, RunDir, atomic_write
+from .rundir import CURVES, LEARNING_RATES, METRICS, RunDir, atomic_write
 from .runs import is_cross_validation, metric_value, numbers_checked
 
 FIGSIZE = (15, 4.5)  # inches; at DPI this gives a 1500 x 450 PNG
@@ -33,15 +34,42 @@ def _fold_runs(path) -> list:
 
 def plot_runs(run_dirs: list, out: Path | None = None) -> Path:
     """Draw every run's curves (overlaid, one colour per run) into one PNG; return its path."""
+    expanded = [fold for path in run_dirs for fold in _fold_runs(path)]
+    out = Path(out) if out else Path(run_dirs[0]) / CURVES if expanded != list(run_dirs) else None
+    fig = curves_figure(expanded)
+    return _save_png(fig, out or Path(expanded[0]) / CURVES)
+
+
+def _learning_rates(run: RunDir, rows: list[dict]) -> list[tuple[float, float]]:
+    """(epoch, rate) points: every optimizer step's from lr.csv (step k of n in epoch e at e - 1 + k / n), and
+    metrics.csv's one per epoch for the epochs lr.csv lacks (runs from before it, or resumed from one)."""
+    path = run.file(LEARNING_RATES)
+    steps: dict[int, float] = {}  # epoch -> its number of steps
+    step_rows = numbers_checked(path, run.read_table(LEARNING_RATES))
+    for row in step_rows:
+        steps[int(row["epoch"])] = max(steps.get(int(row["epoch"]), 1.0), float(row.get("step") or 1))
+    points = [(int(r["epoch"]) - 1 + float(r.get("step") or 1) / steps[int(r["epoch"])], float(r["lr"]))
+              for r in step_rows if r.get("lr")]
+    epochs = [int(r["epoch"]) for r in rows]
+    points += [(e, v) for e, v in zip(epochs, _column(run.file(METRICS), rows, "lr")) if v is not None
+               and e not in steps]
+    return sorted(points)
+
+
+def _recorded(runs: list, column: str) -> bool:
+    return any(row.get(column) for _, rows, _ in runs for row in rows)
+
+
+def curves_figure(run_dirs: list):
+    """The figure of plot_runs (loss, accuracy or MAE, learning rate axes) for run directories, not k-fold ones."""
     import matplotlib  # noqa: PLC0415 (slow import, only for plotting)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
+    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
 
     runs = []
-    expanded = [fold for path in run_dirs for fold in _fold_runs(path)]
-    out = Path(out) if out else Path(run_dirs[0]) / CURVES if expanded != list(run_dirs) else None
-    for path in expanded:
+    for path in run_dirs:
         run = RunDir(path)
         if not run.path.is_dir():
             raise DltrainError(f"{path}: not a run directory")
@@ -50,39 +78,40 @@ def plot_runs(run_dirs: list, out: Path | None = None) -> Path:
             raise DltrainError(f"{run.file('metrics.csv')}: no epochs recorded yet (missing or empty metrics.csv)")
         numbers_checked(run.file(METRICS), rows)  # a word in any column is named before anything is drawn
         runs.append((run, rows, run.read_summary() or {}))
-    out = out or runs[0][0].file(CURVES)
 
     fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=FIGSIZE, dpi=DPI)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    any_accuracy = False
+    # the middle panel: accuracy, or for runs that have none (regression) the validation MAE in the data's units
+    middle = ("accuracy" if _recorded(runs, "train_accuracy") or _recorded(runs, "val_accuracy")
+              else "mae" if _recorded(runs, "val_mae") else None)
     for i, (run, rows, summary) in enumerate(runs):
         colour = colours[i % len(colours)]
         label = run.path.name if len(runs) > 1 else ""
         epochs = [int(r["epoch"]) for r in rows]
-        for ax, metric in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        for ax, metric in ((ax_loss, "loss"), (ax_acc, middle)) if middle else ((ax_loss, "loss"),):
             for split, style in (("train", "-"), ("val", "--")):
                 values = _column(run.file(METRICS), rows, f"{split}_{metric}")
                 points = [(e, v) for e, v in zip(epochs, values) if v is not None]
                 if points:
-                    any_accuracy |= metric == "accuracy"
                     ax.plot(*zip(*points), style, color=colour, marker="o" if len(points) == 1 else None,
                             label=f"{label} {split}".strip())
-        lrs = [(e, v) for e, v in zip(epochs, _column(run.file(METRICS), rows, "lr")) if v is not None]
+        lrs = _learning_rates(run, rows)
         if lrs:
-            ax_lr.plot(*zip(*lrs), color=colour, label=label or None)
+            ax_lr.plot(*zip(*lrs), color=colour, marker="o" if len(lrs) == 1 else None, label=label or None)
         _mark_best(summary, run.file(METRICS), rows, epochs, ax_loss, ax_acc, colour)
     ax_loss.set_title("loss")
-    ax_acc.set_title("accuracy")
+    ax_acc.set_title("validation MAE (data units)" if middle == "mae" else "accuracy")
     ax_lr.set_title("learning rate")
-    if not any_accuracy:
+    if middle is None:
         ax_acc.text(0.5, 0.5, "no accuracy recorded\n(regression loss)", ha="center", va="center",
                     transform=ax_acc.transAxes, color="grey")
     for ax in (ax_loss, ax_acc, ax_lr):
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no ticks at epoch 1.2, 1.4, ...
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
-    return _save_png(fig, out)
+    return fig
 
 
 def _save_png(fig, out: Path) -> Path:

@@ -21,11 +21,13 @@ def silence_stdout() -> None:
 
 
 def format_row(row: dict, epochs: int) -> str:
+    """One epoch's line; a regression's validation MAE (in the data's units) and R² as `dltrain eval` writes them."""
     parts = [f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}"]
-    for key, label in (("train_loss", "loss"), ("train_accuracy", "acc"), ("val_loss", "val_loss"),
-                       ("val_accuracy", "val_acc")):
+    for key, label, spec in (("train_loss", "loss", ".4f"), ("train_accuracy", "acc", ".4f"),
+                             ("val_loss", "val_loss", ".4f"), ("val_accuracy", "val_acc", ".4f"),
+                             ("val_mae", "val_mae", ".4g"), ("val_r2", "val_r2", ".4g")):
         if row.get(key) not in (None, ""):
-            parts.append(f"{label} {float(row[key]):.4f}")
+            parts.append(f"{label} {float(row[key]):{spec}}")
     parts.append(f"lr {float(row['lr']):.4g}")
     parts.append(f"{float(row['seconds']):.1f}s")
     return "  ".join(parts)

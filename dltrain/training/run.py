@@ -16,7 +16,7 @@ from pathlib import Path
 from .. import backend
 from ..config import Config, apply_override, config_from_dict, parse_override, validate
 from ..distributed import communicator, on_rank_zero
-from ..errors import ConfigError
+from ..errors import ConfigError, RunDirError
 from . import rundir as files
 from .checkpoint import load_checkpoint
 from .reporting import SilentReporter
@@ -49,6 +49,12 @@ def run_training(config: Config | None, *, run_dir: str | Path | None = None, re
             on_rank_zero(comm, run.lock)  # before reading anything: another process may be writing it
             checkpoint = load_checkpoint(run.file(files.LAST))
             config = resumed_config(checkpoint, config, overrides, config_path)
+            finished = comm.broadcast(_finished(run, checkpoint, config) if main else None)
+            if finished is not None:  # nothing to train: the run's files stay as they are
+                reason, summary = finished
+                say(f"{resume} {reason}")
+                run.remove_stale_temporaries()  # what a writer killed after the summary left (not the run's files)
+                return summary
             run.read_metrics()  # a metrics.csv it cannot continue is refused before anything is written
         else:
             if config is None:
@@ -62,6 +68,30 @@ def run_training(config: Config | None, *, run_dir: str | Path | None = None, re
     finally:
         if run is not None:
             run.unlock()
+
+
+def _finished(run: files.RunDir, checkpoint, config: Config) -> tuple[str, dict] | None:
+    """(why there is nothing to resume, the run's summary) for a run whose last session ended as it was to end (its
+    summary is of its last checkpoint's epoch) and that, with the resumed config, would train no further epoch: it
+    completed its epochs, or early stopping ended it and would again. None otherwise (an interrupted, failed or
+    killed run, or one given more epochs or more patience with --set): resuming continues it."""
+    try:
+        summary = run.read_summary()
+    except RunDirError:
+        return None
+    epoch, epochs = checkpoint.state["epoch"], config.training.epochs
+    if summary is None or summary.get("epochs_run") != epoch:
+        return None
+    stop_reason = summary.get("stop_reason")
+    if stop_reason == "completed" and epoch >= epochs:
+        return (f"finished all {epoch} of its epochs; nothing to resume (extend it with --set training.epochs=N)",
+                summary)
+    stopping, wait = config.training.early_stopping, checkpoint.state["early_stopping"].get("wait")
+    if stop_reason == "early_stopping" and stopping.enabled and isinstance(wait, int) and wait >= stopping.patience:
+        return (f"finished: early stopping ended it after epoch {epoch} of {epochs} ({stopping.monitor} had not "
+                f"improved for {wait} epoch{'' if wait == 1 else 's'}); nothing to resume (continue it with --set "
+                f"training.early_stopping.patience=N, N above {wait})", summary)
+    return None
 
 
 def _train(config: Config, run: files.RunDir, *, checkpoint, init_from, device, comm, reporter, say, callbacks,

@@ -3,6 +3,7 @@
     runs/<config name>-<timestamp>/
         config.yaml                  the resolved config (defaults filled in)
         metrics.csv                  one row per epoch
+        lr.csv                       the learning rate of every optimizer step
         summary.json                 how the run ended, best epoch, test metrics, speed
         checkpoints/best.safetensors checkpoints/last.safetensors
         curves.png                   learning curves (dltrain plot)
@@ -38,15 +39,19 @@ BEST = "checkpoints/best.safetensors"
 LAST = "checkpoints/last.safetensors"
 CURVES = "curves.png"
 PROCESS = "process.json"
+LEARNING_RATES = "lr.csv"  # every optimizer step's rate: warmup and per-step schedules show only here
 GRADIENTS = "gradients.csv"  # with training.log_gradients
 GRADIENT_PLOT = "gradients.png"
 LOCK = ".lock"
 FOLDS = "folds.csv"  # a k-fold run's table of folds (training/folds.py); it marks the k-fold run's own directory
 FINAL = "final"  # a k-fold run's final run (training.final), beside its fold-0, fold-1, ...
 # What a run writes; a directory holding only these from a run that failed before its first epoch is reused.
-RUN_FILES = {CONFIG, METRICS, SUMMARY, CHECKPOINTS, CURVES, PROCESS, GRADIENTS, GRADIENT_PLOT, LOCK, "tensorboard",
-             "mlflow.json", "plots", FOLDS}
-METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
+RUN_FILES = {CONFIG, METRICS, LEARNING_RATES, SUMMARY, CHECKPOINTS, CURVES, PROCESS, GRADIENTS, GRADIENT_PLOT, LOCK,
+             "tensorboard", "mlflow.json", "plots", FOLDS}
+# val_mae (data units) and val_r2: regression runs; blank in others, as train_accuracy is blank in regression runs
+METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_mae", "val_r2", "lr",
+                  "seconds")
+LR_COLUMNS = ("epoch", "step", "lr")  # step: the optimizer step within the epoch, from 1
 
 
 _UMASK = os.umask(0)
@@ -296,13 +301,17 @@ class RunDir:
         self._write(name, buffer.getvalue().encode())
 
     def append_row(self, name: str, columns, row: dict) -> None:
+        self.append_rows(name, columns, [row])
+
+    def append_rows(self, name: str, columns, rows: list[dict]) -> None:
+        """Add rows to a per-epoch CSV in one write (a crash may cut the last line: read_table drops it)."""
         if not self.writable:
             return
-        line = io.StringIO()
-        csv.DictWriter(line, fieldnames=list(columns), lineterminator="\n").writerow(row)
+        lines = io.StringIO()
+        csv.DictWriter(lines, fieldnames=list(columns), lineterminator="\n").writerows(rows)
         try:
             with open(self.file(name), "a", encoding="utf-8") as f:
-                f.write(line.getvalue())
+                f.write(lines.getvalue())
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as exc:

@@ -31,7 +31,7 @@ from . import rundir as files
 from .callbacks import EarlyStopping, WeightAveraging, built_in, overrides
 from .checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
 from .loggers import make_loggers
-from .model import build_for
+from .model import build_for, regression_figures
 from .reporting import SilentReporter, silence_stdout
 from .rundir import RunDir
 from .steps import DEVICE_READ_EVERY, Batch, strategy_for  # noqa: F401 (DEVICE_READ_EVERY: tests read it here)
@@ -318,9 +318,11 @@ class Trainer:
         self.tally.start_epoch()
         started = time.perf_counter()
         self._zero_before_backward = True
+        # every optimizer step's rate, as the schedule gives it (a pure function of the position): lr.csv's rows
+        self.epoch_lrs = [self.schedule.lr(epoch, update) for update in range(self.updates_per_epoch)]
         for step in range(self.steps_per_epoch):
             update = step // cfg.accumulate_steps
-            lr = self.schedule.lr(epoch, update)
+            lr = self.epoch_lrs[update]
             self.optimizer.lr = lr
             momentum = self.schedule.momentum(epoch, update)
             if momentum is not None:
@@ -340,10 +342,10 @@ class Trainer:
         return {"train_loss": loss_sum / seen, "train_accuracy": accuracy, "lr": lr}
 
     def validate(self, split: Split | None) -> dict:
-        """{val_loss, val_accuracy} on a split (None without one); with several ranks each evaluates its shard and
-        the sums are reduced."""
+        """{val_loss, val_accuracy, val_mae, val_r2} on a split (None without one or where the task has none; the MAE
+        in the data's units); with several ranks each evaluates its shard and the sums are reduced."""
         if split is None:
-            return {"val_loss": None, "val_accuracy": None}
+            return {"val_loss": None, "val_accuracy": None, "val_mae": None, "val_r2": None}
         if self.averaging and not self.averaging_kept:
             with self.averaging.swapped_in():
                 return self._validate(split)
@@ -353,14 +355,22 @@ class Trainer:
         batch_size = self.config.training.eval_batch_size
         if self.comm.size == 1:
             result = self.model.evaluate(split, batch_size)
-            return {"val_loss": result.loss, "val_accuracy": result.accuracy}
+            return {"val_loss": result.loss, "val_accuracy": result.accuracy, "val_mae": result.mae,
+                    "val_r2": result.r2}
         mine = shard(np.arange(len(split)), self.comm.rank, self.comm.size)  # a contiguous range
         lo, hi = (int(mine[0]), int(mine[-1]) + 1) if len(mine) else (0, 0)
         part = Split(split.x[lo:hi], split.y[lo:hi])
         result = self.model.evaluate(part, batch_size) if len(part) else None
+        regression = self.model.task == "regression"
+        width = self.model.network.output_shape[0] if regression else 0
+        sums = result.error_sums if result is not None and regression else np.zeros((4, width))  # error_sums' shape
         local = [result.loss * len(part), (result.accuracy or 0.0) * len(part), len(part)] if result else [0, 0, 0]
-        loss_sum, right, n = backend.to_numpy(self.comm.sum(np.asarray(local, dtype=np.float64)))
-        return {"val_loss": loss_sum / n, "val_accuracy": None if self.model.task == "regression" else right / n}
+        summed = backend.to_numpy(self.comm.sum(np.concatenate([np.asarray(local, np.float64), sums.ravel()])))
+        loss_sum, right, n = summed[:3]
+        mae, r2 = regression_figures(summed[3:].reshape(sums.shape), int(n), self.model.target_normalization) \
+            if regression else (None, None)
+        return {"val_loss": loss_sum / n, "val_accuracy": None if regression else right / n, "val_mae": mae,
+                "val_r2": r2}
 
     def fit(self) -> dict:
         started = time.perf_counter()
@@ -489,8 +499,9 @@ class Trainer:
         if self.splits.test is not None and has_weights and collectives_ok:
             test = self.validate(self.splits.test)
             summary["test_loss"] = test["val_loss"]
-            if test["val_accuracy"] is not None:
-                summary["test_accuracy"] = test["val_accuracy"]
+            for key in ("accuracy", "mae", "r2"):
+                if test[f"val_{key}"] is not None:
+                    summary[f"test_{key}"] = test[f"val_{key}"]
         if self.comm.size > 1:
             summary["ranks"] = self.comm.size
             summary["allreduce_seconds"] = round(self.comm.seconds, 3)

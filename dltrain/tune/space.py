@@ -143,7 +143,7 @@ def load_search(config_path: str | Path, overrides: list[str] = (), space_path: 
     section = values.pop(SEARCH_SECTION, None)
     config = validate(copy.deepcopy(values), positions, filename, written_by)
     if section is None:
-        raise ConfigError(f"{filename}: no 'tune:' section says what to search; add one (see README, "
+        raise ConfigError(f"{filename}: no 'tune:' section says what to search; add one (see docs/tuning.md, "
                           f"'Searching hyperparameters') or give a file with --space")
 
     v = Validator(section_file, section_positions, written_by)

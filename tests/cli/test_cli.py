@@ -325,7 +325,7 @@ def test_kill_9_at_random_moments_leaves_resumable_runs(tmp_path):
         result = dltrain("train", "--resume", run)
         assert result.returncode == 0, result.stderr
         rows = (run / "metrics.csv").read_text().splitlines()
-        assert len(rows) == 41 and all(len(r.split(",")) == 7 for r in rows)
+        assert len(rows) == 41 and all(len(r.split(",")) == 9 for r in rows)
         leftovers = [p.name for p in run.rglob(".*.tmp")]
         assert leftovers == []  # temporary files of the killed writes are cleared on resume
 

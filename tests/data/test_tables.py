@@ -69,14 +69,14 @@ def test_word_labels_and_a_categorical_column_train_evaluate_and_predict(tmp_pat
     report = json.loads(invoke("eval", tmp_path / "run", "--json").stdout)
     assert [row["class"] for row in report["per_class"]] == ["apple", "cherry"]
 
-    # columns in another order, an extra column: features found by name, the rest carried, the label ignored
+    # columns in another order, an extra column: features found by name, the rest carried, the label as `label`
     rows = fruit_rows(80, 1)
     write_csv(tmp_path / "new.csv", [{**r, "note": f"n{i}"} for i, r in enumerate(rows)],
               ("weight", "note", "kind", "colour", "id", "size"))
     result = invoke("predict", tmp_path / "run", tmp_path / "new.csv")
     assert result.exit_code == 0, result.output
     predicted = list(csv.DictReader(io.StringIO(result.stdout)))
-    assert list(predicted[0]) == ["input", "note", "id", "prediction", "probability"]
+    assert list(predicted[0]) == ["input", "note", "id", "prediction", "label", "probability"]
     assert predicted[0]["input"] == f"{tmp_path / 'new.csv'}:2" and predicted[0]["id"] == "f1-0"
     built = build_for(load_config(config), "cpu", checkpoint)
     built.model.network.load_state_dict(checkpoint.model)

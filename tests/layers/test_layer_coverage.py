@@ -1,5 +1,5 @@
 """Adding a layer is checked, not remembered: every registered layer has a gradient check, an ONNX export (or an
-explicit `not_exportable` reason) and a row in the README's layer table."""
+explicit `not_exportable` reason) and a row in the layer table of the docs' config page (docs/config.md)."""
 
 import re
 from pathlib import Path
@@ -12,7 +12,7 @@ from dltrain import registry
 from dltrain.config.schema import _import_registries
 from dltrain.export.onnx import exportable
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[2] / "docs" / "config.md"  # the config page's layer table
 # layers whose gradient check cannot be a check_layer case (integer inputs), and the test that checks them instead
 GRADIENTS_CHECKED_ELSEWHERE = {
     "embedding": "test_image_and_sequence_layers.py::test_embedding_gradient_accumulates_repeated_tokens",

@@ -58,20 +58,21 @@ def test_hooks_are_called_in_keras_order(tmp_path):
 
 
 def test_writes_happen_in_the_order_that_keeps_a_crash_resumable(tmp_path, monkeypatch):
-    """metrics.csv row -> gradients.csv row -> best checkpoint (when best) -> last checkpoint. A crash between any
-    two leaves files ahead of `last`, which the resumed run rewrites identically; `last` never runs ahead."""
+    """metrics.csv row -> lr.csv rows -> gradients.csv row -> best checkpoint (when best) -> last checkpoint. A crash
+    between any two leaves files ahead of `last`, which the resumed run rewrites identically; `last` never runs
+    ahead."""
     writes = []
-    real_append_row, real_save = files.RunDir.append_row, cb.save_checkpoint
+    real_append_rows, real_save = files.RunDir.append_rows, cb.save_checkpoint
 
-    def append_row(self, name, columns, row):  # metrics.csv's rows too
-        writes.append((row["epoch"], name))
-        real_append_row(self, name, columns, row)
+    def append_rows(self, name, columns, rows):  # metrics.csv's rows too (append_row)
+        writes.append((rows[0]["epoch"], name))
+        real_append_rows(self, name, columns, rows)
 
     def save_checkpoint(path, *args):
         writes.append((args[4]["epoch"], f"checkpoints/{path.name}"))
         real_save(path, *args)
 
-    monkeypatch.setattr(files.RunDir, "append_row", append_row)
+    monkeypatch.setattr(files.RunDir, "append_rows", append_rows)
     monkeypatch.setattr(cb, "save_checkpoint", save_checkpoint)
     # lr so large the validation loss gets worse after epoch 1: epochs 2 and 3 are not best
     values = config(epochs=3).to_dict()
@@ -82,12 +83,12 @@ def test_writes_happen_in_the_order_that_keeps_a_crash_resumable(tmp_path, monke
     assert best == [1]
     expected = []
     for epoch in (1, 2, 3):
-        expected += [(epoch, files.METRICS), (epoch, files.GRADIENTS)]
+        expected += [(epoch, files.METRICS), (epoch, files.LEARNING_RATES), (epoch, files.GRADIENTS)]
         expected += [(epoch, files.BEST)] if epoch in best else []
         expected += [(epoch, files.LAST)]
     assert writes == expected
-    assert recorder.callbacks == ["EarlyStopping", "MetricsWriter", "GradientLogger", "CheckpointWriter",
-                                  "ProgressReporter", "CurvesWriter", "Recorder"]
+    assert recorder.callbacks == ["EarlyStopping", "MetricsWriter", "LearningRateWriter", "GradientLogger",
+                                  "CheckpointWriter", "ProgressReporter", "CurvesWriter", "Recorder"]
 
 
 class StopAfter(Callback):

@@ -287,7 +287,7 @@ def test_a_killed_resume_that_completed_epochs_reads_as_killed(finished_run):
     from dltrain.training.runs import run_row
 
     with open(finished_run / files.METRICS, "a") as f:
-        f.write("3,0.5,0.8,0.5,0.8,0.05,0.1\n")
+        f.write("3,0.5,0.8,0.5,0.8,,,0.05,0.1\n")  # val_mae, val_r2: blank (not regression)
     (finished_run / files.PROCESS).write_text(json.dumps({"pid": 2 ** 22 + 1, "host": socket.gethostname(),
                                                           "process_start": "1", "started": time.strftime("%Y")}))
     assert run_row(finished_run)["status"] == "killed"

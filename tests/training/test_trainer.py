@@ -56,7 +56,7 @@ def metrics_without_time(run_dir):
 def test_metrics_header_and_files(tmp_path):
     _, summary = train(config(), tmp_path / "run")
     header = (tmp_path / "run" / files.METRICS).read_text().splitlines()[0]
-    assert header == "epoch,train_loss,train_accuracy,val_loss,val_accuracy,lr,seconds"
+    assert header == "epoch,train_loss,train_accuracy,val_loss,val_accuracy,val_mae,val_r2,lr,seconds"
     assert (tmp_path / "run" / files.BEST).is_file() and (tmp_path / "run" / files.LAST).is_file()
     umask = os.umask(0)
     os.umask(umask)
