@@ -77,13 +77,12 @@ def _anchor(name: str) -> str:
 
 def cli_page() -> str:
     """The Markdown of the command-line reference: every command, its usage, its help and every option."""
-    import click  # noqa: PLC0415 (Typer's)
     import typer  # noqa: PLC0415
 
     from .cli import app  # noqa: PLC0415
 
     group = typer.main.get_command(app)
-    context = click.Context(group, info_name="dltrain")
+    context = typer.Context(group, info_name="dltrain")
     lines = ["# Command line", "", "*Generated from the code (`dltrain/reference.py`): the commands and options as "
              "`dltrain COMMAND --help` gives them.*", "", f"`{group.get_usage(context).removeprefix('Usage: ')}`", "",
              inspect.cleandoc(group.help or ""), ""]
@@ -94,7 +93,7 @@ def cli_page() -> str:
         command = group.get_command(context, name)
         if command.hidden:
             continue
-        sub = click.Context(command, info_name=name, parent=context)
+        sub = typer.Context(command, info_name=name, parent=context)
         lines += [f"## dltrain {name}", "", f"`{command.get_usage(sub).removeprefix('Usage: ')}`", "",
                   inspect.cleandoc(command.help or ""), ""]
         lines += _options_table(command, sub)

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The documentation's pictures, made by the commands its pages give: bash docs/make_pictures.sh [NAME...]
-# NAMES: curves confusion graph gradients tuning tensorboard (default: all). Runs go to a scratch directory; only the
+# NAMES: curves confusion graph gradients tuning tensorboard site (default: all). Runs go to a scratch directory; only the
 # pictures land in docs/images/. Needs the test extra (tensorboard, optuna) and, for tensorboard, headless Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 images=docs/images
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
-wanted=("${@:-curves confusion graph gradients tuning tensorboard}")
+wanted=("${@:-curves confusion graph gradients tuning tensorboard site}")
 wants() { [[ " ${wanted[*]} " == *" $1 "* ]]; }
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 if wants curves || wants confusion; then  # the quick start: learning curves, then eval's confusion matrix
     dltrain train configs/quickstart.yaml --run-dir "$scratch/quickstart" -q
@@ -44,17 +45,30 @@ if wants tensorboard; then
         dltrain train configs/quickstart.yaml --run-dir "$scratch/tb/lr-$lr" -q \
             --set "training.loggers=[tensorboard]" --set "optimizer.lr=$lr"
     done
-    tensorboard --logdir "$scratch/tb" --port 6007 --bind_all > "$scratch/tensorboard.log" 2>&1 &
+    port=$(free_port)
+    tensorboard --logdir "$scratch/tb" --port "$port" --host 127.0.0.1 > "$scratch/tensorboard.log" 2>&1 &
     server=$!
     for _ in $(seq 60); do  # until TensorBoard has read every event file (its first pass takes a while)
-        runs=$(python3 -c "import json, urllib.request; print(len(json.load(urllib.request.urlopen('http://127.0.0.1:6007/data/runs'))))" 2>/dev/null || echo 0)
+        runs=$(python3 -c "import json, urllib.request; print(len(json.load(urllib.request.urlopen('http://127.0.0.1:$port/data/runs'))))" 2>/dev/null || echo 0)
         [ "$runs" -ge 6 ] && break
         sleep 1
     done
     sleep 5
     chromium --headless --no-sandbox --use-angle=swiftshader --enable-unsafe-swiftshader --hide-scrollbars --window-size=1500,1100 \
         --virtual-time-budget=20000 --screenshot="$images/tensorboard.png" \
-        "http://127.0.0.1:6007/?forceSvg=true#timeseries" > /dev/null 2>&1
+        "http://127.0.0.1:$port/#timeseries" > /dev/null 2>&1
+    kill "$server"
+fi
+if wants site; then  # two pages of this site as a browser shows them (headless Chromium)
+    NO_MKDOCS_2_WARNING=1 mkdocs build --strict --quiet --site-dir "$scratch/site"
+    port=$(free_port)
+    python3 -m http.server "$port" --bind 127.0.0.1 --directory "$scratch/site" > /dev/null 2>&1 &
+    server=$!
+    sleep 1
+    for page in getting-started reference/layers; do
+        chromium --headless --no-sandbox --hide-scrollbars --window-size=1400,1000 --virtual-time-budget=5000 \
+            --screenshot="$images/site-$(basename "$page").png" "http://127.0.0.1:$port/$page/" > /dev/null 2>&1
+    done
     kill "$server"
 fi
 ls -l "$images"

@@ -39,9 +39,7 @@ def test_every_registry_entry_has_a_docstring_and_every_parameter_is_in_its_page
 
 def test_every_command_and_option_says_what_it_does():
     group = typer.main.get_command(app)
-    import click
-
-    context = click.Context(group, info_name="dltrain")
+    context = typer.Context(group, info_name="dltrain")
     for name in group.list_commands(context):
         command = group.get_command(context, name)
         assert _says_what_it_does(command.help), f"dltrain {name} has no help saying what it does"

@@ -86,3 +86,18 @@ def test_numeric_labels_score_as_the_classes_they_name(tmp_path):
     assert [r["label"] for r in rows] == labels
     accuracy = np.mean([int(r["prediction"]) == t for r, t in zip(rows, iris.target)])
     assert result.stderr == f"accuracy {accuracy:.4f} on 150 rows with labels ({table})\n"
+
+
+def test_the_label_column_is_there_whichever_file_comes_first(tmp_path):
+    iris = datasets.load_iris()
+    species = [iris.target_names[t] for t in iris.target]
+    run = trained(tmp_path, species)
+    bare = write_csv(tmp_path / "bare.csv", FEATURES, [list(map(str, x)) for x in iris.data[:5]])
+    named = write_csv(tmp_path / "named.csv", [*FEATURES, "species"],
+                      [[*map(str, x), label] for x, label in zip(iris.data[50:55], species[50:55])])
+    result = invoke("predict", run, bare, named)
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert list(rows[0]) == ["input", "prediction", "label", "probability"]
+    assert [r["label"] for r in rows] == [""] * 5 + species[50:55]
+    assert result.stderr.endswith(f"on 5 rows with labels ({named})\n")

@@ -12,7 +12,11 @@ import shlex
 import sys
 
 import typer
-from typer._click.exceptions import NoSuchOption  # the click Typer 0.29 runs on (it vendors its own)
+
+try:  # Typer 0.29 runs on a click of its own, whose exceptions these are
+    from typer._click.exceptions import NoSuchOption
+except ImportError:  # a Typer that runs on the click package
+    from click.exceptions import NoSuchOption
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 

@@ -72,8 +72,14 @@ def _best(row) -> str:
 
 
 def _test(row) -> str:
+    """Test accuracy, or for regression the MAE in the data's units, else the loss; ± the folds' std."""
+    from ..training.reporting import in_units  # noqa: PLC0415
+
     if row["test_accuracy"] is not None:
         return f"accuracy {row['test_accuracy']:.4f}" + _spread(row.get("test_accuracy_std"))
+    if row.get("test_mae") is not None:
+        std = row.get("test_mae_std")
+        return f"MAE {in_units(row['test_mae'])}" + (f" ± {in_units(std)}" if std is not None else "")
     return f"loss {row['test_loss']:.4f}" + _spread(row.get("test_loss_std")) if row["test_loss"] is not None else ""
 
 

@@ -102,9 +102,12 @@ def _print_summary(summary: dict) -> None:
         parts.append(f"test accuracy {summary['test_accuracy']:.4f}")
     if "test_loss" in summary:
         parts.append(f"test loss {summary['test_loss']:.4f}")
-    for key, label in (("test_mae", "MAE"), ("test_r2", "R²")):  # regression, in the data's units as eval
-        if summary.get(key) is not None:
-            parts.append(f"test {label} {summary[key]:.4g}")
+    from ..training.reporting import in_units  # noqa: PLC0415
+
+    if summary.get("test_mae") is not None:  # regression, in the data's units as eval gives it
+        parts.append(f"test MAE {in_units(summary['test_mae'])}")
+    if summary.get("test_r2") is not None:
+        parts.append(f"test R² {summary['test_r2']:.4f}")
     parts.append(f"{summary['total_seconds']:.1f}s")
     print("; ".join(parts), flush=True)
 
@@ -112,10 +115,12 @@ def _print_summary(summary: dict) -> None:
 def print_cross_validation(summary: dict) -> None:
     """The folds' table (folds.csv's rows, mean and std last) and the line that judges the k-fold run."""
     from ..training.folds import describe, fold_rows  # noqa: PLC0415
+    from ..training.reporting import in_units  # noqa: PLC0415
     from .output import print_table  # noqa: PLC0415
 
     rows = fold_rows(summary["fold_results"]) if summary.get("fold_results") else []
-    tested = [key for key in ("test_accuracy", "test_loss") if any(r.get(key) not in (None, "") for r in rows)]
+    tested = [key for key in ("test_accuracy", "test_loss", "test_mae", "test_r2")
+              if any(r.get(key) not in (None, "") for r in rows)]
     header = ["fold", "stop", "epochs", "best epoch", f"best {summary['monitor']}", *(t.replace("_", " ")
                                                                                       for t in tested), "seconds"]
 
@@ -124,13 +129,16 @@ def print_cross_validation(summary: dict) -> None:
 
     lines = [[str(r["fold"]), r.get("stop_reason") or "", cell(r.get("epochs"), ".4g"),
               cell(r.get("best_epoch"), ".4g"), cell(r.get("best_value"), ".4f"),
-              *(cell(r.get(t), ".4f") for t in tested), cell(r.get("seconds"), ".1f")] for r in rows]
+              *(in_units(r[t]) if t == "test_mae" and r.get(t) not in (None, "") else cell(r.get(t), ".4f")
+                for t in tested), cell(r.get("seconds"), ".1f")] for r in rows]
     print_table(header, lines, right=[h for h in header if h not in ("fold", "stop")])
     text = f"{summary['stop_reason']}: {describe(summary)}"
-    for key in ("test_accuracy", "test_loss"):
+    for key in ("test_accuracy", "test_loss", "test_mae", "test_r2"):
         if summary.get(key) is not None:
             std = summary.get(f"{key}_std")
-            text += f"; {key.replace('_', ' ')} {summary[key]:.4f}" + (f" ± {std:.4f}" if std is not None else "")
+            show = in_units if key == "test_mae" else (lambda v: f"{v:.4f}")
+            name = {"test_mae": "test MAE", "test_r2": "test R²"}.get(key, key.replace("_", " "))
+            text += f"; {name} {show(summary[key])}" + (f" ± {show(std)}" if std is not None else "")
     if summary.get("final"):
         final = summary["final"]
         text += f"; final model: {final['run_dir']} ({final.get('epochs_run')} epochs"

@@ -9,6 +9,7 @@ text that maps back to it.
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import sys
@@ -112,6 +113,22 @@ class InputSet:
         if path.suffix.lower() == ".npz":
             return ("npz", path, None)
         return ("texts", path, [path])
+
+    def labelled(self) -> bool:
+        """Whether a CSV among the inputs has the model's label column (read from its header line alone), so that
+        predict's output has a `label` column from its first row, whichever file comes first."""
+        if self.label is None:
+            return False
+        for kind, path, _ in self.sources:
+            if kind in ("csv", "text_csv"):
+                try:
+                    with open(path, newline="", encoding="utf-8-sig") as f:
+                        header = next(csv.reader(f), [])
+                except (OSError, UnicodeDecodeError, csv.Error):
+                    continue  # reading it for its rows says what is wrong
+                if self.label in (name.strip() for name in header):
+                    return True
+        return False
 
     def count(self) -> int | None:
         """Rows to predict where known without reading (images, text files); None when a table or standard input

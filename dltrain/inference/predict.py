@@ -25,6 +25,7 @@ from ..data.images import DEFAULT_MAX_IMAGE_PIXELS
 from ..data.inputs import InputSet
 from ..data.tables import Cells, is_missing, parse_number
 from ..errors import DataError
+from ..training.reporting import in_units
 from .answers import binary_names, escape_formula, output_columns, rows_of
 from .loading import Predictor, load_predictor
 
@@ -103,7 +104,7 @@ class LabelScores:
     def report(self) -> None:
         for file, (n, total) in self.files.items():
             if n:
-                figure = f"MAE {total / n:.4g}" if self.regression else f"accuracy {total / n:.4f}"
+                figure = f"MAE {in_units(total / n)}" if self.regression else f"accuracy {total / n:.4f}"
                 print(f"{figure} on {n} rows with labels ({file})", file=sys.stderr, flush=True)
 
 
@@ -111,6 +112,7 @@ def _write_all(predictor, source: InputSet, stream, fmt, top_k, probabilities, b
                escape_formulas, scores: LabelScores):
     writer = None
     done = 0
+    labelled = source.labelled()  # a label column from the first row, whichever CSV has the labels
     label_column = None  # 'label', or the label column's own name where the CSV has another column called label
 
     def cell(value):
@@ -122,9 +124,10 @@ def _write_all(predictor, source: InputSet, stream, fmt, top_k, probabilities, b
         x = _encoded(predictor, batch) if isinstance(batch.x, list) else batch.x
         outputs = predictor.run(x)
         rows = rows_of(predictor, outputs, batch.ids, batch.carried, top_k, probabilities)
+        if labelled and label_column is None:
+            label_column = "label" if "label" not in batch.carried else predictor.label_column
         if batch.labels is not None:
             scores.add(rows, batch.labels, batch.ids[0].rsplit(":", 1)[0])
-            label_column = label_column or ("label" if "label" not in batch.carried else predictor.label_column)
             for row, label in zip(rows, batch.labels):
                 row[label_column] = label
         if fmt == "jsonl":

@@ -18,7 +18,7 @@ from pathlib import Path
 from .. import __version__, backend
 from ..config.loader import MAX_DEPTH
 from ..errors import CheckpointError
-from .rundir import BEST, CHECKPOINTS, FOLDS, LAST, atomic_write
+from .rundir import BEST, CHECKPOINTS, CONFIG, FOLDS, LAST, atomic_write
 
 np = backend.np
 
@@ -292,9 +292,12 @@ def config_given(path: Path) -> CheckpointError:
     train --init-from)."""
     import shlex  # noqa: PLC0415
 
-    return CheckpointError(f"{path}: expected a checkpoint (.safetensors), a run directory or an exported .onnx "
-                           f"model, found what looks like a YAML config; train it first (dltrain train "
-                           f"{shlex.quote(str(path))}) and give the run directory it writes")
+    if path.name == CONFIG and (path.parent / CHECKPOINTS).is_dir():  # a run's own config: the run is trained
+        return CheckpointError(f"{path}: expected a checkpoint (.safetensors) or a run directory, found the config "
+                               f"of a run; give the run directory, {path.parent}")
+    return CheckpointError(f"{path}: expected a checkpoint (.safetensors) or a run directory, found what looks like "
+                           f"a YAML config; train it first (dltrain train {shlex.quote(str(path))}) and give the run "
+                           f"directory it writes")
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

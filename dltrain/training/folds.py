@@ -38,17 +38,18 @@ from ..errors import CheckpointError, ConfigError, Diverged, DltrainError, Inter
 from . import rundir as files
 from .checkpoint import checkpoint_config
 from .reporting import silence_stdout
-from .run import run_training
+from .run import resumed_run, run_training
 from .runs import differences, is_cross_validation, read_config
 from .trainer import sigterm_interrupts
 
 FOLDS = files.FOLDS  # written when the k-fold run's directory is created: it marks one
 FINAL = files.FINAL
-FIGURES = ("best_value", "best_epoch", "test_accuracy", "test_loss", "epochs", "seconds")  # averaged over folds
+FIGURES = ("best_value", "best_epoch", "test_accuracy", "test_loss", "test_mae", "test_r2", "epochs",
+           "seconds")  # averaged over folds (test_mae, test_r2: regression, in the data's units)
 COLUMNS = ("fold", "stop_reason", "epochs", "best_epoch", "monitor", "best_value", "test_accuracy", "test_loss",
-           "seconds", "run_dir")
+           "test_mae", "test_r2", "seconds", "run_dir")
 FOLD_KEYS = ("fold", "stop_reason", "epochs_run", "best_epoch", "monitor", "best_value", "test_accuracy", "test_loss",
-             "total_seconds", "run_dir")  # what summary.json keeps of each fold's summary
+             "test_mae", "test_r2", "total_seconds", "run_dir")  # what summary.json keeps of each fold's summary
 UNFINISHED = ("interrupted", "failed")  # a fold that ended so is run again (resumed from its last checkpoint)
 
 
@@ -109,10 +110,7 @@ def run_cross_validation(config: Config | None, *, run_dir: str | Path | None = 
     run = None
     try:
         if resume is not None:
-            if run_dir is not None:
-                raise ConfigError("--resume continues RUN_DIR itself; it cannot be combined with --run-dir")
-            run = files.RunDir(resume, writable=main)
-            on_rank_zero(comm, run.lock)
+            run = resumed_run(resume, run_dir, comm)
             config = _resumed_config(run, config, overrides, config_path)
             if final and not config.training.final:  # asked for now: the run's config says so from here on
                 config.training.final = True
@@ -361,7 +359,7 @@ def _summary(config: Config, results: list[dict], final: dict | None, stop_reaso
         "seed": config.seed,
         "device": next((r["device"] for r in results if r.get("device")), None),
     }
-    for figure in ("test_accuracy", "test_loss"):
+    for figure in ("test_accuracy", "test_loss", "test_mae", "test_r2"):
         mean, std = figures[figure]
         if mean is not None:
             summary[figure], summary[f"{figure}_std"] = mean, std
@@ -376,8 +374,8 @@ def fold_rows(results: list[dict]) -> list[dict]:
     """folds.csv's rows: one per fold, then 'mean' and 'std' (blank where a figure is missing or there is one fold)."""
     rows = [{"fold": r["fold"], "stop_reason": r.get("stop_reason"), "epochs": r.get("epochs_run"),
              "best_epoch": r.get("best_epoch"), "monitor": r.get("monitor"), "best_value": r.get("best_value"),
-             "test_accuracy": r.get("test_accuracy"), "test_loss": r.get("test_loss"),
-             "seconds": r.get("total_seconds"), "run_dir": r["run_dir"]} for r in results]
+             "test_accuracy": r.get("test_accuracy"), "test_loss": r.get("test_loss"), "test_mae": r.get("test_mae"),
+             "test_r2": r.get("test_r2"), "seconds": r.get("total_seconds"), "run_dir": r["run_dir"]} for r in results]
     figures = fold_figures(results)
     for position, label in ((0, "mean"), (1, "std")):
         row = {"fold": label, "monitor": rows[0]["monitor"] if rows else None}
@@ -398,19 +396,15 @@ def _write_folds(run: files.RunDir, results: list[dict]) -> None:
 def read_folds(path: str | Path) -> list[dict]:
     """folds.csv's fold rows (not mean and std) as strings; RunDirError naming the file when it is not that CSV."""
     file = Path(path) / FOLDS
-    try:
-        text = file.read_bytes().decode("utf-8")
-    except OSError as exc:
-        raise RunDirError(f"cannot read {file}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise RunDirError(f"{file}: {files.not_utf8(exc)}; expected the CSV a k-fold run writes") from None
+    text = files.read_text(file, "expected the CSV a k-fold run writes")
     try:
         reader = csv.DictReader(io.StringIO(text))
         rows = list(reader)
     except csv.Error as exc:
         raise RunDirError(f"{file}: not a readable CSV ({exc})") from None
-    if reader.fieldnames is not None and list(reader.fieldnames) != list(COLUMNS):
-        raise RunDirError(f"{file}: expected the header {','.join(COLUMNS)!r}, found {','.join(reader.fieldnames)!r}")
+    if reader.fieldnames is not None and "fold" not in reader.fieldnames:
+        header = ",".join(reader.fieldnames)
+        raise RunDirError(f"{file}: expected a CSV with a fold column, found the header {header!r}")
     return [row for row in rows if row.get("fold", "").isdigit()]
 
 

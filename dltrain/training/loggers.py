@@ -130,7 +130,8 @@ class TensorBoardLogger(_Tracker):
         self._scalars("train", {"loss": logs.get("train_loss"), "accuracy": logs.get("train_accuracy"),
                                 "learning_rate": logs.get("lr"),
                                 "samples_per_second": len(trainer.splits.train) / seconds if seconds else None}, epoch)
-        self._scalars("validation", {"loss": logs.get("val_loss"), "accuracy": logs.get("val_accuracy")}, epoch)
+        self._scalars("validation", {"loss": logs.get("val_loss"), "accuracy": logs.get("val_accuracy"),
+                                     "mae": logs.get("val_mae"), "r2": logs.get("val_r2")}, epoch)
         if trainer.config.training.log_gradients:
             row = trainer.run.read_table(files.GRADIENTS)[-1]  # the row GradientLogger wrote for this epoch
             self._scalars("train", {f"gradient_norm/{k}": v for k, v in row.items() if k != "epoch"}, epoch)
@@ -147,7 +148,8 @@ class TensorBoardLogger(_Tracker):
     def _close(self, summary):
         if summary and ("test_loss" in summary):
             self.writers["test"] = self.writer_class(str(self.root / "test"))
-            self._scalars("test", {"loss": summary.get("test_loss"), "accuracy": summary.get("test_accuracy")},
+            self._scalars("test", {"loss": summary.get("test_loss"), "accuracy": summary.get("test_accuracy"),
+                                   "mae": summary.get("test_mae"), "r2": summary.get("test_r2")},
                           summary["epochs_run"])
         for writer in self.writers.values():
             writer.close()
@@ -243,7 +245,7 @@ class MlflowLogger(_Tracker):
 
     def _finish(self, trainer, summary):
         if summary:
-            figures = {k: summary.get(k) for k in ("test_loss", "test_accuracy", "best_value",
+            figures = {k: summary.get(k) for k in ("test_loss", "test_accuracy", "test_mae", "test_r2", "best_value",
                                                    "train_samples_per_second", "total_seconds")}
             self._metrics(figures, summary["epochs_run"])
             self.client.set_tag(self.run_id, "dltrain.stop_reason", summary["stop_reason"])

@@ -20,14 +20,22 @@ def silence_stdout() -> None:
         os.close(devnull)
 
 
+def in_units(value: float) -> str:
+    """A figure in the data's units (an MAE) to four significant digits, never in exponent form: 47.64, 0.003125,
+    23,461 (house prices)."""
+    if value != 0 and abs(value) >= 1e4:
+        return f"{value:,.0f}"
+    return f"{value:.4g}" if value == 0 or abs(value) >= 1e-4 else f"{value:.2e}"
+
+
 def format_row(row: dict, epochs: int) -> str:
     """One epoch's line; a regression's validation MAE (in the data's units) and R² as `dltrain eval` writes them."""
     parts = [f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}"]
     for key, label, spec in (("train_loss", "loss", ".4f"), ("train_accuracy", "acc", ".4f"),
                              ("val_loss", "val_loss", ".4f"), ("val_accuracy", "val_acc", ".4f"),
-                             ("val_mae", "val_mae", ".4g"), ("val_r2", "val_r2", ".4g")):
+                             ("val_mae", "val_mae", None), ("val_r2", "val_r2", ".4f")):
         if row.get(key) not in (None, ""):
-            parts.append(f"{label} {float(row[key]):{spec}}")
+            parts.append(f"{label} {float(row[key]):{spec}}" if spec else f"{label} {in_units(float(row[key]))}")
     parts.append(f"lr {float(row['lr']):.4g}")
     parts.append(f"{float(row['seconds']):.1f}s")
     return "  ".join(parts)

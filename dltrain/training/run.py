@@ -41,12 +41,7 @@ def run_training(config: Config | None, *, run_dir: str | Path | None = None, re
     run = None
     try:
         if resume is not None:
-            if run_dir is not None:
-                raise ConfigError("--resume continues RUN_DIR itself; it cannot be combined with --run-dir")
-            run = files.RunDir(resume, writable=main)
-            if not run.path.is_dir():
-                raise ConfigError(f"--resume {resume}: not a run directory")
-            on_rank_zero(comm, run.lock)  # before reading anything: another process may be writing it
+            run = resumed_run(resume, run_dir, comm)
             checkpoint = load_checkpoint(run.file(files.LAST))
             config = resumed_config(checkpoint, config, overrides, config_path)
             finished = comm.broadcast(_finished(run, checkpoint, config) if main else None)
@@ -122,6 +117,18 @@ def _train(config: Config, run: files.RunDir, *, checkpoint, init_from, device, 
     if main:
         run.write_process()  # who is training it: `dltrain runs` tells running from killed
     return trainer.fit()
+
+
+def resumed_run(resume: str | Path, run_dir, comm) -> files.RunDir:
+    """The run directory --resume names, locked by rank 0 before anything in it is read (another process may be
+    writing it); RunDirError naming the holder when one is."""
+    if run_dir is not None:
+        raise ConfigError("--resume continues RUN_DIR itself; it cannot be combined with --run-dir")
+    run = files.RunDir(resume, writable=comm.rank == 0)
+    if not run.path.is_dir():
+        raise ConfigError(f"--resume {resume}: not a run directory")
+    on_rank_zero(comm, run.lock)
+    return run
 
 
 @contextlib.contextmanager

@@ -325,12 +325,7 @@ class RunDir:
         if not path.is_file():
             return []
         expected = "expected a CSV with an epoch column"
-        try:
-            text = path.read_bytes().decode("utf-8")
-        except OSError as exc:
-            raise RunDirError(f"cannot read {path}: {exc.strerror or exc}") from None
-        except UnicodeDecodeError as exc:
-            raise RunDirError(f"{path}: {not_utf8(exc)}; {expected}") from None
+        text = read_text(path, expected)
         lines = text.splitlines()
         if text and not text.endswith("\n"):
             lines = lines[:-1]
@@ -381,7 +376,8 @@ class RunDir:
                   (("monitor", "device"), "text or null", lambda v: v is None or isinstance(v, str)),
                   (("epochs_run", "best_epoch"), "a whole number or null",
                    lambda v: v is None or (number(v) and isinstance(v, int) and v >= 0)),
-                  (("best_value", "test_accuracy", "test_loss", "total_seconds", "train_samples_per_second"),
+                  (("best_value", "test_accuracy", "test_loss", "test_mae", "test_r2", "total_seconds",
+                    "train_samples_per_second"),
                    "a number or null", lambda v: v is None or number(v)))
         for keys, what, fits in fields:
             for key in keys:
@@ -390,6 +386,16 @@ class RunDir:
                     raise RunDirError(f"{path}: {key} should be {what}, found "
                                       f"{found if len(found) <= 60 else found[:60] + '...'}")
         return summary
+
+
+def read_text(path: Path, expected: str) -> str:
+    """A run's file as UTF-8 text; RunDirError naming it (and `expected`, what it should be) otherwise."""
+    try:
+        return Path(path).read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise RunDirError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise RunDirError(f"{path}: {not_utf8(exc)}; {expected}") from None
 
 
 def not_utf8(exc: UnicodeDecodeError) -> str:

@@ -145,6 +145,7 @@ def run_row(path: Path, root: Path | None = None) -> dict:
     row.update(monitor=monitor, best_value=best_value, best_epoch=best_epoch)
     row["test_accuracy"] = figures.get("test_accuracy")
     row["test_loss"] = figures.get("test_loss")
+    row["test_mae"] = figures.get("test_mae")  # regression, in the data's units
     row["seconds"] = figures.get("total_seconds")
     if row["seconds"] is None and metrics:
         row["seconds"] = round(sum(metric_value(metrics_file, r, "seconds") or 0.0 for r in metrics), 3)
@@ -173,7 +174,8 @@ def _cross_validation_row(path: Path, root: Path | None, run: files.RunDir, summ
     except DltrainError as exc:
         problems.append(str(exc))
         config = {}
-    figures = {column: mean_and_std([float(r[column]) for r in rows if r[column] != ""]) for column in FIGURES}
+    figures = {column: mean_and_std([float(r[column]) for r in rows if r.get(column) not in (None, "")])
+               for column in FIGURES}  # a folds.csv of an older dltrain lacks the later columns
     process = run.read_process() or {}
     started = process.get("started") or datetime.datetime.fromtimestamp(
         (path / files.CONFIG).stat().st_mtime).astimezone().strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -189,6 +191,7 @@ def _cross_validation_row(path: Path, root: Path | None, run: files.RunDir, summ
             "best_value": figures["best_value"][0], "best_std": figures["best_value"][1], "best_epoch": None,
             "test_accuracy": figures["test_accuracy"][0], "test_accuracy_std": figures["test_accuracy"][1],
             "test_loss": figures["test_loss"][0], "test_loss_std": figures["test_loss"][1],
+            "test_mae": figures["test_mae"][0], "test_mae_std": figures["test_mae"][1],
             "seconds": summary.get("total_seconds", round(sum(float(r["seconds"]) for r in rows if r["seconds"]), 3)),
             "samples_per_second": None, "config": flatten_keys(config), "problems": problems}
 
@@ -250,5 +253,5 @@ def differences(old, new, path: tuple = ()):
         yield format_path(path), old, new
 
 
-SUMMARY_FIGURES = ("status", "epochs", "monitor", "best_value", "best_epoch", "test_accuracy", "test_loss", "seconds",
-                   "samples_per_second", "device")
+SUMMARY_FIGURES = ("status", "epochs", "monitor", "best_value", "best_epoch", "test_accuracy", "test_loss", "test_mae",
+                   "seconds", "samples_per_second", "device")

@@ -214,9 +214,8 @@ def test_flags_have_a_blank_type_column():
 
 
 def config_given(path) -> str:
-    return (f"error: {path}: expected a checkpoint (.safetensors), a run directory or an exported .onnx model, found "
-            f"what looks like a YAML config; train it first (dltrain train {path}) and give the run directory it "
-            "writes\n")
+    return (f"error: {path}: expected a checkpoint (.safetensors) or a run directory, found what looks like a YAML "
+            f"config; train it first (dltrain train {path}) and give the run directory it writes\n")
 
 
 @pytest.mark.parametrize(("command", "more"), [("eval", []), ("predict", ["inputs.csv"]), ("export", []),
@@ -226,6 +225,13 @@ def test_a_config_given_for_a_checkpoint_is_named_as_such(trained, command, more
     result = invoke(command, config, *more)
     assert result.exit_code == 2
     assert result.stderr == config_given(config)
+
+
+def test_a_runs_own_config_points_to_its_run(finished):
+    result = invoke("eval", finished / "config.yaml")
+    assert result.exit_code == 2
+    assert result.stderr == (f"error: {finished / 'config.yaml'}: expected a checkpoint (.safetensors) or a run "
+                             f"directory, found the config of a run; give the run directory, {finished}\n")
 
 
 def test_a_config_is_recognised_by_its_text_too(tmp_path):

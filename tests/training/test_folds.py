@@ -411,3 +411,37 @@ def test_tune_with_folds_optimizes_the_folds_mean(tmp_path, monkeypatch):
         assert f"val_accuracy {float(trial['value']):.4f} ± {float(trial['std']):.4f} over 2 folds" in result.output
     best = __import__("yaml").safe_load((tmp_path / "study" / "best.yaml").read_text())
     assert best["training"]["folds"] == 2 and best["training"]["final"] is False
+
+
+def test_a_regression_k_fold_run_reports_the_folds_mae_and_r2_in_the_data_units(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((240, 3))
+    y = 20_000 + 5_000 * (x @ np.array([1.0, -2.0, 0.5])) + 500 * rng.standard_normal(240)  # house-price units
+    np.savez(tmp_path / "prices.npz", x=x[:200], y=y[:200], x_test=x[200:], y_test=y[200:])
+    (tmp_path / "prices.yaml").write_text(json.dumps({
+        "seed": 0, "data": {"name": "npz", "path": str(tmp_path / "prices.npz")}, "loss": "mse",
+        "model": [{"linear": {"units": 16}}, "relu", {"linear": {"units": 1}}],
+        "training": {"epochs": 3, "batch_size": 32, "folds": 2}}))
+    monkeypatch.setenv("COLUMNS", "200")
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "prices.yaml"), "--run-dir", str(tmp_path / "cv")])
+    assert result.exit_code == 0, result.output
+    folds = [summary_of(tmp_path / "cv" / f"fold-{i}") for i in range(2)]
+    summary = summary_of(tmp_path / "cv")
+    assert summary["test_mae"] == pytest.approx((folds[0]["test_mae"] + folds[1]["test_mae"]) / 2, rel=1e-12)
+    assert summary["test_r2"] == pytest.approx((folds[0]["test_r2"] + folds[1]["test_r2"]) / 2, rel=1e-12)
+    assert summary["test_mae"] > 1_000  # in the data's units, not standardized
+    from dltrain.training.reporting import in_units
+
+    assert f"test MAE {in_units(summary['test_mae'])} ± {in_units(summary['test_mae_std'])}" in result.output
+    with open(tmp_path / "cv" / files.FOLDS) as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["test_mae"]) for r in rows[:2]] == [f["test_mae"] for f in folds]
+    listed = CliRunner().invoke(app, ["runs", str(tmp_path / "cv")])
+    assert f"MAE {in_units(summary['test_mae'])} ± " in listed.output
+
+
+def test_figures_in_the_data_units_use_no_exponent_from_a_ten_thousandth_up():
+    from dltrain.training.reporting import in_units
+
+    assert [in_units(v) for v in (47.6381, 23_461.4, 1_234_567.0, 0.003125, 0.0, 0.00001234)] == [
+        "47.64", "23,461", "1,234,567", "0.003125", "0", "1.23e-05"]

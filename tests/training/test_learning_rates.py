@@ -94,10 +94,6 @@ def test_runs_without_lr_csv_draw_the_epochs_rate(tmp_path):
     assert plot_runs([tmp_path / "run"]) == tmp_path / "run" / files.CURVES
 
 
-def test_lr_csv_is_one_of_the_files_a_run_writes():
-    assert files.LEARNING_RATES in files.RUN_FILES
-
-
 def test_a_word_in_lr_csv_is_named_in_one_line(tmp_path):
     from typer.testing import CliRunner
 

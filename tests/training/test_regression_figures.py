@@ -13,7 +13,7 @@ from dltrain.config import load_config
 from dltrain.training import rundir as files
 from dltrain.training.checkpoint import load_checkpoint
 from dltrain.training.model import build_for, error_sums, regression_figures
-from dltrain.training.reporting import format_row
+from dltrain.training.reporting import format_row, in_units
 
 metrics = pytest.importorskip("sklearn.metrics")
 runner = CliRunner(mix_stderr=False) if "mix_stderr" in CliRunner.__init__.__code__.co_varnames else CliRunner()
@@ -28,10 +28,10 @@ def test_figures_from_sums_equal_sklearn_and_add_up_over_shards():
     targets = rng.normal(size=(50, 2))
     predictions = targets + rng.normal(scale=0.5, size=(50, 2))
     norm = {"mean": [100.0, -3.0], "std": [20.0, 0.5]}
-    in_units = [a * np.asarray(norm["std"]) + np.asarray(norm["mean"]) for a in (predictions, targets)]
+    unscaled = [a * np.asarray(norm["std"]) + np.asarray(norm["mean"]) for a in (predictions, targets)]
     mae, r2 = regression_figures(error_sums(predictions, targets), 50, norm)
-    assert mae == pytest.approx(metrics.mean_absolute_error(in_units[1], in_units[0]), rel=1e-12)
-    assert r2 == pytest.approx(metrics.r2_score(in_units[1], in_units[0]), rel=1e-12)
+    assert mae == pytest.approx(metrics.mean_absolute_error(unscaled[1], unscaled[0]), rel=1e-12)
+    assert r2 == pytest.approx(metrics.r2_score(unscaled[1], unscaled[0]), rel=1e-12)
     shards = error_sums(predictions[:17], targets[:17]) + error_sums(predictions[17:], targets[17:])  # two ranks
     assert regression_figures(shards, 50, norm) == pytest.approx((mae, r2), rel=1e-12)
     constant = np.ones((4, 1))
@@ -72,14 +72,14 @@ def test_a_regression_run_reports_mae_and_r2_in_the_data_units(tmp_path):
     targets = diabetes.target[340:]
     assert [r["label"] for r in predicted] == [str(y) for y in targets]  # the CSV's cells, in the data's units
     mae = np.mean([abs(float(r["prediction"]) - float(r["label"])) for r in predicted])
-    assert result_of_predict.stderr == f"MAE {mae:.4g} on 102 rows with labels ({tmp_path / 'test.csv'})\n"
+    assert result_of_predict.stderr == f"MAE {in_units(mae)} on 102 rows with labels ({tmp_path / 'test.csv'})\n"
     assert summary["test_mae"] == pytest.approx(metrics.mean_absolute_error(targets, values), rel=1e-6)
     assert summary["test_r2"] == pytest.approx(metrics.r2_score(targets, values), rel=1e-6)
     report = json.loads(invoke("eval", run, "--json").stdout)
     assert (summary["test_mae"], summary["test_r2"]) == pytest.approx((report["mae"], report["r2"]), rel=1e-9)
     final = result.stdout.splitlines()[-1]
-    assert f"; test loss {summary['test_loss']:.4f}; test MAE {summary['test_mae']:.4g}; " \
-           f"test R² {summary['test_r2']:.4g}; " in final
+    assert f"; test loss {summary['test_loss']:.4f}; test MAE {in_units(summary['test_mae'])}; " \
+           f"test R² {summary['test_r2']:.4f}; " in final
 
     # the best epoch's validation figures: its checkpoint's predictions on the validation split
     rows = files.RunDir(run).read_metrics()
@@ -90,8 +90,8 @@ def test_a_regression_run_reports_mae_and_r2_in_the_data_units(tmp_path):
     built.model.network.load_state_dict(checkpoint.model)
     val = built.model.evaluate(built.splits.val, 1024)
     norm = checkpoint.data["target_normalization"]
-    in_units = [a[:, 0] * norm["std"][0] + norm["mean"][0] for a in (val.predictions, val.targets)]
-    assert float(best["val_mae"]) == pytest.approx(metrics.mean_absolute_error(in_units[1], in_units[0]), rel=1e-6)
-    assert float(best["val_r2"]) == pytest.approx(metrics.r2_score(in_units[1], in_units[0]), rel=1e-6)
+    unscaled = [a[:, 0] * norm["std"][0] + norm["mean"][0] for a in (val.predictions, val.targets)]
+    assert float(best["val_mae"]) == pytest.approx(metrics.mean_absolute_error(unscaled[1], unscaled[0]), rel=1e-6)
+    assert float(best["val_r2"]) == pytest.approx(metrics.r2_score(unscaled[1], unscaled[0]), rel=1e-6)
     epoch_line = next(line for line in result.stdout.splitlines() if line.startswith(f"epoch {best['epoch']}/4"))
-    assert f"  val_mae {float(best['val_mae']):.4g}  val_r2 {float(best['val_r2']):.4g}  " in epoch_line
+    assert f"  val_mae {in_units(float(best['val_mae']))}  val_r2 {float(best['val_r2']):.4f}  " in epoch_line
