@@ -284,7 +284,7 @@ def test_search_space_errors_name_the_file_line_and_key(tmp_path, parameters, ex
 
 @pytest.mark.parametrize("section, expected", [
     ("  metric: val_acc\n", "c.yaml:15: tune.metric: expected one of 'val_loss', 'val_accuracy', 'train_loss', "
-                            "'train_accuracy' or null, got 'val_acc'"),
+                            "'train_accuracy', 'val_mae', 'val_r2' or null, got 'val_acc'"),
     ("  sampler: grid\n", "c.yaml:15: tune.sampler: the grid sampler tries every combination of choices; "
                           "optimizer.lr is a range (give it as choice: [...])"),
     ("  trials: 0\n", "c.yaml:15: tune.trials: expected a positive integer, got 0"),

@@ -35,7 +35,7 @@ from ..errors import ConfigError
 from ..registry import NonNegativeFloat, NonNegativeInt, Param, PositiveFloat, PositiveInt, did_you_mean
 from .loader import format_path
 
-MONITORS = ("val_loss", "val_accuracy", "train_loss", "train_accuracy")
+MONITORS = ("val_loss", "val_accuracy", "train_loss", "train_accuracy", "val_mae", "val_r2")  # mae, r2: regression
 TEXT_DATASETS = ("text_folder", "wordlists")  # their inputs are token ids (so are csv's with text_columns)
 
 
@@ -170,7 +170,12 @@ class Config:
         es = self.training.early_stopping
         if es.mode != "auto":
             return es.mode
-        return "max" if es.monitor.endswith("accuracy") else "min"
+        return "max" if maximized(es.monitor) else "min"
+
+
+def maximized(monitor: str) -> bool:
+    """Whether a larger value of the metric is better: accuracies and R²; losses and the MAE are minimized."""
+    return monitor.endswith(("accuracy", "r2"))
 
 
 TOP_LEVEL_ORDER = ("seed", "device", "data", "model", "loss", "optimizer", "schedule", "training", "callbacks")
@@ -534,6 +539,10 @@ def _cross_checks(config: Config, v: Validator) -> None:
         v.error(("training", "early_stopping", "monitor"),
                 f"monitors {es.monitor!r} but loss {config.loss['name']!r} is a regression loss with no accuracy; "
                 "monitor val_loss or train_loss")
+    if es.monitor in ("val_mae", "val_r2") and task != "regression":
+        v.error(("training", "early_stopping", "monitor"),
+                f"monitors {es.monitor!r} but loss {config.loss['name']!r} is not a regression loss: the MAE and R² "
+                "are a regression's; monitor val_loss or val_accuracy")
     embedding = config.input_embedding()
     if embedding is not None and config.data["normalize"] in ("global", "feature"):
         layer, vocab_size = embedding

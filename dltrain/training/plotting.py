@@ -139,7 +139,9 @@ def _mark_best(summary: dict, metrics: Path, rows, epochs, ax_loss, ax_acc, colo
     value = _column(metrics, rows, monitor)[epochs.index(best)]
     if value is None:
         return
-    ax = ax_acc if monitor.endswith("accuracy") else ax_loss
+    if monitor.endswith("r2"):
+        return  # no panel draws R²
+    ax = ax_acc if monitor.endswith(("accuracy", "mae")) else ax_loss  # middle panel: accuracy, or the MAE
     ax.plot([best], [value], marker="*", markersize=14, color=colour, linestyle="none",
             label=f"best ({monitor}, epoch {best})")
     ax_loss.axvline(best, color=colour, linestyle=":", alpha=0.6)

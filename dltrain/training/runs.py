@@ -21,6 +21,7 @@ import yaml
 
 from ..config import flatten_keys, format_path
 from ..config.loader import load_yaml
+from ..config.schema import maximized
 from ..errors import DltrainError, RunDirError
 from . import rundir as files
 
@@ -141,7 +142,7 @@ def run_row(path: Path, root: Path | None = None) -> dict:
         values = [(value, int(r["epoch"])) for r in metrics if (value := metric_value(metrics_file, r, monitor))
                   is not None]
         if values:
-            best_value, best_epoch = (max if monitor.endswith("accuracy") else min)(values)
+            best_value, best_epoch = (max if maximized(monitor) else min)(values)
     row.update(monitor=monitor, best_value=best_value, best_epoch=best_epoch)
     row["test_accuracy"] = figures.get("test_accuracy")
     row["test_loss"] = figures.get("test_loss")

@@ -1,7 +1,7 @@
 """The `tune:` section: what `dltrain tune` searches, checked against the config it searches before any trial runs.
 
     tune:
-      metric: val_accuracy          # an early-stopping monitor; maximized for accuracies, minimized for losses
+      metric: val_accuracy          # an early-stopping monitor; maximized for accuracies and R², else minimized
       trials: 40
       sampler: tpe                  # tpe | random | grid | cmaes
       pruner: median                # median | hyperband | none
@@ -29,7 +29,7 @@ from annotated_types import Ge
 
 from ..config import format_path
 from ..config.loader import apply_override, parse_key, parse_override, read_config_file
-from ..config.schema import MONITORS, SEARCH_SECTION, Config, Validator, validate
+from ..config.schema import MONITORS, SEARCH_SECTION, Config, Validator, maximized, validate
 from ..errors import ConfigError
 from ..registry import PositiveInt, did_you_mean, losses
 
@@ -177,7 +177,7 @@ def load_search(config_path: str | Path, overrides: list[str] = (), space_path: 
             v.error((SEARCH_SECTION, "sampler"), f"the grid sampler tries every combination of choices; "
                                                  f"{', '.join(ranges)} {what} as choice: [...])")
     v.raise_if_any()
-    direction = "maximize" if metric.endswith("accuracy") else "minimize"
+    direction = "maximize" if maximized(metric) else "minimize"
     monitor = config.training.early_stopping.monitor if named_monitor(values) else metric
     return Search(config, values, positions, filename, written_by, metric, direction, options.trials,
                   options.sampler, options.pruner, parameters, monitor, options.folds)
@@ -215,6 +215,9 @@ def _check_metric(v: Validator, config: Config, metric: str, named: bool, folds:
     if metric.endswith("accuracy") and losses.get(config.loss["name"]).task == "regression":
         v.error(path, f"{metric!r}: loss {config.loss['name']!r} is a regression loss with no accuracy; "
                       "search on val_loss or train_loss")
+    if metric in ("val_mae", "val_r2") and losses.get(config.loss["name"]).task != "regression":
+        v.error(path, f"{metric!r}: loss {config.loss['name']!r} is not a regression loss: the MAE and R² are a "
+                      "regression's; search on val_loss or val_accuracy")
 
 
 def _parameter(v: Validator, key, spec, values: dict, resolved: dict, positions, filename, written_by

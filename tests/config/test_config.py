@@ -102,7 +102,7 @@ def test_all_problems_are_reported_at_once(tmp_path):
         "c.yaml:5: optimizer.lr: expected a positive number, got -0.1",
         "c.yaml:8: training.batch_size: expected a positive integer, got 0",
         "c.yaml:9: training.early_stopping.monitor: expected one of 'val_loss', 'val_accuracy', 'train_loss', "
-        "'train_accuracy', got 'val_acc'",
+        "'train_accuracy', 'val_mae', 'val_r2', got 'val_acc'",
         "c.yaml:9: training.early_stopping.patience: expected a non-negative integer, got -1",
     ]
 

@@ -95,3 +95,38 @@ def test_a_regression_run_reports_mae_and_r2_in_the_data_units(tmp_path):
     assert float(best["val_r2"]) == pytest.approx(metrics.r2_score(unscaled[1], unscaled[0]), rel=1e-6)
     epoch_line = next(line for line in result.stdout.splitlines() if line.startswith(f"epoch {best['epoch']}/4"))
     assert f"  val_mae {in_units(float(best['val_mae']))}  val_r2 {float(best['val_r2']):.4f}  " in epoch_line
+
+
+@pytest.mark.parametrize(("monitor", "best_of"), [("val_mae", min), ("val_r2", max)])
+def test_early_stopping_and_tune_can_follow_the_mae_or_r2(tmp_path, monitor, best_of):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((200, 3))
+    np.savez(tmp_path / "d.npz", x=x, y=300 * x[:, 0] - 100 * x[:, 1] + 20 * rng.standard_normal(200))
+    values = {"seed": 0, "data": {"name": "npz", "path": str(tmp_path / "d.npz")}, "loss": "mse",
+              "model": [{"linear": {"units": 8}}, "relu", {"linear": {"units": 1}}], "optimizer": {"lr": 0.05},
+              "training": {"epochs": 8, "batch_size": 16, "early_stopping": {"monitor": monitor, "patience": 8}}}
+    (tmp_path / "c.yaml").write_text(json.dumps(values))
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "c.yaml"), "--run-dir", str(tmp_path / "run"), "-q"])
+    assert result.exit_code == 0, result.output
+    rows = files.RunDir(tmp_path / "run").read_metrics()
+    summary = json.loads((tmp_path / "run" / files.SUMMARY).read_text())
+    value, epoch = best_of((float(r[monitor]), int(r["epoch"])) for r in rows)
+    assert summary["monitor"] == monitor and summary["best_epoch"] == epoch
+    assert summary["best_value"] == pytest.approx(value, rel=1e-9)
+
+    from dltrain.tune.space import load_search
+
+    (tmp_path / "t.yaml").write_text(json.dumps({**values, "tune": {
+        "metric": monitor, "parameters": {"optimizer.lr": {"log_uniform": [0.001, 0.1]}}}}))
+    assert load_search(tmp_path / "t.yaml").direction == ("minimize" if best_of is min else "maximize")
+
+
+def test_the_mae_is_refused_as_the_monitor_of_a_classifier():
+    from dltrain.config import validate
+    from dltrain.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"training\.early_stopping\.monitor: monitors 'val_mae' but loss "
+                                          r"'cross_entropy' is not a regression loss: the MAE and R² are a "
+                                          r"regression's; monitor val_loss or val_accuracy"):
+        validate({"data": "xor", "model": [{"linear": {"units": 2}}],
+                  "training": {"early_stopping": {"monitor": "val_mae"}}}, {}, "c.yaml")
