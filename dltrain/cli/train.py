@@ -36,7 +36,8 @@ def train(
     from ..distributed import communicator  # noqa: PLC0415
     from ..errors import ConfigError  # noqa: PLC0415
     from ..plugins import load_code  # noqa: PLC0415
-    from ..training.folds import is_cross_validation, run_cross_validation  # noqa: PLC0415
+    from ..training.fold_results import is_cross_validation  # noqa: PLC0415
+    from ..training.folds import run_cross_validation  # noqa: PLC0415
     from ..training.reporting import make_reporter  # noqa: PLC0415
     from ..training.run import run_training  # noqa: PLC0415
 
@@ -114,7 +115,7 @@ def _print_summary(summary: dict) -> None:
 
 def print_cross_validation(summary: dict) -> None:
     """The folds' table (folds.csv's rows, mean and std last) and the line that judges the k-fold run."""
-    from ..training.folds import describe, fold_rows  # noqa: PLC0415
+    from ..training.fold_results import describe, fold_rows  # noqa: PLC0415
     from ..training.reporting import in_units  # noqa: PLC0415
     from .output import print_table  # noqa: PLC0415
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from .. import __version__, backend
 from ..config.loader import MAX_DEPTH
 from ..errors import CheckpointError
+from .fold_results import final_checkpoint
 from .rundir import BEST, CHECKPOINTS, CONFIG, FOLDS, LAST, atomic_write
 
 np = backend.np
@@ -307,8 +308,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if path.is_file() and looks_like_config(path):
         raise config_given(path)
     if path.is_dir() and (path / FOLDS).is_file() and not (path / CHECKPOINTS).is_dir():
-        from .folds import final_checkpoint  # noqa: PLC0415 (the k-fold driver builds on this module)
-
         return final_checkpoint(path)
     if path.is_dir():
         for name in (BEST, LAST):

@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DltrainError
+from .fold_results import is_cross_validation
 from .rundir import CURVES, LEARNING_RATES, METRICS, RunDir, atomic_write
-from .runs import is_cross_validation, metric_value, numbers_checked
+from .runs import metric_value, numbers_checked
 
 FIGSIZE = (15, 4.5)  # inches; at DPI this gives a 1500 x 450 PNG
 DPI = 100

@@ -24,6 +24,7 @@ from ..config.loader import load_yaml
 from ..config.schema import maximized
 from ..errors import DltrainError, RunDirError
 from . import rundir as files
+from .fold_results import FIGURES, is_cross_validation, mean_and_std, read_folds
 
 COLUMNS = ("run", "started", "device", "status", "epochs", "best", "test", "seconds", "samples_per_second")
 
@@ -51,11 +52,6 @@ def _natural(path: Path) -> tuple:
     """Paths in the order people count: fold-2 before fold-10."""
     return tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
                  for part in re.split(r"(\d+)", str(path)) if part)
-
-
-def is_cross_validation(path: Path) -> bool:
-    """Whether `path` is the directory of a k-fold run (training/folds.py), not one of its folds."""
-    return (Path(path) / files.FOLDS).is_file() and (Path(path) / files.CONFIG).is_file()
 
 
 def status_of(run: files.RunDir, summary: dict | None, metrics: list[dict] = ()) -> str:
@@ -159,8 +155,6 @@ def run_row(path: Path, root: Path | None = None) -> dict:
 def _cross_validation_row(path: Path, root: Path | None, run: files.RunDir, summary: dict | None,
                           problems: list[str]) -> dict:
     """A k-fold run's row: its folds' mean (and std) from folds.csv, which grows as they finish."""
-    from .folds import FIGURES, mean_and_std, read_folds  # noqa: PLC0415 (folds builds on this module)
-
     unreadable = bool(problems)
     try:
         rows = read_folds(path)

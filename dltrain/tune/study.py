@@ -388,7 +388,8 @@ class _Objective:
     def _cross_validate(self, trial: optuna.Trial, assignment: dict, config, run_dir: Path) -> float:
         """A k-fold trial: its value is the mean over the folds of each fold's best value of the metric; after each
         fold the running mean goes to the pruner."""
-        from ..training.folds import describe, mean_and_std, run_cross_validation  # noqa: PLC0415
+        from ..training.fold_results import describe, mean_and_std  # noqa: PLC0415
+        from ..training.folds import run_cross_validation  # noqa: PLC0415
 
         metric = self.search.metric
         tracker = _Pruning(trial, metric, self.search.direction, per_epoch=False)
